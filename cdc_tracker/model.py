@@ -1,0 +1,109 @@
+"""Plain data that flows through the pipeline: positions, changes, calls, dead letters.
+
+This module imports neither psycopg nor httpx: every stage speaks in these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+
+class Lsn(int):
+    """A WAL position. Prints the way PostgreSQL does: ``16/B374D848``."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Lsn:
+        high, _, low = text.partition("/")
+        return cls((int(high, 16) << 32) | int(low, 16))
+
+    def __str__(self) -> str:
+        return f"{self >> 32:X}/{self & 0xFFFFFFFF:X}"
+
+    def __repr__(self) -> str:
+        return f"Lsn('{self}')"
+
+
+class Action(str, Enum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Missing:
+    """The value of a column the change does not carry (an unchanged TOASTed value)."""
+
+    _instance: Missing | None = None
+
+    def __new__(cls) -> Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING = Missing()
+
+
+@dataclass(slots=True)
+class Change:
+    """One row change, as wal2json reported it, named by (commit_lsn, ordinal).
+
+    ``new`` holds the columns wal2json wrote for the new row image (``None`` for a
+    delete); ``old`` the ``identity`` image (the key, or the whole old row under
+    REPLICA IDENTITY FULL). A column absent from ``new`` is unknown, not null. Values
+    are as decoded from JSON (numbers as ``int`` or ``Decimal``); ``types`` names each
+    column's declared type so that the mapping converts them by type, lazily.
+    """
+
+    table: str
+    action: Action
+    new: dict[str, Any] | None
+    old: dict[str, Any] | None
+    types: dict[str, str]
+    commit_lsn: Lsn
+    ordinal: int
+    commit_time: datetime
+    xid: int | None = None
+
+    @property
+    def position(self) -> str:
+        return f"{self.commit_lsn}#{self.ordinal}"
+
+
+@dataclass(slots=True)
+class Call:
+    """One identify or track call, ready to encode.
+
+    ``payload`` is the whole call as RudderStack expects it except ``sentAt``, which
+    the shipper adds per request. ``user_id`` is kept apart to keep per-user order.
+    """
+
+    message_id: str
+    user_id: str
+    payload: dict[str, Any]
+    rule: str
+    commit_lsn: Lsn
+    ordinal: int
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A change (or call) that could not be mapped or delivered, and why."""
+
+    table: str
+    rule: str | None
+    reason: str
+    commit_lsn: Lsn
+    ordinal: int
+    change: dict[str, Any] = field(default_factory=dict)
+    call: dict[str, Any] | None = None
