@@ -62,7 +62,8 @@ class Change:
     delete); ``old`` the ``identity`` image (the key, or the whole old row under
     REPLICA IDENTITY FULL). A column absent from ``new`` is unknown, not null. Values
     are as decoded from JSON (numbers as ``int`` or ``Decimal``); ``types`` names each
-    column's declared type so that the mapping converts them by type, lazily.
+    column's declared type so that the mapping converts them by type, lazily. ``key``
+    names the primary-key columns.
     """
 
     table: str
@@ -73,7 +74,12 @@ class Change:
     commit_lsn: Lsn
     ordinal: int
     commit_time: datetime
-    xid: int | None = None
+    key: tuple[str, ...] = ()
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The image bare column names refer to: the new row, or the old for a delete."""
+        return self.old or {} if self.new is None else self.new
 
     @property
     def position(self) -> str:

@@ -1,0 +1,205 @@
+"""Convert wal2json values to Python values by the column's declared type.
+
+The result is what rule expressions see and what the encoder writes:
+
+==========================  ===============================================
+declared type               value
+==========================  ===============================================
+integers                    ``int``
+numeric, real, double       ``Decimal`` with the server's digits (null for
+                            NaN/Infinity, which wal2json 2.5 writes as null)
+boolean                     ``bool``
+character(n)                ``str`` without the blank padding
+timestamp with time zone    aware ``datetime``
+timestamp without zone      aware ``datetime`` in the rulebook's zone
+date                        ``date``
+json, jsonb                 the parsed document (numbers as ``Decimal``)
+arrays (``x[]``)            ``list`` of converted elements
+anything else               ``str`` as the server printed it
+==========================  ===============================================
+
+Values Python cannot represent (``infinity``, BC dates, five-digit years) stay
+strings, exactly as the server printed them, rather than failing the change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date, datetime, tzinfo
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any
+
+Converter = Callable[[Any], Any]
+
+_decode_json = json.JSONDecoder(parse_float=Decimal).decode
+
+_INTEGERS = frozenset({"smallint", "integer", "bigint", "oid"})
+_DECIMALS = ("numeric", "real", "double precision", "decimal")
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _integer(value: Any) -> Any:
+    # Array elements arrive as text, scalars as JSON numbers.
+    return int(value) if isinstance(value, str) else value
+
+
+def _boolean(value: Any) -> Any:
+    return value in ("t", "true") if isinstance(value, str) else value
+
+
+def _number(value: Any) -> Any:
+    # A domain over numeric arrives as a string even with the base type known.
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            return None
+    return value
+
+
+def _blank_padded(value: Any) -> Any:
+    return value.rstrip(" ") if isinstance(value, str) else value
+
+
+def _timestamptz(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return value
+
+
+def _date(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return value
+
+
+def _json(value: Any) -> Any:
+    return _decode_json(value) if isinstance(value, str) else value
+
+
+def _timestamp_in(zone: tzinfo) -> Converter:
+    def convert(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return datetime.fromisoformat(value).replace(tzinfo=zone)
+        except ValueError:
+            return value
+
+    return convert
+
+
+def base_type(declared: str) -> str:
+    """``numeric(12,2)`` -> ``numeric``; ``character varying(8)[]`` keeps ``[]``."""
+    head, paren, rest = declared.partition("(")
+    if not paren:
+        return declared
+    return head + rest.partition(")")[2]
+
+
+@lru_cache(maxsize=512)
+def converter_for(declared: str, zone: tzinfo) -> Converter:
+    """The converter for one declared type (cached: types repeat on every row)."""
+    name = base_type(declared)
+    if name.endswith("[]"):
+        element = converter_for(name[:-2], zone)
+        return lambda value: _array(value, element)
+    if name in _INTEGERS:
+        return _integer
+    if name == "boolean":
+        return _boolean
+    if name.startswith(_DECIMALS):
+        return _number
+    if name == "character":
+        return _blank_padded
+    if name == "timestamp with time zone":
+        return _timestamptz
+    if name == "timestamp without time zone":
+        return _timestamp_in(zone)
+    if name == "date":
+        return _date
+    if name in ("json", "jsonb"):
+        return _json
+    return _same
+
+
+def _array(value: Any, element: Converter) -> Any:
+    if not isinstance(value, str):
+        return value
+    parsed, end = parse_array(value, 0)
+    if end != len(value):
+        raise ValueError("trailing characters after array literal")
+    return _convert_nested(parsed, element)
+
+
+def _convert_nested(items: list[Any], element: Converter) -> list[Any]:
+    return [
+        _convert_nested(item, element)
+        if isinstance(item, list)
+        else (None if item is None else element(item))
+        for item in items
+    ]
+
+
+def parse_array(text: str, start: int) -> tuple[list[Any], int]:
+    """Parse a PostgreSQL array literal from ``text[start]`` (which must be ``{``).
+
+    Returns the nested lists of element strings (``None`` for an unquoted NULL)
+    and the index after the closing brace.
+    """
+    if text.startswith("[", start):  # explicit bounds: [0:2]={...}
+        start = text.index("=", start) + 1
+    if not text.startswith("{", start):
+        raise ValueError("array literal must start with '{'")
+    items: list[Any] = []
+    i = start + 1
+    if text.startswith("}", i):
+        return items, i + 1
+    while True:
+        if text.startswith("{", i):
+            nested, i = parse_array(text, i)
+            items.append(nested)
+        elif text.startswith('"', i):
+            element, i = _quoted(text, i + 1)
+            items.append(element)
+        else:
+            end = _unquoted_end(text, i)
+            raw = text[i:end].strip()
+            items.append(None if raw.upper() == "NULL" else raw)
+            i = end
+        if text.startswith("}", i):
+            return items, i + 1
+        if not text.startswith(",", i):
+            raise ValueError("expected ',' or '}' in array literal")
+        i += 1
+
+
+def _quoted(text: str, i: int) -> tuple[str, int]:
+    out = []
+    while True:
+        char = text[i]
+        if char == "\\":
+            out.append(text[i + 1])
+            i += 2
+        elif char == '"':
+            return "".join(out), i + 1
+        else:
+            out.append(char)
+            i += 1
+
+
+def _unquoted_end(text: str, i: int) -> int:
+    while text[i] not in ",}":
+        i += 1
+    return i

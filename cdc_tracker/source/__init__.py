@@ -1,0 +1,1 @@
+"""The source stage: a logical replication slot read through wal2json."""
