@@ -1,0 +1,1 @@
+"""The rulebook: YAML rules and the expression language they are written in."""

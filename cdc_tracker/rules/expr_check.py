@@ -1,0 +1,204 @@
+"""Kinds of values, and the static type check of an expression's tree.
+
+``static_type(node, column_kind, known_columns)`` works out the ``Kind`` an expression
+yields given each column's kind (from the live schema), or raises ``ExpressionError``
+at the offending node: an unknown column (with a "did you mean"), a comparison of text
+with a number, ``not`` of a text, ``lower()`` of a number. ``ANY`` is compatible with
+every kind and ``NULL`` (a null literal) with every kind too.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from cdc_tracker.rules.expr_parse import (
+    BoolOp,
+    Call,
+    Col,
+    Compare,
+    ExpressionError,
+    InList,
+    IsNull,
+    Lit,
+    Node,
+    Not,
+)
+
+TEXT_FUNCTIONS = frozenset({"lower", "upper", "trim", "sha256"})
+
+
+class Kind(Enum):
+    """The type of a value, as far as expressions care."""
+
+    TEXT = "text"
+    NUMBER = "number"
+    BOOL = "boolean"
+    TIMESTAMP = "timestamp"
+    DATE = "date"
+    JSON = "json"
+    ARRAY = "array"
+    ANY = "any"
+    NULL = "null"
+
+
+TEXT, NUMBER, BOOL, ANY = Kind.TEXT, Kind.NUMBER, Kind.BOOL, Kind.ANY
+KINDS: dict[type, Kind] = {
+    str: TEXT,
+    int: NUMBER,
+    Decimal: NUMBER,
+    float: NUMBER,
+    bool: BOOL,
+    datetime: Kind.TIMESTAMP,
+    date: Kind.DATE,
+    list: Kind.ARRAY,
+    tuple: Kind.ARRAY,
+    dict: Kind.JSON,
+    type(None): Kind.NULL,
+}
+
+
+_SUBCLASSES: tuple[tuple[type | tuple[type, ...], Kind], ...] = (
+    (bool, BOOL),
+    ((int, Decimal, float), NUMBER),
+    (str, TEXT),
+    (datetime, Kind.TIMESTAMP),
+    (date, Kind.DATE),
+    ((list, tuple), Kind.ARRAY),
+    (dict, Kind.JSON),
+)
+
+
+def kind_of(value: Any) -> Kind:
+    """The ``Kind`` of a run-time value; ``ANY`` for types expressions do not know."""
+    kind = KINDS.get(type(value))
+    if kind is None:
+        found = (kind for cls, kind in _SUBCLASSES if isinstance(value, cls))
+        kind = next(found, ANY)
+    return kind
+
+
+def children(node: Node) -> tuple[Node, ...]:
+    if isinstance(node, Not):
+        return (node.operand,)
+    if isinstance(node, BoolOp):
+        return node.operands
+    if isinstance(node, Compare):
+        return (node.left, node.right)
+    if isinstance(node, InList):
+        return (node.operand, *node.items)
+    if isinstance(node, IsNull):
+        return (node.operand,)
+    if isinstance(node, Call):
+        return node.args
+    return ()
+
+
+def describe(node: Node, kind: Kind) -> str:
+    if isinstance(node, Col):
+        return f"{kind.value} (column {node.ref.column})"
+    return kind.value
+
+
+def _compatible(left: Kind, right: Kind) -> bool:
+    return left is right or ANY in (left, right) or Kind.NULL in (left, right)
+
+
+class _Typer:
+    """Works out the kind of each node from the columns' kinds, or raises."""
+
+    def __init__(
+        self, column_kind: Callable[[str], Kind | None], known: tuple[str, ...]
+    ) -> None:
+        self.column_kind = column_kind
+        self.known = known
+
+    def kind(self, node: Node) -> Kind:
+        if isinstance(node, Lit):
+            return kind_of(node.value)
+        if isinstance(node, Col):
+            return self.column(node)
+        if isinstance(node, Not | BoolOp):
+            for operand in children(node):
+                self.boolean(operand, "not" if isinstance(node, Not) else node.op)
+            return BOOL
+        if isinstance(node, Compare | InList):
+            self.comparable(node)
+            return BOOL
+        if isinstance(node, IsNull):
+            self.kind(node.operand)
+            return BOOL
+        return self.call(node)
+
+    def column(self, node: Col) -> Kind:
+        kind = self.column_kind(node.ref.column)
+        if kind is not None:
+            return kind
+        message = f"unknown column '{node.ref.column}'"
+        close = difflib.get_close_matches(node.ref.column, self.known, n=1)
+        if close:
+            message += f"; did you mean '{close[0]}'?"
+        raise ExpressionError(message, node.offset)
+
+    def boolean(self, node: Node, what: str) -> None:
+        kind = self.kind(node)
+        if kind not in (BOOL, ANY, Kind.NULL):
+            raise ExpressionError(
+                f"'{what}' expects a boolean, got {describe(node, kind)}",
+                node.offset,
+            )
+
+    def comparable(self, node: Compare | InList) -> None:
+        subject = node.left if isinstance(node, Compare) else node.operand
+        others = (node.right,) if isinstance(node, Compare) else node.items
+        op = node.op if isinstance(node, Compare) else "in"
+        left = self.kind(subject)
+        for other in others:
+            right = self.kind(other)
+            if not _compatible(left, right):
+                raise ExpressionError(
+                    f"'{op}' cannot compare {describe(subject, left)} "
+                    f"with {describe(other, right)}",
+                    node.offset,
+                )
+        if op in ("<", "<=", ">", ">=") and Kind.JSON in (left, right):
+            raise ExpressionError(f"'{op}' cannot order json values", node.offset)
+
+    def call(self, node: Call) -> Kind:
+        kinds = [self.kind(arg) for arg in node.args]
+        if node.name == "changed":
+            return BOOL
+        if node.name == "coalesce":
+            return self.common(node, kinds)
+        if node.name in TEXT_FUNCTIONS and kinds[0] not in (TEXT, ANY, Kind.NULL):
+            raise ExpressionError(
+                f"{node.name}() expects text, got {describe(node.args[0], kinds[0])}",
+                node.args[0].offset,
+            )
+        return TEXT
+
+    def common(self, node: Call, kinds: list[Kind]) -> Kind:
+        result = Kind.NULL
+        for arg, kind in zip(node.args, kinds, strict=True):
+            if not _compatible(result, kind):
+                raise ExpressionError(
+                    "coalesce() arguments must share a type, got "
+                    f"{result.value} and {describe(arg, kind)}",
+                    arg.offset,
+                )
+            if result in (Kind.NULL, ANY) and kind is not Kind.NULL:
+                result = kind
+        return result
+
+
+def static_type(
+    node: Node,
+    column_kind: Callable[[str], Kind | None],
+    known_columns: Iterable[str] = (),
+) -> Kind:
+    """The kind ``node`` yields; raises ``ExpressionError`` on a type error."""
+    return _Typer(column_kind, tuple(known_columns)).kind(node)
