@@ -1,0 +1,92 @@
+"""Group encoded calls, in order, into requests that fit the destination's limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cdc_tracker.destination.encode import encode_call, with_sent_at
+from cdc_tracker.model import Call
+
+_ENVELOPE_OPEN = b'{"batch":['
+_ENVELOPE_CLOSE = b"]}"
+ENVELOPE_BYTES = len(_ENVELOPE_OPEN) + len(_ENVELOPE_CLOSE)
+# What with_sent_at adds to a call: ,"sentAt":"2026-12-04T16:42:12.123Z"
+SENT_AT_BYTES = len(b',"sentAt":""') + len("2026-12-04T16:42:12.123Z")
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedCall:
+    """A call and its JSON bytes (without ``sentAt``), encoded once for every send."""
+
+    message_id: str
+    user_id: str
+    body: bytes
+    call: Call
+
+    @classmethod
+    def of(cls, call: Call) -> EncodedCall:
+        """Encode ``call``; raises ``ValueError`` as ``encode_call`` does."""
+        return cls(call.message_id, call.user_id, encode_call(call), call)
+
+    @property
+    def sent_size(self) -> int:
+        """Bytes this call takes in a request once ``sentAt`` is added."""
+        return len(self.body) + SENT_AT_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """Per-request and per-call limits, in calls and uncompressed bytes."""
+
+    max_calls: int = 500
+    max_bytes: int = 475_000
+    max_call_bytes: int = 32_000
+
+
+@dataclass(slots=True)
+class Batches:
+    """What ``make_batches`` made: requests to send, and calls never to send."""
+
+    requests: list[list[EncodedCall]] = field(default_factory=list)
+    oversize: list[tuple[EncodedCall, str]] = field(default_factory=list)
+
+
+def make_batches(calls: Iterable[EncodedCall], limits: BatchLimits) -> Batches:
+    """Split ``calls`` into requests, keeping their order, each within ``limits``.
+
+    A request holds at most ``limits.max_calls`` calls and its body, envelope and
+    ``sentAt`` included, at most ``limits.max_bytes`` bytes. A call over
+    ``limits.max_call_bytes`` goes to ``oversize`` with the reason, not into a
+    request.
+    """
+    batches = Batches()
+    current: list[EncodedCall] = []
+    size = ENVELOPE_BYTES
+    for call in calls:
+        call_size = call.sent_size
+        if call_size > limits.max_call_bytes:
+            batches.oversize.append((call, _oversize_reason(call_size, limits)))
+            continue
+        # The comma before every call but the first.
+        added = call_size + (1 if current else 0)
+        if current and (
+            len(current) >= limits.max_calls or size + added > limits.max_bytes
+        ):
+            batches.requests.append(current)
+            current, size, added = [], ENVELOPE_BYTES, call_size
+        current.append(call)
+        size += added
+    if current:
+        batches.requests.append(current)
+    return batches
+
+
+def request_body(batch: list[EncodedCall], sent_at: str) -> bytes:
+    """Return the JSON request body for ``batch``, every call stamped ``sent_at``."""
+    calls = b",".join([with_sent_at(call.body, sent_at) for call in batch])
+    return _ENVELOPE_OPEN + calls + _ENVELOPE_CLOSE
+
+
+def _oversize_reason(size: int, limits: BatchLimits) -> str:
+    return f"call is {size} bytes, over the {limits.max_call_bytes}-byte per-call limit"

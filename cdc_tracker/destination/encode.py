@@ -1,0 +1,106 @@
+"""Encode calls to JSON bytes once, so that every resend carries the same bytes.
+
+``encode_call`` turns a ``Call`` into the JSON object RudderStack expects, without
+``sentAt``; ``with_sent_at`` splices the per-request ``sentAt`` in without
+re-encoding. Exact numerics (``Decimal``) keep their digits: they never pass
+through ``float``. Datetimes come out RFC 3339 (naive ones are taken as UTC).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from cdc_tracker.model import Call
+
+_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+_INT64_MIN = -(2**63)
+_UINT64_MAX = 2**64 - 1
+
+
+def encode_call(call: Call) -> bytes:
+    """Return ``call.payload`` as compact JSON bytes, ``sentAt`` excluded.
+
+    Raises ``ValueError`` when the payload already holds ``sentAt``, holds a
+    NaN or infinite ``Decimal``, or holds a value JSON cannot carry. The message
+    names the call and the type, never the value.
+    """
+    payload = call.payload
+    if "sentAt" in payload:
+        raise ValueError(
+            f"call {call.message_id} carries sentAt; the shipper sets it per request"
+        )
+    try:
+        return orjson.dumps(payload, default=_encode_other, option=_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        if str(exc) != "Integer exceeds 64-bit range":
+            raise ValueError(f"call {call.message_id}: {_reason(exc)}") from exc
+    # Rare: a numeric without a fraction decoded to an int beyond 64 bits.
+    widened = _widen_big_ints(payload)
+    try:
+        return orjson.dumps(widened, default=_encode_other, option=_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"call {call.message_id}: {_reason(exc)}") from exc
+
+
+def with_sent_at(encoded: bytes, sent_at: str) -> bytes:
+    """Return the encoded call object with ``"sentAt": sent_at`` as its last key.
+
+    ``encoded`` must be a JSON object as ``encode_call`` returns it; ``sent_at``
+    must need no JSON escaping (``rfc3339_ms`` output does not).
+    """
+    tail = b'"sentAt":"' + sent_at.encode("ascii") + b'"}'
+    if encoded == b"{}":
+        return b"{" + tail
+    return encoded[:-1] + b"," + tail
+
+
+def rfc3339_ms(dt: datetime) -> str:
+    """Format ``dt`` as UTC with milliseconds and ``Z``: ``2026-12-04T16:42:12.123Z``.
+
+    A naive datetime is taken to be UTC already.
+    """
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(UTC)
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
+        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}."
+        f"{dt.microsecond // 1000:03d}Z"
+    )
+
+
+def _encode_other(value: object) -> orjson.Fragment:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(_decimal_text(value))
+    raise TypeError(f"cannot encode a value of type {type(value).__name__}")
+
+
+def _decimal_text(value: Decimal) -> str:
+    if not value.is_finite():
+        raise ValueError("a decimal value is NaN or infinite")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite decimals have an int exponent
+    # "f" writes the digits as stored; a positive exponent would grow zeros.
+    return format(value, "f") if exponent <= 0 else str(value)
+
+
+def _reason(exc: orjson.JSONEncodeError) -> str:
+    cause = exc.__cause__
+    return str(cause) if isinstance(cause, ValueError | TypeError) else str(exc)
+
+
+def _widen_big_ints(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _widen_big_ints(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_widen_big_ints(item) for item in value]
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not _INT64_MIN <= value <= _UINT64_MAX
+    ):
+        return orjson.Fragment(str(value))
+    return value

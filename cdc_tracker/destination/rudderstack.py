@@ -1,0 +1,290 @@
+"""Ship encoded calls to RudderStack's (or Segment's) ``/v1/batch`` endpoint.
+
+``RudderStackClient.post`` sends one request and is the only place httpx's
+exceptions and HTTP statuses become ours. ``RudderStackClient.deliver`` is the
+only place that decides to retry, split, pause or give up.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import Enum
+
+import httpx
+import structlog
+
+from cdc_tracker import __version__
+from cdc_tracker.destination.backoff import Backoff, parse_retry_after
+from cdc_tracker.destination.batching import EncodedCall, make_batches, request_body
+from cdc_tracker.destination.encode import rfc3339_ms
+from cdc_tracker.destination.settings import DestinationSettings
+from cdc_tracker.destination.stats import DeliveryResult, DeliveryStats, LogThrottle
+from cdc_tracker.errors import (
+    DeliveryError,
+    DestinationAuthError,
+    PermanentDelivery,
+    RetryableDelivery,
+)
+
+log = structlog.get_logger(__name__)
+
+_AUTH_STATUSES = frozenset({401, 403, 404})
+# 408 is the server giving up waiting for us: a passing failure like a timeout.
+_RETRY_STATUSES = frozenset({408, 429})
+# Refusals that point at the calls themselves: split the batch to find them.
+_SPLIT_STATUSES = frozenset({400, 413, 422})
+
+
+class _Stopped(Enum):
+    STOPPED = "stopped"
+
+
+class RudderStackClient:
+    """A keep-alive HTTP client for one destination. Not safe for concurrent use.
+
+    ``transport`` replaces the network (tests pass ``httpx.MockTransport``),
+    ``backoff`` the retry delays, ``sleep`` the wait between retries when no stop
+    event is given, and ``now`` the clock that stamps ``sentAt``. ``stats`` holds
+    running counters for metrics.
+    """
+
+    def __init__(
+        self,
+        settings: DestinationSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        log_interval: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.stats = DeliveryStats()
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._sleep = sleep
+        self._now = now
+        self._host = httpx.URL(settings.url).host
+        self._retry_log = LogThrottle(log_interval)
+        self._pause_log = LogThrottle(log_interval)
+        self._client = httpx.Client(
+            transport=transport,
+            timeout=settings.timeout,
+            headers=_headers(settings),
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        """Close the kept-alive connections."""
+        self._client.close()
+
+    def __enter__(self) -> RudderStackClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def post(self, batch: list[EncodedCall]) -> None:
+        """Send ``batch`` once, every call stamped with the current ``sentAt``.
+
+        Returns when the destination answered 2xx (the calls are stored). Raises
+        ``DestinationAuthError`` for 401/403/404; ``RetryableDelivery`` for 408,
+        429, 5xx, timeouts and connection failures (with ``retry_after`` from the
+        answer, if any); ``PermanentDelivery`` for any other status.
+        """
+        body = request_body(batch, rfc3339_ms(self._now()))
+        use_gzip = self.settings.use_gzip
+        content = (
+            gzip.compress(body, self.settings.gzip_level, mtime=0) if use_gzip else body
+        )
+        self._count_request(len(batch), len(content))
+        started = time.perf_counter()
+        try:
+            response = self._client.post(
+                self.settings.endpoint,
+                content=content,
+                headers=_GZIP_HEADERS if use_gzip else None,
+            )
+        except httpx.TimeoutException as exc:
+            self.stats.count_error("timeout")
+            raise RetryableDelivery(
+                f"{self._host} did not answer within {self.settings.timeout} s "
+                f"to a request of {len(batch)} calls"
+            ) from exc
+        except httpx.RequestError as exc:
+            self.stats.count_error("connection")
+            raise RetryableDelivery(
+                f"{self._host} could not be reached or dropped the connection "
+                f"({type(exc).__name__}) during a request of {len(batch)} calls"
+            ) from exc
+        log.debug(
+            "request answered",
+            host=self._host,
+            status=response.status_code,
+            calls=len(batch),
+            bytes=len(content),
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        self._raise_for_status(response, len(batch))
+
+    def deliver(
+        self, calls: list[EncodedCall], stop: threading.Event | None = None
+    ) -> DeliveryResult:
+        """Deliver ``calls`` in order, one request in flight at a time.
+
+        Retries passing failures and auth/config refusals for as long as it takes,
+        resending the same call bytes (only ``sentAt`` changes). A batch refused
+        with 400, 413 or 422 is split in halves until the refused calls stand alone;
+        those, and calls over the per-call limit, become dead letters. When ``stop``
+        is set during a wait, returns at once with the unacknowledged calls in
+        ``pending``: nothing undelivered is counted as delivered.
+        """
+        requests, retries = self.stats.requests, self.stats.retries
+        batches = make_batches(calls, self.settings.limits)
+        result = DeliveryResult()
+        for call, reason in batches.oversize:
+            self._dead_letter(result, call, reason)
+        queue = deque(batches.requests)
+        while queue:
+            batch = queue[0]
+            answer = self._send_until_answered(batch, stop)
+            if answer is _Stopped.STOPPED:
+                result.pending = [call for waiting in queue for call in waiting]
+                log.info("delivery interrupted", calls=len(result.pending))
+                break
+            queue.popleft()
+            if answer is None:
+                result.delivered += len(batch)
+                self.stats.calls_delivered += len(batch)
+            elif len(batch) > 1:
+                half = len(batch) // 2
+                queue.extendleft([batch[half:], batch[:half]])
+            else:
+                reason = f"refused by the destination with status {answer}"
+                self._dead_letter(result, batch[0], reason)
+        result.requests = self.stats.requests - requests
+        result.retries = self.stats.retries - retries
+        return result
+
+    def _send_until_answered(
+        self, batch: list[EncodedCall], stop: threading.Event | None
+    ) -> int | _Stopped | None:
+        """Post until answered: ``None`` on 2xx, the status of a splittable refusal."""
+        while True:
+            try:
+                self.post(batch)
+            except RetryableDelivery as exc:
+                delay = self._backoff.next_delay(exc.retry_after)
+                self._note_retry(exc, delay, len(batch))
+            except PermanentDelivery as exc:
+                if exc.status in _SPLIT_STATUSES:
+                    self._note_answered()
+                    return exc.status
+                delay = self._backoff.next_delay()
+                self._note_paused(exc, delay, len(batch))
+            except DestinationAuthError as exc:
+                delay = self._backoff.next_delay()
+                self._note_paused(exc, delay, len(batch))
+            else:
+                self._note_answered()
+                return None
+            self.stats.retries += 1
+            if self._wait(delay, stop):
+                return _Stopped.STOPPED
+
+    def _wait(self, delay: float, stop: threading.Event | None) -> bool:
+        """Wait ``delay`` s; return whether ``stop`` was set meanwhile."""
+        if stop is None:
+            self._sleep(delay)
+            return False
+        return stop.wait(delay)
+
+    def _raise_for_status(self, response: httpx.Response, calls: int) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        self.stats.count_error(str(status))
+        what = f"{self._host} answered {status} to a request of {calls} calls"
+        if status in _AUTH_STATUSES:
+            raise DestinationAuthError(what, status=status)
+        if status in _RETRY_STATUSES or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise RetryableDelivery(what, retry_after=retry_after)
+        raise PermanentDelivery(what, status=status)
+
+    def _count_request(self, calls: int, size: int) -> None:
+        self.stats.requests += 1
+        self.stats.calls_sent += calls
+        self.stats.bytes_sent += size
+
+    def _note_retry(self, exc: RetryableDelivery, delay: float, calls: int) -> None:
+        self.stats.consecutive_failures += 1
+        if self._retry_log.allow():
+            log.warning(
+                "delivery failed, retrying",
+                host=self._host,
+                status=self.stats.last_error,
+                attempt=self._backoff.attempts,
+                delay_s=round(delay, 3),
+                calls=calls,
+                suppressed=self._retry_log.take_suppressed(),
+                error=str(exc),
+            )
+
+    def _note_paused(self, exc: DeliveryError, delay: float, calls: int) -> None:
+        self.stats.consecutive_failures += 1
+        self.stats.paused = True
+        if self._pause_log.allow():
+            log.error(
+                "destination refuses our settings, delivery paused",
+                host=self._host,
+                status=self.stats.last_error,
+                attempt=self._backoff.attempts,
+                delay_s=round(delay, 3),
+                calls=calls,
+                suppressed=self._pause_log.take_suppressed(),
+                error=str(exc),
+            )
+
+    def _note_answered(self) -> None:
+        if self.stats.consecutive_failures:
+            log.info(
+                "destination recovered",
+                host=self._host,
+                failures=self.stats.consecutive_failures,
+            )
+        self.stats.consecutive_failures = 0
+        self.stats.paused = False
+        self._backoff.reset()
+        self._retry_log.reset()
+        self._pause_log.reset()
+
+    def _dead_letter(
+        self, result: DeliveryResult, call: EncodedCall, reason: str
+    ) -> None:
+        self.stats.calls_dead_lettered += 1
+        result.dead_letters.append((call, reason))
+        log.error(
+            "call dead-lettered",
+            message_id=call.message_id,
+            rule=call.call.rule,
+            lsn=str(call.call.commit_lsn),
+            reason=reason,
+        )
+
+
+_GZIP_HEADERS = {"Content-Encoding": "gzip"}
+
+
+def _headers(settings: DestinationSettings) -> dict[str, str]:
+    token = base64.b64encode(f"{settings.write_key}:".encode()).decode("ascii")
+    return {
+        "Authorization": f"Basic {token}",
+        "Content-Type": "application/json",
+        "User-Agent": f"cdc-tracker/{__version__}",
+    }
