@@ -1,0 +1,1 @@
+"""Test doubles for cdc-tracker: a strict fake RudderStack data plane and friends."""

@@ -1,0 +1,55 @@
+"""``python -m cdc_tracker.testing.rudderstack``: the fake as a local receiver.
+
+Serves on 127.0.0.1 until Ctrl-C and writes one JSON line per accepted call to
+stdout: ``[type, userId or anonymousId, event, messageId]``. Exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import orjson
+
+from cdc_tracker.testing.rudderstack import FakeRudderStack, ReceivedCall
+
+
+def _print_call(call: ReceivedCall) -> None:
+    line = orjson.dumps(
+        [call.type, call.user_id or call.anonymous_id, call.event, call.message_id]
+    )
+    sys.stdout.write(f"{line.decode()}\n")
+    if call.index == len(call.batch) - 1:
+        sys.stdout.flush()  # once per request: a flush per call would cap throughput
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve on loopback until Ctrl-C, one JSON line per accepted call on stdout:
+    ``[type, userId, event, messageId]``. Exit code 0."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cdc_tracker.testing.rudderstack",
+        description="A strict fake RudderStack data plane on 127.0.0.1.",
+        epilog="example: --port 8088 --write-key demo-key --segment",
+    )
+    parser.add_argument("--port", type=int, default=8088)
+    parser.add_argument("--write-key", action="append", default=[], dest="write_keys")
+    parser.add_argument("--segment", action="store_true", help="apply Segment's limits")
+    parser.add_argument("--lenient", action="store_true", help="skip the strict checks")
+    args = parser.parse_args(argv)
+    fake = FakeRudderStack(
+        write_keys=args.write_keys or ["test-write-key"],
+        port=args.port,
+        strict=not args.lenient,
+        segment=args.segment,
+        on_accept=_print_call,
+        record=False,
+    )
+    with fake:
+        sys.stderr.write(f"fake rudderstack on {fake.url}/v1/batch (Ctrl-C stops)\n")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
