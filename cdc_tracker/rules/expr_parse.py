@@ -394,7 +394,7 @@ def _check_arity(name: str, args: tuple[Node, ...], offset: int) -> None:
     fewest, most = FUNCTIONS[name]
     if len(args) < fewest or (most is not None and len(args) > most):
         wanted = f"{fewest}" if fewest == most else f"at least {fewest}"
-        plural = "" if wanted == "1" else "s"
+        plural = "" if fewest == 1 else "s"
         raise ExpressionError(
             f"{name}() takes {wanted} argument{plural}, got {len(args)}", offset
         )

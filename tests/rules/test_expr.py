@@ -1,0 +1,611 @@
+"""The rulebook's expression language: parsing, evaluation, MISSING, static types."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from cdc_tracker.errors import CdcTrackerError, ConfigError
+from cdc_tracker.model import MISSING
+from cdc_tracker.rules.expr import (
+    ColumnRef,
+    EvaluationError,
+    ExpressionError,
+    Kind,
+    MissingValue,
+    literal,
+    parse_expression,
+)
+
+
+class FakeRow:
+    """A row change: ``row`` reads the new image, or the old one for a delete."""
+
+    def __init__(
+        self,
+        new: dict[str, Any] | None = None,
+        old: dict[str, Any] | None = None,
+        *,
+        deleted: bool = False,
+    ) -> None:
+        self.images = {"new": new or {}, "old": old or {}}
+        self.images["row"] = self.images["old" if deleted else "new"]
+
+    def value(self, image: str, column: str) -> Any:
+        return self.images[image].get(column, MISSING)
+
+
+def evaluate(text: str, new: dict[str, Any] | None = None, **old: Any) -> Any:
+    return parse_expression(text).evaluate(FakeRow(new, old))
+
+
+PAID = {"status": "paid", "amount": Decimal("12.50"), "count": 3, "ok": True}
+
+EVALUATIONS = [
+    ("status == 'paid'", PAID, True),
+    ("status = 'paid'", PAID, True),
+    ("status != 'paid'", PAID, False),
+    ("status <> 'paid'", PAID, False),
+    ("amount > 12", PAID, True),
+    ("amount >= 12.50", PAID, True),
+    ("amount < 12.5", PAID, False),
+    ("amount <= -1", PAID, False),
+    ("count == 3.0", PAID, True),
+    ("count < amount", PAID, True),
+    ("'a' < 'b'", {}, True),
+    ("ok", PAID, True),
+    ("ok == true", PAID, True),
+    ("not ok", PAID, False),
+    ("status in ('new', 'paid')", PAID, True),
+    ("status not in ('new', 'paid')", PAID, False),
+    ("count in (1, 2)", PAID, False),
+    ("count in (3.00)", PAID, True),
+    ("status is null", PAID, False),
+    ("status is not null", PAID, True),
+    ("missing_col is null", {"missing_col": None}, True),
+    ("(status == 'paid' or ok) and count > 2", PAID, True),
+    ("status == 'x' or status == 'paid' and not ok", PAID, False),
+    ("not status == 'x'", PAID, True),
+    ("STATUS", {"STATUS": 1}, 1),
+    ('"Mixed Case"', {"Mixed Case": "v"}, "v"),
+    ('"say ""hi"""', {'say "hi"': 1}, 1),
+    ("'it''s'", {}, "it's"),
+    ("''", {}, ""),
+    ("007", {}, 7),
+    ("1.10", {}, Decimal("1.10")),
+    ("-2.5", {}, Decimal("-2.5")),
+    ("NULL", {}, None),
+    ("True", {}, True),
+    ("FALSE", {}, False),
+    ("status IS NOT NULL AND ok IN (true)", PAID, True),
+    ("new.status", PAID, "paid"),
+    ("lower('MiXed')", {}, "mixed"),
+    ("upper(status)", PAID, "PAID"),
+    ("trim('  padded \t')", {}, "padded"),
+    ("concat(status, '-', count, '-', amount)", PAID, "paid-3-12.50"),
+    ("concat(nothing, 'x', ok)", {"nothing": None, "ok": False}, "xfalse"),
+    ("coalesce(nothing, status)", {"nothing": None, "status": "s"}, "s"),
+    ("coalesce(nothing, null)", {"nothing": None}, None),
+    ("string(count)", PAID, "3"),
+    ("string(nothing)", {"nothing": None}, None),
+    ("sha256(nothing)", {"nothing": None}, None),
+    ("lower(nothing)", {"nothing": None}, None),
+    ("sha256('a@b.c')", {}, hashlib.sha256(b"a@b.c").hexdigest()),
+    (
+        "SHA256(lower(trim(email)))",
+        {"email": " Ä@B.c "},
+        hashlib.sha256("ä@b.c".encode()).hexdigest(),
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "new", "expected"), EVALUATIONS)
+def test_expression_evaluates_to_expected_value(
+    text: str, new: dict[str, Any], expected: Any
+) -> None:
+    result = evaluate(text, new)
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+def test_old_and_new_images_are_read_separately() -> None:
+    row = FakeRow({"ok": False, "plan": "pro"}, {"ok": True, "plan": "free"})
+    lost = parse_expression("old.ok and not new.ok")
+    assert lost.evaluate(row) is True
+    assert parse_expression("concat(old.plan, '>', new.plan)").evaluate(row) == (
+        "free>pro"
+    )
+
+
+def test_bare_column_reads_old_image_of_a_delete() -> None:
+    row = FakeRow(None, {"plan": "free"}, deleted=True)
+    assert parse_expression("plan").evaluate(row) == "free"
+
+
+# SQL's truth tables: T, F and N(ull) for every pair.
+T, F, N = True, False, None
+AND_TABLE = [(T, T, T), (T, F, F), (T, N, N), (F, T, F), (F, F, F), (F, N, F)]
+AND_TABLE += [(N, T, N), (N, F, F), (N, N, N)]
+OR_TABLE = [(T, T, T), (T, F, T), (T, N, T), (F, T, T), (F, F, F), (F, N, N)]
+OR_TABLE += [(N, T, T), (N, F, N), (N, N, N)]
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), AND_TABLE)
+def test_and_follows_sql_truth_table(a: Any, b: Any, expected: Any) -> None:
+    assert evaluate("a and b", {"a": a, "b": b}) is expected
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), OR_TABLE)
+def test_or_follows_sql_truth_table(a: Any, b: Any, expected: Any) -> None:
+    assert evaluate("a or b", {"a": a, "b": b}) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("not a", None),
+        ("a == 1", None),
+        ("1 != a", None),
+        ("a < 'x'", None),
+        ("a in (1, 2)", None),
+        ("a not in (1)", None),
+        ("1 in (2, a)", None),
+        ("1 not in (2, a)", None),
+        ("1 in (1, a)", True),
+        ("1 not in (1, a)", False),
+        ("a and b and c", None),
+        ("a or b or c", True),
+        ("a is null", True),
+    ],
+)
+def test_null_propagates_like_sql(text: str, expected: Any) -> None:
+    assert evaluate(text, {"a": None, "b": True, "c": None}) is expected
+
+
+def test_holds_treats_null_as_false() -> None:
+    when = parse_expression("a == 1")
+    assert when.holds(FakeRow({"a": None})) is False
+    assert when.holds(FakeRow({"a": 1})) is True
+    assert when.holds(FakeRow({"a": 2})) is False
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        (1, Decimal("1.0"), True),
+        (2, Decimal("1.99"), False),
+        (10**30, Decimal(1), False),
+        (Decimal("0.1"), 0, False),
+        (Decimal("-0"), 0, True),
+    ],
+)
+def test_int_and_decimal_compare_by_value(
+    left: Any, right: Any, expected: bool
+) -> None:
+    assert evaluate("a == b", {"a": left, "b": right}) is expected
+    assert evaluate("a > b", {"a": left, "b": right}) is (left > right)
+
+
+@pytest.mark.parametrize(
+    ("text", "values", "fragment"),
+    [
+        ("a == b", {"a": "secret-1", "b": 5}, "'==' cannot compare text (column a)"),
+        ("a < 5", {"a": "secret-1"}, "'<' cannot compare text (column a)"),
+        ("a == true", {"a": 1}, "number (column a) with boolean"),
+        ("a > b", {"a": {"k": 1}, "b": {"k": 2}}, "cannot compare json"),
+        (
+            "a < b",
+            {"a": datetime(2024, 1, 1), "b": datetime(2024, 1, 1, tzinfo=UTC)},
+            "",
+        ),
+        ("a == b", {"a": date(2024, 1, 1), "b": datetime(2024, 1, 1, tzinfo=UTC)}, ""),
+        ("a in ('x', 2)", {"a": "secret-1"}, "'in' cannot compare text (column a)"),
+        ("not a", {"a": "secret-1"}, "'not' expects a boolean, got text (column a)"),
+        ("a and true", {"a": 1}, "'and' expects a boolean, got number (column a)"),
+        ("false or a", {"a": "secret-1"}, "'or' expects a boolean, got text"),
+        ("lower(a)", {"a": 5}, "lower() expects text, got number (column a)"),
+        ("sha256(a)", {"a": ["secret-1"]}, "sha256() expects text, got array"),
+        ("trim(a)", {"a": True}, "trim() expects text, got boolean"),
+    ],
+)
+def test_runtime_type_mismatch_raises_evaluation_error_without_values(
+    text: str, values: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(EvaluationError) as caught:
+        evaluate(text, values)
+    assert fragment in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert "at column" in str(caught.value)
+
+
+def test_errors_belong_to_the_one_exception_tree() -> None:
+    assert issubclass(ExpressionError, ConfigError)
+    assert issubclass(EvaluationError, CdcTrackerError)
+    assert issubclass(MissingValue, EvaluationError)
+
+
+# --- MISSING: a column the change does not carry ---
+
+
+def test_expression_that_is_one_column_returns_missing_as_is() -> None:
+    assert evaluate("notes", {}) is MISSING
+    assert evaluate("new.notes", {}) is MISSING
+    assert evaluate("old.notes", {}) is MISSING
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "notes == 'x'",
+        "notes is null",
+        "not notes",
+        "lower(notes)",
+        "concat(notes)",
+        "coalesce(notes, 'x')",
+        "notes in ('x')",
+        "'x' in (notes)",
+        "string(notes)",
+        "true and notes",
+        "sha256(notes)",
+        "old.notes is not null",
+    ],
+)
+def test_any_other_use_of_missing_raises_missing_value(text: str) -> None:
+    with pytest.raises(MissingValue) as caught:
+        evaluate(text, {})
+    assert caught.value.column == "notes"
+
+
+def test_changed_is_false_when_new_value_is_missing() -> None:
+    assert evaluate("changed(notes)", {}, notes="old text") is False
+
+
+def test_changed_raises_missing_value_when_old_value_is_missing() -> None:
+    with pytest.raises(MissingValue) as caught:
+        evaluate("changed(notes)", {"notes": "new text"})
+    assert caught.value.column == "notes"
+    assert caught.value.image == "old"
+
+
+@pytest.mark.parametrize(
+    ("new", "old", "expected"),
+    [
+        ("a", "a", False),
+        ("a", "b", True),
+        (None, None, False),
+        (None, "a", True),
+        ("a", None, True),
+        (1, Decimal("1.0"), False),
+        ({"k": [1]}, {"k": [1]}, False),
+    ],
+)
+def test_changed_compares_new_with_old_like_is_distinct_from(
+    new: Any, old: Any, expected: bool
+) -> None:
+    assert evaluate("changed(x)", {"x": new}, x=old) is expected
+
+
+def test_short_circuit_skips_operands_that_would_be_missing() -> None:
+    assert evaluate("ok or notes == 'x'", {"ok": True}) is True
+    assert evaluate("ok and notes == 'x'", {"ok": False}) is False
+
+
+# --- string() and concat() text forms ---
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (Decimal("1E-9"), "0.000000001"),
+        (Decimal("4.10"), "4.10"),
+        (Decimal("98765432109876543210.000000001"), "98765432109876543210.000000001"),
+        (10**25, "10000000000000000000000000"),
+        (True, "true"),
+        ("é", "é"),
+        (datetime(2024, 5, 1, 12, 30, tzinfo=UTC), "2024-05-01T12:30:00+00:00"),
+        (date(2024, 5, 1), "2024-05-01"),
+        ({"a": [1, Decimal("2.50"), None, 'x"y']}, '{"a":[1,2.50,null,"x\\"y"]}'),
+        ([True, {"é": False}], '[true,{"é":false}]'),
+    ],
+)
+def test_string_writes_every_digit_and_a_stable_form(value: Any, text: str) -> None:
+    assert evaluate("string(v)", {"v": value}) == text
+    assert evaluate("concat('', v)", {"v": value}) == text
+
+
+# --- parse errors ---
+
+
+@pytest.mark.parametrize(
+    ("text", "offset", "message"),
+    [
+        ("", 0, "empty expression"),
+        ("   ", 0, "empty expression"),
+        ("lower(status", 12, "expected ')', found end of expression"),
+        ("status == ", 10, "expected a value, found end of expression"),
+        ("status == 'paid", 10, "unterminated string"),
+        ('"open', 0, "unterminated quoted column name"),
+        ('""', 0, "empty quoted column name"),
+        ("a == b == c", 7, "comparisons cannot be chained; join them with 'and'"),
+        ("a b", 2, "unexpected 'b'"),
+        ("a not b", 2, "unexpected 'not'"),
+        ("a $ b", 2, "unexpected character '$'"),
+        ("a ! b", 2, "unexpected character '!'"),
+        ("a is 5", 5, "expected 'null', found '5'"),
+        ("a in 'x'", 5, "expected '(', found ''x''"),
+        ("a in ()", 6, "expected a value, found ')'"),
+        ("(a", 2, "expected ')', found end of expression"),
+        ("a)", 1, "unexpected ')'"),
+        ("lowr(a)", 0, "unknown function 'lowr'; known: changed, coalesce, concat,"),
+        ("lower(a, b)", 0, "lower() takes 1 argument, got 2"),
+        ("concat()", 0, "concat() takes at least 1 argument, got 0"),
+        ("changed(new.x)", 8, "changed() takes a bare column name"),
+        ("changed('x')", 8, "changed() takes a bare column name"),
+        ("a == null", 2, "'== null' is never true; use 'is null'"),
+        ("null <> a", 5, "'<> null' is never true"),
+        ("a + 1", 2, "unexpected character '+'"),
+        ("-a", 0, "arithmetic is not supported"),
+        ("1e5", 1, "unexpected 'e5'"),
+        ("x.y", 1, "attribute access is not supported"),
+        ("new.x.y", 5, "unexpected '.'"),
+        ("new.", 4, "expected a column name after 'new.', found end of expression"),
+        ("old.(a)", 4, "expected a column name after 'old.'"),
+        ("and", 0, "expected a value, found 'and'"),
+        ("not", 3, "expected a value, found end of expression"),
+        ("a = 'é' and b = ☃", 16, "unexpected character '☃'"),
+    ],
+)
+def test_syntax_error_names_token_and_offset(
+    text: str, offset: int, message: str
+) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        parse_expression(text)
+    assert caught.value.message.startswith(message)
+    assert caught.value.offset == offset
+    assert str(caught.value).startswith(
+        f"{caught.value.message} at column {offset + 1}"
+    )
+
+
+def test_unknown_function_lists_every_known_one() -> None:
+    with pytest.raises(ExpressionError) as caught:
+        parse_expression("status == lowr(x)")
+    assert caught.value.message == (
+        "unknown function 'lowr'; known: changed, coalesce, concat, lower, sha256, "
+        "string, trim, upper"
+    )
+    assert caught.value.offset == 10
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "__import__('os')",
+        "__import__('os').system('true')",
+        "eval('1')",
+        "exec('x = 1')",
+        "getattr(x, 'y')",
+        "x.__class__",
+        "status.__class__.__mro__",
+        "lower.__globals__",
+        "new.__dict__.x",
+        "open('/etc/passwd')",
+        "[1, 2]",
+        "{'a': 1}",
+        "lambda: 1",
+        "x[0]",
+        "f'{x}'",
+    ],
+)
+def test_python_constructs_are_syntax_errors(text: str) -> None:
+    with pytest.raises(ExpressionError):
+        parse_expression(text)
+
+
+def test_deep_nesting_is_an_expression_error_not_a_crash() -> None:
+    for text in ["(" * 5000 + "a" + ")" * 5000, "not " * 5000 + "a", "lower(" * 500]:
+        with pytest.raises(ExpressionError) as caught:
+            parse_expression(text)
+        assert "nests deeper than 64" in caught.value.message
+
+
+def test_long_and_chain_compiles_and_evaluates() -> None:
+    text = " and ".join(f"c{i} == {i}" for i in range(3000))
+    values = {f"c{i}": i for i in range(3000)}
+    assert evaluate(text, values) is True
+
+
+# --- the expression's description of itself ---
+
+
+def test_expression_reports_columns_it_reads() -> None:
+    expression = parse_expression("old.a == new.b and changed(c) or d is null")
+    assert expression.columns == {
+        ColumnRef("old", "a"),
+        ColumnRef("new", "b"),
+        ColumnRef("new", "c"),
+        ColumnRef("old", "c"),
+        ColumnRef("row", "d"),
+    }
+    assert expression.needs_old is True
+    assert expression.is_column is None
+    assert expression.is_literal is False
+
+
+@pytest.mark.parametrize(
+    ("text", "needs_old", "is_column", "is_literal"),
+    [
+        ("plan", False, ColumnRef("row", "plan"), False),
+        ("(new.plan)", False, ColumnRef("new", "plan"), False),
+        ("old.plan", True, ColumnRef("old", "plan"), False),
+        ("changed(plan)", True, None, False),
+        ("'shopify'", False, None, True),
+        ("lower(plan)", False, None, False),
+    ],
+)
+def test_expression_knows_its_shape(
+    text: str, needs_old: bool, is_column: ColumnRef | None, is_literal: bool
+) -> None:
+    expression = parse_expression(text)
+    assert expression.needs_old is needs_old
+    assert expression.is_column == is_column
+    assert expression.is_literal is is_literal
+    assert expression.text == text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "text"),
+    [
+        (5, 5, "5"),
+        (True, True, "true"),
+        (None, None, "null"),
+        (1.5, Decimal("1.5"), "1.5"),
+        (0.1, Decimal("0.1"), "0.1"),
+        (date(2024, 1, 2), date(2024, 1, 2), "2024-01-02"),
+    ],
+)
+def test_literal_wraps_yaml_scalars(value: Any, expected: Any, text: str) -> None:
+    expression = literal(value)
+    result = expression.evaluate(FakeRow())
+    assert result == expected
+    assert type(result) is type(expected)
+    assert expression.is_literal
+    assert expression.columns == frozenset()
+    assert expression.text == text
+
+
+def test_literal_refuses_collections() -> None:
+    with pytest.raises(ExpressionError, match="expected a scalar, got list"):
+        literal([1])
+
+
+# --- static typing against the live schema ---
+
+KINDS = {
+    "plan_name": Kind.TEXT,
+    "amount": Kind.NUMBER,
+    "ok": Kind.BOOL,
+    "paid_at": Kind.TIMESTAMP,
+    "born": Kind.DATE,
+    "meta": Kind.JSON,
+    "tags": Kind.ARRAY,
+    "custom": Kind.ANY,
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plan_name", Kind.TEXT),
+        ("old.amount", Kind.NUMBER),
+        ("'x'", Kind.TEXT),
+        ("null", Kind.NULL),
+        ("1.5", Kind.NUMBER),
+        ("plan_name == 'pro' and amount > 1.5", Kind.BOOL),
+        ("not ok or custom", Kind.BOOL),
+        ("custom == 5 and custom == 'x'", Kind.BOOL),
+        ("paid_at is null", Kind.BOOL),
+        ("plan_name in ('a', null, custom)", Kind.BOOL),
+        ("changed(meta)", Kind.BOOL),
+        ("coalesce(null, amount, 0)", Kind.NUMBER),
+        ("coalesce(custom, plan_name)", Kind.TEXT),
+        ("coalesce(null, custom)", Kind.ANY),
+        ("lower(custom)", Kind.TEXT),
+        ("sha256(plan_name)", Kind.TEXT),
+        ("concat(amount, ok, meta)", Kind.TEXT),
+        ("string(paid_at)", Kind.TEXT),
+        ("paid_at < paid_at", Kind.BOOL),
+    ],
+)
+def test_static_type_of_valid_expressions(text: str, expected: Kind) -> None:
+    assert parse_expression(text).static_type(KINDS.get) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "offset", "message"),
+    [
+        ("lower(amount)", 6, "lower() expects text, got number (column amount)"),
+        ("upper(trim(ok))", 11, "trim() expects text, got boolean (column ok)"),
+        (
+            "plan_name == 5",
+            10,
+            "'==' cannot compare text (column plan_name) with number",
+        ),
+        (
+            "paid_at > born",
+            8,
+            "'>' cannot compare timestamp (column paid_at) with date",
+        ),
+        (
+            "amount in (1, 'x')",
+            7,
+            "'in' cannot compare number (column amount) with text",
+        ),
+        ("not plan_name", 4, "'not' expects a boolean, got text (column plan_name)"),
+        ("ok and amount", 7, "'and' expects a boolean, got number (column amount)"),
+        ("ok or 'yes'", 6, "'or' expects a boolean, got text"),
+        ("meta > meta", 5, "'>' cannot order json values"),
+        ("coalesce(amount, plan_name)", 17, "coalesce() arguments must share a type"),
+        ("plan_nme == 'x'", 0, "unknown column 'plan_nme'; did you mean 'plan_name'?"),
+        ("changed(amout)", 8, "unknown column 'amout'; did you mean 'amount'?"),
+        ("ok and new.zzz", 7, "unknown column 'zzz'"),
+    ],
+)
+def test_static_type_errors_name_column_and_offset(
+    text: str, offset: int, message: str
+) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        parse_expression(text).static_type(KINDS.get, known_columns=KINDS)
+    assert caught.value.message.startswith(message)
+    assert caught.value.offset == offset
+
+
+def test_unknown_column_without_known_columns_has_no_suggestion() -> None:
+    with pytest.raises(ExpressionError) as caught:
+        parse_expression("plan_nme").static_type(KINDS.get)
+    assert caught.value.message == "unknown column 'plan_nme'"
+
+
+# --- fuzz: garbage never escapes as anything but our errors ---
+
+FRAGMENTS = [
+    "a", "b", "new.", "old.", "new.a", "'x'", "'", '"', '"q"', "1", "2.5", "-", ".",
+    "(", ")", ",", "==", "=", "!=", "<>", "<", "<=", ">", ">=", "and", "or", "not",
+    "in", "is", "null", "true", "false", "changed(", "coalesce(", "lower(", "concat(",
+    "sha256(", "string(", "trim(", "upper(", "__import__", " ", "é", "\x00", "\n", "!",
+]  # fmt: skip
+VALUES = [None, True, False, 0, 7, Decimal("1.5"), "x", "", MISSING, [1], {"k": "v"}]
+VALUES += [date(2024, 1, 1), datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 1)]
+
+
+def test_random_garbage_only_ever_raises_our_errors() -> None:
+    rng = random.Random(20240501)
+    parsed, bad_offsets = 0, []
+    for _ in range(20000):
+        text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(0, 12)))
+        try:
+            expression = parse_expression(text)
+        except ExpressionError as exc:
+            if not 0 <= exc.offset <= len(text):
+                bad_offsets.append(text)
+            continue
+        parsed += 1
+        _evaluate_and_type_randomly(expression, rng)
+    assert bad_offsets == []
+    assert parsed > 500  # the generator reaches valid expressions, not only errors
+
+
+def _evaluate_and_type_randomly(expression: Any, rng: random.Random) -> None:
+    new = {"a": rng.choice(VALUES), "b": rng.choice(VALUES)}
+    old = {"a": rng.choice(VALUES), "b": rng.choice(VALUES)}
+    with contextlib.suppress(EvaluationError):
+        expression.evaluate(FakeRow(new, old))
+    kinds = {"a": rng.choice(list(Kind)), "b": rng.choice(list(Kind))}
+    with contextlib.suppress(ExpressionError):
+        assert isinstance(expression.static_type(kinds.get), Kind)
