@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
@@ -28,7 +28,7 @@ class Lsn(int):
         return f"Lsn('{self}')"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     INSERT = "insert"
     UPDATE = "update"
     DELETE = "delete"
@@ -77,11 +77,6 @@ class Change:
     key: tuple[str, ...] = ()
 
     @property
-    def row(self) -> dict[str, Any]:
-        """The image bare column names refer to: the new row, or the old for a delete."""
-        return self.old or {} if self.new is None else self.new
-
-    @property
     def position(self) -> str:
         return f"{self.commit_lsn}#{self.ordinal}"
 
@@ -100,6 +95,7 @@ class Call:
     rule: str
     commit_lsn: Lsn
     ordinal: int
+    table: str = ""
 
 
 @dataclass(slots=True)

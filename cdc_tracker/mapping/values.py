@@ -31,6 +31,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
+from cdc_tracker.rules.expr import Kind
+
 Converter = Callable[[Any], Any]
 
 _decode_json = json.JSONDecoder(parse_float=Decimal).decode
@@ -203,3 +205,21 @@ def _unquoted_end(text: str, i: int) -> int:
     while text[i] not in ",}":
         i += 1
     return i
+
+
+def kind_of(declared: str) -> Kind:
+    """What rule expressions may do with a column of this declared type."""
+    name = base_type(declared)
+    if name.endswith("[]"):
+        return Kind.ARRAY
+    if name in _INTEGERS or name.startswith(_DECIMALS):
+        return Kind.NUMBER
+    if name == "boolean":
+        return Kind.BOOL
+    if name.startswith("timestamp"):
+        return Kind.TIMESTAMP
+    if name == "date":
+        return Kind.DATE
+    if name in ("json", "jsonb"):
+        return Kind.JSON
+    return Kind.TEXT

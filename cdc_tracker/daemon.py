@@ -1,0 +1,226 @@
+"""The daemon loop: read a window of the slot, map it, ship it, advance.
+
+Nothing is lost: the slot advances only to the end of a transaction all of whose
+calls were acknowledged by the destination (or stored as dead letters), or, when a
+window was read to its end, to the position the window was bounded by, so an idle
+tracked table does not make PostgreSQL keep WAL forever.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import structlog
+
+from cdc_tracker.deadletters import DeadLetterStore
+from cdc_tracker.destination.backoff import Backoff
+from cdc_tracker.errors import RulebookError, SlotBusy, SourceUnavailable
+from cdc_tracker.mapping.mapper import Mapper
+from cdc_tracker.model import Call, Change, DeadLetter, Lsn
+from cdc_tracker.rules.rulebook import Rulebook
+from cdc_tracker.rules.schema import check_schema
+from cdc_tracker.settings import Settings
+from cdc_tracker.shipping import Counters, Shipper
+from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.source.slot import Slot, connect
+from cdc_tracker.source.wal2json import Begin, Commit, Transaction, Truncate, parse_row
+
+log = structlog.get_logger(__name__)
+
+FETCH_ROWS = 2_000
+LOCK_RETRY_SECONDS = 2.0
+
+
+class Daemon:
+    """Runs the pipeline until ``stop`` is set; see ``run`` for the failure contract."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        rulebook: Rulebook,
+        shipper: Shipper,
+        stop: threading.Event,
+        *,
+        advance: bool = True,
+        reconnect: Backoff | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rulebook = rulebook
+        self.shipper = shipper
+        self.stop = stop
+        self.advance_slot = advance
+        self.reconnect = reconnect or Backoff(initial=0.5, cap=30.0)
+        self.counters = Counters()
+        self.mapper = Mapper(rulebook, settings.namespace)
+        self.slot: Slot | None = None
+        self.store: DeadLetterStore | None = None
+        self._connections: list[psycopg.Connection[tuple[object, ...]]] = []
+        self.done = Lsn(0)  # every transaction at or below is fully handled
+        self.completed = Lsn(0)  # the last transaction read to its C row
+        self.calls: list[Call] = []
+        self.dead: list[DeadLetter] = []
+
+    def run(self) -> None:
+        """Loop until stopped. Returns normally after a requested stop.
+
+        A lost connection or a busy slot is retried with backoff; a lost slot, a
+        row that cannot be decoded or a rulebook that does not fit the schema
+        raises (``SlotLost``, ``DecodeError``, ``ConfigError``).
+        """
+        while not self.stop.is_set():
+            try:
+                if self._start():
+                    self._loop()
+            except (SourceUnavailable, SlotBusy) as exc:
+                delay = self.reconnect.next_delay()
+                log.warning(
+                    "source unavailable", error=str(exc), retry_in_s=round(delay, 1)
+                )
+                self.stop.wait(delay)
+            finally:
+                self._close()
+        log.info("daemon stopped", lsn=str(self.done))
+
+    def _loop(self) -> None:
+        self.reconnect.reset()
+        while not self.stop.is_set():
+            backlog = self.step()
+            if not backlog:
+                self.stop.wait(self.settings.poll_interval)
+
+    def _start(self) -> bool:
+        """Connect, take the slot lock, check the slot and the schema."""
+        conn = self._connect()
+        slot = Slot(conn, self.settings.slot, sorted(self.rulebook.tables))
+        if not self._wait_for_lock(slot):
+            return False
+        state = slot.ensure(create=True)
+        problems = check_schema(self.rulebook, read_catalog(conn, slot.tables))
+        if problems:
+            raise RulebookError(problems)
+        self.store = DeadLetterStore(self._connect(), self.settings.slot)
+        self.store.ensure_schema()
+        self.slot = slot
+        self.done = max(self.done, state.confirmed)
+        if not self.settings.namespace:
+            # Dedup is workspace-wide: ids carry the database and the slot.
+            namespace = f"{conn.info.dbname}/{slot.name}"
+            self.mapper = Mapper(self.rulebook, namespace)
+        log.info(
+            "reading slot",
+            slot=slot.name,
+            lsn=str(state.confirmed),
+            tables=len(slot.tables),
+            rules=len(self.rulebook.rules),
+        )
+        return True
+
+    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        conn = connect(self.settings.require_dsn())
+        self._connections.append(conn)
+        return conn
+
+    def _wait_for_lock(self, slot: Slot) -> bool:
+        waiting = False
+        while not slot.try_lock():
+            if not waiting:
+                log.info(
+                    "standing by: another cdc-tracker holds the slot", slot=slot.name
+                )
+                waiting = True
+            if self.stop.wait(LOCK_RETRY_SECONDS):
+                return False
+        return True
+
+    def _close(self) -> None:
+        for conn in self._connections:
+            conn.close()
+        self._connections.clear()
+        self.slot = self.store = None
+
+    def step(self) -> bool:
+        """Process one window; return True when more changes are already waiting."""
+        assert self.slot is not None
+        upto = self.slot.flush_lsn()
+        limit = self.settings.window_changes
+        rows = self._read_window(upto, limit)
+        self._ship()
+        cut_short = rows >= limit or self.stop.is_set()
+        self._advance(self.done if cut_short else max(upto, self.done))
+        return rows >= limit
+
+    def _read_window(self, upto: Lsn, limit: int) -> int:
+        assert self.slot is not None
+        tx = Transaction()
+        rows = 0
+        skipping = False
+        flush_at = self.settings.batch_calls * 4
+        with self.slot.peek(upto, limit, FETCH_ROWS) as stream:
+            for data in stream:
+                rows += 1
+                event = parse_row(data, tx)
+                if type(event) is Change:
+                    if not skipping:
+                        self.counters.changes += 1
+                        self.mapper.map(event, self.calls, self.dead)
+                        if len(self.calls) >= flush_at:
+                            self._ship()
+                elif type(event) is Begin:
+                    # Seen before a failed advance, or in dry-run: already handled.
+                    skipping = event.commit_lsn <= self.done
+                    if self.stop.is_set():
+                        break
+                elif type(event) is Commit:
+                    self.completed = event.commit_lsn
+                    if len(self.calls) >= self.settings.batch_calls:
+                        self._ship()
+                elif type(event) is Truncate and not skipping:
+                    self.counters.truncates += 1
+                    log.warning(
+                        "table truncated; no calls made for it", table=event.table
+                    )
+        return rows
+
+    def _ship(self) -> None:
+        """Deliver pending calls, store dead letters, then mark what is done."""
+        calls, self.calls = self.calls, []
+        dead, self.dead = self.dead, []
+        started = time.perf_counter()
+        outcome = self.shipper.ship(calls, self.stop)
+        dead.extend(outcome.dead_letters)
+        if dead:
+            self._store_dead(dead)
+        if outcome.interrupted:
+            return  # nothing past the last fully acknowledged commit is done
+        self.done = max(self.done, self.completed)
+        if calls:
+            self.counters.calls += outcome.delivered
+            self.counters.batches += 1
+            log.info(
+                "batch shipped",
+                calls=outcome.delivered,
+                dead_letters=len(dead),
+                bytes=outcome.bytes,
+                lsn=str(self.done),
+                elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+    def _store_dead(self, dead: list[DeadLetter]) -> None:
+        for letter in dead:
+            self.counters.count_drop(letter.reason)
+            log.warning(
+                "dead letter",
+                table=letter.table,
+                rule=letter.rule,
+                reason=letter.reason,
+                position=f"{letter.commit_lsn}#{letter.ordinal}",
+            )
+        if self.advance_slot and self.store is not None:
+            self.store.save(dead)
+
+    def _advance(self, lsn: Lsn) -> None:
+        assert self.slot is not None
+        if self.advance_slot and self.slot.advance(lsn):
+            log.debug("slot advanced", lsn=str(lsn))

@@ -1,0 +1,174 @@
+"""Map one change through the rulebook into identify and track calls.
+
+``Mapper.map`` never raises for a bad row: a rule it cannot apply (a null userId, an
+expression error, a value it cannot convert) yields a ``DeadLetter`` with the reason,
+and the other rules of the change still run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from decimal import Decimal
+from typing import Any
+
+from cdc_tracker import __version__
+from cdc_tracker.destination.encode import rfc3339_ms
+from cdc_tracker.mapping import ids
+from cdc_tracker.mapping.values import converter_for
+from cdc_tracker.model import MISSING, Action, Call, Change, DeadLetter
+from cdc_tracker.rules.expr import EvaluationError
+from cdc_tracker.rules.expr_parse import Image
+from cdc_tracker.rules.rulebook import Fields, Rule, Rulebook
+
+LIBRARY = {"name": "cdc-tracker", "version": __version__}
+
+
+class RowView:
+    """A change as rule expressions see it: converted values, by image."""
+
+    __slots__ = ("change", "zone")
+
+    def __init__(self, change: Change, zone: tzinfo) -> None:
+        self.change = change
+        self.zone = zone
+
+    def value(self, image: Image, column: str) -> Any:
+        change = self.change
+        if image == "row":
+            image = "old" if change.new is None else "new"
+        source = change.new if image == "new" else change.old
+        if source is None:
+            return MISSING
+        if column in source:
+            raw = source[column]
+        elif image == "new" and change.old is not None and column in change.old:
+            # Unchanged TOAST under REPLICA IDENTITY FULL: the old value still holds.
+            raw = change.old[column]
+        else:
+            return MISSING
+        if raw is None:
+            return None
+        try:
+            return converter_for(change.types[column], self.zone)(raw)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise EvaluationError(
+                f"cannot convert column '{column}' of type "
+                f"{change.types.get(column, 'unknown')}"
+            ) from exc
+
+
+class Mapper:
+    """Applies a rulebook to changes; one instance per rulebook version."""
+
+    def __init__(self, rulebook: Rulebook, namespace: str) -> None:
+        self.rulebook = rulebook
+        self.namespace = namespace
+        self._stamp: tuple[datetime, str] | None = None
+
+    def map(self, change: Change, calls: list[Call], dead: list[DeadLetter]) -> None:
+        """Append the change's calls to ``calls`` and its failures to ``dead``."""
+        rules = self.rulebook.rules_for(change.table, change.action)
+        if not rules:
+            return
+        row = RowView(change, self.rulebook.timezone)
+        timestamp = self._timestamp(change.commit_time)
+        for rule in rules:
+            try:
+                call = self._apply(rule, change, row, timestamp)
+            except EvaluationError as exc:
+                dead.append(_dead_letter(change, rule, str(exc)))
+                continue
+            if isinstance(call, str):
+                dead.append(_dead_letter(change, rule, call))
+            elif call is not None:
+                calls.append(call)
+
+    def _apply(
+        self, rule: Rule, change: Change, row: RowView, timestamp: str
+    ) -> Call | str | None:
+        if rule.when is not None and not rule.when.holds(row):
+            return None
+        user_id = _user_id(rule.user_id.evaluate(row))
+        if user_id is None:
+            return f"user_id ({rule.user_id.text}) is null or empty"
+        message_id = self._message_id(rule, change)
+        payload = _payload(
+            rule, _fields(rule.fields, row), user_id, message_id, timestamp
+        )
+        return Call(
+            message_id, user_id, payload, rule.id, change.commit_lsn, change.ordinal
+        )
+
+    def _message_id(self, rule: Rule, change: Change) -> str:
+        if change.action is Action.INSERT and change.key and change.new is not None:
+            values = (change.new.get(column) for column in change.key)
+            return ids.insert_id(self.namespace, rule.id, values)
+        return ids.position_id(
+            self.namespace, rule.id, change.commit_lsn, change.ordinal
+        )
+
+    def _timestamp(self, commit_time: datetime) -> str:
+        # Every change of a transaction shares its commit time: format it once.
+        if self._stamp is None or self._stamp[0] != commit_time:
+            self._stamp = (commit_time, rfc3339_ms(commit_time))
+        return self._stamp[1]
+
+
+def _fields(fields: Fields, row: RowView) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, item in fields.items():
+        if isinstance(item, dict):
+            out[name] = _fields(item, row)
+            continue
+        value = item.evaluate(row)
+        if value is not MISSING:  # null would wipe the trait downstream
+            out[name] = value
+    return out
+
+
+def _user_id(value: Any) -> str | None:
+    if value is None or value is MISSING or isinstance(value, bool):
+        return None
+    text = format(value, "f") if isinstance(value, Decimal) else str(value).strip()
+    return text or None
+
+
+def _payload(
+    rule: Rule, fields: dict[str, Any], user_id: str, message_id: str, timestamp: str
+) -> dict[str, Any]:
+    context: dict[str, Any] = dict(rule.context) if rule.context else {}
+    context["library"] = LIBRARY
+    payload: dict[str, Any] = {
+        "type": rule.kind,
+        "messageId": message_id,
+        "userId": user_id,
+    }
+    if rule.kind == "identify":
+        payload["traits"] = fields
+        context["traits"] = fields
+    else:
+        payload["event"] = rule.event
+        payload["properties"] = fields
+    payload["context"] = context
+    payload["timestamp"] = timestamp
+    payload["originalTimestamp"] = timestamp
+    if rule.integrations is not None:
+        payload["integrations"] = rule.integrations
+    return payload
+
+
+def _dead_letter(change: Change, rule: Rule, reason: str) -> DeadLetter:
+    return DeadLetter(
+        table=change.table,
+        rule=rule.id,
+        reason=reason,
+        commit_lsn=change.commit_lsn,
+        ordinal=change.ordinal,
+        change={
+            "action": change.action.value,
+            "new": change.new,
+            "old": change.old,
+            "types": change.types,
+            "commit_time": change.commit_time.isoformat(),
+        },
+    )

@@ -1,0 +1,421 @@
+"""The rulebook: a versioned YAML tracking plan, validated whole on load.
+
+``load_rulebook`` returns a ``Rulebook`` or raises ``RulebookError`` listing every
+problem with its file and line. Checks that need the live schema (tables,
+columns, types, replica identity) are in ``cdc_tracker.rules.schema``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cdc_tracker.errors import RulebookError
+from cdc_tracker.model import Action
+from cdc_tracker.rules.expr import (
+    Expression,
+    ExpressionError,
+    literal,
+    parse_expression,
+)
+from cdc_tracker.rules.yamlfile import LineDict, LineList, YamlProblem, load_yaml
+
+Fields = dict[str, "Expression | Fields"]
+
+_TOP_KEYS = {"version", "timezone", "tables", "identify", "track"}
+_TABLE_KEYS = {"user_id", "cursor", "description"}
+_RULE_KEYS = {
+    "id", "table", "on", "when", "user_id", "integrations", "context", "description",
+}  # fmt: skip
+_IDENTIFY_KEYS = _RULE_KEYS | {"traits"}
+_TRACK_KEYS = _RULE_KEYS | {"event", "properties"}
+_ACTIONS = {action.value: action for action in Action}
+
+
+@dataclass(slots=True)
+class TableSpec:
+    """A tracked table: where its calls' userId and its replay cursor come from."""
+
+    name: str
+    user_id: Expression
+    cursor: str | None
+    line: int
+
+
+@dataclass(slots=True)
+class Rule:
+    """One identify or track rule, its expressions already parsed."""
+
+    kind: Literal["identify", "track"]
+    id: str
+    table: str
+    on: frozenset[Action]
+    when: Expression | None
+    user_id: Expression
+    fields: Fields
+    event: str | None = None
+    integrations: dict[str, bool] | None = None
+    context: dict[str, Any] | None = None
+    description: str | None = None
+    line: int = 0
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def expressions(self) -> Iterator[tuple[str, Expression]]:
+        """Every expression of the rule, with the key it sits under."""
+        if self.when is not None:
+            yield "when", self.when
+        yield "user_id", self.user_id
+        yield from _leaves(
+            self.fields, "traits" if self.kind == "identify" else "properties"
+        )
+
+    @property
+    def needs_old(self) -> bool:
+        return any(expr.needs_old for _, expr in self.expressions())
+
+
+def _leaves(fields: Fields, prefix: str) -> Iterator[tuple[str, Expression]]:
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}.{name}")
+        else:
+            yield f"{prefix}.{name}", value
+
+
+@dataclass(slots=True)
+class Rulebook:
+    """A validated rulebook, indexed by table and action for the hot path."""
+
+    path: Path
+    version: int
+    timezone: tzinfo
+    tables: dict[str, TableSpec]
+    rules: list[Rule]
+    _index: dict[tuple[str, Action], list[Rule]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for rule in self.rules:
+            for action in rule.on:
+                self._index.setdefault((rule.table, action), []).append(rule)
+
+    def rules_for(self, table: str, action: Action) -> list[Rule]:
+        return self._index.get((table, action), [])
+
+
+def qualify(table: str) -> str:
+    """``merchants`` -> ``public.merchants``."""
+    return table if "." in table else f"public.{table}"
+
+
+def load_rulebook(path: str | Path) -> Rulebook:
+    """Read and validate a rulebook file; raise ``RulebookError`` with every problem."""
+    builder = _Builder(Path(path))
+    rulebook = builder.build()
+    if builder.problems:
+        raise RulebookError(builder.problems)
+    assert rulebook is not None
+    return rulebook
+
+
+class _Builder:
+    """Walks the YAML document once, collecting problems instead of stopping early."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[tuple[str, int | None, str]] = []
+
+    def problem(self, line: int | None, message: str) -> None:
+        self.problems.append((str(self.path), line, message))
+
+    def build(self) -> Rulebook | None:
+        try:
+            document = load_yaml(self.path)
+        except OSError as exc:
+            self.problem(None, f"cannot read rulebook: {exc.strerror or exc}")
+            return None
+        except YamlProblem as exc:
+            self.problem(exc.line, f"invalid YAML: {exc.problem}")
+            return None
+        if not isinstance(document, LineDict):
+            self.problem(1, "a rulebook is a mapping with 'version' and 'tables'")
+            return None
+        self.unknown_keys(document, _TOP_KEYS, "the rulebook")
+        version = self.version(document)
+        zone = self.timezone(document)
+        tables = self.tables(document)
+        rules = [
+            *self.rules(document, "identify", tables),
+            *self.rules(document, "track", tables),
+        ]
+        self.unique_ids(rules)
+        return Rulebook(self.path, version, zone, tables, rules)
+
+    def unknown_keys(self, mapping: LineDict, known: set[str], where: str) -> None:
+        for key in mapping:
+            if key not in known:
+                hint = _closest(str(key), known)
+                self.problem(
+                    mapping.lines[key], f"unknown key '{key}' in {where}{hint}"
+                )
+
+    def version(self, document: LineDict) -> int:
+        version = document.get("version")
+        if version is None:
+            self.problem(document.line, "missing 'version' (this release reads 1)")
+        elif version != 1:
+            self.problem(
+                document.lines["version"],
+                f"unsupported rulebook version {version!r}; this release reads 1",
+            )
+        return 1
+
+    def timezone(self, document: LineDict) -> tzinfo:
+        name = document.get("timezone", "UTC")
+        try:
+            return UTC if name == "UTC" else ZoneInfo(str(name))
+        except (ZoneInfoNotFoundError, ValueError):
+            self.problem(document.lines.get("timezone"), f"unknown time zone '{name}'")
+            return UTC
+
+    def tables(self, document: LineDict) -> dict[str, TableSpec]:
+        section = document.get("tables")
+        if not isinstance(section, LineDict) or not section:
+            self.problem(
+                document.lines.get("tables", document.line),
+                "'tables' must map each tracked table to its user_id",
+            )
+            return {}
+        return {
+            spec.name: spec
+            for name, body in section.items()
+            if (spec := self.table(str(name), body, section.lines[name]))
+        }
+
+    def table(self, name: str, body: Any, line: int) -> TableSpec | None:
+        if not isinstance(body, LineDict):
+            self.problem(line, f"table '{name}' needs a mapping with 'user_id'")
+            return None
+        self.unknown_keys(body, _TABLE_KEYS, f"table '{name}'")
+        if "user_id" not in body:
+            self.problem(line, f"table '{name}' has no 'user_id'")
+            return None
+        user_id = self.expression(body["user_id"], body.lines["user_id"])
+        cursor = body.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            self.problem(body.lines["cursor"], "'cursor' must be a column name")
+            cursor = None
+        if user_id is None:
+            return None
+        return TableSpec(qualify(name), user_id, cursor, line)
+
+    def rules(
+        self,
+        document: LineDict,
+        kind: Literal["identify", "track"],
+        tables: dict[str, TableSpec],
+    ) -> list[Rule]:
+        section = document.get(kind, [])
+        if not isinstance(section, LineList):
+            self.problem(document.lines.get(kind), f"'{kind}' must be a list of rules")
+            return []
+        rules = []
+        for index, body in enumerate(section):
+            line = section.lines[index]
+            if not isinstance(body, LineDict):
+                self.problem(line, f"each {kind} rule must be a mapping")
+                continue
+            rule = self.rule(kind, body, tables)
+            if rule is not None:
+                rules.append(rule)
+        return _name_identify_rules(rules)
+
+    def rule(
+        self,
+        kind: Literal["identify", "track"],
+        body: LineDict,
+        tables: dict[str, TableSpec],
+    ) -> Rule | None:
+        known = _IDENTIFY_KEYS if kind == "identify" else _TRACK_KEYS
+        self.unknown_keys(body, known, f"{kind} rule")
+        event = self.event(body) if kind == "track" else None
+        table = self.rule_table(body, tables)
+        actions = self.actions(body, kind)
+        when = self.optional_expression(body, "when")
+        user_id = self.optional_expression(body, "user_id")
+        fields_key = "traits" if kind == "identify" else "properties"
+        fields = self.fields(
+            body.get(fields_key), body.lines.get(fields_key, body.line)
+        )
+        integrations = self.integrations(body)
+        context = self.context(body)
+        if table is None or actions is None or (kind == "track" and event is None):
+            return None
+        rule_id = body.get("id")
+        return Rule(
+            kind=kind,
+            id=str(rule_id) if rule_id else (event or ""),
+            table=table.name,
+            on=actions,
+            when=when,
+            user_id=user_id or table.user_id,
+            fields=fields,
+            event=event,
+            integrations=integrations,
+            context=context,
+            description=_text(body.get("description")),
+            line=body.line,
+            lines=dict(body.lines),
+        )
+
+    def event(self, body: LineDict) -> str | None:
+        event = body.get("event")
+        if not isinstance(event, str) or not event.strip():
+            self.problem(body.line, "a track rule needs 'event': a non-empty name")
+            return None
+        return event
+
+    def rule_table(
+        self, body: LineDict, tables: dict[str, TableSpec]
+    ) -> TableSpec | None:
+        name = body.get("table")
+        if not isinstance(name, str):
+            self.problem(body.line, "a rule needs 'table': one of the tracked tables")
+            return None
+        spec = tables.get(qualify(name))
+        if spec is None:
+            known = ", ".join(sorted(tables)) or "none"
+            self.problem(
+                body.lines["table"],
+                f"table '{name}' is not under 'tables' (tracked: {known})",
+            )
+        return spec
+
+    def actions(self, body: LineDict, kind: str) -> frozenset[Action] | None:
+        raw = body.get("on")
+        if raw is None:
+            if kind == "identify":
+                return frozenset({Action.INSERT, Action.UPDATE})
+            self.problem(body.line, "a track rule needs 'on': insert, update or delete")
+            return None
+        names = raw if isinstance(raw, list) else [raw]
+        line = body.lines["on"]
+        bad = [name for name in names if name not in _ACTIONS]
+        if bad or not names:
+            self.problem(
+                line,
+                "'on' takes insert, update and delete; got "
+                + (", ".join(map(str, bad)) or "nothing"),
+            )
+            return None
+        return frozenset(_ACTIONS[name] for name in names)
+
+    def optional_expression(self, body: LineDict, key: str) -> Expression | None:
+        if key not in body:
+            return None
+        return self.expression(body[key], body.lines[key])
+
+    def expression(self, value: Any, line: int) -> Expression | None:
+        if isinstance(value, (LineDict, LineList)):
+            self.problem(line, "expected an expression or a literal, got a collection")
+            return None
+        if not isinstance(value, str):
+            return literal(value)
+        try:
+            return parse_expression(value)
+        except ExpressionError as exc:
+            self.problem(line, f"in expression {value!r}: {exc}")
+            return None
+
+    def fields(self, value: Any, line: int) -> Fields:
+        if value is None:
+            return {}
+        if not isinstance(value, LineDict):
+            self.problem(
+                line, "traits and properties are a mapping of name: expression"
+            )
+            return {}
+        fields: Fields = {}
+        for name, item in value.items():
+            item_line = value.lines[name]
+            if isinstance(item, LineDict):
+                fields[str(name)] = self.fields(item, item_line)
+            elif (expr := self.expression(item, item_line)) is not None:
+                fields[str(name)] = expr
+        return fields
+
+    def integrations(self, body: LineDict) -> dict[str, bool] | None:
+        value = body.get("integrations")
+        if value is None:
+            return None
+        if not isinstance(value, LineDict) or not all(
+            isinstance(flag, bool) for flag in value.values()
+        ):
+            # A null or non-boolean entry routes the call to no destination.
+            self.problem(
+                body.lines["integrations"],
+                "'integrations' maps destination names to true or false",
+            )
+            return None
+        return {str(name): flag for name, flag in value.items()}
+
+    def context(self, body: LineDict) -> dict[str, Any] | None:
+        value = body.get("context")
+        if value is None:
+            return None
+        if not isinstance(value, LineDict):
+            self.problem(body.lines["context"], "'context' must be a mapping")
+            return None
+        for reserved in ("sources", "library", "traits"):
+            if reserved in value:
+                self.problem(
+                    value.lines[reserved],
+                    f"'context.{reserved}' is set by cdc-tracker, not by rules",
+                )
+        return {str(key): _plain(item) for key, item in value.items()}
+
+    def unique_ids(self, rules: list[Rule]) -> None:
+        seen: dict[str, Rule] = {}
+        for rule in rules:
+            if rule.id in seen:
+                self.problem(
+                    rule.line,
+                    f"rule id '{rule.id}' is also used on line {seen[rule.id].line}; "
+                    "give one of them an 'id'",
+                )
+            seen[rule.id] = rule
+
+
+def _name_identify_rules(rules: list[Rule]) -> list[Rule]:
+    counts: dict[str, int] = {}
+    for rule in rules:
+        if rule.kind == "identify" and not rule.id:
+            counts[rule.table] = counts.get(rule.table, 0) + 1
+            number = counts[rule.table]
+            rule.id = f"identify {rule.table}" + (f" #{number}" if number > 1 else "")
+    return rules
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _closest(word: str, known: set[str]) -> str:
+    match = difflib.get_close_matches(word, sorted(known), n=1)
+    return (
+        f"; did you mean '{match[0]}'?"
+        if match
+        else f"; expected one of {', '.join(sorted(known))}"
+    )

@@ -1,0 +1,96 @@
+"""Load YAML keeping the line of every key and value, for errors that point at it.
+
+The loader follows YAML 1.2's booleans (only ``true``/``false``): under YAML 1.1,
+PyYAML reads the rulebook's ``on:`` key as ``True`` and ``yes`` as a boolean.
+Duplicate keys are an error, where PyYAML would silently keep the last one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class LineDict(dict[Any, Any]):
+    """A mapping that remembers its own line and the line of each key's value."""
+
+    line: int
+    lines: dict[Any, int]
+
+
+class LineList(list[Any]):
+    """A sequence that remembers its own line and each item's line."""
+
+    line: int
+    lines: list[int]
+
+
+class DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+# Drop YAML 1.1 booleans (yes/no/on/off) and keep YAML 1.2's true/false.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            raise DuplicateKey(
+                None, None, f"duplicate key '{key}'", key_node.start_mark
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(item, deep=True) for item in node.value)
+    result.line = node.start_mark.line + 1
+    result.lines = [item.start_mark.line + 1 for item in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+
+
+class YamlProblem(Exception):
+    """The text is not valid YAML; ``line`` and ``problem`` say where and why."""
+
+    def __init__(self, line: int | None, problem: str) -> None:
+        super().__init__(problem)
+        self.line = line
+        self.problem = problem
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse one YAML document into LineDict/LineList/scalars."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise YamlProblem(line, str(exc.problem or exc.context)) from exc
+    except yaml.YAMLError as exc:
+        raise YamlProblem(None, str(exc)) from exc

@@ -1,0 +1,54 @@
+"""Wire the pieces together for the CLI: settings -> rulebook -> daemon."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import IO
+
+from cdc_tracker.daemon import Daemon
+from cdc_tracker.destination.rudderstack import RudderStackClient
+from cdc_tracker.errors import RulebookError
+from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.rules.schema import check_schema
+from cdc_tracker.settings import Settings
+from cdc_tracker.shipping import DestinationShipper, PrintShipper, Shipper
+from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.source.slot import connect
+
+
+def run_daemon(
+    settings: Settings, stop: threading.Event, *, dry_run: bool = False, out: IO[str]
+) -> Daemon:
+    """Run until ``stop`` is set; raises ``CdcTrackerError`` when it cannot go on."""
+    rulebook = load_rulebook(settings.rulebook)
+    settings.require_dsn()
+    if dry_run:
+        shipper: Shipper = PrintShipper(out)
+        daemon = Daemon(settings, rulebook, shipper, stop, advance=False)
+        daemon.run()
+        return daemon
+    with RudderStackClient(settings.destination_settings()) as client:
+        daemon = Daemon(settings, rulebook, DestinationShipper(client), stop)
+        daemon.run()
+    return daemon
+
+
+def check_rulebook(path: Path, dsn: str | None) -> str:
+    """Validate a rulebook (and, with ``dsn``, its fit to the database).
+
+    Returns a one-line summary; raises ``RulebookError`` listing every problem.
+    """
+    rulebook = load_rulebook(path)
+    where = "structure and expressions"
+    if dsn:
+        with connect(dsn) as conn:
+            catalog = read_catalog(conn, sorted(rulebook.tables))
+        problems = check_schema(rulebook, catalog)
+        if problems:
+            raise RulebookError(problems)
+        where = "structure, expressions and the live schema"
+    return (
+        f"{path}: ok ({where}): {len(rulebook.tables)} tables, "
+        f"{len(rulebook.rules)} rules"
+    )

@@ -1,0 +1,197 @@
+"""One typed settings object, read from a YAML file, the environment and flags.
+
+Later sources win: defaults < settings file < environment < command-line flags.
+``load_settings`` validates the whole object at start-up and raises
+``ConfigError`` naming the field (and its source) and the bad value. The write
+key is never part of a message or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from cdc_tracker.destination.settings import DestinationSettings
+from cdc_tracker.errors import ConfigError
+from cdc_tracker.rules.yamlfile import LineDict, YamlProblem, load_yaml
+
+SEGMENT_URL = "https://api.segment.io"
+
+# Environment variable -> settings field.
+ENVIRONMENT = {
+    "CDC_TRACKER_DSN": "dsn",
+    "CDC_TRACKER_SLOT": "slot",
+    "CDC_TRACKER_RULEBOOK": "rulebook",
+    "CDC_TRACKER_DESTINATION": "destination",
+    "RUDDERSTACK_DATA_PLANE_URL": "destination_url",
+    "RUDDERSTACK_WRITE_KEY": "write_key",
+    "SEGMENT_WRITE_KEY": "segment_write_key",
+    "CDC_TRACKER_GZIP": "gzip",
+    "CDC_TRACKER_BATCH_CALLS": "batch_calls",
+    "CDC_TRACKER_BATCH_BYTES": "batch_bytes",
+    "CDC_TRACKER_HTTP_TIMEOUT": "http_timeout",
+    "CDC_TRACKER_POLL_INTERVAL": "poll_interval",
+    "CDC_TRACKER_WINDOW_CHANGES": "window_changes",
+    "CDC_TRACKER_NAMESPACE": "namespace",
+    "CDC_TRACKER_LOG_FORMAT": "log_format",
+    "CDC_TRACKER_LOG_LEVEL": "log_level",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the daemon needs to run, validated as a whole."""
+
+    dsn: str = field(default="", repr=False)
+    slot: str = "cdc_tracker"
+    rulebook: Path = Path("config/rulebook.yaml")
+    destination: Literal["rudderstack", "segment"] = "rudderstack"
+    destination_url: str = ""
+    write_key: str = field(default="", repr=False)
+    segment_write_key: str = field(default="", repr=False)
+    gzip: bool | None = None
+    batch_calls: int = 500
+    batch_bytes: int = 475_000
+    http_timeout: float = 10.0
+    poll_interval: float = 1.0
+    window_changes: int = 20_000
+    namespace: str = ""
+    log_format: Literal["auto", "console", "json"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def destination_settings(self) -> DestinationSettings:
+        """The destination part, validated (raises ``ConfigError``)."""
+        segment = self.destination == "segment"
+        url = self.destination_url or (SEGMENT_URL if segment else "")
+        key = (self.segment_write_key if segment else "") or self.write_key
+        if not url:
+            raise ConfigError(
+                "no destination URL",
+                hint="set RUDDERSTACK_DATA_PLANE_URL (or destination_url in --config)",
+            )
+        if not key:
+            raise ConfigError(
+                "no write key",
+                hint="set RUDDERSTACK_WRITE_KEY (SEGMENT_WRITE_KEY for Segment)",
+            )
+        return DestinationSettings(
+            url=url,
+            write_key=key,
+            kind=self.destination,
+            gzip=self.gzip,
+            timeout=self.http_timeout,
+            max_calls=self.batch_calls,
+            max_bytes=self.batch_bytes,
+        )
+
+    def require_dsn(self) -> str:
+        if not self.dsn:
+            raise ConfigError(
+                "no database to read from",
+                hint="set CDC_TRACKER_DSN, e.g. postgresql://user@host:5432/app",
+            )
+        return self.dsn
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "destination": ("rudderstack", "segment"),
+    "log_format": ("auto", "console", "json"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+_POSITIVE = {
+    "batch_calls",
+    "batch_bytes",
+    "http_timeout",
+    "poll_interval",
+    "window_changes",
+}
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge file, environment and flags (``None`` flags are ignored), then validate."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, tuple[Any, str]] = {}
+    if config_file is not None:
+        for name, value in _read_file(config_file).items():
+            values[name] = (value, f"{config_file}: {name}")
+    for variable, name in ENVIRONMENT.items():
+        if environ.get(variable):
+            values[name] = (environ[variable], variable)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = (value, f"--{name.replace('_', '-')}")
+    return _build(values)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        document = load_yaml(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    except YamlProblem as exc:
+        raise ConfigError(f"{path}:{exc.line}: invalid YAML: {exc.problem}") from exc
+    if not isinstance(document, LineDict):
+        raise ConfigError(f"{path}: a settings file is a mapping of name: value")
+    known = {f.name for f in fields(Settings)}
+    for key in document:
+        if key not in known:
+            raise ConfigError(
+                f"{path}:{document.lines[key]}: unknown setting '{key}'",
+                hint=f"known settings: {', '.join(sorted(known))}",
+            )
+    return dict(document)
+
+
+def _build(values: dict[str, tuple[Any, str]]) -> Settings:
+    settings = Settings()
+    types = {f.name: f.type for f in fields(Settings)}
+    converted: dict[str, Any] = {}
+    for name, (value, source) in values.items():
+        converted[name] = _convert(name, str(types[name]), value, source)
+    return replace(settings, **converted)
+
+
+def _convert(name: str, kind: str, value: Any, source: str) -> Any:
+    def bad(expected: str) -> ConfigError:
+        shown = "<hidden>" if "key" in name or name == "dsn" else repr(value)
+        return ConfigError(
+            f"setting {name} from {source} is {shown}; expected {expected}"
+        )
+
+    if name in _CHOICES:
+        if str(value) not in _CHOICES[name]:
+            raise bad(" or ".join(_CHOICES[name]))
+        return str(value)
+    if kind in ("int", "float"):
+        try:
+            number = int(value) if kind == "int" else float(value)
+        except (TypeError, ValueError):
+            raise bad(
+                f"a positive {'integer' if kind == 'int' else 'number'}"
+            ) from None
+        if name in _POSITIVE and not number > 0:
+            raise bad("a positive number")
+        return number
+    if kind == "bool | None":
+        return _boolean(value, bad)
+    if kind == "Path":
+        return Path(str(value))
+    return str(value)
+
+
+def _boolean(value: Any, bad: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise bad("true or false")

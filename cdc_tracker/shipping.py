@@ -1,0 +1,106 @@
+"""Where the daemon's calls go: the destination, or standard output for a dry run.
+
+A ``Shipper`` takes calls in order and says which were acknowledged, which are dead
+letters and whether a stop interrupted it. The daemon advances the slot on that
+answer alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+from cdc_tracker.destination.batching import EncodedCall
+from cdc_tracker.destination.rudderstack import RudderStackClient
+from cdc_tracker.model import Call, DeadLetter
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to the calls handed to ``Shipper.ship``."""
+
+    delivered: int = 0
+    bytes: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class Shipper(Protocol):
+    def ship(self, calls: list[Call], stop: threading.Event) -> Outcome: ...
+
+
+@dataclass(slots=True)
+class Counters:
+    """Running totals for logs, status and metrics; drops counted by reason."""
+
+    changes: int = 0
+    calls: int = 0
+    batches: int = 0
+    truncates: int = 0
+    dead_letters: int = 0
+    drops_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def count_drop(self, reason: str) -> None:
+        self.dead_letters += 1
+        key = reason.split(":", 1)[0].split("(", 1)[0].strip()
+        self.drops_by_reason[key] = self.drops_by_reason.get(key, 0) + 1
+
+
+class DestinationShipper:
+    """Ships to RudderStack or Segment through ``RudderStackClient.deliver``."""
+
+    def __init__(self, client: RudderStackClient) -> None:
+        self.client = client
+
+    def ship(self, calls: list[Call], stop: threading.Event) -> Outcome:
+        outcome = Outcome()
+        encoded = _encode(calls, outcome)
+        if not encoded:
+            return outcome
+        sent_before = self.client.stats.bytes_sent
+        result = self.client.deliver(encoded, stop)
+        outcome.delivered = result.delivered
+        outcome.bytes = self.client.stats.bytes_sent - sent_before
+        outcome.interrupted = result.interrupted
+        outcome.dead_letters += [
+            _undeliverable(item.call, reason) for item, reason in result.dead_letters
+        ]
+        return outcome
+
+
+class PrintShipper:
+    """Writes each call as one JSON line and acknowledges it (``run --dry-run``)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+
+    def ship(self, calls: list[Call], stop: threading.Event) -> Outcome:
+        outcome = Outcome()
+        for item in _encode(calls, outcome):
+            self.out.write(item.body.decode() + "\n")
+            outcome.delivered += 1
+            outcome.bytes += len(item.body) + 1
+        self.out.flush()
+        return outcome
+
+
+def _encode(calls: list[Call], outcome: Outcome) -> list[EncodedCall]:
+    encoded = []
+    for call in calls:
+        try:
+            encoded.append(EncodedCall.of(call))
+        except ValueError as exc:
+            outcome.dead_letters.append(_undeliverable(call, f"cannot encode: {exc}"))
+    return encoded
+
+
+def _undeliverable(call: Call, reason: str) -> DeadLetter:
+    return DeadLetter(
+        table=call.table,
+        rule=call.rule,
+        reason=reason,
+        commit_lsn=call.commit_lsn,
+        ordinal=call.ordinal,
+        call=call.payload,
+    )
