@@ -263,10 +263,9 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
 
 def _compile_compare(node: Compare) -> Fn:
     op = _OPERATORS[node.op]
-    left = _compile(node.left)
     if isinstance(node.right, Lit) and node.right.value is not None:
-        return _compare_with_literal(node, op, left, node.right.value)
-    right = _compile(node.right)
+        return _compare_with_literal(node, op, node.right.value)
+    left, right = _compile(node.left), _compile(node.right)
 
     def compare(row: Row) -> Any:
         a = left(row)
@@ -287,16 +286,21 @@ def _compile_compare(node: Compare) -> Fn:
 
 
 def _compare_with_literal(
-    node: Compare, op: Callable[[Any, Any], Any], left: Fn, value: Any
+    node: Compare, op: Callable[[Any, Any], Any], value: Any
 ) -> Fn:
+    """``x <op> literal``, the commonest shape: the literal's kind is checked once."""
     expected = kind_of(value)
+    if not isinstance(node.left, Col):
+        left = _compile(node.left)
+        return lambda row: _compare_value(node, op, left(row), value, expected)
+    image, column = node.left.ref.image, node.left.ref.column
 
-    def compare(row: Row) -> Any:
-        a = left(row)
+    def compare(row: Row) -> Any:  # reads the row itself: one call less per change
+        a = row.value(image, column)
         if a is None:
             return None
-        if KINDS.get(type(a)) is not expected and kind_of(a) not in (expected, ANY):
-            raise _mismatch(node, kind_of(a), expected)
+        if KINDS.get(type(a)) is not expected:
+            _check_kind(node, a, expected)
         try:
             return op(a, value)
         except (TypeError, ArithmeticError):
@@ -305,8 +309,34 @@ def _compare_with_literal(
     return compare
 
 
+def _compare_value(
+    node: Compare, op: Callable[[Any, Any], Any], a: Any, value: Any, expected: Kind
+) -> Any:
+    if a is None:
+        return None
+    _check_kind(node, a, expected)
+    try:
+        return op(a, value)
+    except (TypeError, ArithmeticError):
+        raise _mismatch(node, kind_of(a), expected) from None
+
+
+def _check_kind(node: Compare | InList, value: Any, expected: Kind) -> None:
+    """Raise unless ``value`` (never None) may be compared with ``expected``."""
+    subject = node.left if isinstance(node, Compare) else node.operand
+    if value is MISSING and isinstance(subject, Col):
+        raise MissingValue(subject.ref.column, subject.ref.image)
+    kind = kind_of(value)
+    if kind is not expected and kind is not ANY:
+        raise _mismatch(node, kind, expected)
+
+
 def _compile_in(node: InList) -> Fn:
     operand = _compile(node.operand)
+    literals = [item.value for item in node.items if isinstance(item, Lit)]
+    kinds = {kind_of(value) for value in literals}
+    if len(literals) == len(node.items) and len(kinds) == 1 and None not in literals:
+        return _in_literals(node, operand, frozenset(literals), kinds.pop())
     items = tuple(_compile(item) for item in node.items)
     negated = node.negated
 
@@ -323,9 +353,32 @@ def _compile_in(node: InList) -> Fn:
             other = kind_of(candidate)
             if kind is not other and ANY not in (kind, other):
                 raise _mismatch(node, kind, other)
-            if value == candidate:
-                return not negated
+            try:
+                if value == candidate:
+                    return not negated
+            except ArithmeticError:  # a signalling Decimal NaN
+                raise _mismatch(node, kind, other) from None
         return None if unknown else negated
+
+    return member
+
+
+def _in_literals(
+    node: InList, operand: Fn, values: frozenset[Any], expected: Kind
+) -> Fn:
+    """``x in (literals of one kind)``: a set lookup instead of a scan."""
+    negated = node.negated
+
+    def member(row: Row) -> bool | None:
+        value = operand(row)
+        if value is None:
+            return None
+        if KINDS.get(type(value)) is not expected:
+            _check_kind(node, value, expected)
+        try:
+            return (value in values) is not negated
+        except (TypeError, ArithmeticError):  # unhashable, or a signalling NaN
+            raise _mismatch(node, kind_of(value), expected) from None
 
     return member
 

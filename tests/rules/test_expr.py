@@ -66,6 +66,12 @@ EVALUATIONS = [
     ("status not in ('new', 'paid')", PAID, False),
     ("count in (1, 2)", PAID, False),
     ("count in (3.00)", PAID, True),
+    ("amount in (1, 12.5)", PAID, True),
+    ("amount not in (1, 12.5)", PAID, False),
+    ("'x' in ('x', 'y')", {}, True),
+    ("status in (lower('PAID'), 'y')", PAID, True),
+    ("lower(status) == 'paid'", PAID, True),
+    ("upper(status) < 'PAIE'", PAID, True),
     ("status is null", PAID, False),
     ("status is not null", PAID, True),
     ("missing_col is null", {"missing_col": None}, True),
@@ -212,6 +218,14 @@ def test_int_and_decimal_compare_by_value(
         ("lower(a)", {"a": 5}, "lower() expects text, got number (column a)"),
         ("sha256(a)", {"a": ["secret-1"]}, "sha256() expects text, got array"),
         ("trim(a)", {"a": True}, "trim() expects text, got boolean"),
+        (
+            "a in (1, 2)",
+            {"a": True},
+            "'in' cannot compare boolean (column a) with number",
+        ),
+        ("a not in ('x')", {"a": 0}, "'in' cannot compare number (column a) with text"),
+        ("coalesce(a, 'x') == 5", {"a": "secret-1"}, "'==' cannot compare text with"),
+        ("string(a) > 5", {"a": "secret-1"}, "'>' cannot compare text with number"),
     ],
 )
 def test_runtime_type_mismatch_raises_evaluation_error_without_values(
