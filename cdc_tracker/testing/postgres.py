@@ -53,6 +53,11 @@ _PORT_ATTEMPTS = 5
 _TIMEOUT_S = 60
 _LOG_TAIL_LINES = 20
 _PG_CTL_NOT_RUNNING = 3
+# $1 owner pid, $2 temp dir, $3 keep flag, then the stop command.
+_WATCHDOG = (
+    'owner=$1 root=$2 keep=$3; shift 3; while [ -d "/proc/$owner" ]; do sleep 1; done;'
+    ' "$@"; [ "$keep" = 1 ] || rm -rf "$root"'
+)
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,7 @@ class ThrowawayPostgres(PostgresServer):
         self._root: Path | None = None
         self._running = False
         self._started_before = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     @property
     def root(self) -> Path:
@@ -201,6 +207,7 @@ class ThrowawayPostgres(PostgresServer):
             raise
         self._running = self._started_before = True
         track(self, running=True)
+        self._watchdog = self._spawn_watchdog(_install())
         elapsed_ms = round((time.monotonic() - began) * 1000)
         log.info("throwaway postgres started", port=self.port, elapsed_ms=elapsed_ms)
         return self
@@ -239,6 +246,10 @@ class ThrowawayPostgres(PostgresServer):
             raise SourceError(f"throwaway postgres did not stop:\n{done.stderr}")
         self._running = False
         track(self, running=False)
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
+            self._watchdog = None
         log.info("throwaway postgres stopped", port=self.port, mode=mode)
 
     def restart(self, mode: Literal["fast", "immediate"] = "fast") -> None:
@@ -294,6 +305,22 @@ class ThrowawayPostgres(PostgresServer):
             server_log.seek(offset)
             lines = server_log.read().decode(errors="replace").splitlines()
         return "\n".join([*lines[-_LOG_TAIL_LINES:], done.stderr.strip()])
+
+    def _spawn_watchdog(self, install: _Install) -> subprocess.Popen[bytes]:
+        """A detached shell that stops the server if this process dies unannounced
+        (SIGKILL skips atexit), so no orphaned server outlives a killed test run."""
+        pg_ctl = [str(install.bindir / "pg_ctl"), "-D", str(self.data_dir)]
+        return subprocess.Popen(
+            [
+                "sh", "-c", _WATCHDOG, "cdc-pg-watchdog", str(os.getpid()),
+                str(self.root), "1" if self.keep else "0",
+                *_runas_prefix(), *pg_ctl, "-m", "immediate", "-w", "stop",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
 
     def _run(
         self, install: _Install, program: str, *args: str | Path
