@@ -16,45 +16,33 @@ A column the change does not carry reads as ``MISSING``: an expression that is e
 one column returns it as is (the caller leaves the trait out), ``changed(col)`` is
 false when the new value is missing, and any other use raises ``MissingValue``.
 Messages name columns and positions, never values.
+
+This module is the public face; the work is done by ``expr_parse`` (text to tree),
+``expr_check`` (kinds and the static type check) and ``expr_compile`` (tree to
+closures, run-time errors).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import operator
 from collections.abc import Callable, Iterable
-from datetime import date
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
-from cdc_tracker.errors import CdcTrackerError
-from cdc_tracker.model import MISSING
-from cdc_tracker.rules.expr_check import (
-    ANY,
-    BOOL,
-    KINDS,
-    NUMBER,
-    TEXT,
-    Kind,
-    children,
-    describe,
-    kind_of,
-    static_type,
+from cdc_tracker.rules.expr_check import Kind, children, kind_of, static_type
+from cdc_tracker.rules.expr_compile import (
+    EvaluationError,
+    MissingValue,
+    Row,
+    compile_expression,
+    text_of,
 )
 from cdc_tracker.rules.expr_parse import (
-    BoolOp,
     Call,
     Col,
     ColumnRef,
-    Compare,
     ExpressionError,
-    Image,
-    InList,
-    IsNull,
     Lit,
     Node,
-    Not,
     parse,
 )
 
@@ -69,34 +57,6 @@ __all__ = [
     "literal",
     "parse_expression",
 ]
-
-
-class EvaluationError(CdcTrackerError):
-    """The expression could not be computed for this row (a type mismatch)."""
-
-
-class MissingValue(EvaluationError):
-    """The expression needs a column the change does not carry."""
-
-    def __init__(self, column: str, image: Image = "row") -> None:
-        where = "the change" if image == "row" else f"the {image} row image"
-        super().__init__(
-            f"column '{column}' is not in {where} (an unchanged TOASTed value)",
-            hint="set REPLICA IDENTITY FULL on the table, or use the column alone",
-        )
-        self.column = column
-        self.image = image
-
-
-class Row(Protocol):
-    """One row change as expressions see it."""
-
-    def value(self, image: Image, column: str) -> Any:
-        """The converted value of ``column`` in ``image``, or ``MISSING``."""
-        ...
-
-
-Fn = Callable[[Row], Any]
 
 
 class Expression:
@@ -124,7 +84,7 @@ class Expression:
         self.needs_old = any(ref.image == "old" for ref in self.columns)
         self.is_column = node.ref if isinstance(node, Col) else None
         self.is_literal = isinstance(node, Lit)
-        self._fn = _compile_top(node)
+        self._fn = compile_expression(node)
 
     def __repr__(self) -> str:
         return f"Expression({self.text!r})"
@@ -161,16 +121,18 @@ def parse_expression(text: str) -> Expression:
 
 
 def literal(value: Any) -> Expression:
-    """An expression that always yields ``value`` (a non-string YAML scalar)."""
+    """An expression that always yields ``value`` (a non-string YAML scalar).
+
+    A float becomes the ``Decimal`` of its shortest repr; a collection, or a float
+    that is not finite, raises ``ExpressionError``.
+    """
     if isinstance(value, float):
         value = Decimal(repr(value))
-    if (
-        value is not None
-        and kind_of(value) not in (TEXT, NUMBER, BOOL)
-        and not (isinstance(value, date))
-    ):
+        if not value.is_finite():
+            raise ExpressionError("a number literal must be finite", 0)
+    if kind_of(value) in (Kind.ARRAY, Kind.JSON, Kind.ANY):
         raise ExpressionError(f"expected a scalar, got {type(value).__name__}", 0)
-    text = "null" if value is None else _text(value)
+    text = "null" if value is None else text_of(value)
     return Expression(text, Lit(value, 0))
 
 
@@ -183,342 +145,3 @@ def _columns(node: Node) -> Iterable[ColumnRef]:
     else:
         for child in children(node):
             yield from _columns(child)
-
-
-# --- compilation: each node becomes a closure over its children's closures ---
-
-
-def _compile_top(node: Node) -> Fn:
-    if isinstance(node, Col):  # the one place a MISSING value passes through
-        image, column = node.ref.image, node.ref.column
-        return lambda row: row.value(image, column)
-    return _compile(node)
-
-
-def _compile(node: Node) -> Fn:
-    return _COMPILERS[type(node)](node)
-
-
-def _compile_literal(node: Lit) -> Fn:
-    value = node.value
-    return lambda row: value
-
-
-def _compile_column(node: Col) -> Fn:
-    image, column = node.ref.image, node.ref.column
-
-    def read(row: Row) -> Any:
-        value = row.value(image, column)
-        if value is MISSING:
-            raise MissingValue(column, image)
-        return value
-
-    return read
-
-
-def _compile_not(node: Not) -> Fn:
-    operand = _compile(node.operand)
-
-    def negate(row: Row) -> bool | None:
-        value = operand(row)
-        if value is None:
-            return None
-        if value is True or value is False:
-            return not value
-        raise _not_boolean("'not'", node.operand, value)
-
-    return negate
-
-
-def _compile_bool_op(node: BoolOp) -> Fn:
-    operands = tuple(_compile(operand) for operand in node.operands)
-    decisive = node.op == "or"  # the value that settles the result on its own
-    neutral = not decisive
-    what = f"'{node.op}'"
-
-    def combine(row: Row) -> Any:
-        unknown = False
-        for index, operand in enumerate(operands):
-            value = operand(row)
-            if value is decisive:
-                return decisive
-            if value is None:
-                unknown = True
-            elif value is not neutral:
-                raise _not_boolean(what, node.operands[index], value)
-        return None if unknown else neutral
-
-    return combine
-
-
-_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
-
-def _compile_compare(node: Compare) -> Fn:
-    op = _OPERATORS[node.op]
-    if isinstance(node.right, Lit) and node.right.value is not None:
-        return _compare_with_literal(node, op, node.right.value)
-    left, right = _compile(node.left), _compile(node.right)
-
-    def compare(row: Row) -> Any:
-        a = left(row)
-        if a is None:
-            return None
-        b = right(row)
-        if b is None:
-            return None
-        left_kind, right_kind = kind_of(a), kind_of(b)
-        if left_kind is not right_kind and ANY not in (left_kind, right_kind):
-            raise _mismatch(node, left_kind, right_kind)
-        try:
-            return op(a, b)
-        except (TypeError, ArithmeticError):
-            raise _mismatch(node, left_kind, right_kind) from None
-
-    return compare
-
-
-def _compare_with_literal(
-    node: Compare, op: Callable[[Any, Any], Any], value: Any
-) -> Fn:
-    """``x <op> literal``, the commonest shape: the literal's kind is checked once."""
-    expected = kind_of(value)
-    if not isinstance(node.left, Col):
-        left = _compile(node.left)
-        return lambda row: _compare_value(node, op, left(row), value, expected)
-    image, column = node.left.ref.image, node.left.ref.column
-
-    def compare(row: Row) -> Any:  # reads the row itself: one call less per change
-        a = row.value(image, column)
-        if a is None:
-            return None
-        if KINDS.get(type(a)) is not expected:
-            _check_kind(node, a, expected)
-        try:
-            return op(a, value)
-        except (TypeError, ArithmeticError):
-            raise _mismatch(node, kind_of(a), expected) from None
-
-    return compare
-
-
-def _compare_value(
-    node: Compare, op: Callable[[Any, Any], Any], a: Any, value: Any, expected: Kind
-) -> Any:
-    if a is None:
-        return None
-    _check_kind(node, a, expected)
-    try:
-        return op(a, value)
-    except (TypeError, ArithmeticError):
-        raise _mismatch(node, kind_of(a), expected) from None
-
-
-def _check_kind(node: Compare | InList, value: Any, expected: Kind) -> None:
-    """Raise unless ``value`` (never None) may be compared with ``expected``."""
-    subject = node.left if isinstance(node, Compare) else node.operand
-    if value is MISSING and isinstance(subject, Col):
-        raise MissingValue(subject.ref.column, subject.ref.image)
-    kind = kind_of(value)
-    if kind is not expected and kind is not ANY:
-        raise _mismatch(node, kind, expected)
-
-
-def _compile_in(node: InList) -> Fn:
-    operand = _compile(node.operand)
-    literals = [item.value for item in node.items if isinstance(item, Lit)]
-    kinds = {kind_of(value) for value in literals}
-    if len(literals) == len(node.items) and len(kinds) == 1 and None not in literals:
-        return _in_literals(node, operand, frozenset(literals), kinds.pop())
-    items = tuple(_compile(item) for item in node.items)
-    negated = node.negated
-
-    def member(row: Row) -> bool | None:
-        value = operand(row)
-        if value is None:
-            return None
-        kind, unknown = kind_of(value), False
-        for item in items:
-            candidate = item(row)
-            if candidate is None:
-                unknown = True
-                continue
-            other = kind_of(candidate)
-            if kind is not other and ANY not in (kind, other):
-                raise _mismatch(node, kind, other)
-            try:
-                if value == candidate:
-                    return not negated
-            except ArithmeticError:  # a signalling Decimal NaN
-                raise _mismatch(node, kind, other) from None
-        return None if unknown else negated
-
-    return member
-
-
-def _in_literals(
-    node: InList, operand: Fn, values: frozenset[Any], expected: Kind
-) -> Fn:
-    """``x in (literals of one kind)``: a set lookup instead of a scan."""
-    negated = node.negated
-
-    def member(row: Row) -> bool | None:
-        value = operand(row)
-        if value is None:
-            return None
-        if KINDS.get(type(value)) is not expected:
-            _check_kind(node, value, expected)
-        try:
-            return (value in values) is not negated
-        except (TypeError, ArithmeticError):  # unhashable, or a signalling NaN
-            raise _mismatch(node, kind_of(value), expected) from None
-
-    return member
-
-
-def _compile_is_null(node: IsNull) -> Fn:
-    operand = _compile(node.operand)
-    if node.negated:
-        return lambda row: operand(row) is not None
-    return lambda row: operand(row) is None
-
-
-def _compile_call(node: Call) -> Fn:
-    if node.name == "changed":
-        return _compile_changed(node.args[0])  # type: ignore[arg-type]
-    args = tuple(_compile(arg) for arg in node.args)
-    if node.name == "coalesce":
-        return _coalesce(args)
-    if node.name == "concat":
-        return _concat(args)
-    if node.name == "string":
-        (arg,) = args
-        return lambda row: None if (value := arg(row)) is None else _text(value)
-    return _text_function(node, args[0], _TEXT_FUNCTIONS[node.name])
-
-
-def _compile_changed(node: Col) -> Fn:
-    column = node.ref.column
-
-    def changed(row: Row) -> bool:
-        new = row.value("new", column)
-        if new is MISSING:  # an unchanged TOASTed value did not change
-            return False
-        old = row.value("old", column)
-        if old is MISSING:
-            raise MissingValue(column, "old")
-        return bool(new != old)
-
-    return changed
-
-
-def _coalesce(args: tuple[Fn, ...]) -> Fn:
-    def coalesce(row: Row) -> Any:
-        for arg in args:
-            value = arg(row)
-            if value is not None:
-                return value
-        return None
-
-    return coalesce
-
-
-def _concat(args: tuple[Fn, ...]) -> Fn:
-    def concat(row: Row) -> str:
-        parts = [arg(row) for arg in args]
-        return "".join("" if part is None else _text(part) for part in parts)
-
-    return concat
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-_TEXT_FUNCTIONS: dict[str, Callable[[str], str]] = {
-    "lower": str.lower,
-    "upper": str.upper,
-    "trim": str.strip,
-    "sha256": _sha256,
-}
-
-
-def _text_function(node: Call, arg: Fn, transform: Callable[[str], str]) -> Fn:
-    def apply(row: Row) -> str | None:
-        value = arg(row)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise EvaluationError(
-                f"{node.name}() expects text, got "
-                f"{describe(node.args[0], kind_of(value))} at column {node.offset + 1}"
-            )
-        return transform(value)
-
-    return apply
-
-
-_COMPILERS: dict[type, Callable[[Any], Fn]] = {
-    Lit: _compile_literal,
-    Col: _compile_column,
-    Not: _compile_not,
-    BoolOp: _compile_bool_op,
-    Compare: _compile_compare,
-    InList: _compile_in,
-    IsNull: _compile_is_null,
-    Call: _compile_call,
-}
-
-
-def _text(value: Any) -> str:
-    """The text form of a value, as ``string()`` and ``concat()`` write it."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return format(value, "f")  # keeps every digit and the scale: never 1E-9
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, list | tuple | dict):
-        try:
-            return _json(value)
-        except RecursionError:
-            raise EvaluationError("a json value nests too deeply to write") from None
-    return str(value)
-
-
-def _json(value: Any) -> str:
-    if isinstance(value, dict):
-        pairs = (f"{_json(str(key))}:{_json(item)}" for key, item in value.items())
-        return "{" + ",".join(pairs) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_json(item) for item in value) + "]"
-    if value is None:
-        return "null"
-    if isinstance(value, bool | int | Decimal | float):
-        return _text(value)
-    return json.dumps(_text(value), ensure_ascii=False)
-
-
-def _mismatch(node: Compare | InList, left: Kind, right: Kind) -> EvaluationError:
-    subject = node.left if isinstance(node, Compare) else node.operand
-    op = node.op if isinstance(node, Compare) else "in"
-    return EvaluationError(
-        f"'{op}' cannot compare {describe(subject, left)} with {right.value} "
-        f"at column {node.offset + 1}"
-    )
-
-
-def _not_boolean(what: str, node: Node, value: Any) -> EvaluationError:
-    return EvaluationError(
-        f"{what} expects a boolean, got {describe(node, kind_of(value))} "
-        f"at column {node.offset + 1}"
-    )

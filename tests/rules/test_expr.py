@@ -499,6 +499,12 @@ def test_literal_refuses_collections() -> None:
         literal([1])
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_literal_refuses_numbers_that_are_not_finite(value: float) -> None:
+    with pytest.raises(ExpressionError, match="a number literal must be finite"):
+        literal(value)
+
+
 # --- static typing against the live schema ---
 
 KINDS = {
