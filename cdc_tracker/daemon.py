@@ -146,9 +146,12 @@ class Daemon:
         upto = self.slot.flush_lsn()
         limit = self.settings.window_changes
         rows = self._read_window(upto, limit)
-        self._ship()
-        cut_short = rows >= limit or self.stop.is_set()
-        self._advance(self.done if cut_short else max(upto, self.done))
+        if not self._ship():
+            return False
+        if rows < limit and not self.stop.is_set():
+            # Read to its bound and all acknowledged: nothing below upto is left.
+            self.done = max(self.done, upto)
+        self._advance(self.done)
         return rows >= limit
 
     def _read_window(self, upto: Lsn, limit: int) -> int:
@@ -165,8 +168,8 @@ class Daemon:
                     if not skipping:
                         self.counters.changes += 1
                         self.mapper.map(event, self.calls, self.dead)
-                        if len(self.calls) >= flush_at:
-                            self._ship()
+                        if len(self.calls) >= flush_at and not self._ship():
+                            break
                 elif type(event) is Begin:
                     # Seen before a failed advance, or in dry-run: already handled.
                     skipping = event.commit_lsn <= self.done
@@ -174,8 +177,9 @@ class Daemon:
                         break
                 elif type(event) is Commit:
                     self.completed = event.commit_lsn
-                    if len(self.calls) >= self.settings.batch_calls:
-                        self._ship()
+                    batch_full = len(self.calls) >= self.settings.batch_calls
+                    if batch_full and not self._ship():
+                        break
                 elif type(event) is Truncate and not skipping:
                     self.counters.truncates += 1
                     log.warning(
@@ -183,8 +187,11 @@ class Daemon:
                     )
         return rows
 
-    def _ship(self) -> None:
-        """Deliver pending calls, store dead letters, then mark what is done."""
+    def _ship(self) -> bool:
+        """Deliver pending calls, store dead letters, then mark what is done.
+
+        Returns False when a stop interrupted delivery: nothing is marked done.
+        """
         calls, self.calls = self.calls, []
         dead, self.dead = self.dead, []
         started = time.perf_counter()
@@ -193,7 +200,7 @@ class Daemon:
         if dead:
             self._store_dead(dead)
         if outcome.interrupted:
-            return  # nothing past the last fully acknowledged commit is done
+            return False
         self.done = max(self.done, self.completed)
         if calls:
             self.counters.calls += outcome.delivered
@@ -206,6 +213,7 @@ class Daemon:
                 lsn=str(self.done),
                 elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
             )
+        return True
 
     def _store_dead(self, dead: list[DeadLetter]) -> None:
         for letter in dead:
