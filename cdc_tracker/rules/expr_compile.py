@@ -288,7 +288,12 @@ def _compile_changed(node: Col) -> Fn:
         old = row.value("old", column)
         if old is MISSING:
             raise MissingValue(column, "old")
-        return bool(new != old)
+        try:
+            return bool(new != old)
+        except ArithmeticError:  # a signalling Decimal NaN refuses comparison
+            raise EvaluationError(
+                f"changed() cannot compare the values of column '{column}'"
+            ) from None
 
     return changed
 

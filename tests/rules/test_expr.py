@@ -305,6 +305,14 @@ def test_changed_compares_new_with_old_like_is_distinct_from(
     assert evaluate("changed(x)", {"x": new}, x=old) is expected
 
 
+@pytest.mark.parametrize(
+    "text", ["changed(a)", "a == b", "a < 1", "a in (1, 2)", "a in (1, b)"]
+)
+def test_signalling_nan_raises_evaluation_error_not_decimal_error(text: str) -> None:
+    with pytest.raises(EvaluationError):
+        evaluate(text, {"a": Decimal("sNaN"), "b": 1}, a=1)
+
+
 def test_short_circuit_skips_operands_that_would_be_missing() -> None:
     assert evaluate("ok or notes == 'x'", {"ok": True}) is True
     assert evaluate("ok and notes == 'x'", {"ok": False}) is False
@@ -602,6 +610,7 @@ FRAGMENTS = [
 ]  # fmt: skip
 VALUES = [None, True, False, 0, 7, Decimal("1.5"), "x", "", MISSING, [1], {"k": "v"}]
 VALUES += [date(2024, 1, 1), datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 1)]
+VALUES += [Decimal("NaN"), Decimal("sNaN"), object(), 10**40, "\ud800"]
 
 
 def test_random_garbage_only_ever_raises_our_errors() -> None:
