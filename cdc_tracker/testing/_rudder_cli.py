@@ -11,6 +11,7 @@ import sys
 import time
 
 import orjson
+import structlog
 
 from cdc_tracker.testing.rudderstack import FakeRudderStack, ReceivedCall
 
@@ -32,11 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         description="A strict fake RudderStack data plane on 127.0.0.1.",
         epilog="example: --port 8088 --write-key demo-key --segment",
     )
-    parser.add_argument("--port", type=int, default=8088)
+    parser.add_argument("--port", type=int, default=8088, help="0 picks a free one")
     parser.add_argument("--write-key", action="append", default=[], dest="write_keys")
     parser.add_argument("--segment", action="store_true", help="apply Segment's limits")
     parser.add_argument("--lenient", action="store_true", help="skip the strict checks")
     args = parser.parse_args(argv)
+    # stdout carries the calls; logs go to stderr so the two never interleave.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     fake = FakeRudderStack(
         write_keys=args.write_keys or ["test-write-key"],
         port=args.port,

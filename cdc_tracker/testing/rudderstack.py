@@ -123,7 +123,7 @@ class FakeRudderStack:
         self._server = FakeServer(self._address, self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.01},  # stop() waits up to this long
             name="fake-rudderstack",
             daemon=True,
         )
