@@ -15,9 +15,13 @@ ENVELOPE_BYTES = len(_ENVELOPE_OPEN) + len(_ENVELOPE_CLOSE)
 SENT_AT_BYTES = len(b',"sentAt":""') + len("2026-12-04T16:42:12.123Z")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass costs microseconds per call to build, on the hot path.
+@dataclass(slots=True)
 class EncodedCall:
-    """A call and its JSON bytes (without ``sentAt``), encoded once for every send."""
+    """A call and its JSON bytes (without ``sentAt``), encoded once for every send.
+
+    Treat it as immutable: resends must carry the same bytes.
+    """
 
     message_id: str
     user_id: str

@@ -34,14 +34,13 @@ def encode_call(call: Call) -> bytes:
             f"call {call.message_id} carries sentAt; the shipper sets it per request"
         )
     try:
-        return orjson.dumps(payload, default=_encode_other, option=_OPTIONS)
+        return _dumps(payload)
     except orjson.JSONEncodeError as exc:
         if str(exc) != "Integer exceeds 64-bit range":
             raise ValueError(f"call {call.message_id}: {_reason(exc)}") from exc
     # Rare: a numeric without a fraction decoded to an int beyond 64 bits.
-    widened = _widen_big_ints(payload)
     try:
-        return orjson.dumps(widened, default=_encode_other, option=_OPTIONS)
+        return _dumps(_widen_big_ints(payload))
     except orjson.JSONEncodeError as exc:
         raise ValueError(f"call {call.message_id}: {_reason(exc)}") from exc
 
@@ -72,6 +71,10 @@ def rfc3339_ms(dt: datetime) -> str:
     )
 
 
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_encode_other, option=_OPTIONS)
+
+
 def _encode_other(value: object) -> orjson.Fragment:
     if isinstance(value, Decimal):
         return orjson.Fragment(_decimal_text(value))
@@ -81,10 +84,10 @@ def _encode_other(value: object) -> orjson.Fragment:
 def _decimal_text(value: Decimal) -> str:
     if not value.is_finite():
         raise ValueError("a decimal value is NaN or infinite")
-    exponent = value.as_tuple().exponent
-    assert isinstance(exponent, int)  # finite decimals have an int exponent
-    # "f" writes the digits as stored; a positive exponent would grow zeros.
-    return format(value, "f") if exponent <= 0 else str(value)
+    text = str(value)
+    # str() goes scientific for tiny values (1E-7); "f" writes those as stored.
+    # Large exponents (1E+3) stay as str() wrote them: "f" would invent zeros.
+    return format(value, "f") if "E-" in text else text
 
 
 def _reason(exc: orjson.JSONEncodeError) -> str:
