@@ -76,7 +76,7 @@ class ReceivedBatch:
 
 
 def _call_texts(data: bytes, *, single: bool) -> list[bytes]:
-    text = data.decode("utf-8")
+    text = data.decode("utf-8-sig")  # the stdlib parser also skips a BOM
     if single:
         return [text.strip(" \t\n\r").encode("utf-8")]
     return [text[start:end].encode("utf-8") for start, end in batch_spans(text)]

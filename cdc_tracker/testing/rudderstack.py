@@ -173,7 +173,8 @@ class FakeRudderStack:
 
     @property
     def requests(self) -> list[RequestRecord]:
-        """A snapshot of every POST's record, in the order they were answered."""
+        """A snapshot of the records of POSTs to the gateway's routes, in the order
+        they were answered."""
         return self._ledger.requests()
 
     @property
@@ -191,6 +192,9 @@ class FakeRudderStack:
 
     def wait_for_calls(self, n: int, timeout: float = 10.0) -> list[ReceivedCall]:
         """Block until at least ``n`` calls were accepted; return them all.
+
+        Returning parses every call again; for tens of thousands of calls,
+        ``message_ids()`` or ``accepted_count`` are much cheaper.
 
         Raises ``AssertionError`` saying what did arrive when ``timeout`` passes.
         """

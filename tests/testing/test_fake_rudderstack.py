@@ -779,3 +779,23 @@ def test_cli_prints_one_line_per_accepted_call() -> None:
     assert (response.status_code, response.text) == (200, "ok")
     assert orjson.loads(line) == ["track", "u1", "Order Placed", "m1"]
     assert code == 0
+
+
+def test_keep_alive_batches_flow_far_faster_than_the_shipper_needs(
+    fake: FakeRudderStack, client: httpx.Client
+) -> None:
+    calls = [a_call(n, properties={"text": "x" * 200}) for n in range(500)]
+    body = gzip.compress(batch_of(*calls), 1)
+    gzip_header = {"Content-Encoding": "gzip"}
+
+    started = time.perf_counter()
+    answers = {
+        client.post("/v1/batch", content=body, headers=gzip_header).status_code
+        for _ in range(40)
+    }
+    elapsed = time.perf_counter() - started
+
+    assert answers == {200}
+    assert fake.accepted_count == 20_000
+    # Expect ~0.2 s; a per-request stall (say Nagle's 40 ms) would blow this.
+    assert elapsed < 1.5
