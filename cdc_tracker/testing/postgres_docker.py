@@ -7,6 +7,7 @@ inside the functions that need it.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -44,6 +45,7 @@ def docker_answers() -> bool:
     return True
 
 
+@functools.cache
 def _build_local_image() -> str:
     from testcontainers.core.image import DockerImage  # noqa: PLC0415
 
@@ -87,12 +89,17 @@ class DockerPostgres(PostgresServer):
         container = PostgresContainer(
             image, username=self.user, password=self.password, dbname="postgres"
         )
-        options = [f"-c{name}={value}" for name, value in self._settings.items()]
-        container.with_command(options)
+        # The image's entrypoint runs postgres with arguments that start with "-".
+        options = [f"{name}={value}" for name, value in self._settings.items()]
+        container.with_command([word for o in options for word in ("-c", o)])
         # Docker accepts (host_ip, port) though testcontainers types only a port;
         # its with_bind_ports would publish on every interface.
         container.ports["5432"] = (HOST, self.port)  # type: ignore[assignment]
-        container.start()
+        try:
+            container.start()
+        except BaseException:
+            container.stop()
+            raise
         self._container = container
         track(self, running=True)
         self._check_wal2json(image)
