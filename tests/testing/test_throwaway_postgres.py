@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def test_keep_leaves_the_directory_for_inspection() -> None:
         assert (root / "data" / "PG_VERSION").exists()
         assert "ready to accept connections" in (root / "server.log").read_text()
     finally:
-        subprocess.run(["rm", "-rf", str(root)], check=True)
+        shutil.rmtree(root)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server over")
