@@ -24,7 +24,11 @@ LIBRARY = {"name": "cdc-tracker", "version": __version__}
 
 
 class RowView:
-    """A change as rule expressions see it: converted values, by image."""
+    """A change as rule expressions see it: converted values, by image.
+
+    A column the change does not carry reads as ``MISSING`` (unknown, never null),
+    except the old row of an insert, whose every column reads as null.
+    """
 
     __slots__ = ("change", "zone")
 
@@ -38,7 +42,8 @@ class RowView:
             image = "old" if change.new is None else "new"
         source = change.new if image == "new" else change.old
         if source is None:
-            return MISSING
+            # An insert has no old row: old.x is null, so changed(x) means "set".
+            return None if change.action is Action.INSERT else MISSING
         if column in source:
             raw = source[column]
         elif image == "new" and change.old is not None and column in change.old:

@@ -1,0 +1,56 @@
+"""Fixtures on real parts: a PostgreSQL server with wal2json, a strict fake RudderStack.
+
+One server serves the whole session; each test gets its own database (so its own
+slot, tables and WAL positions) with the example schema, and its own receiver.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cdc_tracker.testing.postgres import PostgresServer, start_postgres
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.harness import EXAMPLES, WRITE_KEY
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """A throwaway server (local, or Docker with CDC_TRACKER_TEST_DOCKER=1)."""
+    # Commit timestamps let tests check that calls carry their commit time.
+    server = start_postgres(settings={"track_commit_timestamp": "on"})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def empty_db(pg: PostgresServer) -> str:
+    """The dsn of a new, empty database."""
+    return pg.create_database(f"t{next(_databases)}")
+
+
+@pytest.fixture
+def db(empty_db: str) -> str:
+    """The dsn of a new database holding the example schema (merchants, payouts)."""
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute((EXAMPLES / "schema.sql").read_text())
+    return empty_db
+
+
+@pytest.fixture
+def receiver() -> Iterator[FakeRudderStack]:
+    with FakeRudderStack(write_keys=[WRITE_KEY]) as fake:
+        yield fake
+
+
+@pytest.fixture
+def example_rulebook() -> Path:
+    return EXAMPLES / "rulebook.yaml"

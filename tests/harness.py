@@ -1,0 +1,148 @@
+"""Run the real daemon against a test database and receiver, and wait on it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from cdc_tracker.daemon import Daemon
+from cdc_tracker.destination.backoff import Backoff
+from cdc_tracker.destination.rudderstack import RudderStackClient
+from cdc_tracker.model import Lsn
+from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.settings import Settings
+from cdc_tracker.shipping import DestinationShipper
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "cdc_tracker" / "examples"
+WRITE_KEY = "test-write-key"
+
+
+def settings_for(
+    dsn: str, receiver: FakeRudderStack, rulebook: Path, **extra: Any
+) -> Settings:
+    # Slots are cluster-wide: one per test database.
+    dbname = conninfo_to_dict(dsn)["dbname"]
+    base = Settings(
+        dsn=dsn,
+        slot=f"cdc_tracker_{dbname}",
+        rulebook=rulebook,
+        destination_url=receiver.url,
+        write_key=WRITE_KEY,
+        poll_interval=0.05,
+        http_timeout=2.0,
+    )
+    return replace(base, **extra)
+
+
+class Running:
+    """A daemon running in a thread; ``caught_up`` waits for it to ship everything."""
+
+    def __init__(
+        self, daemon: Daemon, thread: threading.Thread, stop: threading.Event, dsn: str
+    ) -> None:
+        self.daemon = daemon
+        self.thread = thread
+        self.stop_event = stop
+        self.dsn = dsn
+        self.error: BaseException | None = None
+
+    def caught_up(self, timeout: float = 20.0) -> Lsn:
+        """Wait until every transaction committed so far is acknowledged."""
+        target = flush_lsn(self.dsn)
+        wait_until(
+            lambda: self.daemon.done >= target or not self.thread.is_alive(), timeout
+        )
+        if self.error is not None:
+            raise self.error
+        assert self.daemon.done >= target, (
+            f"daemon at {self.daemon.done}, wanted {target}"
+        )
+        return target
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "daemon did not stop within 30 s"
+
+
+@contextmanager
+def running_daemon(
+    settings: Settings, *, backoff: Backoff | None = None
+) -> Iterator[Running]:
+    stop = threading.Event()
+    client = RudderStackClient(
+        settings.destination_settings(),
+        backoff=backoff or Backoff(initial=0.01, cap=0.05),
+    )
+    daemon = Daemon(
+        settings, load_rulebook(settings.rulebook), DestinationShipper(client), stop
+    )
+    holder: list[Running] = []
+
+    def target() -> None:
+        try:
+            daemon.run()
+        except BaseException as exc:  # surfaced by caught_up()
+            holder[0].error = exc
+
+    thread = threading.Thread(target=target, name="daemon-under-test", daemon=True)
+    running = Running(daemon, thread, stop, settings.dsn)
+    holder.append(running)
+    thread.start()
+    try:
+        wait_until(lambda: daemon.slot is not None or not thread.is_alive(), 20)
+        if running.error is not None:
+            raise running.error
+        yield running
+    finally:
+        running.stop()
+        client.close()
+
+
+def flush_lsn(dsn: str) -> Lsn:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("select pg_current_wal_flush_lsn()::text").fetchone()
+    assert row is not None
+    return Lsn.parse(str(row[0]))
+
+
+def slot_position(dsn: str, slot: str | None = None) -> Lsn:
+    slot = slot or f"cdc_tracker_{conninfo_to_dict(dsn)['dbname']}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
+            (slot,),
+        ).fetchone()
+    assert row is not None, f"slot {slot} does not exist"
+    return Lsn.parse(str(row[0]))
+
+
+def sql(dsn: str, *statements: str) -> None:
+    """Run each statement in its own autocommit transaction."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def transaction(dsn: str, *statements: str) -> None:
+    """Run the statements in one transaction."""
+    with psycopg.connect(dsn) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s")
+        time.sleep(0.02)
