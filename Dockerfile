@@ -1,0 +1,23 @@
+# cdc-tracker: run beside the application's PostgreSQL.
+#   docker build -t cdc-tracker .
+#   docker run -v $PWD/config:/config -e CDC_TRACKER_DSN=... \
+#     -e RUDDERSTACK_DATA_PLANE_URL=... -e RUDDERSTACK_WRITE_KEY=... cdc-tracker
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY cdc_tracker ./cdc_tracker
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /app cdc-tracker
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY cdc_tracker/examples/rulebook.yaml /config/rulebook.yaml
+USER cdc-tracker
+WORKDIR /app
+ENV CDC_TRACKER_RULEBOOK=/config/rulebook.yaml \
+    CDC_TRACKER_LOG_FORMAT=json \
+    PYTHONUNBUFFERED=1
+VOLUME ["/config"]
+ENTRYPOINT ["cdc-tracker"]
+CMD ["run"]
