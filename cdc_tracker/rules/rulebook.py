@@ -167,7 +167,7 @@ class _Builder:
         version = document.get("version")
         if version is None:
             self.problem(document.line, "missing 'version' (this release reads 1)")
-        elif version != 1:
+        elif version != 1 or isinstance(version, bool):  # True == 1 in Python
             self.problem(
                 document.lines["version"],
                 f"unsupported rulebook version {version!r}; this release reads 1",
@@ -219,7 +219,9 @@ class _Builder:
         kind: Literal["identify", "track"],
         tables: dict[str, TableSpec],
     ) -> list[Rule]:
-        section = document.get(kind, [])
+        section = document.get(kind)
+        if section is None:  # absent or left empty: no rules of this kind
+            return []
         if not isinstance(section, LineList):
             self.problem(document.lines.get(kind), f"'{kind}' must be a list of rules")
             return []
@@ -349,13 +351,13 @@ class _Builder:
         return fields
 
     def integrations(self, body: LineDict) -> dict[str, bool] | None:
-        value = body.get("integrations")
-        if value is None:
+        if "integrations" not in body:
             return None
+        value = body["integrations"]
         if not isinstance(value, LineDict) or not all(
             isinstance(flag, bool) for flag in value.values()
         ):
-            # A null or non-boolean entry routes the call to no destination.
+            # RudderStack routes a call with a null (or non-boolean) entry nowhere.
             self.problem(
                 body.lines["integrations"],
                 "'integrations' maps destination names to true or false",
