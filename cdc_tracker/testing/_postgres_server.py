@@ -2,7 +2,8 @@
 
 ``PostgresServer`` is the surface the tests and the demo use: ``dsn()``, ``url()``,
 ``execute()``, ``create_database()``, ``start()``/``stop()`` and ``with``. Servers
-still running when the interpreter exits are stopped by an atexit hook.
+still running when the interpreter exits are stopped, and their files removed, by an
+atexit hook.
 """
 
 from __future__ import annotations
@@ -129,20 +130,21 @@ def free_port() -> int:
         return port
 
 
-_live: set[PostgresServer] = set()
+_owned: set[PostgresServer] = set()
 
 
-def track(server: PostgresServer, *, running: bool) -> None:
-    """Record whether ``server`` runs, so the atexit hook can stop leftovers."""
-    if running:
-        _live.add(server)
+def track(server: PostgresServer, *, owned: bool) -> None:
+    """Record whether ``server`` holds anything (a process, files, a container), so
+    the atexit hook can stop and discard what callers left behind."""
+    if owned:
+        _owned.add(server)
     else:
-        _live.discard(server)
+        _owned.discard(server)
 
 
 @atexit.register
-def _stop_leftovers() -> None:
-    for server in list(_live):
+def _release_leftovers() -> None:
+    for server in list(_owned):
         try:
             server.stop("immediate")
         except SourceError:

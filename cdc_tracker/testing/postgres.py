@@ -149,8 +149,8 @@ class ThrowawayPostgres(PostgresServer):
 
     ``start()`` runs initdb on first use and starts the server (about a second);
     ``stop()`` is idempotent; ``restart()`` keeps port and data. Leaving the ``with``
-    block stops the server and deletes its directory unless ``keep=True``. An atexit
-    hook stops servers still running at interpreter exit.
+    block stops the server and deletes its directory unless ``keep=True``; so does an
+    atexit hook for servers left running or merely stopped at interpreter exit.
     """
 
     def __init__(
@@ -206,7 +206,7 @@ class ThrowawayPostgres(PostgresServer):
                 self.discard()
             raise
         self._running = self._started_before = True
-        track(self, running=True)
+        track(self, owned=True)
         self._watchdog = self._spawn_watchdog(_install())
         elapsed_ms = round((time.monotonic() - began) * 1000)
         log.info("throwaway postgres started", port=self.port, elapsed_ms=elapsed_ms)
@@ -245,7 +245,6 @@ class ThrowawayPostgres(PostgresServer):
         ):
             raise SourceError(f"throwaway postgres did not stop:\n{done.stderr}")
         self._running = False
-        track(self, running=False)
         if self._watchdog is not None:
             self._watchdog.kill()
             self._watchdog.wait()
@@ -258,8 +257,11 @@ class ThrowawayPostgres(PostgresServer):
         self.start()
 
     def discard(self) -> None:
-        """Delete the temp dir unless ``keep``; the server must be stopped."""
-        if self._root is not None and not self.keep and not self._running:
+        """Delete the temp dir unless ``keep``; does nothing while the server runs."""
+        if self._running:
+            return
+        track(self, owned=False)
+        if self._root is not None and not self.keep:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
 

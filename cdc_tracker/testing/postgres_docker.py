@@ -101,14 +101,14 @@ class DockerPostgres(PostgresServer):
             container.stop()
             raise
         self._container = container
-        track(self, running=True)
+        track(self, owned=True)
         self._check_wal2json(image)
         return self
 
     def stop(self, mode: StopMode = "fast") -> None:
         """Remove the container (``mode`` does not apply); idempotent."""
         container, self._container = self._container, None
-        track(self, running=False)
+        track(self, owned=False)
         if container is not None:
             container.stop()
 

@@ -165,10 +165,11 @@ def test_as_root_the_server_processes_belong_to_postgres(
 ) -> None:
     postgres_uid = pwd.getpwnam("postgres").pw_uid
     pid = int((server.data_dir / "postmaster.pid").read_text().split()[0])
-    (backend_pid,) = fetch(server, "SELECT pg_backend_pid()")[0]
+    with psycopg.connect(server.dsn()) as conn:
+        backend_owner = os.stat(f"/proc/{conn.info.backend_pid}").st_uid
 
     assert os.stat(f"/proc/{pid}").st_uid == postgres_uid
-    assert os.stat(f"/proc/{backend_pid}").st_uid == postgres_uid
+    assert backend_owner == postgres_uid
     assert server.data_dir.stat().st_uid == postgres_uid
 
 
@@ -255,21 +256,23 @@ def test_missing_wal2json_is_a_config_error_with_the_install_hint(
     assert caught.value.hint == "apt-get install postgresql-15-wal2json"
 
 
-def test_atexit_stops_a_server_left_running(tmp_path: Path) -> None:
+def test_at_exit_servers_left_running_or_only_stopped_are_cleaned_up() -> None:
     script = textwrap.dedent(
         """
         from cdc_tracker.testing.postgres import ThrowawayPostgres
-        pg = ThrowawayPostgres().start()
-        print(pg.data_dir, flush=True)
+        running = ThrowawayPostgres().start()
+        stopped = ThrowawayPostgres().start()
+        stopped.stop()
+        print("ROOTS", running.root, stopped.root, flush=True)
         """
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
-    data_dir = Path(done.stdout.strip())
+    roots = next(line for line in done.stdout.splitlines() if line.startswith("ROOTS"))
 
-    assert not data_dir.exists()
-    assert "throwaway postgres stopped" in done.stdout + done.stderr
+    assert [Path(root).exists() for root in roots.split()[1:]] == [False, False]
+    assert done.stdout.count("throwaway postgres stopped") == 2
 
 
 def test_a_killed_owner_neither_blocks_the_next_server_nor_leaves_an_orphan() -> None:
