@@ -63,6 +63,7 @@ class Rule:
     context: dict[str, Any] | None = None
     description: str | None = None
     line: int = 0
+    # The line of each key of the rule, and of each field as ``traits.company.plan``.
     lines: dict[str, int] = field(default_factory=dict)
 
     def expressions(self) -> Iterator[tuple[str, Expression]]:
@@ -271,7 +272,7 @@ class _Builder:
             context=context,
             description=_text(body.get("description")),
             line=body.line,
-            lines=dict(body.lines),
+            lines=dict(body.lines) | _leaf_lines(body.get(fields_key), fields_key),
         )
 
     def event(self, body: LineDict) -> str | None:
@@ -400,6 +401,17 @@ def _name_identify_rules(rules: list[Rule]) -> list[Rule]:
             number = counts[rule.table]
             rule.id = f"identify {rule.table}" + (f" #{number}" if number > 1 else "")
     return rules
+
+
+def _leaf_lines(value: Any, prefix: str) -> dict[str, int]:
+    if not isinstance(value, LineDict):
+        return {}
+    lines: dict[str, int] = {}
+    for name, item in value.items():
+        key = f"{prefix}.{name}"
+        lines[key] = value.lines[name]
+        lines |= _leaf_lines(item, key)
+    return lines
 
 
 def _plain(value: Any) -> Any:

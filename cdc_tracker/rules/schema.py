@@ -43,16 +43,13 @@ def check_schema(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[Prob
 def _rule_problems(path: str, rule: Rule, info: TableInfo) -> list[Problem]:
     problems: list[Problem] = []
     for key, expr in rule.expressions():
-        line = rule.lines.get(key.split(".")[0], rule.line)
+        line = rule.lines.get(key, rule.lines.get(key.split(".")[0], rule.line))
         problems += _typed(path, line, key, expr, info)
     if rule.needs_old and not info.full_identity:
         problems.append((path, rule.line, _needs_full(rule, info, "reads old values")))
-    if Action.DELETE in rule.on and not info.full_identity:
-        beyond_key = _non_key_columns(rule, info)
-        if beyond_key:
-            reason = f"reads {', '.join(beyond_key)} of deleted rows"
-            problems.append((path, rule.line, _needs_full(rule, info, reason)))
-    if rule.on - {Action.INSERT} and not info.key and not info.full_identity:
+    if info.full_identity:
+        return problems
+    if rule.on - {Action.INSERT} and not info.key:
         problems.append(
             (
                 path,
@@ -63,6 +60,9 @@ def _rule_problems(path: str, rule: Rule, info: TableInfo) -> list[Problem]:
                 "REPLICA IDENTITY FULL;",
             )
         )
+    elif Action.DELETE in rule.on and (beyond_key := _non_key_columns(rule, info)):
+        reason = f"reads {', '.join(beyond_key)} of deleted rows"
+        problems.append((path, rule.line, _needs_full(rule, info, reason)))
     return problems
 
 
@@ -74,9 +74,13 @@ def _typed(
         return None if declared is None else kind_of(declared)
 
     try:
-        expr.static_type(column_kind, known_columns=info.columns)
+        kind = expr.static_type(column_kind, known_columns=info.columns)
     except ExpressionError as exc:
         return [(path, line, f"{key}: {exc} (table {info.name})")]
+    if key == "when" and kind not in (Kind.BOOL, Kind.JSON, Kind.ANY, Kind.NULL):
+        # Only true fires a rule: a number or a text would silently never fire.
+        message = f"'when' expects a boolean, got {kind.value}"
+        return [(path, line, f"when: {message} (table {info.name})")]
     return []
 
 

@@ -1,0 +1,285 @@
+"""Checking a rulebook against the live catalog: tables, columns, types, identity."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import psycopg
+
+from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.rules.schema import check_schema
+from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.source.slot import connect
+from tests.harness import sql
+
+TABLES = """\
+version: 1
+tables:
+  public.merchants:
+    user_id: id
+    cursor: updated_at
+  public.payouts:
+    user_id: merchant_id
+    cursor: created_at
+"""
+
+
+def check(dsn: str, tmp_path: Path, text: str) -> list[str]:
+    """The problems as ``line: message``, checked against the database at ``dsn``."""
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(textwrap.dedent(text))
+    rulebook = load_rulebook(path)
+    with connect(dsn) as conn:
+        catalog = read_catalog(conn, sorted(rulebook.tables))
+    found = check_schema(rulebook, catalog)
+    assert all(file == str(path) for file, _, _ in found)
+    return [f"{line}: {message}" for _, line, message in found]
+
+
+def test_example_rulebook_fits_the_example_schema(
+    db: str, example_rulebook: Path
+) -> None:
+    rulebook = load_rulebook(example_rulebook)
+    with connect(db) as conn:
+        catalog = read_catalog(conn, sorted(rulebook.tables))
+    assert check_schema(rulebook, catalog) == []
+
+
+def test_catalog_reports_key_identity_and_declared_types(db: str) -> None:
+    """Domains read as their base type; the key is the primary key's columns."""
+    sql(
+        db,
+        "create domain money2 as numeric(12,2)",
+        "create table typed (a int, b int, amount money2, tags text[], "
+        "primary key (b, a))",
+    )
+    with psycopg.connect(db) as conn:
+        catalog = read_catalog(conn, ["public.typed", "public.merchants", "public.x"])
+    assert sorted(catalog) == ["public.merchants", "public.typed"]
+    typed = catalog["public.typed"]
+    assert typed.columns == {
+        "a": "integer",
+        "b": "integer",
+        "amount": "numeric(12,2)",
+        "tags": "text[]",
+    }
+    assert sorted(typed.key) == ["a", "b"]
+    assert typed.replica_identity == "default"
+    assert catalog["public.merchants"].full_identity
+
+
+def test_unknown_table_is_named_at_its_line(empty_db: str, tmp_path: Path) -> None:
+    assert check(empty_db, tmp_path, TABLES) == [
+        "3: table 'public.merchants' does not exist",
+        "6: table 'public.payouts' does not exist",
+    ]
+
+
+def test_unknown_column_suggests_the_closest_name(db: str, tmp_path: Path) -> None:
+    found = check(
+        db,
+        tmp_path,
+        TABLES
+        + "identify:\n  - table: merchants\n    traits:\n      name: ownr_name\n",
+    )
+    assert found == [
+        "12: traits.name: unknown column 'ownr_name'; did you mean 'owner_name'? "
+        "at column 1 (table public.merchants)"
+    ]
+
+
+def test_unknown_column_in_when_points_at_the_when_line(
+    db: str, tmp_path: Path
+) -> None:
+    found = check(
+        db,
+        tmp_path,
+        TABLES + "track:\n  - event: E\n    table: payouts\n    on: insert\n"
+        "    when: stauts == 'paid'\n",
+    )
+    assert len(found) == 1
+    assert found[0].startswith(
+        "13: when: unknown column 'stauts'; did you mean 'status'?"
+    )
+
+
+def test_text_function_on_a_number_is_a_type_error(db: str, tmp_path: Path) -> None:
+    found = check(
+        db,
+        tmp_path,
+        TABLES + "track:\n  - event: E\n    table: payouts\n    on: insert\n"
+        "    properties:\n      amount: lower(amount)\n",
+    )
+    assert len(found) == 1
+    assert found[0].startswith("14: properties.amount: lower() expects text, got ")
+    assert "(table public.payouts)" in found[0]
+
+
+def test_comparing_a_number_with_text_is_a_type_error(db: str, tmp_path: Path) -> None:
+    found = check(
+        db,
+        tmp_path,
+        TABLES + "track:\n  - event: E\n    table: payouts\n    on: insert\n"
+        "    when: amount == 'ten'\n",
+    )
+    assert len(found) == 1
+    assert found[0].startswith("13: when: '==' cannot compare ")
+
+
+def test_when_that_is_not_a_boolean_is_refused(db: str, tmp_path: Path) -> None:
+    """``when: amount`` would never hold (only true fires): refuse it up front."""
+    found = check(
+        db,
+        tmp_path,
+        TABLES + "track:\n  - event: E\n    table: payouts\n    on: insert\n"
+        "    when: amount\n",
+    )
+    assert len(found) == 1
+    assert found[0].startswith("13: when: 'when' expects a boolean, got ")
+
+
+def test_old_values_on_a_default_identity_table_need_replica_identity_full(
+    db: str, tmp_path: Path
+) -> None:
+    """old.x and changed() read the old row, which only FULL identity carries."""
+    found = check(
+        db,
+        tmp_path,
+        TABLES
+        + """\
+track:
+  - event: Status Changed
+    table: payouts
+    on: update
+    when: changed(status)
+  - event: Amount Lowered
+    table: payouts
+    on: update
+    when: new.amount < old.amount
+""",
+    )
+    fix = "fix: ALTER TABLE public.payouts REPLICA IDENTITY FULL;"
+    assert found == [
+        "10: rule 'Status Changed' reads old values, but table public.payouts has "
+        f"REPLICA IDENTITY DEFAULT; {fix}",
+        "14: rule 'Amount Lowered' reads old values, but table public.payouts has "
+        f"REPLICA IDENTITY DEFAULT; {fix}",
+    ]
+
+
+def test_old_values_on_a_full_identity_table_are_accepted(
+    db: str, tmp_path: Path
+) -> None:
+    found = check(
+        db,
+        tmp_path,
+        TABLES + "track:\n  - event: E\n    table: merchants\n    on: update\n"
+        "    when: changed(email)\n",
+    )
+    assert found == []
+
+
+def test_delete_rule_reading_non_key_columns_needs_full_identity(
+    db: str, tmp_path: Path
+) -> None:
+    """A delete carries only the key unless FULL: user_id and amount are unknown."""
+    found = check(
+        db,
+        tmp_path,
+        TABLES
+        + "track:\n  - event: Payout Deleted\n    table: payouts\n    on: delete\n"
+        "    properties:\n      amount: amount\n      id: id\n",
+    )
+    assert found == [
+        "10: rule 'Payout Deleted' reads amount, merchant_id of deleted rows, but "
+        "table public.payouts has REPLICA IDENTITY DEFAULT; "
+        "fix: ALTER TABLE public.payouts REPLICA IDENTITY FULL;"
+    ]
+
+
+def test_delete_rule_reading_only_the_key_is_accepted(db: str, tmp_path: Path) -> None:
+    found = check(
+        db,
+        tmp_path,
+        TABLES
+        + "track:\n  - event: Payout Deleted\n    table: payouts\n    on: delete\n"
+        "    user_id: id\n    properties:\n      id: id\n",
+    )
+    assert found == []
+
+
+def test_table_without_primary_key_refuses_update_rules(
+    empty_db: str, tmp_path: Path
+) -> None:
+    """Without a key (or with a deferrable one) PostgreSQL drops updates and deletes."""
+    sql(
+        empty_db,
+        "create table events (user_id text, kind text)",
+        "create table deferred (id int primary key deferrable, kind text)",
+    )
+    found = check(
+        empty_db,
+        tmp_path,
+        """\
+        version: 1
+        tables:
+          events:
+            user_id: user_id
+          deferred:
+            user_id: id
+        track:
+          - event: Event Added
+            table: events
+            on: insert
+          - event: Event Changed
+            table: events
+            on: [insert, update]
+          - event: Deferred Changed
+            table: deferred
+            on: delete
+        """,
+    )
+    assert found == [
+        "11: table public.events has no primary key and REPLICA IDENTITY DEFAULT: "
+        "PostgreSQL does not decode its updates and deletes; "
+        "fix: ALTER TABLE public.events REPLICA IDENTITY FULL;",
+        "14: table public.deferred has no primary key and REPLICA IDENTITY DEFAULT: "
+        "PostgreSQL does not decode its updates and deletes; "
+        "fix: ALTER TABLE public.deferred REPLICA IDENTITY FULL;",
+    ]
+
+
+def test_table_without_key_but_full_identity_is_accepted(
+    empty_db: str, tmp_path: Path
+) -> None:
+    sql(
+        empty_db,
+        "create table events (user_id text, kind text)",
+        "alter table events replica identity full",
+    )
+    found = check(
+        empty_db,
+        tmp_path,
+        "version: 1\ntables:\n  events:\n    user_id: user_id\n"
+        "track:\n  - event: E\n    table: events\n    on: [update, delete]\n"
+        "    when: changed(kind)\n",
+    )
+    assert found == []
+
+
+def test_missing_cursor_column_and_user_id_column_are_named(
+    db: str, tmp_path: Path
+) -> None:
+    found = check(
+        db,
+        tmp_path,
+        TABLES.replace("cursor: updated_at", "cursor: modified_at").replace(
+            "user_id: merchant_id", "user_id: merchant"
+        ),
+    )
+    assert found == [
+        "3: cursor column 'modified_at' is not in public.merchants",
+        "6: user_id: unknown column 'merchant'; did you mean 'merchant_id'? "
+        "at column 1 (table public.payouts)",
+    ]
