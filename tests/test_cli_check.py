@@ -1,0 +1,127 @@
+"""``cdc-tracker check`` and the help texts, run as the real console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import sql
+
+CLI = Path(sys.executable).parent / "cdc-tracker"
+
+BROKEN = """\
+version: 1
+tables:
+  public.merchants:
+    user_id: id
+track:
+  - table: merchants
+    on: insert
+  - event: Plan Changed
+    table: merchants
+    on: upsert
+"""
+
+
+def cdc_tracker(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CLI), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_of_the_example_exits_0_with_a_summary(example_rulebook: Path) -> None:
+    done = cdc_tracker("check", example_rulebook)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        f"{example_rulebook}: ok (structure and expressions): 2 tables, 5 rules\n"
+    )
+
+
+def test_check_of_a_broken_rulebook_exits_2_with_file_and_line(
+    tmp_path: Path,
+) -> None:
+    """Every problem is one ``file:line: message`` line on stderr; stdout is empty."""
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    done = cdc_tracker("check", path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.removeprefix("cdc-tracker: ").splitlines()
+    assert lines == [
+        f"{path}:6: a track rule needs 'event': a non-empty name",
+        f"{path}:10: 'on' takes insert, update and delete; got upsert",
+    ]
+
+
+def test_check_of_a_missing_file_exits_2(tmp_path: Path) -> None:
+    done = cdc_tracker("check", tmp_path / "absent.yaml")
+    assert done.returncode == 2
+    assert "absent.yaml: cannot read rulebook" in done.stderr
+
+
+def test_check_with_dsn_of_the_example_schema_exits_0(
+    db: str, example_rulebook: Path
+) -> None:
+    done = cdc_tracker("check", example_rulebook, "--dsn", db)
+    assert done.returncode == 0, done.stderr
+    assert "ok (structure, expressions and the live schema): 2 tables, 5 rules" in (
+        done.stdout
+    )
+
+
+def test_check_with_dsn_names_the_missing_column(
+    db: str, example_rulebook: Path
+) -> None:
+    """The example against a schema lacking one column: exit 2, file:line, column."""
+    sql(db, "alter table merchants drop column xero_connection_ok")
+    done = cdc_tracker("check", example_rulebook, "--dsn", db)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    problems = done.stderr.removeprefix("cdc-tracker: ").splitlines()
+    assert problems
+    assert all(line.startswith(f"{example_rulebook}:") for line in problems)
+    assert any(
+        "traits.xero_connection_ok: unknown column 'xero_connection_ok'" in line
+        for line in problems
+    )
+    assert any("when: unknown column 'xero_connection_ok'" in line for line in problems)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(
+            ["--help"], ["exit codes:", "  2    bad usage", "run", "check"], id="top"
+        ),
+        pytest.param(
+            ["run", "--help"],
+            ["exit codes:", "examples:", "cdc-tracker run --dry-run", "--dsn"],
+            id="run",
+        ),
+        pytest.param(
+            ["check", "--help"],
+            ["exit codes:", "examples:", "cdc-tracker check config/rulebook.yaml"],
+            id="check",
+        ),
+    ],
+)
+def test_help_shows_exit_codes_and_examples(
+    args: list[str], expected: list[str]
+) -> None:
+    done = cdc_tracker(*args)
+    assert done.returncode == 0
+    for text in expected:
+        assert text in done.stdout
+
+
+def test_no_command_prints_help_and_exits_2() -> None:
+    done = cdc_tracker()
+    assert done.returncode == 2
+    assert "commands:" in done.stdout
