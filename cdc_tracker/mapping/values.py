@@ -13,7 +13,8 @@ character(n)                ``str`` without the blank padding
 timestamp with time zone    aware ``datetime``
 timestamp without zone      aware ``datetime`` in the rulebook's zone
 date                        ``date``
-json, jsonb                 the parsed document (numbers as ``Decimal``)
+json, jsonb                 the parsed document (numbers as ``Decimal``,
+                            NUL characters removed)
 arrays (``x[]``)            ``list`` of converted elements
 anything else               ``str`` as the server printed it
 ==========================  ===============================================
@@ -87,7 +88,21 @@ def _date(value: Any) -> Any:
 
 
 def _json(value: Any) -> Any:
-    return _decode_json(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    document = _decode_json(value)
+    # json (unlike jsonb) keeps \u0000, which jsonb columns downstream refuse.
+    return _without_nul(document) if "\\u0000" in value else document
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\0", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(item) for k, item in value.items()}
+    return value
 
 
 def _timestamp_in(zone: tzinfo) -> Converter:

@@ -1,0 +1,149 @@
+"""Every column type, end to end: real WAL -> real daemon -> strict fake RudderStack.
+
+One table holds a column of each type; one identify rule sends each as a trait.
+Checks read the exact bytes on the wire (``ReceivedCall.raw``) where digits matter.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from cdc_tracker.testing.rudderstack import FakeRudderStack, ReceivedCall
+from tests.harness import running_daemon, settings_for, sql
+
+SCHEMA = """
+create type mood as enum ('sad', 'happy');
+create domain price as numeric(10,2);
+create table kinds (
+  id bigint primary key,
+  big numeric, money numeric(12,2), nan numeric, r real, d double precision,
+  fnan double precision, huge bigint, i integer, b boolean,
+  t text, v varchar(10), c char(3), u uuid, m mood, p price,
+  tstz timestamptz, ts timestamp, day date, forever date,
+  j json, jb jsonb, tags text[], nums integer[], grid integer[], pairs text[],
+  ninf numeric, tinf timestamptz, bc date, far date, nul json
+);
+"""
+
+COLUMNS = [
+    "big", "money", "nan", "r", "d", "fnan", "huge", "i", "b",
+    "t", "v", "c", "u", "m", "p",
+    "tstz", "ts", "day", "forever",
+    "j", "jb", "tags", "nums", "grid", "pairs",
+    "ninf", "tinf", "bc", "far", "nul",
+]  # fmt: skip
+
+ROW = """
+insert into kinds values (
+  7,
+  12345678901234567890.123456789, 4.10, 'NaN', 3.25, 2.718281828459045,
+  'NaN', 9007199254740993, -42, true,
+  'h\u00e9llo "quoted" \\ back', 'short', 'EU', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11',
+  'happy', 12.5,
+  '2026-11-30 10:00:00.123456+02', '2026-07-01 12:30:00', '2026-02-28', 'infinity',
+  '{"a": [1, 2.50, {"b": null}], "n": 12345678901234567890.5, "a": "dup"}',
+  '{"z": {"deep": [true, false, 1e-7]}, "n": 0.000000001}',
+  '{a,NULL,"NULL",""}', '{1,2,-3}', '{{1,2},{3,4}}', '{{"a,b","c\\"d"},{NULL,e}}',
+  '-Infinity', 'infinity', '0044-03-15 BC', '12345-01-01', '{"k\\u0000": "a\\u0000b"}'
+)
+"""
+
+RULEBOOK = """\
+version: 1
+timezone: Europe/Ljubljana
+tables:
+  public.kinds:
+    user_id: id
+identify:
+  - table: kinds
+    on: insert
+    traits:
+""" + "".join(f"      {column}: {column}\n" for column in COLUMNS)
+
+
+def ship_row(db: str, receiver: FakeRudderStack, tmp_path: Path) -> ReceivedCall:
+    """Create the table, insert ``ROW`` under a running daemon, return its one call."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(RULEBOOK)
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        sql(db, ROW)
+        daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 0
+    assert set(receiver.statuses()) == {200}  # the strict fake took every request
+    assert len(receiver.calls) == 1
+    return receiver.calls[0]
+
+
+def traits_of(call: ReceivedCall) -> dict[str, Any]:
+    payload = call.exact_payload()
+    assert payload["userId"] == "7"
+    assert payload["context"]["traits"] == payload["traits"]
+    traits: dict[str, Any] = payload["traits"]
+    return traits
+
+
+def test_every_type_arrives_converted_by_its_declared_type(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    call = ship_row(db, receiver, tmp_path)
+    traits = traits_of(call)
+    assert sorted(traits) == sorted(COLUMNS)
+    raw = call.raw
+
+    # Exact numerics: every digit and the scale, as bare JSON numbers.
+    assert b'"big":12345678901234567890.123456789' in raw
+    assert b'"money":4.10' in raw
+    assert b'"p":12.50' in raw  # a domain over numeric(10,2) keeps its scale
+    # wal2json 2.5 writes NaN as null: the trait is null, never NaN.
+    assert traits["nan"] is None
+    assert traits["fnan"] is None
+    assert b"NaN" not in raw
+    assert b'"r":3.25' in raw
+    assert b'"d":2.718281828459045' in raw
+    assert b'"huge":9007199254740993' in raw  # beyond 2^53: not through a float
+    assert traits["i"] == -42
+    assert traits["b"] is True
+
+    # Text: exact, padding stripped from char(n), uuid and enum as text.
+    assert traits["t"] == 'h\u00e9llo "quoted" \\ back'
+    assert traits["v"] == "short"
+    assert traits["c"] == "EU"
+    assert traits["u"] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    assert traits["m"] == "happy"
+
+    # Times: ISO 8601 with an offset; zone-less values in the rulebook's zone.
+    assert traits["tstz"] == "2026-11-30T08:00:00.123456Z"
+    assert traits["ts"] == "2026-07-01T12:30:00+02:00"  # Ljubljana, summer time
+    assert traits["day"] == "2026-02-28"
+    assert traits["forever"] == "infinity"  # documented: stays as printed
+
+    # json and jsonb: nested documents, numbers exact.
+    assert traits["j"] == {"a": "dup", "n": Decimal("12345678901234567890.5")}
+    assert b"12345678901234567890.5" in raw
+    assert traits["jb"] == {
+        "n": Decimal("0.000000001"),
+        "z": {"deep": [True, False, Decimal("1E-7")]},
+    }
+    assert b'"n":0.000000001' in raw
+
+    # Arrays: NULL and "NULL" differ; integers are numbers; two dimensions nest.
+    assert traits["tags"] == ["a", None, "NULL", ""]
+    assert traits["nums"] == [1, 2, -3]
+    assert traits["grid"] == [[1, 2], [3, 4]]
+    assert traits["pairs"] == [["a,b", 'c"d'], [None, "e"]]
+
+    # Values Python cannot represent stay as printed; a numeric infinity is null.
+    assert traits["ninf"] is None
+    assert b"Infinity" not in raw
+    assert traits["tinf"] == "infinity"
+    assert traits["bc"] == "0044-03-15 BC"
+    assert traits["far"] == "12345-01-01"
+    # json keeps \u0000 (jsonb refuses it): NUL is stripped, not shipped.
+    assert traits["nul"] == {"k": "ab"}
+    assert b"\\u0000" not in raw
