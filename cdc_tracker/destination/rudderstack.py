@@ -137,12 +137,15 @@ class RudderStackClient:
     ) -> DeliveryResult:
         """Deliver ``calls`` in order, one request in flight at a time.
 
-        Retries passing failures and auth/config refusals for as long as it takes,
-        resending the same call bytes (only ``sentAt`` changes). A batch refused
-        with 400, 413 or 422 is split in halves until the refused calls stand alone;
-        those, and calls over the per-call limit, become dead letters. When ``stop``
-        is set during a wait, returns at once with the unacknowledged calls in
-        ``pending``: nothing undelivered is counted as delivered.
+        Retries passing failures (408, 429, 5xx, timeouts, dropped connections)
+        for as long as it takes, resending the same call bytes (only ``sentAt``
+        changes). A batch refused with 400, 413 or 422 is split in halves until the
+        refused calls stand alone; those, and calls over the per-call limit, become
+        dead letters. Any other refusal (401/403/404, 3xx, other 4xx) is taken as a
+        configuration problem: delivery pauses, logs it loudly, retries with backoff
+        and drops nothing. When ``stop`` is set during a wait, returns at once with
+        the unacknowledged calls in ``pending``: nothing undelivered is counted as
+        delivered.
         """
         requests, retries = self.stats.requests, self.stats.retries
         batches = make_batches(calls, self.settings.limits)

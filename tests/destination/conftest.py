@@ -24,6 +24,7 @@ from cdc_tracker.model import Call, Lsn
 
 WRITE_KEY = "wk-s3cr3t-2Lq9"
 URL = "http://127.0.0.1:9/"
+MAX_REQUESTS = 2_000
 
 
 def make_call(n: int, **traits: Any) -> Call:
@@ -83,6 +84,8 @@ class FakePlane:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        # A client retrying forever should fail the test, not hang it.
+        assert len(self.requests) <= MAX_REQUESTS, "the client never gave up"
         calls = decode_body(request)
         if self.script:
             answer = self.script.pop(0)

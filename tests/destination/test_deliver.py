@@ -140,13 +140,18 @@ def test_413_on_a_single_call_dead_letters_it(harness: Harness) -> None:
     assert harness.plane.stored_ids == ["m0", "m2"]
 
 
-def test_400_on_a_single_call_dead_letters_it_with_the_status(harness: Harness) -> None:
-    harness.plane.script = [400]
+@pytest.mark.parametrize("status", [400, 422])
+def test_400_on_a_single_call_dead_letters_it_with_the_status(
+    harness: Harness, status: int
+) -> None:
+    harness.plane.script = [status]
 
     result = harness.client.deliver(encoded(1))
 
     assert result.delivered == 0
-    assert result.dead_letters[0][1] == "refused by the destination with status 400"
+    assert (
+        result.dead_letters[0][1] == f"refused by the destination with status {status}"
+    )
     assert harness.client.stats.calls_dead_lettered == 1
 
 
@@ -271,3 +276,26 @@ def test_calls_span_several_requests_in_order(harness: Harness) -> None:
 
     assert result.requests == 4
     assert harness.plane.stored_ids == ids(calls)
+
+
+def test_every_retry_is_logged_when_the_log_interval_is_zero() -> None:
+    plane = FakePlane(script=[503, 429, 500])
+    client = RudderStackClient(
+        DestinationSettings(url=URL, write_key=WRITE_KEY),
+        transport=httpx.MockTransport(plane),
+        backoff=Backoff(initial=0.01, cap=0.01),
+        sleep=lambda _: None,
+        log_interval=0.0,
+    )
+
+    with capture_logs() as logs:
+        client.deliver(encoded(1))
+    client.close()
+
+    warnings = [e for e in logs if e["event"] == "delivery failed, retrying"]
+    assert [(e["status"], e["attempt"]) for e in warnings] == [
+        ("503", 1),
+        ("429", 2),
+        ("500", 3),
+    ]
+    assert all(0 <= e["delay_s"] <= 0.01 for e in warnings)
