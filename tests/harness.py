@@ -20,6 +20,7 @@ from cdc_tracker.model import Lsn
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import Settings
 from cdc_tracker.shipping import DestinationShipper
+from cdc_tracker.source.slot import Slot, connect
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "cdc_tracker" / "examples"
@@ -146,3 +147,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s")
         time.sleep(0.02)
+
+
+def create_slot(settings: Settings) -> None:
+    """Create the daemon's slot now, so that changes made before it starts count."""
+    with connect(settings.dsn) as conn:
+        Slot(conn, settings.slot, []).ensure(create=True)
