@@ -1,0 +1,194 @@
+"""``cdc-tracker run`` as a real process: dry run, SIGTERM, exit codes, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.harness import (
+    WRITE_KEY,
+    flush_lsn,
+    settings_for,
+    slot_position,
+    sql,
+    wait_until,
+)
+
+INSERT = (
+    "insert into merchants (shop_domain, owner_name, plan_name) "
+    "values ('a.myshopify.com', 'Ada', 'basic')"
+)
+
+
+def _env(db: str, receiver: FakeRudderStack, rulebook: Path) -> dict[str, str]:
+    settings = settings_for(db, receiver, rulebook)
+    return {
+        **os.environ,
+        "CDC_TRACKER_DSN": db,
+        "CDC_TRACKER_SLOT": settings.slot,
+        "CDC_TRACKER_RULEBOOK": str(rulebook),
+        "RUDDERSTACK_DATA_PLANE_URL": receiver.url,
+        "RUDDERSTACK_WRITE_KEY": WRITE_KEY,
+        "CDC_TRACKER_POLL_INTERVAL": "0.1",
+        "CDC_TRACKER_LOG_FORMAT": "json",
+    }
+
+
+class Process:
+    """A cdc-tracker subprocess whose output lines are collected as they come."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc_tracker", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        pairs = ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))
+        self.readers = [
+            threading.Thread(target=_drain, args=pair, daemon=True) for pair in pairs
+        ]
+        for thread in self.readers:
+            thread.start()
+
+    def close(self) -> None:
+        self.proc.wait(timeout=20)
+        for thread in self.readers:
+            thread.join(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def log_events(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in list(self.stderr) if line.startswith("{")]
+
+    def wait_for_log(self, event: str, timeout: float = 20) -> None:
+        wait_until(
+            lambda: any(e.get("event") == event for e in self.log_events()), timeout
+        )
+
+
+def _drain(stream: object, sink: list[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        sink.append(line.rstrip("\n"))
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+        process.close()
+
+
+def test_dry_run_prints_calls_as_json_lines_and_advances_nothing(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
+) -> None:
+    """run --dry-run: calls on stdout, nothing sent, the slot stays where it was."""
+    process = Process(["run", "--dry-run"], _env(db, receiver, example_rulebook))
+    processes.append(process)
+    process.wait_for_log("reading slot")
+    start = slot_position(db)
+    sql(db, INSERT)
+    wait_until(lambda: len(process.stdout) >= 2, 20)
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.proc.wait(timeout=20) == 0
+    calls = [json.loads(line) for line in process.stdout]
+    assert [c.get("event", c["type"]) for c in calls] == [
+        "identify",
+        "Merchant Installed",
+    ]
+    assert all("messageId" in c and "timestamp" in c for c in calls)
+    assert receiver.requests == []
+    assert slot_position(db) == start
+
+
+def test_sigterm_finishes_the_batch_advances_and_exits_zero(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
+) -> None:
+    """SIGTERM: what was acknowledged is advanced past, exit code 0, a stop line."""
+    process = Process(["run"], _env(db, receiver, example_rulebook))
+    processes.append(process)
+    process.wait_for_log("reading slot")
+    sql(db, INSERT)
+    receiver.wait_for_calls(2)
+    written = flush_lsn(db)
+    process.wait_for_log("batch shipped")
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.proc.wait(timeout=20) == 0
+    events = [e["event"] for e in process.log_events()]
+    assert "daemon stopped" in events
+    assert slot_position(db) >= written
+    batch = next(e for e in process.log_events() if e["event"] == "batch shipped")
+    assert batch["calls"] == 2
+    assert WRITE_KEY not in "\n".join(process.stderr)
+
+
+def test_sigterm_during_an_outage_exits_zero_without_advancing(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
+) -> None:
+    """Stopping while the destination is down drops nothing: the slot stays put."""
+    process = Process(["run"], _env(db, receiver, example_rulebook))
+    processes.append(process)
+    process.wait_for_log("reading slot")
+    receiver.fail_for(120, status=503)
+    wait_until(lambda: slot_position(db) >= flush_lsn(db), 10)
+    before = slot_position(db)
+    sql(db, INSERT)
+    wait_until(lambda: len(receiver.requests) >= 2, 20)
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.proc.wait(timeout=20) == 0
+    assert receiver.calls == []
+    assert slot_position(db) == before
+
+
+def test_bad_settings_exit_2_with_the_field_named(tmp_path: Path) -> None:
+    """A bad value is reported with its source; nothing starts."""
+    env = {
+        **os.environ,
+        "CDC_TRACKER_DSN": "host=127.0.0.1",
+        "CDC_TRACKER_BATCH_CALLS": "lots",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "batch_calls" in result.stderr
+    assert "CDC_TRACKER_BATCH_CALLS" in result.stderr
+
+
+def test_missing_write_key_exits_2_with_a_hint(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    env = _env(db, receiver, example_rulebook)
+    del env["RUDDERSTACK_WRITE_KEY"]
+    result = subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no write key" in result.stderr
+    assert "RUDDERSTACK_WRITE_KEY" in result.stderr
