@@ -99,5 +99,7 @@ class DestinationAuthError(DeliveryError):
     """The write key or URL is wrong (401, 403, 404): nothing is dropped, we wait."""
 
     def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message, hint="check RUDDERSTACK_WRITE_KEY and the data plane URL")
+        super().__init__(
+            message, hint="check RUDDERSTACK_WRITE_KEY and the data plane URL"
+        )
         self.status = status

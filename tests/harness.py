@@ -120,7 +120,8 @@ def slot_position(dsn: str, slot: str | None = None) -> Lsn:
     slot = slot or f"cdc_tracker_{conninfo_to_dict(dsn)['dbname']}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
-            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = %s",
+            "select confirmed_flush_lsn::text from pg_replication_slots "
+            "where slot_name = %s",
             (slot,),
         ).fetchone()
     assert row is not None, f"slot {slot} does not exist"

@@ -1,7 +1,8 @@
-"""Nothing lost: the slot follows the destination's acknowledgements, restarts resend."""
+"""Nothing lost: the slot follows the acknowledgements; restarts resend the same ids."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
 from dataclasses import replace
@@ -34,7 +35,8 @@ def _merchants(n: int, start: int = 0) -> str:
         f"('shop{i}.myshopify.com', 'Owner {i}', 'basic', 'EUR')"
         for i in range(start, start + n)
     )
-    return f"insert into merchants (shop_domain, owner_name, plan_name, currency) values {rows}"
+    columns = "shop_domain, owner_name, plan_name, currency"
+    return f"insert into merchants ({columns}) values {rows}"
 
 
 def test_destination_outage_holds_the_slot_then_everything_arrives(
@@ -99,10 +101,8 @@ def test_crash_between_send_and_advance_resends_with_the_same_message_ids(
 
 def _swallow_exit(run: object) -> object:
     def target() -> None:
-        try:
+        with contextlib.suppress(SystemExit):
             run()  # type: ignore[operator]
-        except SystemExit:
-            pass
 
     return target
 
@@ -110,7 +110,7 @@ def _swallow_exit(run: object) -> object:
 def test_big_transaction_is_shipped_in_bounded_batches_and_windows(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
-    """A 1,500-row transaction with windows of 100 rows and batches of 40 all arrives."""
+    """A 1,500-row transaction, windows of 100 rows, batches of 40: all arrives."""
     settings = settings_for(
         db, receiver, example_rulebook, window_changes=100, batch_calls=40
     )

@@ -1,4 +1,4 @@
-"""The example rulebook, end to end: real WAL -> real daemon -> strict fake RudderStack."""
+"""The example rulebook end to end: real WAL -> real daemon -> strict fake receiver."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from tests.harness import running_daemon, settings_for, slot_position, sql, tran
 
 INSERT_ALPACA = (
     "insert into merchants (shop_domain, owner_name, email, plan_name, currency, "
-    "current_monthly_total, last_payout_fetch) values ('alpaca.myshopify.com', 'Ada', "
-    "'ada@alpaca.example', 'basic', 'EUR', 1234567890.12, '2026-11-30 10:00:00.123456+00')"
+    "current_monthly_total, last_payout_fetch) values ('alpaca.myshopify.com', "
+    "'Ada', 'ada@alpaca.example', 'basic', 'EUR', 1234567890.12, "
+    "'2026-11-30 10:00:00.123456+00')"
 )
 
 
@@ -29,7 +30,7 @@ def _by_event(receiver: FakeRudderStack) -> dict[str, list[dict[str, Any]]]:
 def test_insert_makes_identify_with_traits_and_merchant_installed(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
-    """An insert into merchants gives one identify (all traits) and Merchant Installed."""
+    """An insert into merchants gives an identify with every trait and an event."""
     with running_daemon(settings_for(db, receiver, example_rulebook)) as daemon:
         sql(db, INSERT_ALPACA)
         daemon.caught_up()
@@ -81,7 +82,8 @@ def test_timestamp_is_the_commit_time_not_the_shipping_time(
     stamps = {call.payload["timestamp"] for call in receiver.calls}
     assert len(stamps) == 1
     stamp = stamps.pop()
-    assert stamp.endswith("Z") and len(stamp) == len("2026-12-04T16:42:12.123Z")
+    assert stamp.endswith("Z")
+    assert len(stamp) == len("2026-12-04T16:42:12.123Z")
     assert all(call.payload["originalTimestamp"] == stamp for call in receiver.calls)
     assert row is not None
     assert stamp == row[0]
@@ -90,7 +92,7 @@ def test_timestamp_is_the_commit_time_not_the_shipping_time(
 def test_plan_change_sends_from_and_to(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
-    """changed(plan_name) fires Plan Changed with old and new values; other updates don't."""
+    """changed(plan_name) fires Plan Changed with old and new; other updates do not."""
     sql(db, INSERT_ALPACA)
     with running_daemon(settings_for(db, receiver, example_rulebook)) as daemon:
         sql(
