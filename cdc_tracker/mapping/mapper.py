@@ -175,5 +175,8 @@ def _dead_letter(change: Change, rule: Rule, reason: str) -> DeadLetter:
             "old": change.old,
             "types": change.types,
             "commit_time": change.commit_time.isoformat(),
+            # Enough to rebuild the change and its messageIds on a retry.
+            "table": change.table,
+            "key": list(change.key),
         },
     )
