@@ -1,0 +1,1 @@
+"""Fault-injection tests: real daemon processes, real servers, exact counts."""
