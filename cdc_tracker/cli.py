@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_check(commands)
     _add_demo(commands)
+    _add_deadletters(commands)
     return parser
 
 
@@ -125,6 +126,12 @@ def _add_run(commands: Any) -> None:
         action="store_true",
         help="print calls as JSON lines on stdout; send and advance nothing",
     )
+    sub.add_argument(
+        "--recreate-slot",
+        action="store_true",
+        help="create the slot again after it was lost (changes since are skipped: "
+        "backfill them with replay)",
+    )
     sub.set_defaults(handler=_run)
 
 
@@ -163,6 +170,97 @@ def _add_demo(commands: Any) -> None:
     sub.set_defaults(handler=_demo)
 
 
+_DEADLETTERS_EXAMPLES = """\
+examples:
+  cdc-tracker deadletters list                  # oldest first, no row values
+  cdc-tracker deadletters list --rule 'identify public.merchants' --json
+  cdc-tracker deadletters show 42               # the stored change, values included
+  cdc-tracker deadletters retry --all --dry-run # the calls today's rulebook makes
+  cdc-tracker deadletters retry 42 43           # deliver; delivered letters go away
+  cdc-tracker deadletters purge --before 30d --yes
+"""
+
+_RETRY_EXIT = """\
+retry exits 0 when every selected letter was delivered (or no longer makes a
+call) and removed, 1 when some stay dead (with their new reason) or were not
+acknowledged within --timeout.
+"""
+
+
+def _add_deadletters(commands: Any) -> None:
+    sub = commands.add_parser(
+        "deadletters",
+        help="list, show, retry or purge dead letters",
+        description=(
+            "Inspect and cure the changes the daemon could not map or deliver, "
+            "kept per slot in cdc_tracker.dead_letters of the source database."
+        ),
+        epilog=_DEADLETTERS_EXAMPLES + "\n" + _EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub.set_defaults(handler=lambda _args: _print_help(sub))
+    actions = sub.add_subparsers(title="actions", metavar="ACTION")
+    listing = _letters_action(actions, "list", "list dead letters and count them")
+    _letters_filters(listing)
+    listing.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most N (0: all)"
+    )
+    listing.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    listing.set_defaults(handler=_deadletters_list)
+    show = _letters_action(actions, "show", "show one dead letter with its values")
+    show.add_argument("id", type=int, metavar="ID")
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    show.set_defaults(handler=_deadletters_show)
+    retry = _letters_action(
+        actions, "retry", "map again with the current rulebook and deliver", _RETRY_EXIT
+    )
+    retry.add_argument("ids", type=int, nargs="*", metavar="ID")
+    retry.add_argument("--all", action="store_true", help="every letter of the slot")
+    _letters_filters(retry)
+    retry.add_argument("--dry-run", action="store_true", help="print the calls only")
+    retry.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="stop waiting for the destination after SECONDS (default 60)",
+    )
+    retry.set_defaults(handler=_deadletters_retry)
+    purge = _letters_action(actions, "purge", "delete dead letters")
+    purge.add_argument("ids", type=int, nargs="*", metavar="ID")
+    purge.add_argument("--all", action="store_true", help="every letter of the slot")
+    purge.add_argument(
+        "--before", metavar="TIME", help="stored before TIME (2026-01-31, or 7d ago)"
+    )
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+    purge.set_defaults(handler=_deadletters_purge)
+
+
+def _letters_action(
+    actions: Any, name: str, summary: str, exits: str = ""
+) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = actions.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=_DEADLETTERS_EXAMPLES + "\n" + exits + "\n" + _EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(sub)
+    sub.add_argument("--slot", help="whose dead letters (CDC_TRACKER_SLOT)")
+    return sub
+
+
+def _letters_filters(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--table", metavar="TABLE", help="only this table")
+    sub.add_argument("--rule", metavar="RULE", help="only this rule id")
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return EXIT_CONFIG
+
+
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     flags = {
         "dsn": getattr(args, "dsn", None),
@@ -182,7 +280,13 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args, slot=args.slot, poll_interval=args.poll_interval)
     stop = threading.Event()
     _install_signal_handlers(stop)
-    run_daemon(settings, stop, dry_run=args.dry_run, out=sys.stdout)
+    run_daemon(
+        settings,
+        stop,
+        dry_run=args.dry_run,
+        recreate_slot=args.recreate_slot,
+        out=sys.stdout,
+    )
     return EXIT_OK
 
 
@@ -199,6 +303,70 @@ def _demo(args: argparse.Namespace) -> int:
 
     logs.configure("console" if sys.stderr.isatty() else "json", "info")
     return run_demo(args.rulebook)
+
+
+def _deadletters_list(args: argparse.Namespace) -> int:
+    from cdc_tracker import deadletters_cli as letters
+
+    if args.limit < 0:
+        raise ConfigError(f"--limit is {args.limit}; expected 0 (all) or more")
+    settings = _settings(args, slot=args.slot)
+    chosen = letters.selection([], args.table, args.rule)
+    return letters.list_letters(
+        settings,
+        chosen,
+        limit=args.limit,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def _deadletters_show(args: argparse.Namespace) -> int:
+    from cdc_tracker import deadletters_cli as letters
+
+    settings = _settings(args, slot=args.slot)
+    return letters.show_letter(settings, args.id, as_json=args.json, out=sys.stdout)
+
+
+def _deadletters_retry(args: argparse.Namespace) -> int:
+    from cdc_tracker import deadletters_cli as letters
+
+    if args.all == bool(args.ids or args.table or args.rule):
+        raise ConfigError(
+            "say which dead letters to retry: IDs, --table or --rule, or else --all"
+        )
+    settings = _settings(args, slot=args.slot)
+    chosen = letters.selection(args.ids, args.table, args.rule)
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _install_signal_handlers(stop)
+    try:
+        return letters.retry_letters(
+            settings,
+            chosen,
+            dry_run=args.dry_run,
+            stop=stop,
+            timeout=args.timeout,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: not installed from Python
+                signal.signal(sig, handler)
+
+
+def _deadletters_purge(args: argparse.Namespace) -> int:
+    from cdc_tracker import deadletters_cli as letters
+
+    if [bool(args.ids), args.all, args.before is not None].count(True) != 1:
+        raise ConfigError("say which dead letters to purge: IDs, --all or --before")
+    settings = _settings(args, slot=args.slot)
+    chosen = letters.selection(args.ids, before=args.before)
+    return letters.purge_letters(
+        settings, chosen, yes=args.yes, stdin=sys.stdin, err=sys.stderr, out=sys.stdout
+    )
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

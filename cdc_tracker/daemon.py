@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import psycopg
 import structlog
 
+from cdc_tracker.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.deadletters import DeadLetterStore
 from cdc_tracker.destination.backoff import Backoff
-from cdc_tracker.errors import RulebookError, SlotBusy, SourceUnavailable
+from cdc_tracker.errors import RulebookError, SlotBusy, SlotLost, SourceUnavailable
 from cdc_tracker.mapping.mapper import Mapper
-from cdc_tracker.model import Call, Change, DeadLetter, Lsn
+from cdc_tracker.mapping.schema_view import SchemaView
+from cdc_tracker.model import Call, Change, DeadLetter, Lsn, TableInfo
 from cdc_tracker.rules.rulebook import Rulebook
 from cdc_tracker.rules.schema import check_schema
 from cdc_tracker.settings import Settings
 from cdc_tracker.shipping import Counters, Shipper
 from cdc_tracker.source.catalog import read_catalog
-from cdc_tracker.source.slot import Slot, connect
+from cdc_tracker.source.slot import Slot, SlotState, connect
 from cdc_tracker.source.wal2json import Begin, Commit, Transaction, Truncate, parse_row
 
 log = structlog.get_logger(__name__)
@@ -44,6 +47,7 @@ class Daemon:
         stop: threading.Event,
         *,
         advance: bool = True,
+        recreate_slot: bool = False,
         reconnect: Backoff | None = None,
     ) -> None:
         self.settings = settings
@@ -51,6 +55,9 @@ class Daemon:
         self.shipper = shipper
         self.stop = stop
         self.advance_slot = advance
+        self.recreate_slot = recreate_slot
+        self.checkpoint: Checkpoint | None = None
+        self.checkpoints: CheckpointStore | None = None
         self.reconnect = reconnect or Backoff(initial=0.5, cap=30.0)
         self.counters = Counters()
         self.mapper = Mapper(rulebook, settings.namespace)
@@ -59,8 +66,10 @@ class Daemon:
         self._connections: list[psycopg.Connection[tuple[object, ...]]] = []
         self.done = Lsn(0)  # every transaction at or below is fully handled
         self.completed = Lsn(0)  # the last transaction read to its C row
+        self.completed_at = datetime.min.replace(tzinfo=UTC)
         self.calls: list[Call] = []
         self.dead: list[DeadLetter] = []
+        self.shipped: Checkpoint | None = None  # to record after the next advance
 
     def run(self) -> None:
         """Loop until stopped. Returns normally after a requested stop.
@@ -73,6 +82,8 @@ class Daemon:
             try:
                 if self._start():
                     self._loop()
+            except SlotLost as exc:
+                raise self._lost(exc) from exc
             except (SourceUnavailable, SlotBusy) as exc:
                 delay = self.reconnect.next_delay()
                 log.warning(
@@ -82,6 +93,15 @@ class Daemon:
             finally:
                 self._close()
         log.info("daemon stopped", lsn=str(self.done))
+
+    def _lost(self, exc: SlotLost) -> SlotLost:
+        if self.checkpoint is None or "shipped up to" in str(exc):
+            return exc
+        message = str(exc).split("\nhint:")[0]
+        return SlotLost(
+            f"{message}; cdc-tracker shipped up to {self.checkpoint.describe()}",
+            hint=_recovery_hint(self.checkpoint),
+        )
 
     def _loop(self) -> None:
         self.reconnect.reset()
@@ -96,18 +116,25 @@ class Daemon:
         slot = Slot(conn, self.settings.slot, sorted(self.rulebook.tables))
         if not self._wait_for_lock(slot):
             return False
-        state = slot.ensure(create=True)
-        problems = check_schema(self.rulebook, read_catalog(conn, slot.tables))
+        state_conn = self._connect()
+        self.checkpoints = CheckpointStore(state_conn, slot.name)
+        if self.advance_slot:
+            self.checkpoints.ensure_schema()
+            self.store = DeadLetterStore(state_conn, slot.name)
+            self.store.ensure_schema()
+            self.checkpoint = self.checkpoints.load()
+        state = self._ensure_slot(slot)
+        catalog = read_catalog(conn, slot.tables)
+        problems = check_schema(self.rulebook, catalog)
         if problems:
             raise RulebookError(problems)
-        self.store = DeadLetterStore(self._connect(), self.settings.slot)
-        self.store.ensure_schema()
         self.slot = slot
         self.done = max(self.done, state.confirmed)
-        if not self.settings.namespace:
-            # Dedup is workspace-wide: ids carry the database and the slot.
-            namespace = f"{conn.info.dbname}/{slot.name}"
-            self.mapper = Mapper(self.rulebook, namespace)
+        if self.checkpoint is not None:
+            # Advancing is durable only at a server checkpoint: after a crash the
+            # slot may be behind what was already acknowledged.
+            self.done = max(self.done, self.checkpoint.commit_lsn)
+        self.mapper = self._mapper(conn.info.dbname, catalog, state_conn)
         log.info(
             "reading slot",
             slot=slot.name,
@@ -116,6 +143,41 @@ class Daemon:
             rules=len(self.rulebook.rules),
         )
         return True
+
+    def _ensure_slot(self, slot: Slot) -> SlotState:
+        """The slot's state; create it on first run, never silently after a loss."""
+        if slot.exists() or self.checkpoint is None:
+            return slot.ensure(create=True)
+        if not self.recreate_slot:
+            raise SlotLost(
+                f"replication slot '{slot.name}' does not exist, but cdc-tracker "
+                f"shipped up to {self.checkpoint.describe()}: changes committed "
+                "since then were not read",
+                hint=_recovery_hint(self.checkpoint),
+            )
+        state = slot.ensure(create=True)
+        log.warning(
+            "replication slot recreated; changes since the checkpoint were skipped",
+            slot=slot.name,
+            since=self.checkpoint.commit_time.isoformat(),
+        )
+        assert self.checkpoints is not None
+        self.checkpoints.forget()
+        self.checkpoint = None
+        return state
+
+    def _mapper(
+        self,
+        dbname: str,
+        catalog: dict[str, TableInfo],
+        conn: psycopg.Connection[tuple[object, ...]],
+    ) -> Mapper:
+        # Dedup is workspace-wide: ids carry the database and the slot by default.
+        namespace = self.settings.namespace or f"{dbname}/{self.settings.slot}"
+        schema = SchemaView(
+            catalog, lambda table: read_catalog(conn, [table]).get(table)
+        )
+        return Mapper(self.rulebook, namespace, schema)
 
     def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
         conn = connect(self.settings.require_dsn())
@@ -177,6 +239,7 @@ class Daemon:
                         break
                 elif type(event) is Commit:
                     self.completed = event.commit_lsn
+                    self.completed_at = tx.commit_time
                     batch_full = len(self.calls) >= self.settings.batch_calls
                     if batch_full and not self._ship():
                         break
@@ -201,6 +264,8 @@ class Daemon:
             self._store_dead(dead)
         if outcome.interrupted:
             return False
+        if calls and self.completed > self.done:
+            self.shipped = Checkpoint(self.completed, self.completed_at)
         self.done = max(self.done, self.completed)
         if calls:
             self.counters.calls += outcome.delivered
@@ -230,5 +295,20 @@ class Daemon:
 
     def _advance(self, lsn: Lsn) -> None:
         assert self.slot is not None
-        if self.advance_slot and self.slot.advance(lsn):
+        if not self.advance_slot:
+            return
+        if self.slot.advance(lsn):
             log.debug("slot advanced", lsn=str(lsn))
+        shipped = self.shipped
+        if shipped is not None and self.checkpoints is not None:
+            # Only after calls went out: a write per idle poll would feed the slot.
+            self.checkpoints.save(shipped)
+            self.checkpoint, self.shipped = shipped, None
+
+
+def _recovery_hint(checkpoint: Checkpoint) -> str:
+    since = checkpoint.commit_time.isoformat()
+    return (
+        "recreate the slot with 'cdc-tracker run --recreate-slot', then backfill "
+        f"with 'cdc-tracker replay --since {since}'"
+    )

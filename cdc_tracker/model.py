@@ -109,3 +109,17 @@ class DeadLetter:
     ordinal: int
     change: dict[str, Any] = field(default_factory=dict)
     call: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class TableInfo:
+    """One table as the catalog describes it."""
+
+    name: str
+    replica_identity: str  # default | full | index | nothing
+    columns: dict[str, str]  # name -> declared type (a domain's base type)
+    key: tuple[str, ...]
+
+    @property
+    def full_identity(self) -> bool:
+        return self.replica_identity == "full"

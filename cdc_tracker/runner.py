@@ -18,7 +18,12 @@ from cdc_tracker.source.slot import connect
 
 
 def run_daemon(
-    settings: Settings, stop: threading.Event, *, dry_run: bool = False, out: IO[str]
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    dry_run: bool = False,
+    recreate_slot: bool = False,
+    out: IO[str],
 ) -> Daemon:
     """Run until ``stop`` is set; raises ``CdcTrackerError`` when it cannot go on."""
     rulebook = load_rulebook(settings.rulebook)
@@ -29,7 +34,8 @@ def run_daemon(
         daemon.run()
         return daemon
     with RudderStackClient(settings.destination_settings()) as client:
-        daemon = Daemon(settings, rulebook, DestinationShipper(client), stop)
+        shipper = DestinationShipper(client)
+        daemon = Daemon(settings, rulebook, shipper, stop, recreate_slot=recreate_slot)
         daemon.run()
     return daemon
 

@@ -32,9 +32,22 @@ def pg() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def empty_db(pg: PostgresServer) -> str:
-    """The dsn of a new, empty database."""
-    return pg.create_database(f"t{next(_databases)}")
+def empty_db(pg: PostgresServer) -> Iterator[str]:
+    """The dsn of a new, empty database; dropped, with its slots, afterwards."""
+    name = f"t{next(_databases)}"
+    yield pg.create_database(name)
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity "
+            "where datname = %s and pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.execute(
+            "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+            "where database = %s and not active",
+            (name,),
+        )
+        conn.execute(f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture

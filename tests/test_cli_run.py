@@ -125,8 +125,8 @@ def test_sigterm_finishes_the_batch_advances_and_exits_zero(
     processes.append(process)
     process.wait_for_log("reading slot")
     sql(db, INSERT)
+    written = flush_lsn(db)  # before the daemon's own checkpoint write
     receiver.wait_for_calls(2)
-    written = flush_lsn(db)
     process.wait_for_log("batch shipped")
     process.proc.send_signal(signal.SIGTERM)
     assert process.proc.wait(timeout=20) == 0

@@ -14,6 +14,7 @@ from typing import Any
 from cdc_tracker import __version__
 from cdc_tracker.destination.encode import rfc3339_ms
 from cdc_tracker.mapping import ids
+from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.mapping.values import converter_for
 from cdc_tracker.model import MISSING, Action, Call, Change, DeadLetter
 from cdc_tracker.rules.expr import EvaluationError
@@ -30,11 +31,14 @@ class RowView:
     except the old row of an insert, whose every column reads as null.
     """
 
-    __slots__ = ("change", "zone")
+    __slots__ = ("change", "schema", "zone")
 
-    def __init__(self, change: Change, zone: tzinfo) -> None:
+    def __init__(
+        self, change: Change, zone: tzinfo, schema: SchemaView | None = None
+    ) -> None:
         self.change = change
         self.zone = zone
+        self.schema = schema
 
     def value(self, image: Image, column: str) -> Any:
         change = self.change
@@ -49,6 +53,11 @@ class RowView:
         elif image == "new" and change.old is not None and column in change.old:
             # Unchanged TOAST under REPLICA IDENTITY FULL: the old value still holds.
             raw = change.old[column]
+        elif self.schema is not None and self.schema.column_gone(change, column):
+            raise EvaluationError(
+                f"column '{column}' is not in {change.table} any more "
+                "(dropped or renamed?)"
+            )
         else:
             return MISSING
         if raw is None:
@@ -65,9 +74,12 @@ class RowView:
 class Mapper:
     """Applies a rulebook to changes; one instance per rulebook version."""
 
-    def __init__(self, rulebook: Rulebook, namespace: str) -> None:
+    def __init__(
+        self, rulebook: Rulebook, namespace: str, schema: SchemaView | None = None
+    ) -> None:
         self.rulebook = rulebook
         self.namespace = namespace
+        self.schema = schema
         self._stamp: tuple[datetime, str] | None = None
 
     def map(self, change: Change, calls: list[Call], dead: list[DeadLetter]) -> None:
@@ -75,7 +87,7 @@ class Mapper:
         rules = self.rulebook.rules_for(change.table, change.action)
         if not rules:
             return
-        row = RowView(change, self.rulebook.timezone)
+        row = RowView(change, self.rulebook.timezone, self.schema)
         timestamp = self._timestamp(change.commit_time)
         for rule in rules:
             try:
@@ -101,7 +113,13 @@ class Mapper:
             rule, _fields(rule.fields, row), user_id, message_id, timestamp
         )
         return Call(
-            message_id, user_id, payload, rule.id, change.commit_lsn, change.ordinal
+            message_id,
+            user_id,
+            payload,
+            rule.id,
+            change.commit_lsn,
+            change.ordinal,
+            change.table,
         )
 
     def _message_id(self, rule: Rule, change: Change) -> str:

@@ -7,10 +7,9 @@ rulebook file and line, and, where one exists, the statement that fixes it.
 from __future__ import annotations
 
 from cdc_tracker.mapping.values import kind_of
-from cdc_tracker.model import Action
+from cdc_tracker.model import Action, TableInfo
 from cdc_tracker.rules.expr import Expression, ExpressionError, Kind
 from cdc_tracker.rules.rulebook import Rule, Rulebook
-from cdc_tracker.source.catalog import TableInfo
 
 Problem = tuple[str, int | None, str]
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import psycopg
 
+from cdc_tracker.model import TableInfo
 from cdc_tracker.source.slot import translate_errors
 
 _COLUMNS_SQL = """
@@ -24,20 +23,6 @@ ORDER BY 1, a.attnum
 """
 
 _IDENTITY = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
-
-
-@dataclass(slots=True)
-class TableInfo:
-    """One table as the catalog describes it."""
-
-    name: str
-    replica_identity: str  # default | full | index | nothing
-    columns: dict[str, str]  # name -> declared type (a domain's base type)
-    key: tuple[str, ...]
-
-    @property
-    def full_identity(self) -> bool:
-        return self.replica_identity == "full"
 
 
 def read_catalog(

@@ -75,6 +75,12 @@ def translate_errors(slot: str) -> Iterator[None]:
             f"the server refused logical decoding: {_first_line(exc)}",
             hint="cdc-tracker needs wal_level = logical and the wal2json plugin",
         ) from exc
+    except pgerrors.ConfigurationLimitExceeded as exc:
+        raise ConfigError(
+            f"the server refused: {_first_line(exc)}",
+            hint="raise max_replication_slots, or drop slots nobody reads "
+            "(SELECT slot_name, active FROM pg_replication_slots)",
+        ) from exc
     except psycopg.OperationalError as exc:
         raise SourceUnavailable(
             f"database connection failed: {_first_line(exc)}"
@@ -141,6 +147,14 @@ class Slot:
             )
         self.confirmed = Lsn.parse(str(confirmed))
         return SlotState(self.confirmed, Lsn.parse(str(flush)), str(wal_status))
+
+    def exists(self) -> bool:
+        """Whether the slot exists on the server."""
+        with translate_errors(self.name):
+            row = self.conn.execute(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.name,)
+            ).fetchone()
+        return row is not None
 
     def _create(self) -> None:
         # Creation waits for every transaction holding an xid: bound the wait.
