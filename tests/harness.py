@@ -77,7 +77,7 @@ class Running:
 
 @contextmanager
 def running_daemon(
-    settings: Settings, *, backoff: Backoff | None = None
+    settings: Settings, *, backoff: Backoff | None = None, recreate_slot: bool = False
 ) -> Iterator[Running]:
     stop = threading.Event()
     client = RudderStackClient(
@@ -85,7 +85,12 @@ def running_daemon(
         backoff=backoff or Backoff(initial=0.01, cap=0.05),
     )
     daemon = Daemon(
-        settings, load_rulebook(settings.rulebook), DestinationShipper(client), stop
+        settings,
+        load_rulebook(settings.rulebook),
+        DestinationShipper(client),
+        stop,
+        recreate_slot=recreate_slot,
+        reconnect=Backoff(initial=0.05, cap=0.5),
     )
     holder: list[Running] = []
 

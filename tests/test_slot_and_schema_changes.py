@@ -1,0 +1,189 @@
+"""A lost slot stops loudly with what to replay; schema changes mid-stream are handled."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cdc_tracker.daemon import Daemon
+from cdc_tracker.errors import SlotLost
+from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.shipping import PrintShipper
+from cdc_tracker.testing.postgres import ThrowawayPostgres
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.harness import running_daemon, settings_for, sql
+
+INSERT = (
+    "insert into merchants (shop_domain, owner_name, plan_name) "
+    "values ('a.myshopify.com', 'Ada', 'basic')"
+)
+
+
+def _drop_slot(dsn: str, slot: str) -> None:
+    sql(dsn, f"select pg_drop_replication_slot('{slot}')")
+
+
+def test_slot_dropped_while_running_stops_with_the_replay_hint(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """The daemon stops with SlotLost naming the last shipped commit time."""
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings) as daemon:
+        sql(db, INSERT)
+        daemon.caught_up()
+        # The SQL interface holds the slot only during a peek or an advance.
+        _drop_slot_when_free(db, settings.slot)
+        daemon.thread.join(timeout=20)
+        assert isinstance(daemon.error, SlotLost)
+        message = str(daemon.error)
+        daemon.error = None
+    assert f"replication slot '{settings.slot}' does not exist" in message
+    assert "shipped up to commit" in message
+    assert "cdc-tracker replay --since 20" in message
+    assert "--recreate-slot" in message
+
+
+def _drop_slot_when_free(dsn: str, slot: str) -> None:
+    for _ in range(200):
+        try:
+            _drop_slot(dsn, slot)
+            return
+        except psycopg.errors.ObjectInUse:
+            threading.Event().wait(0.02)
+    raise AssertionError("slot stayed in use")
+
+
+def test_missing_slot_with_a_checkpoint_is_not_recreated_silently(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """At start-up a missing slot that was read before is an error, unless asked."""
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings) as daemon:
+        sql(db, INSERT)
+        daemon.caught_up()
+    _drop_slot(db, settings.slot)
+    sql(db, "update merchants set plan_name = 'lost'")
+
+    with pytest.raises(SlotLost, match="changes committed since then were not read"):
+        Daemon(
+            settings,
+            load_rulebook(settings.rulebook),
+            PrintShipper(io.StringIO()),
+            threading.Event(),
+        ).run()
+
+    with running_daemon(settings, recreate_slot=True) as daemon:
+        sql(db, "update merchants set plan_name = 'after'")
+        daemon.caught_up()
+    plans = [
+        c.payload["properties"]["to"]
+        for c in receiver.calls
+        if c.payload.get("event") == "Plan Changed"
+    ]
+    assert plans == ["after"]
+
+
+def test_invalidated_slot_stops_with_a_clear_error(
+    receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """WAL removed past max_slot_wal_keep_size: SlotLost, not a retry loop."""
+    settings_extra = {"max_slot_wal_keep_size": "1MB", "max_wal_size": "32MB"}
+    with ThrowawayPostgres(settings=settings_extra) as server:
+        dsn = server.create_database("shop")
+        schema = (Path(example_rulebook).parent / "schema.sql").read_text()
+        sql(dsn, schema)
+        settings = settings_for(dsn, receiver, example_rulebook)
+        with running_daemon(settings) as daemon:
+            sql(dsn, INSERT)
+            daemon.caught_up()
+        sql(dsn, "create table filler (x text)")
+        for _ in range(6):
+            sql(
+                dsn,
+                "insert into filler select md5(g::text) from generate_series(1, 20000) g",
+                "select pg_switch_wal()",
+                "checkpoint",
+            )
+        state = _slot_status(dsn, settings.slot)
+        assert state == "lost"
+        with pytest.raises(SlotLost) as raised:
+            Daemon(
+                settings,
+                load_rulebook(settings.rulebook),
+                PrintShipper(io.StringIO()),
+                threading.Event(),
+            ).run()
+    assert "invalidated" in str(raised.value) or "no longer" in str(raised.value)
+    assert "replay --since" in str(raised.value)
+
+
+def _slot_status(dsn: str, slot: str) -> str:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "select wal_status from pg_replication_slots where slot_name = %s", (slot,)
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_renamed_column_makes_dead_letters_not_a_crash(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """A rule column renamed mid-stream: its changes become dead letters, others flow."""
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings) as daemon:
+        sql(db, INSERT)
+        daemon.caught_up()
+        sql(
+            db,
+            "alter table merchants rename column owner_name to full_name",
+            "update merchants set plan_name = 'pro'",
+            "insert into payouts (merchant_id, amount, currency, status) "
+            "values (1, 5, 'EUR', 'paid')",
+        )
+        daemon.caught_up()
+        assert daemon.thread.is_alive()
+    events = [c.payload.get("event") or c.payload["type"] for c in receiver.calls]
+    # The identify reads owner_name; Plan Changed and Payout Fetched do not.
+    assert events == [
+        "identify",
+        "Merchant Installed",
+        "Plan Changed",
+        "Payout Fetched",
+    ]
+    with psycopg.connect(db) as conn:
+        reasons = conn.execute(
+            "select rule, reason from cdc_tracker.dead_letters"
+        ).fetchall()
+    assert reasons == [
+        (
+            "identify public.merchants",
+            "column 'owner_name' is not in public.merchants any more "
+            "(dropped or renamed?)",
+        )
+    ]
+
+
+def test_added_column_and_changed_type_keep_flowing(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """Adding a column is ignored; a type change is converted by the new type."""
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings) as daemon:
+        sql(db, INSERT)
+        sql(
+            db,
+            "alter table merchants add column region text",
+            "alter table merchants alter column current_monthly_total "
+            "type numeric(20,4)",
+            "update merchants set current_monthly_total = 12.5, region = 'EU'",
+        )
+        daemon.caught_up()
+    identifies = [c.exact_payload() for c in receiver.calls if c.type == "identify"]
+    assert len(identifies) == 2
+    assert str(identifies[-1]["traits"]["currentMonthlyTotal"]) == "12.5000"
+    assert "region" not in identifies[-1]["traits"]
