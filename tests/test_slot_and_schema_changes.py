@@ -1,4 +1,4 @@
-"""A lost slot stops loudly with what to replay; schema changes mid-stream are handled."""
+"""A lost slot stops loudly with what to replay; schema changes mid-stream flow on."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def test_invalidated_slot_stops_with_a_clear_error(
         for _ in range(6):
             sql(
                 dsn,
-                "insert into filler select md5(g::text) from generate_series(1, 20000) g",
+                "insert into filler "
+                "select md5(g::text) from generate_series(1, 20000) g",
                 "select pg_switch_wal()",
                 "checkpoint",
             )
@@ -133,7 +134,7 @@ def _slot_status(dsn: str, slot: str) -> str:
 def test_renamed_column_makes_dead_letters_not_a_crash(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
-    """A rule column renamed mid-stream: its changes become dead letters, others flow."""
+    """A rule column renamed mid-stream: its changes are dead letters, others flow."""
     settings = settings_for(db, receiver, example_rulebook)
     with running_daemon(settings) as daemon:
         sql(db, INSERT)
