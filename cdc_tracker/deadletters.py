@@ -3,18 +3,28 @@
 The table lives in schema ``cdc_tracker``, which the slot never reads (``add-tables``
 names only the rulebook's tables), so writing to it does not feed back. A dead
 letter is written before the slot advances past its change: none is lost.
+
+``DeadLetterStore`` writes them (the daemon) and reads, updates and deletes them
+(``cdc-tracker deadletters``), always within its own slot.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import psycopg
 
-from cdc_tracker.model import DeadLetter
+from cdc_tracker.errors import CdcTrackerError, SourceError
+from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.source.slot import translate_errors
+
+TABLE = "cdc_tracker.dead_letters"
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS cdc_tracker;
@@ -32,15 +42,87 @@ CREATE TABLE IF NOT EXISTS cdc_tracker.dead_letters (
 );
 """
 
+# Added after the first release: a retry counts its attempts on the letter.
+_UPGRADE_SQL = """
+ALTER TABLE cdc_tracker.dead_letters
+    ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS last_attempt_at timestamptz;
+"""
+
 _INSERT_SQL = (
     "INSERT INTO cdc_tracker.dead_letters "
     "(slot, table_name, rule, reason, commit_lsn, ordinal, change, call) "
     "VALUES (%s, %s, %s, %s, %s::pg_lsn, %s, %s::jsonb, %s::jsonb)"
 )
 
+_SELECT_SQL = (
+    "SELECT id, created_at, slot, table_name, rule, reason, commit_lsn::text, "
+    "ordinal, attempts, last_attempt_at, call IS NOT NULL, {payload} "
+    "FROM cdc_tracker.dead_letters WHERE {where} ORDER BY id{limit}"
+)
+
+# The two-key advisory lock space is apart from the slot's (one bigint key).
+_RETRY_LOCK_CLASS = 0x63647472  # "cdtr"
+
+# A JSON decoder that keeps numerics exact, as the wal2json parser does.
+_decode = json.JSONDecoder(parse_float=Decimal).decode
+# An escaped NUL (\u0000) that is not itself the tail of an escaped backslash.
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+@dataclass(slots=True)
+class StoredLetter:
+    """A dead letter as stored: its row id, bookkeeping and the letter itself.
+
+    ``letter.change`` and ``letter.call`` are only filled when read with payloads
+    (``DeadLetterStore.fetch(..., payloads=True)``); ``from_delivery`` says whether
+    the letter holds a call refused at delivery (resent as is on a retry).
+    """
+
+    id: int
+    created_at: datetime
+    slot: str
+    letter: DeadLetter
+    attempts: int
+    last_attempt_at: datetime | None
+    from_delivery: bool
+
+    @property
+    def position(self) -> str:
+        return f"{self.letter.commit_lsn}#{self.letter.ordinal}"
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which letters of the store's slot a command acts on; filters combine (and)."""
+
+    ids: tuple[int, ...] = ()
+    table: str | None = None
+    rule: str | None = None
+    before: datetime | None = None
+    upto_id: int | None = None
+
+    def where(self, slot: str, after_id: int = 0) -> tuple[str, list[Any]]:
+        """The SQL condition and its parameters."""
+        clauses, params = ["slot = %s", "id > %s"], [slot, after_id]
+        for clause, value in (
+            ("id = ANY (%s)", list(self.ids) if self.ids else None),
+            ("table_name = %s", self.table),
+            ("rule = %s", self.rule),
+            ("created_at < %s", self.before),
+            ("id <= %s", self.upto_id),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        return " AND ".join(clauses), params
+
 
 class DeadLetterStore:
-    """Writes dead letters to ``cdc_tracker.dead_letters`` on its own connection."""
+    """Dead letters of one slot in ``cdc_tracker.dead_letters``, on one connection.
+
+    Every method raises ``SourceError`` (or a subclass) when the database fails.
+    """
 
     def __init__(self, conn: psycopg.Connection[tuple[object, ...]], slot: str) -> None:
         self.conn = conn
@@ -49,6 +131,7 @@ class DeadLetterStore:
     def ensure_schema(self) -> None:
         with translate_errors(self.slot):
             self.conn.execute(SCHEMA_SQL)
+            self.conn.execute(_UPGRADE_SQL)
 
     def save(self, letters: list[DeadLetter]) -> None:
         """Store ``letters`` durably (one transaction); raises ``SourceError``."""
@@ -70,14 +153,158 @@ class DeadLetterStore:
             letter.reason,
             str(letter.commit_lsn),
             letter.ordinal,
-            _json(letter.change),
-            None if letter.call is None else _json(letter.call),
+            to_json(letter.change),
+            None if letter.call is None else to_json(letter.call),
         )
 
+    # -- reading and curing (cdc-tracker deadletters) ---------------------------
 
-def _json(value: Any) -> str:
-    # NUL cannot be stored in jsonb; the reason column already says what went wrong.
-    return orjson.dumps(value, default=_exact).decode().replace("\\u0000", "")
+    def require_table(self) -> None:
+        """Raise a friendly ``SourceError`` when no dead letter was ever stored.
+
+        Brings a table made by an older version up to date (the attempt counter).
+        """
+        with translate_errors(self.slot):
+            row = self.conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM "
+                "information_schema.columns WHERE table_schema = 'cdc_tracker' "
+                "AND table_name = 'dead_letters' AND column_name = 'attempts')",
+                (TABLE,),
+            ).fetchone()
+            assert row is not None
+            if row[0] and not row[1]:
+                self.conn.execute(_UPGRADE_SQL)
+        if not row[0]:
+            raise SourceError(
+                f"no dead letters: the table {TABLE} does not exist yet",
+                hint="the daemon creates it when it stores its first dead letter",
+            )
+
+    def count_by_reason(self, selection: Selection) -> list[tuple[str, int]]:
+        """How many letters match, per reason, the most frequent first."""
+        where, params = selection.where(self.slot)
+        with translate_errors(self.slot):
+            rows = self.conn.execute(
+                f"SELECT reason, count(*) FROM {TABLE} WHERE {where} "
+                "GROUP BY reason ORDER BY 2 DESC, 1",
+                params,
+            ).fetchall()
+        return [(str(reason), int(str(n))) for reason, n in rows]
+
+    def count_other_slots(self) -> dict[str, int]:
+        """Letters stored by other slots of this database, by slot."""
+        with translate_errors(self.slot):
+            rows = self.conn.execute(
+                f"SELECT slot, count(*) FROM {TABLE} WHERE slot <> %s "
+                "GROUP BY slot ORDER BY slot",
+                (self.slot,),
+            ).fetchall()
+        return {str(slot): int(str(n)) for slot, n in rows}
+
+    def fetch(
+        self,
+        selection: Selection,
+        *,
+        limit: int | None = None,
+        after_id: int = 0,
+        payloads: bool = False,
+    ) -> list[StoredLetter]:
+        """Matching letters in id order, from ``after_id`` on, at most ``limit``."""
+        where, params = selection.where(self.slot, after_id)
+        query = _SELECT_SQL.format(
+            payload="change::text, call::text" if payloads else "NULL, NULL",
+            where=where,
+            limit=" LIMIT %s" if limit else "",
+        )
+        if limit:
+            params.append(limit)
+        with translate_errors(self.slot):
+            rows = self.conn.execute(query, params).fetchall()
+        return [_stored(row) for row in rows]
+
+    def get(self, letter_id: int) -> StoredLetter:
+        """The letter with this id, payloads included; raises if there is none."""
+        self.require_ids([letter_id])
+        return self.fetch(Selection(ids=(letter_id,)), payloads=True)[0]
+
+    def require_ids(self, ids: list[int]) -> None:
+        """Raise ``CdcTrackerError`` naming the ids this slot holds no letter for."""
+        with translate_errors(self.slot):
+            rows = self.conn.execute(
+                f"SELECT id FROM {TABLE} WHERE slot = %s AND id = ANY (%s)",
+                (self.slot, ids),
+            ).fetchall()
+        missing = sorted(set(ids) - {int(str(row[0])) for row in rows})
+        if missing:
+            raise CdcTrackerError(
+                f"no dead letter with id {', '.join(map(str, missing))} "
+                f"for slot '{self.slot}'",
+                hint="cdc-tracker deadletters list shows the ids (--slot for another)",
+            )
+
+    def last_id(self) -> int:
+        """The highest id stored for this slot (0 when there is none)."""
+        with translate_errors(self.slot):
+            row = self.conn.execute(
+                f"SELECT coalesce(max(id), 0) FROM {TABLE} WHERE slot = %s",
+                (self.slot,),
+            ).fetchone()
+        return int(str(row[0])) if row is not None else 0
+
+    def try_lock(self) -> bool:
+        """Take the session lock that keeps two retries of this slot apart."""
+        with translate_errors(self.slot):
+            row = self.conn.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                (_RETRY_LOCK_CLASS, self.slot),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def delete(self, selection: Selection) -> int:
+        """Delete the matching letters; returns how many."""
+        where, params = selection.where(self.slot)
+        with translate_errors(self.slot):
+            cursor = self.conn.execute(f"DELETE FROM {TABLE} WHERE {where}", params)
+        return cursor.rowcount
+
+    def record_failures(self, failures: list[tuple[int, str]]) -> None:
+        """Give each (id, reason) its new reason and count one more attempt."""
+        if not failures:
+            return
+        with (
+            translate_errors(self.slot),
+            self.conn.transaction(),
+            self.conn.cursor() as cursor,
+        ):
+            cursor.executemany(
+                f"UPDATE {TABLE} SET reason = %s, attempts = attempts + 1, "
+                "last_attempt_at = now() WHERE id = %s AND slot = %s",
+                [(reason, letter_id, self.slot) for letter_id, reason in failures],
+            )
+
+
+def _stored(row: tuple[Any, ...]) -> StoredLetter:
+    (letter_id, created, slot, table, rule, reason, lsn, ordinal) = row[:8]
+    attempts, last_attempt, from_delivery, change, call = row[8:]
+    letter = DeadLetter(
+        table=table,
+        rule=rule,
+        reason=reason,
+        commit_lsn=Lsn.parse(lsn),
+        ordinal=ordinal,
+        change={} if change is None else _decode(change),
+        call=None if call is None else _decode(call),
+    )
+    return StoredLetter(
+        letter_id, created, slot, letter, attempts, last_attempt, from_delivery
+    )
+
+
+def to_json(value: Any, option: int = 0) -> str:
+    """JSON text with exact decimals, as stored in jsonb (NUL cannot be)."""
+    # The reason column already says what went wrong with a value.
+    text = orjson.dumps(value, default=_exact, option=option).decode()
+    return _NUL.sub(r"\1", text)
 
 
 def _exact(value: object) -> orjson.Fragment:
