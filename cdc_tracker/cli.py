@@ -8,6 +8,7 @@ settings or rulebook; 130 interrupted twice.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -26,6 +27,10 @@ from cdc_tracker.settings import Settings, load_settings
 log = structlog.get_logger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Subcommands living in cdc_tracker/commands/<name>.py, each with
+# register(commands, add_common_options); they import their machinery lazily.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 _EPILOG = """\
 exit codes:
@@ -87,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_check(commands)
     _add_demo(commands)
     _add_deadletters(commands)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"cdc_tracker.commands.{name}")
+        module.register(commands, _common)
     return parser
 
 

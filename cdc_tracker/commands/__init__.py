@@ -1,0 +1,8 @@
+"""Subcommands of ``cdc-tracker`` beyond run/check/demo, one module each.
+
+Each module offers ``register(commands, add_common)``: it adds its parser to the
+argparse sub-parsers and sets ``handler``, a function of the parsed arguments that
+returns the exit code. ``add_common(parser)`` adds ``--config``, ``--dsn``,
+``--rulebook``, ``--log-format`` and ``--log-level``. Heavy imports stay inside the
+handler so that ``--help`` stays fast.
+"""
