@@ -1,0 +1,115 @@
+"""Database faults while ``cdc-tracker run`` streams: restarts and killed backends.
+
+The server here is this module's own (restarting the session server would disturb
+other tests). The expected messageIds come from the table itself (two calls per
+merchant, named by primary key), so rows the writer was unsure of still count.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Literal
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from cdc_tracker.testing.postgres import ThrowawayPostgres
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.faults.workload import (
+    DaemonProcess,
+    Delivery,
+    daemon_env,
+    daemon_group,
+    dead_letters,
+    insert_merchants,
+    merchant_insert_ids,
+)
+from tests.harness import EXAMPLES, WRITE_KEY, flush_lsn, slot_position, wait_until
+
+NS = "faults/database"
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThrowawayPostgres]:
+    with ThrowawayPostgres() as own:
+        yield own
+
+
+@pytest.fixture
+def own_db(server: ThrowawayPostgres) -> str:
+    dsn = server.create_database(f"dbfault{next(_databases)}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute((EXAMPLES / "schema.sql").read_text())
+    return dsn
+
+
+def _start(group_start: object, db: str, url: str) -> DaemonProcess:
+    slot = f"cdc_tracker_{conninfo_to_dict(db)['dbname']}"
+    env = daemon_env(db, slot, url, NS, CDC_TRACKER_BATCH_CALLS="20")
+    process: DaemonProcess = group_start(env)  # type: ignore[operator]
+    process.wait_for("reading slot")
+    return process
+
+
+def _caught_up(db: str, process: DaemonProcess, timeout: float = 30) -> None:
+    end = flush_lsn(db)
+    wait_until(
+        lambda: slot_position(db) >= end or process.proc.poll() is not None, timeout
+    )
+    assert process.proc.poll() is None, "\n".join(process.lines[-20:])
+
+
+def _assert_all_delivered(db: str, receiver: FakeRudderStack, merchants: int) -> None:
+    expected = merchant_insert_ids(db, NS)
+    delivery = Delivery.of(receiver.calls, expected)
+    assert len(expected) == 2 * merchants
+    assert delivery.lost == set()
+    assert delivery.unexpected == set()
+    assert delivery.differing_duplicates == []
+    assert delivery.deliveries == len(expected) + delivery.duplicates
+    assert dead_letters(db) == []
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_server_restart_mid_stream_then_reconnects_and_delivers_everything(
+    server: ThrowawayPostgres, own_db: str, mode: Literal["fast", "immediate"]
+) -> None:
+    """A restart while 2,000 calls stream: the daemon waits it out, reconnects,
+    and every call (and 400 more written after) arrives, repeats as the same id."""
+    with FakeRudderStack(write_keys=[WRITE_KEY]) as receiver, daemon_group() as group:
+        process = _start(group.start, own_db, receiver.url)
+        insert_merchants(own_db, 1_000)
+        receiver.wait_for_calls(100, timeout=20)
+        server.restart(mode)
+        process.wait_for("source unavailable")
+        process.wait_for("reading slot", count=2, timeout=30)
+        insert_merchants(own_db, 200)
+        _caught_up(own_db, process)
+        _assert_all_delivered(own_db, receiver, 1_200)
+
+
+def _terminate_daemon_backends(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity "
+            "where application_name = 'cdc-tracker' and datname = current_database()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_killed_connections_are_reopened_and_nothing_is_lost(own_db: str) -> None:
+    """The daemon's backends terminated three times mid-stream: it reconnects each
+    time and all 1,500 merchants' calls arrive."""
+    with FakeRudderStack(write_keys=[WRITE_KEY]) as receiver, daemon_group() as group:
+        process = _start(group.start, own_db, receiver.url)
+        for round_no in range(1, 4):
+            insert_merchants(own_db, 500)
+            receiver.wait_for_calls(1_000 * (round_no - 1) + 100, timeout=20)
+            assert _terminate_daemon_backends(own_db) == 2
+            process.wait_for("reading slot", count=round_no + 1, timeout=30)
+        _caught_up(own_db, process)
+        assert len(process.events("source unavailable")) >= 3
+        _assert_all_delivered(own_db, receiver, 1_500)
