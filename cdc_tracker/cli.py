@@ -231,7 +231,8 @@ def _add_deadletters(commands: Any) -> None:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="stop waiting for the destination after SECONDS (default 60)",
+        help="give up a delivery not acknowledged within SECONDS; its letters "
+        "are kept as they were (default 60)",
     )
     retry.set_defaults(handler=_deadletters_retry)
     purge = _letters_action(actions, "purge", "delete dead letters")

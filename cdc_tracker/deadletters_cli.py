@@ -204,18 +204,14 @@ def retry_letters(
     """Map the letters again with the current rulebook and deliver their calls.
 
     Exit 0 when every selected letter is gone; 1 when some stay dead, or were left
-    as they were because ``stop`` was set (or ``timeout`` seconds passed) before
-    the destination acknowledged them.
+    as they were because ``stop`` was set, or one delivery took over ``timeout``
+    seconds, before the destination acknowledged them.
     """
     rulebook = load_rulebook(settings.rulebook)
     destination = None if dry_run else settings.destination_settings()
-    timer = threading.Timer(timeout, stop.set)
-    timer.daemon = True
-    timer.start()
-    try:
-        report = _retry(settings, chosen, rulebook, destination, stop=stop, out=out)
-    finally:
-        timer.cancel()
+    report = _retry(
+        settings, chosen, rulebook, destination, stop=stop, timeout=timeout, out=out
+    )
     (err if dry_run else out).write(_retry_report(report, settings.slot, dry_run))
     return EXIT_OK if report.complete else EXIT_FAILED
 
@@ -227,6 +223,7 @@ def _retry(
     destination: DestinationSettings | None,
     *,
     stop: threading.Event,
+    timeout: float,
     out: IO[str],
 ) -> RetryReport:
     with open_store(settings) as store:
@@ -245,7 +242,9 @@ def _retry(
         else:
             with RudderStackClient(destination) as client:
                 shipper = DestinationShipper(client)
-                redrive = Redrive(rulebook, namespace, shipper, stop, keys)
+                redrive = Redrive(
+                    rulebook, namespace, shipper, stop, keys, wait=timeout
+                )
                 return redrive.run(store, chosen)
 
 
@@ -265,7 +264,7 @@ def _retry_report(report: RetryReport, slot: str, dry_run: bool) -> str:
     if report.no_call:
         parts.append(f"{report.no_call} owed no call any more (removed)")
     if report.pending:
-        parts.append(f"{report.pending} not acknowledged in time (kept)")
+        parts.append(f"{report.pending} not acknowledged in time (kept as they were)")
     prefix = "dry run: " if dry_run else ""
     lines.append(f"{prefix}retried {report.retried}: " + ", ".join(parts))
     return "\n".join(lines) + "\n"

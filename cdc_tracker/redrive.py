@@ -26,7 +26,7 @@ from cdc_tracker.deadletters import DeadLetterStore, Selection, StoredLetter
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Action, Call, Change, DeadLetter
 from cdc_tracker.rules.rulebook import Rulebook
-from cdc_tracker.shipping import Shipper
+from cdc_tracker.shipping import Outcome, Shipper
 from cdc_tracker.source.catalog import read_catalog
 
 log = structlog.get_logger(__name__)
@@ -64,7 +64,11 @@ class _Plan:
 
 
 class Redrive:
-    """Maps stored letters again and ships their calls with ``shipper``."""
+    """Maps stored letters again and ships their calls with ``shipper``.
+
+    ``wait`` bounds, in seconds, how long one delivery may take (retries of an
+    unavailable destination included); past it ``stop`` is set.
+    """
 
     def __init__(
         self,
@@ -73,8 +77,11 @@ class Redrive:
         shipper: Shipper,
         stop: threading.Event,
         keys: KeyLookup,
+        *,
+        wait: float | None = None,
     ) -> None:
         self.mapper = Mapper(rulebook, namespace)
+        self.wait = wait
         self.rule_ids = {rule.id for rule in rulebook.rules}
         self.shipper = shipper
         self.stop = stop
@@ -110,7 +117,7 @@ class Redrive:
         """Plan and deliver one chunk; each plan ends with a reason, or none."""
         plans = [self._plan(stored) for stored in chunk]
         ready = [plan for plan in plans if plan.calls and plan.reason is None]
-        outcome = self.shipper.ship([c for p in ready for c in p.calls], self.stop)
+        outcome = self._ship([call for plan in ready for call in plan.calls])
         refused = _refusals(outcome.dead_letters)
         for plan in ready:
             reasons = [
@@ -122,6 +129,20 @@ class Redrive:
                 plan.pending = True
         _count(plans, report)
         return plans
+
+    def _ship(self, calls: list[Call]) -> Outcome:
+        if not calls:
+            return Outcome()
+        timer = None
+        if self.wait is not None:
+            timer = threading.Timer(self.wait, self.stop.set)
+            timer.daemon = True
+            timer.start()
+        try:
+            return self.shipper.ship(calls, self.stop)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _plan(self, stored: StoredLetter) -> _Plan:
         letter = stored.letter

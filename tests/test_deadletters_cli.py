@@ -371,3 +371,41 @@ def test_a_database_without_dead_letters_is_told_so(
     assert "no dead letters: the table cdc_tracker.dead_letters does not exist yet" in (
         err
     )
+
+
+def test_retry_during_an_outage_gives_up_after_the_timeout_and_keeps_the_letters(
+    letters: Letters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """503 throughout: nothing is counted as an attempt, nothing is removed."""
+    letters.receiver.fail_for(30, status=503)
+
+    code = letters.main("retry", "--all", "--timeout", "0.5", rulebook=letters.fixed)
+
+    assert code == 1
+    assert "3 not acknowledged in time" in capsys.readouterr().out
+    assert letters.receiver.requests
+    assert [row[1:] for row in letters.rows()] == [(NULL_USER, 0)] * 3
+
+
+def test_a_second_retry_of_the_same_slot_is_refused_while_one_runs(
+    letters: Letters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(letters.db, autocommit=True) as conn:
+        conn.execute(
+            "select pg_advisory_lock(%s, hashtext(%s))", (0x63647472, letters.slot)
+        )
+        assert letters.main("retry", "--all", rulebook=letters.fixed) == 1
+    assert "another deadletters retry is running" in capsys.readouterr().err
+    assert letters.receiver.requests == []
+    assert len(letters.rows()) == 3
+
+
+def test_list_of_another_slot_points_at_the_slots_that_have_letters(
+    letters: Letters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli(["deadletters", "list", "--dsn", letters.db, "--slot", "other"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"no dead letters for slot 'other'; other slots have some: {letters.slot}"
+        in (out)
+    )
