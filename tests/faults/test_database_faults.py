@@ -8,13 +8,16 @@ merchant, named by primary key), so rows the writer was unsure of still count.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterator
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from cdc_tracker.mapping import ids
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.faults.workload import (
@@ -26,7 +29,17 @@ from tests.faults.workload import (
     insert_merchants,
     merchant_insert_ids,
 )
-from tests.harness import EXAMPLES, WRITE_KEY, flush_lsn, slot_position, wait_until
+from tests.harness import (
+    EXAMPLES,
+    WRITE_KEY,
+    Running,
+    flush_lsn,
+    running_daemon,
+    settings_for,
+    slot_position,
+    sql,
+    wait_until,
+)
 
 NS = "faults/database"
 _databases = itertools.count(1)
@@ -113,3 +126,60 @@ def test_killed_connections_are_reopened_and_nothing_is_lost(own_db: str) -> Non
         _caught_up(own_db, process)
         assert len(process.events("source unavailable")) >= 3
         _assert_all_delivered(own_db, receiver, 1_500)
+
+
+class _CutOnFirstChange:
+    """Wraps the mapper: terminates the daemon's backends as the first change of a
+    window is mapped, so the connection dies in the middle of that window."""
+
+    def __init__(self, running: Running, dsn: str) -> None:
+        self.inner = running.daemon.mapper.map
+        self.dsn = dsn
+        self.cut = 0
+
+    def __call__(self, *args: Any) -> None:
+        if not self.cut:
+            self.cut = _terminate_daemon_backends(self.dsn)
+        self.inner(*args)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: after a lost connection the daemon keeps the calls and "
+    "dead letters it mapped before the failure (Daemon.calls/.dead are not cleared "
+    "on reconnect), so the re-read window sends every call twice in one request "
+    "and stores every dead letter twice",
+)
+def test_connection_lost_mid_window_maps_the_window_once(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """Connection cut while a window is mapped: after the reconnect each call is
+    sent once and the one dead letter counted and stored once."""
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        "version: 1\n"
+        "tables:\n"
+        "  public.merchants:\n"
+        "    user_id: email\n"
+        "identify:\n"
+        "  - table: public.merchants\n"
+        "    traits:\n"
+        "      plan: plan_name\n"
+    )
+    settings = settings_for(db, receiver, rulebook, namespace=NS)
+    with running_daemon(settings) as daemon:
+        cutter = _CutOnFirstChange(daemon, db)
+        daemon.daemon.mapper.map = cutter  # type: ignore[method-assign]
+        sql(
+            db,
+            "insert into merchants (shop_domain, email) values "
+            "('a', 'a@x.example'), ('b', null), ('c', 'c@x.example')",
+        )
+        daemon.caught_up()
+        counters = daemon.daemon.counters
+    assert cutter.cut == 2
+    assert counters.dead_letters == 1
+    assert Counter(receiver.message_ids()) == Counter(
+        ids.insert_id(NS, "identify public.merchants", [key]) for key in (1, 3)
+    )
+    assert len(dead_letters(db)) == 1
