@@ -15,9 +15,14 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY cdc_tracker/examples/rulebook.yaml /config/rulebook.yaml
 USER cdc-tracker
 WORKDIR /app
+# Probes come from outside the container: listen on all of its interfaces.
 ENV CDC_TRACKER_RULEBOOK=/config/rulebook.yaml \
     CDC_TRACKER_LOG_FORMAT=json \
+    CDC_TRACKER_METRICS_ADDRESS=0.0.0.0:9187 \
     PYTHONUNBUFFERED=1
+EXPOSE 9187
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9187/healthz', timeout=2)"
 VOLUME ["/config"]
 ENTRYPOINT ["cdc-tracker"]
 CMD ["run"]

@@ -16,16 +16,24 @@ import psycopg
 import structlog
 
 from cdc_tracker.checkpoint import Checkpoint, CheckpointStore
+from cdc_tracker.counters import Counters
 from cdc_tracker.deadletters import DeadLetterStore
 from cdc_tracker.destination.backoff import Backoff
-from cdc_tracker.errors import RulebookError, SlotBusy, SlotLost, SourceUnavailable
+from cdc_tracker.errors import (
+    ConfigError,
+    RulebookError,
+    SlotBusy,
+    SlotLost,
+    SourceUnavailable,
+)
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.model import Call, Change, DeadLetter, Lsn, TableInfo
-from cdc_tracker.rules.rulebook import Rulebook
+from cdc_tracker.reload import RulebookWatcher
+from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import check_schema
 from cdc_tracker.settings import Settings
-from cdc_tracker.shipping import Counters, Shipper
+from cdc_tracker.shipping import Outcome, Shipper
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import Slot, SlotState, connect
 from cdc_tracker.source.wal2json import Begin, Commit, Transaction, Truncate, parse_row
@@ -60,6 +68,7 @@ class Daemon:
         self.checkpoints: CheckpointStore | None = None
         self.reconnect = reconnect or Backoff(initial=0.5, cap=30.0)
         self.counters = Counters()
+        self.watcher = RulebookWatcher(settings.rulebook)
         self.mapper = Mapper(rulebook, settings.namespace)
         self.slot: Slot | None = None
         self.store: DeadLetterStore | None = None
@@ -70,6 +79,8 @@ class Daemon:
         self.calls: list[Call] = []
         self.dead: list[DeadLetter] = []
         self.shipped: Checkpoint | None = None  # to record after the next advance
+        self._commit_times: list[float] = []  # of transactions with calls, unshipped
+        self._calls_before_commit = 0
 
     def run(self) -> None:
         """Loop until stopped. Returns normally after a requested stop.
@@ -106,6 +117,8 @@ class Daemon:
     def _loop(self) -> None:
         self.reconnect.reset()
         while not self.stop.is_set():
+            if self.watcher.due():
+                self._reload()
             backlog = self.step()
             if not backlog:
                 self.stop.wait(self.settings.poll_interval)
@@ -134,7 +147,8 @@ class Daemon:
             # Advancing is durable only at a server checkpoint: after a crash the
             # slot may be behind what was already acknowledged.
             self.done = max(self.done, self.checkpoint.commit_lsn)
-        self.mapper = self._mapper(conn.info.dbname, catalog, state_conn)
+        self._dbname, self._state_conn = conn.info.dbname, state_conn
+        self.mapper = self._mapper(self._dbname, catalog, state_conn)
         log.info(
             "reading slot",
             slot=slot.name,
@@ -143,6 +157,35 @@ class Daemon:
             rules=len(self.rulebook.rules),
         )
         return True
+
+    def _reload(self) -> None:
+        """Swap in the edited rulebook between windows, or keep the old one."""
+        assert self.slot is not None
+        path = self.settings.rulebook
+        try:
+            rulebook = load_rulebook(path)
+            catalog = read_catalog(self.slot.conn, sorted(rulebook.tables))
+            problems = check_schema(rulebook, catalog)
+            if problems:
+                raise RulebookError(problems)
+        except ConfigError as exc:
+            self.counters.reload_failures += 1
+            log.error(
+                "rulebook reload refused; keeping the previous rules",
+                path=str(path),
+                problems=str(exc),
+            )
+            return
+        self.rulebook = rulebook
+        self.slot.tables = sorted(rulebook.tables)
+        self.mapper = self._mapper(self._dbname, catalog, self._state_conn)
+        self.counters.reloads += 1
+        log.info(
+            "rulebook reloaded",
+            path=str(path),
+            tables=len(rulebook.tables),
+            rules=len(rulebook.rules),
+        )
 
     def _ensure_slot(self, slot: Slot) -> SlotState:
         """The slot's state; create it on first run, never silently after a loss."""
@@ -206,6 +249,7 @@ class Daemon:
         """Process one window; return True when more changes are already waiting."""
         assert self.slot is not None
         upto = self.slot.flush_lsn()
+        self.counters.lag_bytes = max(0, upto - self.done)
         limit = self.settings.window_changes
         rows = self._read_window(upto, limit)
         if not self._ship():
@@ -214,6 +258,7 @@ class Daemon:
             # Read to its bound and all acknowledged: nothing below upto is left.
             self.done = max(self.done, upto)
         self._advance(self.done)
+        self.counters.last_progress = time.monotonic()
         return rows >= limit
 
     def _read_window(self, upto: Lsn, limit: int) -> int:
@@ -240,6 +285,9 @@ class Daemon:
                 elif type(event) is Commit:
                     self.completed = event.commit_lsn
                     self.completed_at = tx.commit_time
+                    if len(self.calls) > self._calls_before_commit:
+                        self._commit_times.append(tx.commit_time.timestamp())
+                    self._calls_before_commit = len(self.calls)
                     batch_full = len(self.calls) >= self.settings.batch_calls
                     if batch_full and not self._ship():
                         break
@@ -257,6 +305,7 @@ class Daemon:
         """
         calls, self.calls = self.calls, []
         dead, self.dead = self.dead, []
+        self._calls_before_commit = 0
         started = time.perf_counter()
         outcome = self.shipper.ship(calls, self.stop)
         dead.extend(outcome.dead_letters)
@@ -267,9 +316,8 @@ class Daemon:
         if calls and self.completed > self.done:
             self.shipped = Checkpoint(self.completed, self.completed_at)
         self.done = max(self.done, self.completed)
+        self._count_delivered(calls, outcome)
         if calls:
-            self.counters.calls += outcome.delivered
-            self.counters.batches += 1
             log.info(
                 "batch shipped",
                 calls=outcome.delivered,
@@ -279,6 +327,26 @@ class Daemon:
                 elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
             )
         return True
+
+    def _count_delivered(self, calls: list[Call], outcome: Outcome) -> None:
+        counters = self.counters
+        counters.last_progress = time.monotonic()
+        if not calls:
+            return
+        counters.calls += outcome.delivered
+        counters.batches += 1
+        refused = {
+            letter.call.get("messageId")
+            for letter in outcome.dead_letters
+            if letter.call
+        }
+        for call in calls:
+            if call.message_id not in refused:
+                counters.count_call(call.payload["type"], call.payload.get("event", ""))
+        now = time.time()
+        for committed in self._commit_times:
+            counters.delay.observe(max(0.0, now - committed))
+        self._commit_times.clear()
 
     def _store_dead(self, dead: list[DeadLetter]) -> None:
         for letter in dead:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 from typing import IO
@@ -9,6 +10,7 @@ from typing import IO
 from cdc_tracker.daemon import Daemon
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.errors import RulebookError
+from cdc_tracker.health import HealthServer, Probe
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.rules.schema import check_schema
 from cdc_tracker.settings import Settings
@@ -36,8 +38,33 @@ def run_daemon(
     with RudderStackClient(settings.destination_settings()) as client:
         shipper = DestinationShipper(client)
         daemon = Daemon(settings, rulebook, shipper, stop, recreate_slot=recreate_slot)
-        daemon.run()
+        _reload_on_sighup(daemon)
+        health = _serve_health(settings, daemon, client)
+        try:
+            daemon.run()
+        finally:
+            if health is not None:
+                health.stop()
     return daemon
+
+
+def _serve_health(
+    settings: Settings, daemon: Daemon, client: RudderStackClient
+) -> HealthServer | None:
+    if settings.metrics_address in ("", "off"):
+        return None
+    probe = Probe(
+        daemon.counters,
+        client.stats,
+        active=lambda: daemon.slot is not None,
+        stall_seconds=settings.stall_seconds,
+    )
+    return HealthServer(settings.metrics_address, probe).start()
+
+
+def _reload_on_sighup(daemon: Daemon) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda *_: daemon.watcher.requested.set())
 
 
 def check_rulebook(path: Path, dsn: str | None) -> str:

@@ -38,6 +38,8 @@ ENVIRONMENT = {
     "CDC_TRACKER_NAMESPACE": "namespace",
     "CDC_TRACKER_LOG_FORMAT": "log_format",
     "CDC_TRACKER_LOG_LEVEL": "log_level",
+    "CDC_TRACKER_METRICS_ADDRESS": "metrics_address",
+    "CDC_TRACKER_STALL_SECONDS": "stall_seconds",
 }
 
 
@@ -61,6 +63,8 @@ class Settings:
     namespace: str = ""
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_address: str = "127.0.0.1:9187"
+    stall_seconds: float = 120.0
 
     def destination_settings(self) -> DestinationSettings:
         """The destination part, validated (raises ``ConfigError``)."""

@@ -30,23 +30,6 @@ class Shipper(Protocol):
     def ship(self, calls: list[Call], stop: threading.Event) -> Outcome: ...
 
 
-@dataclass(slots=True)
-class Counters:
-    """Running totals for logs, status and metrics; drops counted by reason."""
-
-    changes: int = 0
-    calls: int = 0
-    batches: int = 0
-    truncates: int = 0
-    dead_letters: int = 0
-    drops_by_reason: dict[str, int] = field(default_factory=dict)
-
-    def count_drop(self, reason: str) -> None:
-        self.dead_letters += 1
-        key = reason.split(":", 1)[0].split("(", 1)[0].strip()
-        self.drops_by_reason[key] = self.drops_by_reason.get(key, 0) + 1
-
-
 class DestinationShipper:
     """Ships to RudderStack or Segment through ``RudderStackClient.deliver``."""
 

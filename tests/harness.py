@@ -55,6 +55,7 @@ class Running:
         self.stop_event = stop
         self.dsn = dsn
         self.error: BaseException | None = None
+        self.client: RudderStackClient | None = None
 
     def caught_up(self, timeout: float = 20.0) -> Lsn:
         """Wait until every transaction committed so far is acknowledged."""
@@ -102,6 +103,7 @@ def running_daemon(
 
     thread = threading.Thread(target=target, name="daemon-under-test", daemon=True)
     running = Running(daemon, thread, stop, settings.dsn)
+    running.client = client
     holder.append(running)
     thread.start()
     try:

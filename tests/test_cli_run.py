@@ -11,8 +11,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from cdc_tracker.testing._postgres_server import free_port
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import (
     WRITE_KEY,
@@ -40,6 +42,7 @@ def _env(db: str, receiver: FakeRudderStack, rulebook: Path) -> dict[str, str]:
         "RUDDERSTACK_WRITE_KEY": WRITE_KEY,
         "CDC_TRACKER_POLL_INTERVAL": "0.1",
         "CDC_TRACKER_LOG_FORMAT": "json",
+        "CDC_TRACKER_METRICS_ADDRESS": "127.0.0.1:0",
     }
 
 
@@ -192,3 +195,23 @@ def test_missing_write_key_exits_2_with_a_hint(
     assert result.returncode == 2
     assert "no write key" in result.stderr
     assert "RUDDERSTACK_WRITE_KEY" in result.stderr
+
+
+def test_run_serves_probes_and_reloads_on_sighup(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
+) -> None:
+    """The daemon answers /healthz and /readyz; SIGHUP reloads the rulebook."""
+    port = free_port()
+    env = _env(db, receiver, example_rulebook)
+    env["CDC_TRACKER_METRICS_ADDRESS"] = f"127.0.0.1:{port}"
+    process = Process(["run"], env)
+    processes.append(process)
+    process.wait_for_log("reading slot")
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, 10)
+    assert "cdc_tracker_changes_read_total" in httpx.get(f"{base}/metrics").text
+    process.proc.send_signal(signal.SIGHUP)
+    process.wait_for_log("rulebook reloaded")
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.proc.wait(timeout=20) == 0

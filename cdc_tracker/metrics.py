@@ -1,0 +1,127 @@
+"""Prometheus metrics, built at scrape time from the daemon's running counters.
+
+Nothing on the hot path touches prometheus_client: the collector reads the plain
+counters of the daemon and of the destination client when ``/metrics`` is asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from cdc_tracker.counters import DELAY_BUCKETS, Counters
+from cdc_tracker.destination.stats import DeliveryStats
+
+PREFIX = "cdc_tracker"
+
+
+class DaemonCollector(Collector):
+    """Exposes one daemon's ``Counters`` and its client's ``DeliveryStats``."""
+
+    def __init__(self, counters: Counters, delivery: DeliveryStats | None) -> None:
+        self.counters = counters
+        self.delivery = delivery
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._pipeline()
+        yield from self._destination()
+
+    def _pipeline(self) -> Iterator[Metric]:
+        c = self.counters
+        yield _counter("changes_read", "Row changes read from the slot.", c.changes)
+        yield _counter("batches", "Batches shipped and acknowledged.", c.batches)
+        yield _counter("truncates", "TRUNCATEs of tracked tables seen.", c.truncates)
+        calls = CounterMetricFamily(
+            f"{PREFIX}_calls_shipped",
+            "Calls acknowledged by the destination, by type and event.",
+            labels=["type", "event"],
+        )
+        for (kind, event), count in sorted(c.calls_by_event.items()):
+            calls.add_metric([kind, event], count)
+        yield calls
+        dead = CounterMetricFamily(
+            f"{PREFIX}_dead_letters",
+            "Dead letters stored, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(c.drops_by_reason.items()):
+            dead.add_metric([reason], count)
+        yield dead
+        reloads = CounterMetricFamily(
+            f"{PREFIX}_rulebook_reloads",
+            "Rulebook reloads, by result.",
+            labels=["result"],
+        )
+        reloads.add_metric(["ok"], c.reloads)
+        reloads.add_metric(["failed"], c.reload_failures)
+        yield reloads
+        yield GaugeMetricFamily(
+            f"{PREFIX}_slot_lag_bytes",
+            "WAL bytes between the server's flush position and what is acknowledged.",
+            value=c.lag_bytes,
+        )
+        yield _delay_histogram(c)
+
+    def _destination(self) -> Iterator[Metric]:
+        d = self.delivery
+        if d is None:
+            return
+        yield _counter("requests", "HTTP requests sent to the destination.", d.requests)
+        yield _counter(
+            "retries", "Requests retried after a passing failure.", d.retries
+        )
+        yield _counter(
+            "bytes_sent", "Request body bytes sent, compressed.", d.bytes_sent
+        )
+        errors = CounterMetricFamily(
+            f"{PREFIX}_destination_errors",
+            "Failed requests by HTTP status, or timeout / connection.",
+            labels=["status"],
+        )
+        for status, count in sorted(d.errors_by_status.items()):
+            errors.add_metric([status], count)
+        yield errors
+        yield GaugeMetricFamily(
+            f"{PREFIX}_destination_paused",
+            "1 while the destination refuses our write key or URL.",
+            value=1 if d.paused else 0,
+        )
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
+
+
+def _delay_histogram(c: Counters) -> HistogramMetricFamily:
+    cumulative, running = [], 0
+    for bound, count in zip(
+        (*DELAY_BUCKETS, float("inf")), c.delay.counts, strict=True
+    ):
+        running += count
+        cumulative.append((_bound(bound), running))
+    return HistogramMetricFamily(
+        f"{PREFIX}_delivery_delay_seconds",
+        "Commit to acknowledged, per transaction with calls.",
+        buckets=cumulative,
+        sum_value=c.delay.total,
+    )
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+def render(counters: Counters, delivery: DeliveryStats | None) -> bytes:
+    """The Prometheus text exposition of the given counters."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(counters, delivery))
+    return generate_latest(registry)

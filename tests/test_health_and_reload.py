@@ -1,0 +1,166 @@
+"""Health, readiness and metrics endpoints; the rulebook reloaded without a restart."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from cdc_tracker.health import HealthServer, Probe
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.harness import Running, running_daemon, settings_for, sql, wait_until
+
+INSERT = (
+    "insert into merchants (shop_domain, owner_name, plan_name) "
+    "values ('{0}.myshopify.com', 'Ada', 'basic')"
+)
+
+EXTRA_RULE = """
+  - event: Merchant Renamed
+    table: public.merchants
+    on: update
+    when: changed(owner_name)
+"""
+
+
+@contextmanager
+def serving(daemon: Running, stall_seconds: float = 60) -> Iterator[str]:
+    assert daemon.client is not None
+    probe = Probe(
+        daemon.daemon.counters,
+        daemon.client.stats,
+        active=lambda: daemon.daemon.slot is not None,
+        stall_seconds=stall_seconds,
+    )
+    server = HealthServer("127.0.0.1:0", probe).start()
+    try:
+        yield f"http://{server.address}"
+    finally:
+        server.stop()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if (
+            line.startswith(name + " ")
+            or (line.startswith(name + "{")
+            and line.split(" ")[0] == name)
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def test_health_ready_and_metrics_move_with_the_pipeline(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """Counters, the delay histogram and destination errors move as work happens."""
+    with (
+        running_daemon(settings_for(db, receiver, example_rulebook)) as daemon,
+        serving(daemon) as url,
+    ):
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 10)
+        receiver.fail_next(1, status=503)
+        sql(db, INSERT.format("a"))
+        daemon.caught_up()
+        text = httpx.get(f"{url}/metrics").text
+    assert _metric(text, "cdc_tracker_changes_read_total") == 1
+    assert (
+        'cdc_tracker_calls_shipped_total{event="Merchant Installed",type="track"} 1.0'
+        in text
+    )
+    assert 'cdc_tracker_calls_shipped_total{event="",type="identify"} 1.0' in text
+    assert _metric(text, "cdc_tracker_batches_total") == 1
+    assert _metric(text, "cdc_tracker_retries_total") == 1
+    assert 'cdc_tracker_destination_errors_total{status="503"} 1.0' in text
+    assert _metric(text, "cdc_tracker_delivery_delay_seconds_count") == 1
+    assert 'cdc_tracker_delivery_delay_seconds_bucket{le="+Inf"} 1.0' in text
+    assert _metric(text, "cdc_tracker_slot_lag_bytes") >= 0
+
+
+def test_readiness_fails_while_the_write_key_is_refused(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """A refused key pauses delivery: /readyz answers 503 and says why."""
+    with (
+        running_daemon(settings_for(db, receiver, example_rulebook)) as daemon,
+        serving(daemon) as url,
+    ):
+        receiver.write_keys.clear()
+        sql(db, INSERT.format("a"))
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 503, 10)
+        assert "write key" in httpx.get(f"{url}/readyz").text
+        receiver.write_keys.add("test-write-key")
+        daemon.caught_up()
+        assert httpx.get(f"{url}/readyz").status_code == 200
+    assert len(receiver.calls) == 2
+
+
+def test_readiness_reports_a_stall(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """No progress for longer than stall_seconds makes the daemon not ready."""
+    with (
+        running_daemon(settings_for(db, receiver, example_rulebook)) as daemon,
+        serving(daemon, stall_seconds=0.5) as url,
+    ):
+        receiver.fail_for(30, status=503)
+        sql(db, INSERT.format("a"))
+        wait_until(lambda: "no progress" in httpx.get(f"{url}/readyz").text, 10)
+        receiver.fail_for(0)
+        daemon.caught_up()
+
+
+def _copy_rulebook(example: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "rulebook.yaml"
+    shutil.copy(example, target)
+    return target
+
+
+def test_edited_rulebook_applies_from_the_next_change(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, tmp_path: Path
+) -> None:
+    """A valid edit is picked up without a restart; a broken one is refused."""
+    rulebook = _copy_rulebook(example_rulebook, tmp_path)
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        sql(db, INSERT.format("a"), "update merchants set owner_name = 'Bea'")
+        daemon.caught_up()
+        rulebook.write_text(rulebook.read_text() + EXTRA_RULE)
+        wait_until(lambda: daemon.daemon.counters.reloads == 1, 10)
+        sql(db, "update merchants set owner_name = 'Cy'")
+        daemon.caught_up()
+        rulebook.write_text(rulebook.read_text() + "  - event: [broken\n")
+        wait_until(lambda: daemon.daemon.counters.reload_failures == 1, 10)
+        sql(db, "update merchants set owner_name = 'Di'")
+        daemon.caught_up()
+    renamed = [
+        c for c in receiver.calls if c.payload.get("event") == "Merchant Renamed"
+    ]
+    assert len(renamed) == 2  # Cy and Di, not Bea (before the edit)
+
+
+def test_configmap_style_symlink_swap_reloads(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, tmp_path: Path
+) -> None:
+    """Kubernetes swaps a ..data symlink: the new file behind the same path is used."""
+    config = tmp_path / "config"
+    first, second = config / "..2026_12_04_a", config / "..2026_12_04_b"
+    first.mkdir(parents=True)
+    second.mkdir()
+    shutil.copy(example_rulebook, first / "rulebook.yaml")
+    (second / "rulebook.yaml").write_text(example_rulebook.read_text() + EXTRA_RULE)
+    os.symlink(first.name, config / "..data")
+    os.symlink("..data/rulebook.yaml", config / "rulebook.yaml")
+    with running_daemon(settings_for(db, receiver, config / "rulebook.yaml")) as daemon:
+        sql(db, INSERT.format("a"))
+        daemon.caught_up()
+        os.symlink(second.name, config / "..data_tmp")
+        os.replace(config / "..data_tmp", config / "..data")  # atomic, like kubelet
+        wait_until(lambda: daemon.daemon.counters.reloads == 1, 10)
+        sql(db, "update merchants set owner_name = 'Cy'")
+        daemon.caught_up()
+    assert any(c.payload.get("event") == "Merchant Renamed" for c in receiver.calls)
