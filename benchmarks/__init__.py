@@ -1,0 +1,1 @@
+"""Benchmarks: cdc-tracker against PostgreSQL's own decoding speed (``./dev bench``)."""
