@@ -243,6 +243,8 @@ def daemon_env(
         "CDC_TRACKER_POLL_INTERVAL": "0.05",
         "CDC_TRACKER_HTTP_TIMEOUT": "2",
         "CDC_TRACKER_LOG_FORMAT": "json",
+        # Several daemons run at once, here and in other test runs.
+        "CDC_TRACKER_METRICS_ADDRESS": "off",
     }
     env.update(extra)
     return env
