@@ -1,0 +1,87 @@
+"""Checks of what the role may do: replicate, read the tables, keep its own state."""
+
+from __future__ import annotations
+
+from cdc_tracker.doctor.context import Context
+from cdc_tracker.doctor.result import Finding, failed, passed
+
+_GRANTS_SQL = """
+SELECT format('%%I.%%I', n.nspname, c.relname),
+       has_table_privilege(current_user, c.oid, 'SELECT')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname || '.' || c.relname = ANY (%s) AND c.relkind IN ('r', 'p')
+ORDER BY 1
+"""
+
+_STATE_SQL = """
+SELECT current_database(),
+       CASE WHEN to_regclass('cdc_tracker.checkpoints') IS NOT NULL
+            THEN has_table_privilege(current_user, 'cdc_tracker.checkpoints',
+                                     'SELECT, INSERT, UPDATE, DELETE') END,
+       CASE WHEN to_regnamespace('cdc_tracker') IS NOT NULL
+            THEN has_schema_privilege(current_user, 'cdc_tracker', 'USAGE, CREATE')
+       END,
+       has_database_privilege(current_user, current_database(), 'CREATE')
+"""
+
+
+def replication_privilege(ctx: Context) -> Finding:
+    """The role has REPLICATION (or is a superuser): slots need it."""
+    role, superuser, replication = ctx.row(
+        "SELECT rolname, rolsuper, rolreplication FROM pg_roles "
+        "WHERE rolname = current_user"
+    )
+    name = "replication privilege"
+    if superuser:
+        return passed(name, f"role {role} is a superuser")
+    if replication:
+        return passed(name, f"role {role} has REPLICATION")
+    return failed(
+        name,
+        f"role {role} has neither REPLICATION nor superuser: it cannot use a slot",
+        f'ALTER ROLE "{role}" REPLICATION;  '
+        "(on managed services, grant their replication role instead)",
+    )
+
+
+def table_grants(ctx: Context) -> Finding:
+    """SELECT on every tracked table that exists (missing tables: the schema check)."""
+    tables = sorted(ctx.rules().tables)
+    rows = ctx.rows(_GRANTS_SQL, (tables,))
+    (role,) = ctx.row("SELECT current_user")
+    denied = [str(table) for table, allowed in rows if not allowed]
+    name = "table grants"
+    if denied:
+        return failed(
+            name,
+            f"role {role} may not SELECT from {', '.join(denied)}",
+            f'GRANT SELECT ON {", ".join(denied)} TO "{role}";',
+        )
+    return passed(name, f"SELECT on {len(rows)} of {len(tables)} tracked tables")
+
+
+def state_schema(ctx: Context) -> Finding:
+    """The role can use, or create, schema ``cdc_tracker`` (checkpoints, dead
+    letters)."""
+    database, table_ok, schema_ok, database_ok = ctx.row(_STATE_SQL)
+    (role,) = ctx.row("SELECT current_user")
+    name = "state schema"
+    if table_ok:
+        return passed(name, "cdc_tracker.checkpoints is there and writable")
+    if table_ok is None and schema_ok:
+        return passed(name, "schema cdc_tracker is there; its tables will be made")
+    if table_ok is None and schema_ok is None and database_ok:
+        return passed(name, "schema cdc_tracker will be created on first run")
+    if schema_ok is None:
+        return failed(
+            name,
+            f"role {role} may not create schema cdc_tracker in {database}",
+            f'GRANT CREATE ON DATABASE "{database}" TO "{role}";',
+        )
+    return failed(
+        name,
+        f"role {role} cannot write the tables of schema cdc_tracker",
+        f'GRANT USAGE, CREATE ON SCHEMA cdc_tracker TO "{role}"; '
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
+        f'cdc_tracker TO "{role}";',
+    )

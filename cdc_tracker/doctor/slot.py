@@ -1,0 +1,49 @@
+"""The replication slot: there (or to be made), wal2json, this database, healthy."""
+
+from __future__ import annotations
+
+from cdc_tracker.doctor.context import Context
+from cdc_tracker.doctor.result import Finding, failed, passed, warned
+
+_SLOT_SQL = (
+    "SELECT plugin, slot_type, database, current_database(), wal_status "
+    "FROM pg_replication_slots WHERE slot_name = %s"
+)
+
+
+def replication_slot(ctx: Context) -> Finding:
+    """Fails on a slot cdc-tracker cannot read; warns when it is yet to be created."""
+    slot = ctx.settings.slot
+    found = ctx.rows(_SLOT_SQL, (slot,))
+    name = "slot"
+    if not found:
+        return warned(
+            name,
+            f"replication slot '{slot}' does not exist yet",
+            "nothing to do: 'cdc-tracker run' creates it; changes committed before "
+            "then are not read",
+        )
+    plugin, kind, database, current, wal_status = found[0]
+    other = "choose another slot name with CDC_TRACKER_SLOT"
+    if kind != "logical" or plugin != "wal2json":
+        return failed(
+            name, f"slot '{slot}' is {kind} with plugin {plugin}, not wal2json", other
+        )
+    if database != current:
+        return failed(
+            name, f"slot '{slot}' belongs to database {database}, not {current}", other
+        )
+    if wal_status == "lost":
+        return failed(
+            name,
+            f"slot '{slot}' is invalidated (wal_status lost): WAL it needed is gone",
+            f"SELECT pg_drop_replication_slot('{slot}'); then 'cdc-tracker run' "
+            "and backfill with 'cdc-tracker replay --since'",
+        )
+    if wal_status == "unreserved":
+        return warned(
+            name,
+            f"slot '{slot}' is about to lose WAL it needs (wal_status unreserved)",
+            "start cdc-tracker now, or raise max_slot_wal_keep_size",
+        )
+    return passed(name, f"'{slot}' uses wal2json (wal_status {wal_status})")
