@@ -114,7 +114,10 @@ class Redrive:
         return report
 
     def retry(self, chunk: list[StoredLetter], report: RetryReport) -> list[_Plan]:
-        """Plan and deliver one chunk; each plan ends with a reason, or none."""
+        """Map and deliver one chunk, counting into ``report``.
+
+        Each plan ends done (no reason), still dead (its new reason) or pending.
+        """
         plans = [self._plan(stored) for stored in chunk]
         ready = [plan for plan in plans if plan.calls and plan.reason is None]
         outcome = self._ship([call for plan in ready for call in plan.calls])

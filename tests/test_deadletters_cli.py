@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -409,3 +412,23 @@ def test_list_of_another_slot_points_at_the_slots_that_have_letters(
         f"no dead letters for slot 'other'; other slots have some: {letters.slot}"
         in (out)
     )
+
+
+def test_list_runs_as_a_real_process_with_settings_from_the_environment(
+    letters: Letters,
+) -> None:
+    env = {
+        **os.environ,
+        "CDC_TRACKER_DSN": letters.db,
+        "CDC_TRACKER_SLOT": letters.slot,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", "deadletters", "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [row["reason"] for row in _json_lines(done.stdout)] == [NULL_USER] * 3
