@@ -13,14 +13,17 @@ WHERE n.nspname || '.' || c.relname = ANY (%s) AND c.relkind IN ('r', 'p')
 ORDER BY 1
 """
 
+# Scalar subqueries are null when the table or schema is not there yet; the
+# catalog is read directly because to_regclass needs USAGE on the schema.
 _STATE_SQL = """
 SELECT current_database(),
-       CASE WHEN to_regclass('cdc_tracker.checkpoints') IS NOT NULL
-            THEN has_table_privilege(current_user, 'cdc_tracker.checkpoints',
-                                     'SELECT, INSERT, UPDATE, DELETE') END,
-       CASE WHEN to_regnamespace('cdc_tracker') IS NOT NULL
-            THEN has_schema_privilege(current_user, 'cdc_tracker', 'USAGE, CREATE')
-       END,
+       (SELECT has_schema_privilege(current_user, n.oid, 'USAGE')
+               AND has_table_privilege(current_user, c.oid,
+                                       'SELECT, INSERT, UPDATE, DELETE')
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'cdc_tracker' AND c.relname = 'checkpoints'),
+       (SELECT has_schema_privilege(current_user, n.oid, 'USAGE, CREATE')
+        FROM pg_namespace n WHERE n.nspname = 'cdc_tracker'),
        has_database_privilege(current_user, current_database(), 'CREATE')
 """
 

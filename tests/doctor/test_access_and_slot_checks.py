@@ -1,0 +1,134 @@
+"""Role checks (REPLICATION, grants, state schema) and the slot check."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import replace
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from cdc_tracker.checkpoint import CheckpointStore
+from cdc_tracker.settings import Settings
+from cdc_tracker.source.slot import connect
+from cdc_tracker.testing.postgres import PostgresServer
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.doctor.helpers import doctor_settings, findings
+from tests.harness import create_slot, sql
+
+_roles = itertools.count(1)
+
+
+@pytest.fixture
+def role(db: str) -> Iterator[str]:
+    """A login role with no privileges at all (trust auth: no password)."""
+    name = f"doctor_plain_{next(_roles)}"
+    sql(db, f"CREATE ROLE {name} LOGIN")
+    yield name
+    sql(db, f"DROP OWNED BY {name}", f"DROP ROLE {name}")
+
+
+@pytest.fixture
+def settings(db: str, receiver: FakeRudderStack) -> Settings:
+    return doctor_settings(db, receiver)
+
+
+def as_role(settings: Settings, role: str) -> Settings:
+    return replace(settings, dsn=make_conninfo(settings.dsn, user=role))
+
+
+def test_a_role_without_replication_fails_with_the_alter_role(
+    settings: Settings, role: str
+) -> None:
+    found = findings(as_role(settings, role))
+
+    assert found["replication privilege"].status == "fail"
+    assert f'ALTER ROLE "{role}" REPLICATION;' in found["replication privilege"].fix
+    assert found["wal2json"].status == "warn"
+
+
+def test_missing_select_grants_are_named_with_the_grant_that_fixes_them(
+    settings: Settings, db: str, role: str
+) -> None:
+    sql(db, f"ALTER ROLE {role} REPLICATION", f"GRANT SELECT ON merchants TO {role}")
+
+    found = findings(as_role(settings, role))
+
+    assert found["replication privilege"].status == "pass"
+    assert found["wal2json"].status == "pass"
+    grants = found["table grants"]
+    assert grants.status == "fail"
+    assert "public.payouts" in grants.detail
+    assert "public.merchants" not in grants.detail
+    assert grants.fix == f'GRANT SELECT ON public.payouts TO "{role}";'
+
+
+def test_a_role_that_cannot_create_the_state_schema_fails(
+    settings: Settings, role: str
+) -> None:
+    state = findings(as_role(settings, role))["state schema"]
+
+    assert state.status == "fail"
+    assert "GRANT CREATE ON DATABASE" in state.fix
+
+
+def test_state_tables_the_role_cannot_write_fail_until_granted(
+    settings: Settings, db: str, role: str
+) -> None:
+    with connect(db) as conn:
+        CheckpointStore(conn, settings.slot).ensure_schema()
+
+    before = findings(as_role(settings, role))["state schema"]
+    sql(
+        db,
+        f"GRANT USAGE, CREATE ON SCHEMA cdc_tracker TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA cdc_tracker "
+        f"TO {role}",
+    )
+    after = findings(as_role(settings, role))["state schema"]
+
+    assert before.status == "fail"
+    assert "GRANT USAGE, CREATE ON SCHEMA cdc_tracker" in before.fix
+    assert after.status == "pass"
+
+
+def test_the_daemons_slot_passes_once_created(settings: Settings) -> None:
+    create_slot(settings)
+
+    slot = findings(settings)["slot"]
+
+    assert slot.status == "pass"
+    assert "uses wal2json" in slot.detail
+
+
+def test_a_slot_of_the_same_name_that_is_not_wal2json_fails(
+    settings: Settings, pg: PostgresServer
+) -> None:
+    pg.execute(f"SELECT pg_create_physical_replication_slot('{settings.slot}')")
+    try:
+        slot = findings(settings)["slot"]
+    finally:
+        pg.execute(f"SELECT pg_drop_replication_slot('{settings.slot}')")
+
+    assert slot.status == "fail"
+    assert "not wal2json" in slot.detail
+    assert "CDC_TRACKER_SLOT" in slot.fix
+
+
+def test_a_slot_of_another_database_fails(
+    settings: Settings, pg: PostgresServer
+) -> None:
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_create_logical_replication_slot(%s, 'wal2json')",
+            (settings.slot,),
+        )
+        try:
+            slot = findings(settings)["slot"]
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot,))
+
+    assert slot.status == "fail"
+    assert "belongs to database postgres" in slot.detail
