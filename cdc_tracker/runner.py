@@ -76,7 +76,7 @@ def check_rulebook(path: Path, dsn: str | None) -> str:
     where = "structure and expressions"
     if dsn:
         with connect(dsn) as conn:
-            catalog = read_catalog(conn, sorted(rulebook.tables))
+            catalog = read_catalog(conn, rulebook.schema_tables)
         problems = check_schema(rulebook, catalog)
         if problems:
             raise RulebookError(problems)

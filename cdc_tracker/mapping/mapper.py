@@ -2,7 +2,10 @@
 
 ``Mapper.map`` never raises for a bad row: a rule it cannot apply (a null userId, an
 expression error, a value it cannot convert) yields a ``DeadLetter`` with the reason,
-and the other rules of the change still run.
+and the other rules of the change still run. A lookup that finds no related row
+skips the rule (counted in ``lookups.stats``) or dead-letters it, as the lookup
+declares. The one exception that escapes is ``SourceUnavailable``, from a lookup
+query that could not run: the caller retries the window.
 """
 
 from __future__ import annotations
@@ -11,15 +14,21 @@ from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
+import structlog
+
 from cdc_tracker import __version__
 from cdc_tracker.destination.encode import rfc3339_ms
 from cdc_tracker.mapping import ids
+from cdc_tracker.mapping.lookups import LookupMissing, Lookups
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.mapping.values import converter_for
 from cdc_tracker.model import MISSING, Action, Call, Change, DeadLetter
-from cdc_tracker.rules.expr import EvaluationError
+from cdc_tracker.rules.expr import EvaluationError, MissingValue
 from cdc_tracker.rules.expr_parse import Image
+from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Fields, Rule, Rulebook
+
+log = structlog.get_logger(__name__)
 
 LIBRARY = {"name": "cdc-tracker", "version": __version__}
 
@@ -29,16 +38,47 @@ class RowView:
 
     A column the change does not carry reads as ``MISSING`` (unknown, never null),
     except the old row of an insert, whose every column reads as null.
+    ``<lookup>.<column>`` reads the related row through ``lookups``, by the names in
+    ``specs`` (the current rule's lookups); each related row is fetched once per
+    change.
     """
 
-    __slots__ = ("change", "schema", "zone")
+    __slots__ = ("_related", "change", "lookups", "schema", "specs", "zone")
 
     def __init__(
-        self, change: Change, zone: tzinfo, schema: SchemaView | None = None
+        self,
+        change: Change,
+        zone: tzinfo,
+        schema: SchemaView | None = None,
+        lookups: Lookups | None = None,
     ) -> None:
         self.change = change
         self.zone = zone
         self.schema = schema
+        self.lookups = lookups
+        self.specs: dict[str, LookupSpec] = {}
+        self._related: dict[LookupSpec, dict[str, Any] | None] = {}
+
+    def lookup(self, name: str, column: str) -> Any:
+        spec = self.specs.get(name)
+        if spec is None or self.lookups is None:
+            raise EvaluationError(f"lookup '{name}' is not available here")
+        if spec in self._related:
+            related = self._related[spec]
+        else:
+            related = self._fetch(spec)
+            self._related[spec] = related
+        if related is None:
+            raise LookupMissing(spec)
+        return related.get(column, MISSING)
+
+    def _fetch(self, spec: LookupSpec) -> dict[str, Any] | None:
+        assert self.lookups is not None
+        key = tuple(self.value("row", column) for column in spec.own_columns)
+        for column, value in zip(spec.own_columns, key, strict=True):
+            if value is MISSING:
+                raise MissingValue(column)
+        return self.lookups.row(spec, key)
 
     def value(self, image: Image, column: str) -> Any:
         change = self.change
@@ -75,11 +115,17 @@ class Mapper:
     """Applies a rulebook to changes; one instance per rulebook version."""
 
     def __init__(
-        self, rulebook: Rulebook, namespace: str, schema: SchemaView | None = None
+        self,
+        rulebook: Rulebook,
+        namespace: str,
+        schema: SchemaView | None = None,
+        *,
+        lookups: Lookups | None = None,
     ) -> None:
         self.rulebook = rulebook
         self.namespace = namespace
         self.schema = schema
+        self.lookups = lookups
         self._stamp: tuple[datetime, str] | None = None
 
     def map(self, change: Change, calls: list[Call], dead: list[DeadLetter]) -> None:
@@ -87,11 +133,18 @@ class Mapper:
         rules = self.rulebook.rules_for(change.table, change.action)
         if not rules:
             return
-        row = RowView(change, self.rulebook.timezone, self.schema)
+        row = RowView(change, self.rulebook.timezone, self.schema, self.lookups)
         timestamp = self._timestamp(change.commit_time)
         for rule in rules:
+            row.specs = rule.lookups
             try:
                 call = self._apply(rule, change, row, timestamp)
+            except LookupMissing as exc:
+                if exc.spec.missing == "skip":
+                    self._skipped(rule, exc.spec)
+                else:
+                    dead.append(_dead_letter(change, rule, str(exc)))
+                continue
             except EvaluationError as exc:
                 dead.append(_dead_letter(change, rule, str(exc)))
                 continue
@@ -120,6 +173,16 @@ class Mapper:
             change.commit_lsn,
             change.ordinal,
             change.table,
+        )
+
+    def _skipped(self, rule: Rule, spec: LookupSpec) -> None:
+        assert self.lookups is not None  # only a lookup raises LookupMissing
+        self.lookups.stats.count_skip(rule.id)
+        log.debug(
+            "rule skipped: lookup found no row",
+            rule=rule.id,
+            lookup=spec.name,
+            table=spec.table,
         )
 
     def _message_id(self, rule: Rule, change: Change) -> str:

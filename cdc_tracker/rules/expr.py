@@ -28,7 +28,13 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
-from cdc_tracker.rules.expr_check import Kind, children, kind_of, static_type
+from cdc_tracker.rules.expr_check import (
+    Kind,
+    LookupKind,
+    children,
+    kind_of,
+    static_type,
+)
 from cdc_tracker.rules.expr_compile import (
     EvaluationError,
     MissingValue,
@@ -43,6 +49,8 @@ from cdc_tracker.rules.expr_parse import (
     ExpressionError,
     Image,
     Lit,
+    LookupCol,
+    LookupRef,
     Node,
     parse,
 )
@@ -54,6 +62,7 @@ __all__ = [
     "ExpressionError",
     "Image",
     "Kind",
+    "LookupRef",
     "MissingValue",
     "Row",
     "literal",
@@ -64,9 +73,10 @@ __all__ = [
 class Expression:
     """A parsed, compiled expression. Immutable, and safe to share between threads.
 
-    ``columns`` lists every column it reads; ``needs_old`` tells whether it reads the
-    old image (``old.x`` or ``changed``); ``is_column`` is the reference when the whole
-    expression is one column (so ``MISSING`` means "leave it out").
+    ``columns`` lists every column of the changed row it reads; ``lookups`` every
+    column of a related row (``merchant.plan_name``); ``needs_old`` tells whether it
+    reads the old image (``old.x`` or ``changed``); ``is_column`` is the reference when
+    the whole expression is one column (so ``MISSING`` means "leave it out").
     """
 
     __slots__ = (
@@ -75,6 +85,7 @@ class Expression:
         "columns",
         "is_column",
         "is_literal",
+        "lookups",
         "needs_old",
         "text",
     )
@@ -83,6 +94,7 @@ class Expression:
         self.text = text
         self._node = node
         self.columns = frozenset(_columns(node))
+        self.lookups = frozenset(_lookups(node))
         self.needs_old = any(ref.image == "old" for ref in self.columns)
         self.is_column = node.ref if isinstance(node, Col) else None
         self.is_literal = isinstance(node, Lit)
@@ -107,14 +119,17 @@ class Expression:
         column_kind: Callable[[str], Kind | None],
         *,
         known_columns: Iterable[str] = (),
+        lookup_kind: LookupKind | None = None,
     ) -> Kind:
         """The expression's result kind, given each column's kind.
 
         ``column_kind`` returns None for a column the table lacks; ``known_columns``
-        (optional) feeds the "did you mean" hint. Raises ``ExpressionError`` on an
-        unknown column or a type error. ``ANY`` is compatible with every kind.
+        (optional) feeds the "did you mean" hint; ``lookup_kind(lookup, column)``
+        does the same for related rows (without it their columns are ``ANY``).
+        Raises ``ExpressionError`` on an unknown column or a type error. ``ANY`` is
+        compatible with every kind.
         """
-        return static_type(self._node, column_kind, known_columns)
+        return static_type(self._node, column_kind, known_columns, lookup_kind)
 
 
 def parse_expression(text: str) -> Expression:
@@ -147,3 +162,10 @@ def _columns(node: Node) -> Iterable[ColumnRef]:
     else:
         for child in children(node):
             yield from _columns(child)
+
+
+def _lookups(node: Node) -> Iterable[LookupRef]:
+    if isinstance(node, LookupCol):
+        yield node.ref
+    for child in children(node):
+        yield from _lookups(child)

@@ -1,9 +1,11 @@
 """Kinds of values, and the static type check of an expression's tree.
 
-``static_type(node, column_kind, known_columns)`` works out the ``Kind`` an expression
-yields given each column's kind (from the live schema), or raises ``ExpressionError``
-at the offending node: an unknown column (with a "did you mean"), a comparison of text
-with a number, ``not`` of a text, ``lower()`` of a number. ``ANY`` is compatible with
+``static_type(node, column_kind, known_columns, lookup_kind)`` works out the ``Kind``
+an expression yields given each column's kind (from the live schema), or raises
+``ExpressionError`` at the offending node: an unknown column (with a "did you mean"),
+a comparison of text with a number, ``not`` of a text, ``lower()`` of a number.
+``lookup_kind(lookup, column)`` does the same for columns of related rows; without it
+they are ``ANY``. ``ANY`` is compatible with
 every kind and ``NULL`` (a null literal) with every kind too.
 """
 
@@ -25,6 +27,7 @@ from cdc_tracker.rules.expr_parse import (
     InList,
     IsNull,
     Lit,
+    LookupCol,
     Node,
     Not,
 )
@@ -47,6 +50,8 @@ class Kind(Enum):
 
 
 TEXT, NUMBER, BOOL, ANY = Kind.TEXT, Kind.NUMBER, Kind.BOOL, Kind.ANY
+# (lookup name, column) -> the column's kind, or None when the related table lacks it
+LookupKind = Callable[[str, str], Kind | None]
 KINDS: dict[type, Kind] = {
     str: TEXT,
     int: NUMBER,
@@ -101,6 +106,8 @@ def children(node: Node) -> tuple[Node, ...]:
 def describe(node: Node, kind: Kind) -> str:
     if isinstance(node, Col):
         return f"{kind.value} (column {node.ref.column})"
+    if isinstance(node, LookupCol):
+        return f"{kind.value} (column {node.ref.lookup}.{node.ref.column})"
     return kind.value
 
 
@@ -112,16 +119,22 @@ class _Typer:
     """Works out the kind of each node from the columns' kinds, or raises."""
 
     def __init__(
-        self, column_kind: Callable[[str], Kind | None], known: tuple[str, ...]
+        self,
+        column_kind: Callable[[str], Kind | None],
+        known: tuple[str, ...],
+        lookup_kind: LookupKind | None = None,
     ) -> None:
         self.column_kind = column_kind
         self.known = known
+        self.lookup_kind = lookup_kind
 
     def kind(self, node: Node) -> Kind:
         if isinstance(node, Lit):
             return kind_of(node.value)
         if isinstance(node, Col):
             return self.column(node)
+        if isinstance(node, LookupCol):
+            return self.lookup_column(node)
         if isinstance(node, Not | BoolOp):
             for operand in children(node):
                 self.boolean(operand, "not" if isinstance(node, Not) else node.op)
@@ -143,6 +156,17 @@ class _Typer:
         if close:
             message += f"; did you mean '{close[0]}'?"
         raise ExpressionError(message, node.offset)
+
+    def lookup_column(self, node: LookupCol) -> Kind:
+        if self.lookup_kind is None:
+            return ANY
+        kind = self.lookup_kind(node.ref.lookup, node.ref.column)
+        if kind is None:
+            raise ExpressionError(
+                f"unknown column '{node.ref.column}' in lookup '{node.ref.lookup}'",
+                node.offset,
+            )
+        return kind
 
     def boolean(self, node: Node, what: str) -> None:
         kind = self.kind(node)
@@ -199,6 +223,7 @@ def static_type(
     node: Node,
     column_kind: Callable[[str], Kind | None],
     known_columns: Iterable[str] = (),
+    lookup_kind: LookupKind | None = None,
 ) -> Kind:
     """The kind ``node`` yields; raises ``ExpressionError`` on a type error."""
-    return _Typer(column_kind, tuple(known_columns)).kind(node)
+    return _Typer(column_kind, tuple(known_columns), lookup_kind).kind(node)

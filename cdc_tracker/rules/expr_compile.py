@@ -28,6 +28,7 @@ from cdc_tracker.rules.expr_parse import (
     InList,
     IsNull,
     Lit,
+    LookupCol,
     Node,
     Not,
 )
@@ -55,6 +56,13 @@ class Row(Protocol):
 
     def value(self, image: Image, column: str) -> Any:
         """The converted value of ``column`` in ``image``, or ``MISSING``."""
+        ...
+
+    def lookup(self, name: str, column: str) -> Any:
+        """The converted value of ``column`` in the row the lookup ``name`` finds.
+
+        Raises ``EvaluationError`` when the lookup cannot give one (no row found).
+        """
         ...
 
 
@@ -88,6 +96,11 @@ def _compile_column(node: Col) -> Fn:
         return value
 
     return read
+
+
+def _compile_lookup_column(node: LookupCol) -> Fn:
+    name, column = node.ref.lookup, node.ref.column
+    return lambda row: row.lookup(name, column)
 
 
 def _compile_not(node: Not) -> Fn:
@@ -347,6 +360,7 @@ def _text_function(node: Call, arg: Fn, transform: Callable[[str], str]) -> Fn:
 _COMPILERS: dict[type, Callable[[Any], Fn]] = {
     Lit: _compile_literal,
     Col: _compile_column,
+    LookupCol: _compile_lookup_column,
     Not: _compile_not,
     BoolOp: _compile_bool_op,
     Compare: _compile_compare,

@@ -12,6 +12,10 @@ loosest to tightest binding::
     primary := literal | ['-'] number | column | name '(' [expr (',' expr)*] ')'
              | '(' expr ')'
     column  := name | "quoted name" | ('new' | 'old') '.' (name | "quoted name")
+             | lookup '.' (name | "quoted name")
+
+A dotted name whose prefix is not ``new`` or ``old`` reads a column of a related row
+(``merchant.shop_domain``); the rulebook checks that the prefix names a lookup.
 
 Nothing here evaluates anything: there is no attribute access, no arithmetic and no
 way to reach Python objects; a call names one of ``FUNCTIONS`` or is refused.
@@ -71,6 +75,14 @@ class ColumnRef:
 
 
 @dataclass(frozen=True, slots=True)
+class LookupRef:
+    """A column of the related row a named lookup finds (``merchant.shop_domain``)."""
+
+    lookup: str
+    column: str
+
+
+@dataclass(frozen=True, slots=True)
 class Lit:
     value: Any
     offset: int
@@ -79,6 +91,12 @@ class Lit:
 @dataclass(frozen=True, slots=True)
 class Col:
     ref: ColumnRef
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class LookupCol:
+    ref: LookupRef
     offset: int
 
 
@@ -125,7 +143,7 @@ class Call:
     offset: int
 
 
-Node = Lit | Col | Not | BoolOp | Compare | InList | IsNull | Call
+Node = Lit | Col | LookupCol | Not | BoolOp | Compare | InList | IsNull | Call
 
 
 class Token(NamedTuple):
@@ -341,22 +359,25 @@ class _Parser:
             return self.call(token)
         if not self.at("op", "."):
             return Col(ColumnRef("row", _column_name(token)), token.offset)
-        image: Image = "new" if token.text.lower() == "new" else "old"
-        if token.kind != "name" or token.text.lower() not in ("new", "old"):
+        if token.kind != "name":
             raise ExpressionError(
-                "attribute access is not supported; only new.<column> and "
-                "old.<column> may use '.'",
+                "only new.<column>, old.<column> and <lookup>.<column> may use '.'",
                 self.peek.offset,
             )
+        prefix = token.text
         self.advance()
         name = self.peek
         if name.kind not in ("name", "quoted"):
             raise ExpressionError(
-                f"expected a column name after '{image}.', found {name.describe()}",
+                f"expected a column name after '{prefix}.', found {name.describe()}",
                 name.offset,
             )
         self.advance()
-        return Col(ColumnRef(image, _column_name(name)), token.offset)
+        column = _column_name(name)
+        if prefix.lower() in ("new", "old"):
+            image: Image = "new" if prefix.lower() == "new" else "old"
+            return Col(ColumnRef(image, column), token.offset)
+        return LookupCol(LookupRef(prefix, column), token.offset)
 
     def call(self, token: Token) -> Call:
         name = token.text.lower()

@@ -2,7 +2,8 @@
 
 ``load_rulebook`` returns a ``Rulebook`` or raises ``RulebookError`` listing every
 problem with its file and line. Checks that need the live schema (tables,
-columns, types, replica identity) are in ``cdc_tracker.rules.schema``.
+columns, types, replica identity) are in ``cdc_tracker.rules.schema``. Lookups
+(related rows read by key) are declared as in ``cdc_tracker.rules.lookup_spec``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from cdc_tracker.rules.expr import (
     literal,
     parse_expression,
 )
+from cdc_tracker.rules.lookup_spec import LookupSpec, read_lookups, unknown_references
 from cdc_tracker.rules.yamlfile import LineDict, LineList, YamlProblem, load_yaml
 
 Fields = dict[str, "Expression | Fields"]
 
 _TOP_KEYS = {"version", "timezone", "tables", "identify", "track"}
-_TABLE_KEYS = {"user_id", "cursor", "description"}
+_TABLE_KEYS = {"user_id", "cursor", "description", "lookups"}
 _RULE_KEYS = {
     "id", "table", "on", "when", "user_id", "integrations", "context", "description",
+    "lookups",
 }  # fmt: skip
 _IDENTIFY_KEYS = _RULE_KEYS | {"traits"}
 _TRACK_KEYS = _RULE_KEYS | {"event", "properties"}
@@ -45,6 +48,7 @@ class TableSpec:
     user_id: Expression
     cursor: str | None
     line: int
+    lookups: dict[str, LookupSpec] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -65,6 +69,8 @@ class Rule:
     line: int = 0
     # The line of each key of the rule, and of each field as ``traits.company.plan``.
     lines: dict[str, int] = field(default_factory=dict)
+    # The table's lookups and the rule's own, by name.
+    lookups: dict[str, LookupSpec] = field(default_factory=dict)
 
     def expressions(self) -> Iterator[tuple[str, Expression]]:
         """Every expression of the rule, with the key it sits under."""
@@ -106,6 +112,14 @@ class Rulebook:
 
     def rules_for(self, table: str, action: Action) -> list[Rule]:
         return self._index.get((table, action), [])
+
+    @property
+    def schema_tables(self) -> list[str]:
+        """The tracked tables and the tables lookups read: what schema checks need."""
+        declared = [spec.lookups for spec in self.tables.values()]
+        declared += [rule.lookups for rule in self.rules]
+        lookups = {lookup.table for found in declared for lookup in found.values()}
+        return sorted(lookups | set(self.tables))
 
 
 def qualify(table: str) -> str:
@@ -210,9 +224,12 @@ class _Builder:
         if cursor is not None and not isinstance(cursor, str):
             self.problem(body.lines["cursor"], "'cursor' must be a column name")
             cursor = None
+        lookups = read_lookups(body, self.problem, self.unknown_keys)
         if user_id is None:
             return None
-        return TableSpec(qualify(name), user_id, cursor, line)
+        for message in unknown_references("user_id", user_id, lookups):
+            self.problem(body.lines["user_id"], message)
+        return TableSpec(qualify(name), user_id, cursor, line, lookups)
 
     def rules(
         self,
@@ -256,10 +273,11 @@ class _Builder:
         )
         integrations = self.integrations(body)
         context = self.context(body)
+        lookups = self.rule_lookups(body, table)
         if table is None or actions is None or (kind == "track" and event is None):
             return None
         rule_id = body.get("id")
-        return Rule(
+        rule = Rule(
             kind=kind,
             id=str(rule_id) if rule_id else (event or ""),
             table=table.name,
@@ -273,7 +291,31 @@ class _Builder:
             description=_text(body.get("description")),
             line=body.line,
             lines=dict(body.lines) | _leaf_lines(body.get(fields_key), fields_key),
+            lookups=lookups,
         )
+        self.lookup_references(rule, table)
+        return rule
+
+    def rule_lookups(
+        self, body: LineDict, table: TableSpec | None
+    ) -> dict[str, LookupSpec]:
+        inherited = table.lookups if table is not None else {}
+        own = read_lookups(body, self.problem, self.unknown_keys)
+        for name in own.keys() & inherited.keys():
+            self.problem(
+                own[name].line,
+                f"lookup '{name}' is already declared on its table; "
+                "give this one another name",
+            )
+        return inherited | own
+
+    def lookup_references(self, rule: Rule, table: TableSpec) -> None:
+        for key, expr in rule.expressions():
+            if expr is table.user_id:  # checked with its table
+                continue
+            line = rule.lines.get(key, rule.lines.get(key.split(".")[0], rule.line))
+            for message in unknown_references(key, expr, rule.lookups):
+                self.problem(line, message)
 
     def event(self, body: LineDict) -> str | None:
         event = body.get("event")

@@ -1,14 +1,19 @@
 """Check a rulebook against the live schema: tables, columns, types, identity.
 
 Run at daemon start-up and by ``cdc-tracker check --dsn``. Each problem names the
-rulebook file and line, and, where one exists, the statement that fixes it.
+rulebook file and line, and, where one exists, the statement that fixes it. The
+catalog must describe ``rulebook.schema_tables``: the tracked tables and the tables
+lookups read.
 """
 
 from __future__ import annotations
 
+import difflib
+
 from cdc_tracker.mapping.values import kind_of
 from cdc_tracker.model import Action, TableInfo
 from cdc_tracker.rules.expr import Expression, ExpressionError, Kind
+from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Rule, Rulebook
 
 Problem = tuple[str, int | None, str]
@@ -23,7 +28,12 @@ def check_schema(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[Prob
         if info is None:
             problems.append((path, spec.line, f"table '{spec.name}' does not exist"))
             continue
-        problems += _typed(path, spec.line, "user_id", spec.user_id, info)
+        for lookup in spec.lookups.values():
+            problems += _lookup_problems(path, lookup, info, catalog)
+        lookups = _Lookups(spec.lookups, catalog)
+        problems += _typed(
+            path, spec.line, "user_id", spec.user_id, info, lookups=lookups
+        )
         if spec.cursor is not None and spec.cursor not in info.columns:
             problems.append(
                 (
@@ -34,16 +44,90 @@ def check_schema(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[Prob
             )
     for rule in rulebook.rules:
         info = catalog.get(rule.table)
-        if info is not None:
-            problems += _rule_problems(path, rule, info)
+        if info is None:
+            continue
+        inherited = rulebook.tables[rule.table].lookups
+        for name, lookup in rule.lookups.items():
+            if inherited.get(name) is not lookup:  # the table's are checked above
+                problems += _lookup_problems(path, lookup, info, catalog)
+        problems += _rule_problems(path, rule, info, _Lookups(rule.lookups, catalog))
     return problems
 
 
-def _rule_problems(path: str, rule: Rule, info: TableInfo) -> list[Problem]:
+class _Lookups:
+    """The kinds of lookup columns, for the type check; unknown tables read as ANY."""
+
+    def __init__(
+        self, lookups: dict[str, LookupSpec], catalog: dict[str, TableInfo]
+    ) -> None:
+        self.tables = {name: catalog.get(spec.table) for name, spec in lookups.items()}
+
+    def kind(self, lookup: str, column: str) -> Kind | None:
+        info = self.tables.get(lookup)
+        if info is None:  # reported once, with the lookup's declaration
+            return Kind.ANY
+        declared = info.columns.get(column)
+        return None if declared is None else kind_of(declared)
+
+    def unknown_columns(self, key: str, expr: Expression) -> list[str]:
+        messages = []
+        for ref in sorted(expr.lookups, key=lambda ref: (ref.lookup, ref.column)):
+            info = self.tables.get(ref.lookup)
+            if info is not None and ref.column not in info.columns:
+                messages.append(
+                    f"{key}: column '{ref.column}' of lookup '{ref.lookup}' is not "
+                    f"in {info.name}{_did_you_mean(ref.column, info)}"
+                )
+        return messages
+
+
+def _lookup_problems(
+    path: str, spec: LookupSpec, info: TableInfo, catalog: dict[str, TableInfo]
+) -> list[Problem]:
+    """The lookup's table and key columns exist, and each key pair can match."""
+    where = f"lookup '{spec.name}'"
+    related = catalog.get(spec.table)
+    if related is None:
+        return [(path, spec.line, f"{where}: table '{spec.table}' does not exist")]
+    messages = []
+    for related_column, own_column in spec.key:
+        related_type = related.columns.get(related_column)
+        own_type = info.columns.get(own_column)
+        if related_type is None:
+            messages.append(
+                f"{where}: key column '{related_column}' is not in {related.name}"
+                + _did_you_mean(related_column, related)
+            )
+        if own_type is None:
+            messages.append(
+                f"{where}: key column '{own_column}' is not in {info.name}"
+                + _did_you_mean(own_column, info)
+            )
+        elif related_type is not None and not _can_match(related_type, own_type):
+            messages.append(
+                f"{where}: key {related.name}.{related_column} ({related_type}) "
+                f"cannot match {info.name}.{own_column} ({own_type})"
+            )
+    return [(path, spec.line, message) for message in messages]
+
+
+def _can_match(left: str, right: str) -> bool:
+    kinds = {kind_of(left), kind_of(right)}
+    return len(kinds) == 1 and not kinds & {Kind.JSON, Kind.ARRAY}
+
+
+def _did_you_mean(column: str, info: TableInfo) -> str:
+    close = difflib.get_close_matches(column, list(info.columns), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _rule_problems(
+    path: str, rule: Rule, info: TableInfo, lookups: _Lookups
+) -> list[Problem]:
     problems: list[Problem] = []
     for key, expr in rule.expressions():
         line = rule.lines.get(key, rule.lines.get(key.split(".")[0], rule.line))
-        problems += _typed(path, line, key, expr, info)
+        problems += _typed(path, line, key, expr, info, lookups=lookups)
     if rule.needs_old and not info.full_identity:
         problems.append((path, rule.line, _needs_full(rule, info, "reads old values")))
     if info.full_identity:
@@ -66,14 +150,25 @@ def _rule_problems(path: str, rule: Rule, info: TableInfo) -> list[Problem]:
 
 
 def _typed(
-    path: str, line: int | None, key: str, expr: Expression, info: TableInfo
+    path: str,
+    line: int | None,
+    key: str,
+    expr: Expression,
+    info: TableInfo,
+    *,
+    lookups: _Lookups,
 ) -> list[Problem]:
     def column_kind(column: str) -> Kind | None:
         declared = info.columns.get(column)
         return None if declared is None else kind_of(declared)
 
+    unknown = lookups.unknown_columns(key, expr)
+    if unknown:
+        return [(path, line, message) for message in unknown]
     try:
-        kind = expr.static_type(column_kind, known_columns=info.columns)
+        kind = expr.static_type(
+            column_kind, known_columns=info.columns, lookup_kind=lookups.kind
+        )
     except ExpressionError as exc:
         return [(path, line, f"{key}: {exc} (table {info.name})")]
     if key == "when" and kind not in (Kind.BOOL, Kind.JSON, Kind.ANY, Kind.NULL):
@@ -92,10 +187,10 @@ def _needs_full(rule: Rule, info: TableInfo, reason: str) -> str:
 
 
 def _non_key_columns(rule: Rule, info: TableInfo) -> list[str]:
-    columns = {
-        ref.column
-        for _, expr in rule.expressions()
-        for ref in expr.columns
-        if ref.image != "new"
-    }
+    columns: set[str] = set()
+    for _, expr in rule.expressions():
+        columns.update(ref.column for ref in expr.columns if ref.image != "new")
+        for ref in expr.lookups:  # a lookup of a deleted row reads its key columns
+            if (spec := rule.lookups.get(ref.lookup)) is not None:
+                columns.update(spec.own_columns)
     return sorted(columns - set(info.key))

@@ -40,6 +40,10 @@ class FakeRow:
     def value(self, image: str, column: str) -> Any:
         return self.images[image].get(column, MISSING)
 
+    def lookup(self, name: str, column: str) -> Any:
+        """Related rows are the lookup's own business: none here."""
+        raise EvaluationError(f"no lookup '{name}' in this test")
+
 
 def evaluate(text: str, new: dict[str, Any] | None = None, **old: Any) -> Any:
     return parse_expression(text).evaluate(FakeRow(new, old))
@@ -374,7 +378,7 @@ def test_string_writes_every_digit_and_a_stable_form(value: Any, text: str) -> N
         ("a + 1", 2, "unexpected character '+'"),
         ("-a", 0, "arithmetic is not supported"),
         ("1e5", 1, "unexpected 'e5'"),
-        ("x.y", 1, "attribute access is not supported"),
+        ('"x".y', 3, "only new.<column>, old.<column> and <lookup>.<column>"),
         ("new.x.y", 5, "unexpected '.'"),
         ("new.", 4, "expected a column name after 'new.', found end of expression"),
         ("old.(a)", 4, "expected a column name after 'old.'"),
@@ -413,9 +417,7 @@ def test_unknown_function_lists_every_known_one() -> None:
         "eval('1')",
         "exec('x = 1')",
         "getattr(x, 'y')",
-        "x.__class__",
         "status.__class__.__mro__",
-        "lower.__globals__",
         "new.__dict__.x",
         "open('/etc/passwd')",
         "[1, 2]",
