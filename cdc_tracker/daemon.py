@@ -26,6 +26,7 @@ from cdc_tracker.errors import (
     SlotLost,
     SourceUnavailable,
 )
+from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.model import Call, Change, DeadLetter, Lsn, TableInfo
@@ -137,7 +138,7 @@ class Daemon:
             self.store.ensure_schema()
             self.checkpoint = self.checkpoints.load()
         state = self._ensure_slot(slot)
-        catalog = read_catalog(conn, slot.tables)
+        catalog = read_catalog(conn, self.rulebook.schema_tables)
         problems = check_schema(self.rulebook, catalog)
         if problems:
             raise RulebookError(problems)
@@ -220,7 +221,10 @@ class Daemon:
         schema = SchemaView(
             catalog, lambda table: read_catalog(conn, [table]).get(table)
         )
-        return Mapper(self.rulebook, namespace, schema)
+        if self.mapper.lookups is not None:  # a reload replaces the mapper
+            self.mapper.lookups.close()
+        lookups = Lookups.for_rulebook(self.rulebook, self.settings.require_dsn())
+        return Mapper(self.rulebook, namespace, schema, lookups=lookups)
 
     def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
         conn = connect(self.settings.require_dsn())
@@ -240,6 +244,8 @@ class Daemon:
         return True
 
     def _close(self) -> None:
+        if self.mapper.lookups is not None:
+            self.mapper.lookups.close()
         for conn in self._connections:
             conn.close()
         self._connections.clear()
