@@ -25,7 +25,7 @@ create table kinds (
   t text, v varchar(10), c char(3), u uuid, m mood, p price,
   tstz timestamptz, ts timestamp, day date, forever date,
   j json, jb jsonb, tags text[], nums integer[], grid integer[], pairs text[],
-  ninf numeric, tinf timestamptz, bc date, far date, nul json
+  ninf numeric, tinf timestamptz, bc date, far date, nul json, wide numeric
 );
 """
 
@@ -34,7 +34,7 @@ COLUMNS = [
     "t", "v", "c", "u", "m", "p",
     "tstz", "ts", "day", "forever",
     "j", "jb", "tags", "nums", "grid", "pairs",
-    "ninf", "tinf", "bc", "far", "nul",
+    "ninf", "tinf", "bc", "far", "nul", "wide",
 ]  # fmt: skip
 
 ROW = """
@@ -48,7 +48,8 @@ insert into kinds values (
   '{"a": [1, 2.50, {"b": null}], "n": 12345678901234567890.5, "a": "dup"}',
   '{"z": {"deep": [true, false, 1e-7]}, "n": 0.000000001}',
   '{a,NULL,"NULL",""}', '{1,2,-3}', '{{1,2},{3,4}}', '{{"a,b","c\\"d"},{NULL,e}}',
-  '-Infinity', 'infinity', '0044-03-15 BC', '12345-01-01', '{"k\\u0000": "a\\u0000b"}'
+  '-Infinity', 'infinity', '0044-03-15 BC', '12345-01-01', '{"k\\u0000": "a\\u0000b"}',
+  -123456789012345678901234567890
 )
 """
 
@@ -107,6 +108,7 @@ def test_every_type_arrives_converted_by_its_declared_type(
     assert b'"r":3.25' in raw
     assert b'"d":2.718281828459045' in raw
     assert b'"huge":9007199254740993' in raw  # beyond 2^53: not through a float
+    assert b'"wide":-123456789012345678901234567890' in raw  # beyond 64 bits
     assert traits["i"] == -42
     assert traits["b"] is True
 
