@@ -165,7 +165,7 @@ class Daemon:
         path = self.settings.rulebook
         try:
             rulebook = load_rulebook(path)
-            catalog = read_catalog(self.slot.conn, sorted(rulebook.tables))
+            catalog = read_catalog(self.slot.conn, rulebook.schema_tables)
             problems = check_schema(rulebook, catalog)
             if problems:
                 raise RulebookError(problems)
