@@ -258,7 +258,8 @@ def _retry_report(report: RetryReport, slot: str, dry_run: bool) -> str:
         return f"no dead letters to retry for slot '{slot}'\n"
     done = "would be delivered" if dry_run else "delivered"
     parts = [
-        f"{report.delivered} {done} ({report.calls} calls)",
+        f"{report.delivered} {done} ({report.calls} call"
+        f"{'s' if report.calls != 1 else ''})",
         f"{len(report.still_dead)} still dead",
     ]
     if report.no_call:
