@@ -4,10 +4,14 @@ The slot itself says how far it was advanced, but not when that commit happened,
 and it says nothing once dropped. The checkpoint remembers both, so that a lost
 slot is reported with what to backfill (``replay --since`` the commit time), and a
 missing slot is recreated only when the operator asks for it.
+
+The same row keeps what ``cdc-tracker status`` shows: calls and batches shipped in
+total and in the last two clock minutes, and when the daemon was last caught up.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,13 +30,49 @@ CREATE TABLE IF NOT EXISTS cdc_tracker.checkpoints (
 );
 """
 
+# Added after the first release, for ``cdc-tracker status``.
+_UPGRADE_SQL = """
+ALTER TABLE cdc_tracker.checkpoints
+    ADD COLUMN IF NOT EXISTS calls_total bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS batches_total bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS minute_at timestamptz,
+    ADD COLUMN IF NOT EXISTS minute_calls bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS previous_minute_calls bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS caught_up_at timestamptz;
+"""
+
+_UPGRADED_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
+    "WHERE table_schema = 'cdc_tracker' AND table_name = 'checkpoints' "
+    "AND column_name = 'caught_up_at')"
+)
+
+# Calls are counted per clock minute (UTC): the minute being filled and the one
+# before it, so that status can show the last whole minute.
 _SAVE_SQL = """
-INSERT INTO cdc_tracker.checkpoints (slot, commit_lsn, commit_time)
-VALUES (%s, %s::pg_lsn, %s)
+INSERT INTO cdc_tracker.checkpoints AS c
+    (slot, commit_lsn, commit_time, calls_total, batches_total, minute_at,
+     minute_calls)
+VALUES (%(slot)s, %(lsn)s::pg_lsn, %(time)s, %(calls)s, %(batches)s,
+        date_trunc('minute', now()), %(calls)s)
 ON CONFLICT (slot) DO UPDATE
 SET commit_lsn = excluded.commit_lsn, commit_time = excluded.commit_time,
-    updated_at = now()
+    updated_at = now(),
+    calls_total = c.calls_total + excluded.calls_total,
+    batches_total = c.batches_total + excluded.batches_total,
+    previous_minute_calls = CASE
+        WHEN c.minute_at = excluded.minute_at THEN c.previous_minute_calls
+        WHEN c.minute_at = excluded.minute_at - interval '1 minute'
+            THEN c.minute_calls
+        ELSE 0 END,
+    minute_calls = CASE
+        WHEN c.minute_at = excluded.minute_at
+            THEN c.minute_calls + excluded.minute_calls
+        ELSE excluded.minute_calls END,
+    minute_at = excluded.minute_at
 """
+
+CAUGHT_UP_EVERY = 15.0  # seconds between two caught-up marks
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +89,25 @@ class Checkpoint:
 class CheckpointStore:
     """Reads and writes the checkpoint of one slot."""
 
-    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], slot: str) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[tuple[object, ...]],
+        slot: str,
+        *,
+        caught_up_every: float = CAUGHT_UP_EVERY,
+    ) -> None:
         self.conn = conn
         self.slot = slot
+        self.caught_up_every = caught_up_every
+        self._caught_up_marked = -float("inf")
 
     def ensure_schema(self) -> None:
+        """Create the table, or bring one made by an older version up to date."""
         with translate_errors(self.slot):
             self.conn.execute(SCHEMA_SQL)
+            row = self.conn.execute(_UPGRADED_SQL).fetchone()
+            if not (row and row[0]):
+                self.conn.execute(_UPGRADE_SQL)
 
     def load(self) -> Checkpoint | None:
         with translate_errors(self.slot):
@@ -70,12 +122,36 @@ class CheckpointStore:
         assert isinstance(commit_time, datetime)
         return Checkpoint(Lsn.parse(str(lsn)), commit_time)
 
-    def save(self, checkpoint: Checkpoint) -> None:
+    def save(self, checkpoint: Checkpoint, *, calls: int = 0, batches: int = 0) -> None:
+        """Record the checkpoint, adding ``calls`` and ``batches`` shipped since the
+        previous save to the totals (and to the current minute's calls)."""
+        params = {
+            "slot": self.slot,
+            "lsn": str(checkpoint.commit_lsn),
+            "time": checkpoint.commit_time,
+            "calls": calls,
+            "batches": batches,
+        }
+        with translate_errors(self.slot):
+            self.conn.execute(_SAVE_SQL, params)
+
+    def mark_caught_up(self) -> bool:
+        """Note that every commit up to now was handled; returns whether it wrote.
+
+        Writes at most once per ``caught_up_every`` seconds (each write is WAL the
+        slot reads past), and only once a checkpoint row exists.
+        """
+        now = time.monotonic()
+        if now - self._caught_up_marked < self.caught_up_every:
+            return False
         with translate_errors(self.slot):
             self.conn.execute(
-                _SAVE_SQL,
-                (self.slot, str(checkpoint.commit_lsn), checkpoint.commit_time),
+                "UPDATE cdc_tracker.checkpoints SET caught_up_at = now() "
+                "WHERE slot = %s",
+                (self.slot,),
             )
+        self._caught_up_marked = now
+        return True
 
     def forget(self) -> None:
         with translate_errors(self.slot):
