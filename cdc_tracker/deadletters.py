@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from cdc_tracker.destination.encode import widen_big_ints
 from cdc_tracker.errors import CdcTrackerError, SourceError
 from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.source.slot import translate_errors
@@ -303,11 +304,15 @@ def _stored(row: tuple[Any, ...]) -> StoredLetter:
 def to_json(value: Any, option: int = 0) -> str:
     """JSON text with exact decimals, as stored in jsonb (NUL cannot be)."""
     # The reason column already says what went wrong with a value.
-    text = orjson.dumps(value, default=_exact, option=option).decode()
-    return _NUL.sub(r"\1", text)
+    try:
+        encoded = orjson.dumps(value, default=_exact, option=option)
+    except orjson.JSONEncodeError:
+        # A numeric without a fraction decoded to an int beyond 64 bits.
+        encoded = orjson.dumps(widen_big_ints(value), default=_exact, option=option)
+    return _NUL.sub(r"\1", encoded.decode())
 
 
-def _exact(value: object) -> orjson.Fragment:
-    if isinstance(value, Decimal) and value.is_finite():
-        return orjson.Fragment(str(value))
+def _exact(value: object) -> orjson.Fragment | str:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value)) if value.is_finite() else str(value)
     raise TypeError(f"cannot store a value of type {type(value).__name__}")

@@ -40,7 +40,7 @@ def encode_call(call: Call) -> bytes:
             raise ValueError(f"call {call.message_id}: {_reason(exc)}") from exc
     # Rare: a numeric without a fraction decoded to an int beyond 64 bits.
     try:
-        return _dumps(_widen_big_ints(payload))
+        return _dumps(widen_big_ints(payload))
     except orjson.JSONEncodeError as exc:
         raise ValueError(f"call {call.message_id}: {_reason(exc)}") from exc
 
@@ -95,11 +95,12 @@ def _reason(exc: orjson.JSONEncodeError) -> str:
     return str(cause) if isinstance(cause, ValueError | TypeError) else str(exc)
 
 
-def _widen_big_ints(value: Any) -> Any:
+def widen_big_ints(value: Any) -> Any:
+    """``value`` with integers beyond 64 bits as exact JSON fragments for orjson."""
     if isinstance(value, dict):
-        return {key: _widen_big_ints(item) for key, item in value.items()}
+        return {key: widen_big_ints(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_widen_big_ints(item) for item in value]
+        return [widen_big_ints(item) for item in value]
     if (
         isinstance(value, int)
         and not isinstance(value, bool)

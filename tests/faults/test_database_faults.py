@@ -143,13 +143,6 @@ class _CutOnFirstChange:
         self.inner(*args)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: after a lost connection the daemon keeps the calls and "
-    "dead letters it mapped before the failure (Daemon.calls/.dead are not cleared "
-    "on reconnect), so the re-read window sends every call twice in one request "
-    "and stores every dead letter twice",
-)
 def test_connection_lost_mid_window_maps_the_window_once(
     db: str, receiver: FakeRudderStack, tmp_path: Path
 ) -> None:
