@@ -1,0 +1,70 @@
+"""``cdc-tracker check --dsn`` on a rulebook with lookups, run as the console script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.test_cli_check import cdc_tracker
+
+RULEBOOK = """\
+version: 1
+tables:
+  public.payouts:
+    user_id: merchant.shop_domain
+    lookups:
+      merchant:
+        table: public.merchants
+        key: {id: merchant_id}
+      owner:
+        table: public.owners
+        key: {id: merchant_id}
+track:
+  - event: Payout Fetched
+    table: public.payouts
+    on: insert
+    properties:
+      plan: merchant.plan
+"""
+
+
+def test_check_with_dsn_names_the_missing_lookup_table_and_column(
+    db: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "lookups.yaml"
+    path.write_text(RULEBOOK)
+    done = cdc_tracker("check", path, "--dsn", db)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.removeprefix("cdc-tracker: ").splitlines() == [
+        f"{path}:9: lookup 'owner': table 'public.owners' does not exist",
+        f"{path}:17: properties.plan: column 'plan' of lookup 'merchant' is not in "
+        "public.merchants; did you mean 'plan_name'?",
+    ]
+
+
+def test_check_with_dsn_accepts_a_fitting_lookup(db: str, tmp_path: Path) -> None:
+    path = tmp_path / "lookups.yaml"
+    text = RULEBOOK.replace("merchant.plan\n", "merchant.plan_name\n")
+    path.write_text(
+        text.replace(
+            "      owner:\n        table: public.owners\n"
+            "        key: {id: merchant_id}\n",
+            "",
+        )
+    )
+    done = cdc_tracker("check", path, "--dsn", db)
+    assert done.returncode == 0, done.stderr
+    assert "ok (structure, expressions and the live schema): 1 tables, 1 rules" in (
+        done.stdout
+    )
+
+
+def test_check_without_dsn_refuses_an_undeclared_lookup(tmp_path: Path) -> None:
+    path = tmp_path / "lookups.yaml"
+    path.write_text(RULEBOOK.replace("merchant.plan\n", "merchnt.plan\n"))
+    done = cdc_tracker("check", path)
+    assert done.returncode == 2
+    assert done.stderr.removeprefix("cdc-tracker: ").splitlines() == [
+        f"{path}:17: properties.plan: 'merchnt.plan' names no lookup; "
+        "did you mean 'merchant'?"
+    ]
