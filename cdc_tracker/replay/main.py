@@ -1,0 +1,70 @@
+"""Wire a replay together for the CLI: settings -> rulebook -> plan -> replay."""
+
+from __future__ import annotations
+
+import threading
+from typing import IO
+
+import structlog
+
+from cdc_tracker.destination.rudderstack import RudderStackClient
+from cdc_tracker.replay.plan import Plan, make_plan
+from cdc_tracker.replay.runner import Replay, ReplayOptions, ReplayResult
+from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.settings import Settings
+from cdc_tracker.shipping import DestinationShipper, PrintShipper
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK, EXIT_INTERRUPTED = 0, 130
+
+
+def run_replay(
+    settings: Settings,
+    options: ReplayOptions,
+    stop: threading.Event,
+    *,
+    out: IO[str],
+    err: IO[str],
+) -> int:
+    """Replay as asked and return the exit code: 0 done, 130 stopped (resumable).
+
+    The plan (tables read, rules skipped and why) goes to ``err`` before anything
+    is read; dry-run calls go to ``out`` as JSON lines. Raises ``ConfigError``
+    (exit 2) or another ``CdcTrackerError`` (exit 1) as ``Replay.run`` does.
+    """
+    plan = make_plan(load_rulebook(settings.rulebook), options.tables, options.rules)
+    _report_plan(plan, err)
+    settings.require_dsn()
+    progress = err if err.isatty() else None
+    if options.dry_run:
+        replay = Replay(settings, plan, PrintShipper(out), stop, options)
+        result = replay.run()
+    else:
+        with RudderStackClient(settings.destination_settings()) as client:
+            shipper = DestinationShipper(client)
+            replay = Replay(
+                settings, plan, shipper, stop, options, progress_out=progress
+            )
+            result = replay.run()
+    err.write(summary(result) + "\n")
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+def _report_plan(plan: Plan, err: IO[str]) -> None:
+    for line in plan.report():
+        err.write(line + "\n")
+    for item in plan.skipped:
+        log.info("rule skipped", rule=item.rule, table=item.table, reason=item.reason)
+
+
+def summary(result: ReplayResult) -> str:
+    """One line for the operator: what was sent, how fast, what next."""
+    line = (
+        f"replayed {result.rows:,} rows: {result.calls:,} calls, "
+        f"{result.dead_letters:,} dead letters in {result.elapsed:.1f} s "
+        f"({result.rows_per_s:,.0f} rows/s)"
+    )
+    if result.interrupted:
+        line += "; interrupted: continue with the same command and --resume"
+    return line

@@ -1,0 +1,157 @@
+"""What a replay runs: the rules a snapshot can honestly derive, and the tables.
+
+A replay sees each row as it is now, as if it had just been inserted. Rules that
+fire on insert and read only the new row can run; a rule that fires only on update
+or delete, or reads the old row (``old.x``, ``changed(x)``), needs history that a
+snapshot does not have, so it is skipped and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdc_tracker.errors import ConfigError
+from cdc_tracker.mapping.values import base_type
+from cdc_tracker.model import Action, TableInfo
+from cdc_tracker.rules.rulebook import Rule, Rulebook, qualify
+
+CURSOR_TYPES = ("timestamp with time zone", "timestamp without time zone")
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A rule the replay leaves out, and why (a sentence for the operator)."""
+
+    rule: str
+    table: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Plan:
+    """The rules to run (as a rulebook of their own), the tables to read, the rest."""
+
+    rulebook: Rulebook
+    tables: list[str]
+    skipped: list[Skipped]
+
+    def report(self) -> list[str]:
+        """One line per table read and per rule skipped, for the operator."""
+        lines = []
+        for table in self.tables:
+            names = [rule.id for rule in self.rulebook.rules if rule.table == table]
+            lines.append(f"replaying {table}: {', '.join(names)}")
+        lines += [
+            f"skipped rule '{item.rule}' ({item.table}): {item.reason}"
+            for item in self.skipped
+        ]
+        return lines
+
+
+def skip_reason(rule: Rule) -> str | None:
+    """Why a snapshot cannot run ``rule``, or ``None`` when it can."""
+    if Action.INSERT not in rule.on:
+        actions = " and ".join(sorted(action.value for action in rule.on))
+        return (
+            f"fires on {actions} only; a snapshot holds rows, not the {actions}s "
+            "that changed them"
+        )
+    if rule.needs_old:
+        return "reads the old row (old. or changed()); a snapshot has no history"
+    return None
+
+
+def make_plan(
+    rulebook: Rulebook, tables: tuple[str, ...] = (), rules: tuple[str, ...] = ()
+) -> Plan:
+    """Select rules by ``--table`` and ``--rule``; raise ``ConfigError`` on a bad pick.
+
+    Naming an unknown table or rule, or a rule that cannot be replayed, is an
+    error; so is a selection that leaves nothing to run.
+    """
+    wanted = {qualify(name) for name in tables}
+    unknown = sorted(wanted - set(rulebook.tables))
+    if unknown:
+        raise ConfigError(
+            f"--table {', '.join(unknown)}: not a table of the rulebook",
+            hint=f"tracked tables: {', '.join(sorted(rulebook.tables))}",
+        )
+    candidates = [r for r in rulebook.rules if not wanted or r.table in wanted]
+    if rules:
+        candidates = _picked(candidates, rules, rulebook)
+    runnable, skipped = [], []
+    for rule in candidates:
+        reason = skip_reason(rule)
+        if reason is None:
+            runnable.append(rule)
+        else:
+            skipped.append(Skipped(rule.id, rule.table, reason))
+    if not runnable:
+        raise ConfigError(
+            "nothing to replay: no selected rule fires on insert from the new row",
+            hint="see the skipped rules above, or choose others with --table/--rule",
+        )
+    read = sorted({rule.table for rule in runnable})
+    subset = Rulebook(
+        rulebook.path,
+        rulebook.version,
+        rulebook.timezone,
+        {name: rulebook.tables[name] for name in read},
+        runnable,
+    )
+    return Plan(subset, read, skipped)
+
+
+def _picked(
+    candidates: list[Rule], names: tuple[str, ...], book: Rulebook
+) -> list[Rule]:
+    by_id = {rule.id: rule for rule in candidates}
+    unknown = [name for name in names if name not in by_id]
+    if unknown:
+        known = ", ".join(repr(rule.id) for rule in candidates) or "none"
+        raise ConfigError(
+            f"--rule {', '.join(map(repr, unknown))}: no such rule in {book.path}"
+            " (within the --table selection)",
+            hint=f"rules: {known}",
+        )
+    picked = [by_id[name] for name in dict.fromkeys(names)]
+    refused = [(r.id, reason) for r in picked if (reason := skip_reason(r))]
+    if refused:
+        rule_id, reason = refused[0]
+        raise ConfigError(f"rule '{rule_id}' cannot be replayed: it {reason}")
+    return picked
+
+
+def check_tables(plan: Plan, catalog: dict[str, TableInfo]) -> None:
+    """Raise ``ConfigError`` listing every table a replay cannot page through.
+
+    Each table needs a ``cursor`` in the rulebook naming a timestamp column, and a
+    primary key (the second half of the page order, and the insert messageIds).
+    """
+    problems = []
+    book = plan.rulebook
+    for name in plan.tables:
+        spec = book.tables[name]
+        where = f"{book.path}:{spec.line}"
+        info = catalog.get(name)
+        if spec.cursor is None:
+            problems.append(f"{where}: table {name} has no 'cursor' to replay by")
+        elif info is None:
+            problems.append(f"{where}: table {name} does not exist in the database")
+        elif spec.cursor not in info.columns:
+            problems.append(
+                f"{where}: cursor column '{spec.cursor}' is not in table {name}"
+            )
+        elif base_type(info.columns[spec.cursor]) not in CURSOR_TYPES:
+            problems.append(
+                f"{where}: cursor column '{spec.cursor}' of {name} is "
+                f"{info.columns[spec.cursor]}, not a timestamp"
+            )
+        elif not info.key:
+            problems.append(f"{where}: table {name} has no primary key to page by")
+    if problems:
+        raise ConfigError(
+            "cannot replay:\n" + "\n".join(problems),
+            hint="set 'cursor: <timestamp column>' under the table in the rulebook "
+            "(e.g. updated_at), or leave the table out with --table",
+        )

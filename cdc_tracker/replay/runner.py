@@ -1,0 +1,290 @@
+"""The replay loop: read a page, map it, ship it, remember where it stopped.
+
+``Replay.run`` reads each planned table through its cursor, one keyset page at a
+time, maps every row as an insert and ships the calls (paced by ``--rate``). Only
+once a page's calls are acknowledged and its dead letters stored is its last row
+recorded for ``--resume``: an interruption costs at most one page sent twice, with
+the same messageIds. No replication slot is read, advanced or locked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import psycopg
+import structlog
+from psycopg_pool import ConnectionPool
+
+from cdc_tracker.deadletters import DeadLetterStore
+from cdc_tracker.errors import ConfigError, RulebookError
+from cdc_tracker.mapping.mapper import Mapper
+from cdc_tracker.model import Call, DeadLetter, TableInfo
+from cdc_tracker.replay.changes import ChangeMaker
+from cdc_tracker.replay.pacing import Pacer
+from cdc_tracker.replay.plan import Plan, check_tables
+from cdc_tracker.replay.progress import Progress
+from cdc_tracker.replay.reader import TableReader, open_pool
+from cdc_tracker.replay.resume import JobState, StateStore, job_id
+from cdc_tracker.replay.window import Window, make_window
+from cdc_tracker.rules.schema import check_schema
+from cdc_tracker.settings import Settings
+from cdc_tracker.shipping import Outcome, Shipper
+from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.source.slot import connect, translate_errors
+
+log = structlog.get_logger(__name__)
+
+PAGE_ROWS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    """What the command line asked for (see ``cdc-tracker replay --help``)."""
+
+    since: str | None = None
+    until: str | None = None
+    tables: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    dry_run: bool = False
+    rate: float | None = None
+    resume: bool = False
+    page_rows: int = PAGE_ROWS
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    """What a replay did. ``interrupted``: stopped early, resumable."""
+
+    window: Window | None = None
+    rows: int = 0
+    calls: int = 0
+    dead_letters: int = 0
+    elapsed: float = 0.0
+    interrupted: bool = False
+    per_table: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class Replay:
+    """One replay run over a plan; ``run`` holds the failure contract."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        plan: Plan,
+        shipper: Shipper,
+        stop: threading.Event,
+        options: ReplayOptions,
+        *,
+        progress_out: IO[str] | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.shipper = shipper
+        self.stop = stop
+        self.options = options
+        self.progress_out = progress_out
+        self.now = now or datetime.now(UTC)
+        self.pacer = Pacer(options.rate, settings.batch_calls, stop)
+        self.result = ReplayResult()
+        self.job = ""
+        self.mapper: Mapper | None = None
+
+    def run(self) -> ReplayResult:
+        """Replay the plan's tables; returns early (``interrupted``) once stopped.
+
+        Raises ``ConfigError`` for a bad window, a table the replay cannot page
+        through or a rulebook that does not fit the schema (all before anything is
+        sent), and ``SourceError`` or ``DeliveryError`` when it cannot go on;
+        what was acknowledged until then is kept for ``--resume``.
+        """
+        window = None if self.options.resume else self._window()
+        catalog, namespace = self._preflight()
+        self.mapper = Mapper(self.plan.rulebook, namespace, None)
+        self.job = job_id(namespace, self.options.tables, self.options.rules)
+        started = time.perf_counter()
+        with open_pool(self.settings.require_dsn()) as pool, translate_errors("-"):
+            pool.wait(timeout=self.settings.http_timeout)
+            state = self._state(StateStore(pool), window)
+            self.result.window = state.window
+            self._replay(pool, catalog, state)
+        self.result.elapsed = time.perf_counter() - started
+        log.info(
+            "replay interrupted" if self.result.interrupted else "replay finished",
+            rows=self.result.rows,
+            calls=self.result.calls,
+            dead_letters=self.result.dead_letters,
+            elapsed_ms=round(self.result.elapsed * 1000),
+        )
+        return self.result
+
+    def _window(self) -> Window:
+        if not self.options.since:
+            raise ConfigError(
+                "replay needs --since (a time or an age such as 7d)",
+                hint="or --resume to continue an interrupted replay",
+            )
+        return make_window(self.options.since, self.options.until, self.now)
+
+    def _preflight(self) -> tuple[dict[str, TableInfo], str]:
+        with connect(self.settings.require_dsn()) as conn:
+            catalog = read_catalog(conn, self.plan.tables)
+            dbname = conn.info.dbname
+        problems = check_schema(self.plan.rulebook, catalog)
+        if problems:
+            raise RulebookError(problems)
+        check_tables(self.plan, catalog)
+        # The daemon's namespace, so that insert-triggered calls keep their ids.
+        return catalog, self.settings.namespace or f"{dbname}/{self.settings.slot}"
+
+    def _state(self, store: StateStore, window: Window | None) -> JobState:
+        if window is not None:
+            if self.options.dry_run:
+                return JobState(self.job, window)
+            return store.start(self.job, self._selection(), window)
+        state = store.load(self.job)
+        if state is None:
+            raise ConfigError(
+                "nothing to resume: no interrupted replay of this selection "
+                f"({self._selection()})",
+                hint="start one with --since; --resume takes the same --table and "
+                "--rule as the replay it continues",
+            )
+        log.info(
+            "resuming replay", since=state.window.since.isoformat(), rows=state.rows
+        )
+        return state
+
+    def _selection(self) -> dict[str, Any]:
+        return {"tables": list(self.options.tables), "rules": list(self.options.rules)}
+
+    def _replay(
+        self, pool: ConnectionPool, catalog: dict[str, TableInfo], state: JobState
+    ) -> None:
+        readers = {name: self._reader(pool, catalog[name]) for name in self.plan.tables}
+        bounds = {
+            name: state.window.bounds_for(
+                catalog[name].columns[reader.cursor], self.plan.rulebook.timezone
+            )
+            for name, reader in readers.items()
+        }
+        total = sum(
+            readers[name].count(*bounds[name])
+            for name in self.plan.tables
+            if name not in state.finished
+        )
+        progress = Progress(total, self.progress_out)
+        log.info(
+            "replay started",
+            tables=len(readers),
+            rules=len(self.plan.rulebook.rules),
+            since=state.window.since.isoformat(),
+            until=state.window.until.isoformat(),
+            rows=total,
+        )
+        store = None if self.options.dry_run else StateStore(pool)
+        for name, reader in readers.items():
+            if name in state.finished:
+                continue
+            if not self._table(reader, bounds[name], state, store, progress):
+                self.result.interrupted = True
+                break
+            state.finished.add(name)
+        if store is not None and not self.result.interrupted:
+            store.save(state, finished=True)
+        progress.finish(self.plan.tables[-1])
+
+    def _reader(self, pool: ConnectionPool, info: TableInfo) -> TableReader:
+        cursor = self.plan.rulebook.tables[info.name].cursor
+        assert cursor is not None  # check_tables refused tables without one
+        reader = TableReader(pool, info, cursor, self.options.page_rows)
+        if not reader.cursor_indexed():
+            log.warning(
+                "no index leads with the cursor column: every page scans the table",
+                table=info.name,
+                column=cursor,
+            )
+        return reader
+
+    def _table(
+        self,
+        reader: TableReader,
+        bounds: tuple[str, str],
+        state: JobState,
+        store: StateStore | None,
+        progress: Progress,
+    ) -> bool:
+        """Replay one table from its saved position; False when stopped."""
+        name = reader.info.name
+        maker = ChangeMaker(
+            reader.info, reader.type_oids(), reader.cursor, self.plan.rulebook.timezone
+        )
+        ordinal = state.rows
+        for page in reader.pages(*bounds, state.positions.get(name)):
+            calls: list[Call] = []
+            dead: list[DeadLetter] = []
+            for row in page:
+                ordinal += 1
+                self.mapper.map(maker.change(row, ordinal), calls, dead)  # type: ignore[union-attr]
+            outcome = self._ship(calls)
+            if outcome.interrupted:
+                return False
+            self._store_dead(reader.pool, dead + outcome.dead_letters)
+            state.positions[name] = reader.position(page[-1])
+            state.rows += len(page)
+            state.calls += outcome.delivered
+            if store is not None:
+                store.save(state)
+            self._count(name, len(page), outcome, len(dead))
+            progress.advance(len(page), name)
+            if self.stop.is_set():
+                return False
+        return True
+
+    def _ship(self, calls: list[Call]) -> Outcome:
+        """Ship ``calls`` paced by ``--rate``; ``interrupted`` unless all handled."""
+        total = Outcome()
+        handled = 0
+        for chunk in self.pacer.chunks(calls):
+            outcome = self.shipper.ship(chunk, self.stop)
+            total.delivered += outcome.delivered
+            total.bytes += outcome.bytes
+            total.dead_letters += outcome.dead_letters
+            if outcome.interrupted:
+                break
+            handled += len(chunk)
+        total.interrupted = handled < len(calls)
+        return total
+
+    def _store_dead(self, pool: ConnectionPool, dead: list[DeadLetter]) -> None:
+        for letter in dead:
+            log.warning(
+                "dead letter",
+                table=letter.table,
+                rule=letter.rule,
+                reason=letter.reason,
+            )
+        if dead and not self.options.dry_run:
+            with translate_errors("-"), pool.connection() as conn:
+                letters = DeadLetterStore(_plain(conn), self.settings.slot)
+                letters.ensure_schema()
+                letters.save(dead)
+
+    def _count(self, table: str, rows: int, outcome: Outcome, mapped_dead: int) -> None:
+        result = self.result
+        result.rows += rows
+        result.calls += outcome.delivered
+        result.dead_letters += mapped_dead + len(outcome.dead_letters)
+        result.per_table[table] = result.per_table.get(table, 0) + rows
+
+
+def _plain(conn: psycopg.Connection[Any]) -> psycopg.Connection[tuple[object, ...]]:
+    return conn
