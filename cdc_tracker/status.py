@@ -316,7 +316,10 @@ def _shipping_rows(status: Status) -> list[tuple[str, str]]:
         return [("oldest unshipped", oldest), ("last batch", "none shipped yet")]
     totals = ""
     if shipping.calls_total is not None:
-        totals = f"; {shipping.calls_total} calls in {shipping.batches_total} batches"
+        totals = (
+            f"; {shipping.calls_total} calls in {shipping.batches_total} batches "
+            "in total"
+        )
     per_minute = shipping.calls_last_minute
     return [
         ("oldest unshipped", oldest),
@@ -325,7 +328,11 @@ def _shipping_rows(status: Status) -> list[tuple[str, str]]:
             f"shipped {_age(now - shipping.shipped_at)} ago, up to commit "
             f"{shipping.commit_lsn} of {shipping.commit_time.isoformat()}",
         ),
-        ("calls/minute", f"{'-' if per_minute is None else per_minute}{totals}"),
+        (
+            "calls/minute",
+            f"{'-' if per_minute is None else per_minute} in the last whole "
+            f"minute{totals}",
+        ),
     ]
 
 
