@@ -15,7 +15,6 @@ messageId; they label dead letters.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime, tzinfo
 from decimal import Decimal
@@ -29,13 +28,17 @@ from cdc_tracker.replay.reader import Row
 NUMBER_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})
 BOOL_OID = 16
 
-_decode = json.JSONDecoder(parse_float=Decimal).decode
 _NOT_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
 _ZERO = Lsn(0)
 
 
 def _number(text: str) -> Any:
-    return None if text in _NOT_FINITE else _decode(text)
+    # What json's decoder makes of the bare number: int, or Decimal of its text.
+    if text in _NOT_FINITE:
+        return None
+    if "." in text or "e" in text or "E" in text:
+        return Decimal(text)
+    return int(text)
 
 
 def _boolean(text: str) -> Any:

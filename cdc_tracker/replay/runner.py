@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -27,7 +28,7 @@ from cdc_tracker.replay.changes import ChangeMaker
 from cdc_tracker.replay.pacing import Pacer
 from cdc_tracker.replay.plan import Plan, check_tables
 from cdc_tracker.replay.progress import Progress
-from cdc_tracker.replay.reader import TableReader, open_pool
+from cdc_tracker.replay.reader import Position, Row, TableReader, open_pool
 from cdc_tracker.replay.resume import JobState, StateStore, job_id
 from cdc_tracker.replay.window import Window, make_window
 from cdc_tracker.rules.schema import check_schema
@@ -53,6 +54,18 @@ class ReplayOptions:
     rate: float | None = None
     resume: bool = False
     page_rows: int = PAGE_ROWS
+
+
+@dataclass(slots=True)
+class _Page:
+    """A mapped page: its calls and dead letters, and the position after it."""
+
+    table: str
+    rows: int
+    position: Position
+    calls: list[Call] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    sent: Future[Outcome] | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +110,9 @@ class Replay:
         self.result = ReplayResult()
         self.job = ""
         self.mapper: Mapper | None = None
+        self.pool: ConnectionPool | None = None
+        self.store: StateStore | None = None
+        self._ordinal = 0
 
     def run(self) -> ReplayResult:
         """Replay the plan's tables; returns early (``interrupted``) once stopped.
@@ -113,6 +129,7 @@ class Replay:
         started = time.perf_counter()
         with open_pool(self.settings.require_dsn()) as pool, translate_errors("-"):
             pool.wait(timeout=self.settings.http_timeout)
+            self.pool = pool
             state = self._state(StateStore(pool), window)
             self.result.window = state.window
             self._replay(pool, catalog, state)
@@ -190,16 +207,16 @@ class Replay:
             until=state.window.until.isoformat(),
             rows=total,
         )
-        store = None if self.options.dry_run else StateStore(pool)
+        self.store = None if self.options.dry_run else StateStore(pool)
         for name, reader in readers.items():
             if name in state.finished:
                 continue
-            if not self._table(reader, bounds[name], state, store, progress):
+            if not self._table(reader, bounds[name], state, progress):
                 self.result.interrupted = True
                 break
             state.finished.add(name)
-        if store is not None and not self.result.interrupted:
-            store.save(state, finished=True)
+        if self.store is not None and not self.result.interrupted:
+            self.store.save(state, finished=True)
         progress.finish(self.plan.tables[-1])
 
     def _reader(self, pool: ConnectionPool, info: TableInfo) -> TableReader:
@@ -219,34 +236,56 @@ class Replay:
         reader: TableReader,
         bounds: tuple[str, str],
         state: JobState,
-        store: StateStore | None,
         progress: Progress,
     ) -> bool:
-        """Replay one table from its saved position; False when stopped."""
-        name = reader.info.name
+        """Replay one table from its saved position; False when stopped.
+
+        One page is shipped (on a worker thread) while the next one is mapped;
+        a page's position is recorded only once its calls were acknowledged.
+        """
         maker = ChangeMaker(
             reader.info, reader.type_oids(), reader.cursor, self.plan.rulebook.timezone
         )
-        ordinal = state.rows
-        for page in reader.pages(*bounds, state.positions.get(name)):
-            calls: list[Call] = []
-            dead: list[DeadLetter] = []
-            for row in page:
-                ordinal += 1
-                self.mapper.map(maker.change(row, ordinal), calls, dead)  # type: ignore[union-attr]
-            outcome = self._ship(calls)
-            if outcome.interrupted:
+        pending: _Page | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="replay-ship") as sender:
+            for rows in reader.pages(*bounds, state.positions.get(reader.info.name)):
+                page = self._map(maker, reader, rows)
+                if pending is not None and not self._settle(pending, state, progress):
+                    return False
+                page.sent = sender.submit(self._ship, page.calls)
+                pending = page
+                if self.stop.is_set():
+                    break
+            if pending is not None and not self._settle(pending, state, progress):
                 return False
-            self._store_dead(reader.pool, dead + outcome.dead_letters)
-            state.positions[name] = reader.position(page[-1])
-            state.rows += len(page)
-            state.calls += outcome.delivered
-            if store is not None:
-                store.save(state)
-            self._count(name, len(page), outcome, len(dead))
-            progress.advance(len(page), name)
-            if self.stop.is_set():
-                return False
+        return not self.stop.is_set()
+
+    def _map(self, maker: ChangeMaker, reader: TableReader, rows: list[Row]) -> _Page:
+        assert self.mapper is not None
+        page = _Page(reader.info.name, len(rows), reader.position(rows[-1]))
+        for ordinal, row in enumerate(rows, start=self._ordinal + 1):
+            self.mapper.map(maker.change(row, ordinal), page.calls, page.dead)
+        self._ordinal += len(rows)
+        return page
+
+    def _settle(self, page: _Page, state: JobState, progress: Progress) -> bool:
+        """Wait for a page's delivery, then store its dead letters and position."""
+        assert page.sent is not None
+        outcome = page.sent.result()
+        if outcome.interrupted:
+            return False
+        self._store_dead(page.dead + outcome.dead_letters)
+        state.positions[page.table] = page.position
+        state.rows += page.rows
+        state.calls += outcome.delivered
+        if self.store is not None:
+            self.store.save(state)
+        progress.advance(page.rows, page.table)
+        result = self.result
+        result.rows += page.rows
+        result.calls += outcome.delivered
+        result.dead_letters += len(page.dead) + len(outcome.dead_letters)
+        result.per_table[page.table] = result.per_table.get(page.table, 0) + page.rows
         return True
 
     def _ship(self, calls: list[Call]) -> Outcome:
@@ -264,7 +303,7 @@ class Replay:
         total.interrupted = handled < len(calls)
         return total
 
-    def _store_dead(self, pool: ConnectionPool, dead: list[DeadLetter]) -> None:
+    def _store_dead(self, dead: list[DeadLetter]) -> None:
         for letter in dead:
             log.warning(
                 "dead letter",
@@ -273,17 +312,11 @@ class Replay:
                 reason=letter.reason,
             )
         if dead and not self.options.dry_run:
-            with translate_errors("-"), pool.connection() as conn:
+            assert self.pool is not None
+            with translate_errors("-"), self.pool.connection() as conn:
                 letters = DeadLetterStore(_plain(conn), self.settings.slot)
                 letters.ensure_schema()
                 letters.save(dead)
-
-    def _count(self, table: str, rows: int, outcome: Outcome, mapped_dead: int) -> None:
-        result = self.result
-        result.rows += rows
-        result.calls += outcome.delivered
-        result.dead_letters += mapped_dead + len(outcome.dead_letters)
-        result.per_table[table] = result.per_table.get(table, 0) + rows
 
 
 def _plain(conn: psycopg.Connection[Any]) -> psycopg.Connection[tuple[object, ...]]:
