@@ -30,7 +30,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Subcommands living in cdc_tracker/commands/<name>.py, each with
 # register(commands, add_common_options); they import their machinery lazily.
-COMMAND_MODULES: tuple[str, ...] = ("doctor", "replay", "status")
+COMMAND_MODULES: tuple[str, ...] = ("docs", "doctor", "replay", "schema", "status")
 
 _EPILOG = """\
 exit codes:

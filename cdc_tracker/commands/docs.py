@@ -1,0 +1,65 @@
+"""``cdc-tracker docs RULEBOOK``: the tracking plan as a Markdown event dictionary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_EXAMPLES = """\
+examples:
+  cdc-tracker docs config/rulebook.yaml -o TRACKING_PLAN.md
+  cdc-tracker docs config/rulebook.yaml --dsn postgresql://tracker@db/app
+
+Every identify rule (traits) and track rule (properties): its table and the
+columns it reads, its trigger (on) and condition (when), its userId, its
+integrations and description. With --dsn, each trait and property also gets its
+type from the live schema. The output is deterministic: commit it and review
+its diff with the rulebook's.
+
+exit codes:
+  0    written
+  1    the database could not be read
+  2    bad usage, or a rulebook that does not validate
+"""
+
+
+def register(
+    commands: Any, add_common: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """Add ``docs`` to the sub-parsers."""
+    sub = commands.add_parser(
+        "docs",
+        help="write the tracking plan (events, traits, properties) as Markdown",
+        description="Write a Markdown event dictionary from a rulebook.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub.add_argument("rulebook_file", type=Path, metavar="RULEBOOK")
+    sub.add_argument("--dsn", help="read property and trait types from this database")
+    sub.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write here (default stdout)"
+    )
+    sub.set_defaults(handler=_docs)
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from cdc_tracker.docs import render_plan  # noqa: PLC0415 -- keeps --help fast
+    from cdc_tracker.rules.rulebook import load_rulebook  # noqa: PLC0415
+
+    rulebook = load_rulebook(args.rulebook_file)
+    catalog = None
+    if args.dsn:
+        from cdc_tracker.source.catalog import read_catalog  # noqa: PLC0415
+        from cdc_tracker.source.slot import connect  # noqa: PLC0415
+
+        with connect(args.dsn) as conn:
+            catalog = read_catalog(conn, rulebook.schema_tables)
+    text = render_plan(rulebook, catalog)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
