@@ -30,8 +30,26 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_StderrLogger,
         cache_logger_on_first_use=False,
     )
     for noisy in ("httpx", "httpcore", "psycopg", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _StderrLogger:
+    """Writes each line to whatever ``sys.stderr`` is at that moment.
+
+    Binding the stream at configuration time breaks when it is replaced later (a
+    test's captured stderr is closed once the test ends).
+    """
+
+    def __init__(self, *args: object) -> None:
+        del args
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
