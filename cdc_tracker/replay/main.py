@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from typing import IO
 
 import structlog
 
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.replay.plan import Plan, make_plan
-from cdc_tracker.replay.runner import Replay, ReplayOptions, ReplayResult
+from cdc_tracker.replay.runner import Replay, ReplayOptions, ReplayResult, window_of
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import Settings
 from cdc_tracker.shipping import DestinationShipper, PrintShipper
@@ -33,6 +34,8 @@ def run_replay(
     is read; dry-run calls go to ``out`` as JSON lines. Raises ``ConfigError``
     (exit 2) or another ``CdcTrackerError`` (exit 1) as ``Replay.run`` does.
     """
+    if not options.resume:
+        window_of(options, datetime.now(UTC))  # a bad window is refused first
     plan = make_plan(load_rulebook(settings.rulebook), options.tables, options.rules)
     _report_plan(plan, err)
     settings.require_dsn()

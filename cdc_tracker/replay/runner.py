@@ -122,7 +122,7 @@ class Replay:
         sent), and ``SourceError`` or ``DeliveryError`` when it cannot go on;
         what was acknowledged until then is kept for ``--resume``.
         """
-        window = None if self.options.resume else self._window()
+        window = None if self.options.resume else window_of(self.options, self.now)
         catalog, namespace = self._preflight()
         self.mapper = Mapper(self.plan.rulebook, namespace, None)
         self.job = job_id(namespace, self.options.tables, self.options.rules)
@@ -142,14 +142,6 @@ class Replay:
             elapsed_ms=round(self.result.elapsed * 1000),
         )
         return self.result
-
-    def _window(self) -> Window:
-        if not self.options.since:
-            raise ConfigError(
-                "replay needs --since (a time or an age such as 7d)",
-                hint="or --resume to continue an interrupted replay",
-            )
-        return make_window(self.options.since, self.options.until, self.now)
 
     def _preflight(self) -> tuple[dict[str, TableInfo], str]:
         with connect(self.settings.require_dsn()) as conn:
@@ -317,6 +309,16 @@ class Replay:
                 letters = DeadLetterStore(_plain(conn), self.settings.slot)
                 letters.ensure_schema()
                 letters.save(dead)
+
+
+def window_of(options: ReplayOptions, now: datetime) -> Window:
+    """The window ``--since``/``--until`` ask for; raises ``ConfigError``."""
+    if not options.since:
+        raise ConfigError(
+            "replay needs --since (a time or an age such as 7d)",
+            hint="or --resume to continue an interrupted replay",
+        )
+    return make_window(options.since, options.until, now)
 
 
 def _plain(conn: psycopg.Connection[Any]) -> psycopg.Connection[tuple[object, ...]]:
