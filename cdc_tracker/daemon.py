@@ -81,6 +81,7 @@ class Daemon:
         self.dead: list[DeadLetter] = []
         self.shipped: Checkpoint | None = None  # to record after the next advance
         self._commit_times: list[float] = []  # of transactions with calls, unshipped
+        self.unsaved_calls = self.unsaved_batches = 0  # since the last checkpoint
         self._calls_before_commit = 0
 
     def run(self) -> None:
@@ -263,10 +264,13 @@ class Daemon:
         rows = self._read_window(upto, limit)
         if not self._ship():
             return False
-        if rows < limit and not self.stop.is_set():
+        caught_up = rows < limit and not self.stop.is_set()
+        if caught_up:
             # Read to its bound and all acknowledged: nothing below upto is left.
             self.done = max(self.done, upto)
         self._advance(self.done)
+        if caught_up and self.advance_slot and self.checkpoints is not None:
+            self.checkpoints.mark_caught_up()  # for status: nothing was pending
         self.counters.last_progress = time.monotonic()
         return rows >= limit
 
@@ -344,6 +348,8 @@ class Daemon:
             return
         counters.calls += outcome.delivered
         counters.batches += 1
+        self.unsaved_calls += outcome.delivered
+        self.unsaved_batches += 1
         refused = {
             letter.call.get("messageId")
             for letter in outcome.dead_letters
@@ -379,7 +385,10 @@ class Daemon:
         shipped = self.shipped
         if shipped is not None and self.checkpoints is not None:
             # Only after calls went out: a write per idle poll would feed the slot.
-            self.checkpoints.save(shipped)
+            self.checkpoints.save(
+                shipped, calls=self.unsaved_calls, batches=self.unsaved_batches
+            )
+            self.unsaved_calls = self.unsaved_batches = 0
             self.checkpoint, self.shipped = shipped, None
 
 
