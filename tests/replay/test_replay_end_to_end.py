@@ -176,3 +176,40 @@ def test_replay_leaves_the_slot_where_it_was(
     assert code == 0
     assert len(receiver.calls) == 8
     assert slot_position(db) == before
+
+
+def test_rows_a_rule_cannot_map_become_dead_letters_and_the_rest_goes_on(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        "version: 1\ntables:\n  public.merchants:\n    user_id: email\n"
+        "    cursor: updated_at\ntrack:\n  - event: Merchant Installed\n"
+        "    table: public.merchants\n    on: insert\n"
+    )
+    sql(
+        db,
+        "insert into merchants (shop_domain, email) values"
+        " ('a', 'a@x.io'), ('b', null), ('c', 'c@x.io')",
+    )
+    settings = settings_for(db, receiver, rulebook)
+
+    code, _, err = _replay(settings, since="1h")
+
+    assert code == 0
+    assert [call.user_id for call in receiver.calls] == ["a@x.io", "c@x.io"]
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "select slot, table_name, rule, reason, change->'new'->>'shop_domain'"
+            " from cdc_tracker.dead_letters"
+        ).fetchall()
+    assert rows == [
+        (
+            settings.slot,
+            "public.merchants",
+            "Merchant Installed",
+            "user_id (email) is null or empty",
+            "b",
+        )
+    ]
+    assert "1 dead letters" in err
