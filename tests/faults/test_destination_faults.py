@@ -78,16 +78,15 @@ def test_refused_connections_then_a_receiver_on_that_port_gets_everything(
     )
     with running_daemon(settings) as daemon:
         daemon.caught_up()
-        before = slot_position(db)
-        insert_merchants(db, 30)
+        floor = insert_merchants(db, 30)
         wait_until(
             lambda: _stats(daemon).errors_by_status.get("connection", 0) >= 5, 10
         )
-        assert slot_position(db) == before
+        assert slot_position(db) <= floor
         with FakeRudderStack(write_keys=[WRITE_KEY], port=port) as late:
             daemon.caught_up()
             _exactly_once(late, merchant_insert_ids(db, NS))
-    assert slot_position(db) > before
+    assert slot_position(db) > floor
     assert dead_letters(db) == []
 
 
@@ -101,21 +100,20 @@ def test_long_503_outage_stops_reading_and_holds_the_slot(
     )
     with running_daemon(settings) as daemon:
         daemon.caught_up()
-        before = slot_position(db)
         receiver.fail_for(60, status=503)
-        insert_merchants(db, 1_000)
+        floor = insert_merchants(db, 1_000)
         receiver.wait_for_requests(20)
         read_early = daemon.daemon.counters.changes
         time.sleep(1.5)
         read_late = daemon.daemon.counters.changes
         assert read_early == read_late <= settings.window_changes
         assert receiver.calls == []
-        assert slot_position(db) == before
+        assert slot_position(db) <= floor
         receiver.fail_for(0)
         daemon.caught_up(timeout=30)
         assert daemon.daemon.counters.changes == 1_000
     _exactly_once(receiver, merchant_insert_ids(db, NS))
-    assert slot_position(db) > before
+    assert slot_position(db) > floor
 
 
 def test_429_with_retry_after_waits_that_long_between_requests(
@@ -176,12 +174,10 @@ def test_bad_write_key_pauses_loudly_then_recovers_when_the_key_is_accepted(
     ):
         process = group.start(daemon_env(db, slot, receiver.url, NS))
         process.wait_for("reading slot")
-        wait_until(lambda: slot_position(db) >= flush_lsn(db), 10)
-        before = slot_position(db)
-        insert_merchants(db, 3)
+        floor = insert_merchants(db, 3)
         process.wait_for("destination refuses our settings, delivery paused")
         receiver.wait_for_requests(2)
-        assert slot_position(db) == before
+        assert slot_position(db) <= floor
         assert receiver.calls == []
 
         receiver.write_keys.add(WRITE_KEY)

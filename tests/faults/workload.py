@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 
 from cdc_tracker.mapping import ids
+from cdc_tracker.model import Lsn
 from cdc_tracker.testing._rudder_checks import Answer
 from cdc_tracker.testing.rudderstack import FakeRudderStack, ReceivedCall
 from tests.harness import EXAMPLES, WRITE_KEY, wait_until
@@ -162,8 +163,13 @@ class Writer:
         tally.changes += 1
 
 
-def insert_merchants(dsn: str, n: int, per_transaction: int = 50) -> None:
-    """Insert ``n`` merchants in transactions of ``per_transaction`` rows."""
+def insert_merchants(dsn: str, n: int, per_transaction: int = 50) -> Lsn:
+    """Insert ``n`` merchants in transactions of ``per_transaction`` rows.
+
+    Returns a WAL position read inside the first transaction, before its commit:
+    a slot that has not acknowledged these rows stays at or below it.
+    """
+    floor: Lsn | None = None
     with psycopg.connect(dsn, autocommit=True) as conn:
         start = conn.execute("select count(*) from merchants").fetchone()
         assert start is not None
@@ -176,6 +182,14 @@ def insert_merchants(dsn: str, n: int, per_transaction: int = 50) -> None:
                     "currency) values (%s, %s, 'basic', 'EUR')",
                     [(f"s{i}.myshopify.com", f"Owner {i}") for i in range(low, high)],
                 )
+                if floor is None:
+                    row = conn.execute(
+                        "select pg_current_wal_insert_lsn()::text"
+                    ).fetchone()
+                    assert row is not None
+                    floor = Lsn.parse(str(row[0]))
+    assert floor is not None
+    return floor
 
 
 def merchant_insert_ids(dsn: str, namespace: str) -> set[str]:
