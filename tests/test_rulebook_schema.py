@@ -154,15 +154,22 @@ def test_schema_accepts_the_shipped_rulebooks(
     assert list(validator.iter_errors(_document(path))) == []
 
 
-def test_schema_accepts_the_readme_rulebook(
+def _readme_rulebooks() -> list[str]:
+    """The yaml blocks under "The rulebook" in README.md, fragments made whole."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The rulebook", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    return [b if b.startswith("version:") else "version: 1\n" + b for b in blocks]
+
+
+def test_schema_accepts_the_readme_rulebooks(
     validator: Draft202012Validator, tmp_path: Path
 ) -> None:
-    """The rulebook shown under "The rulebook" in README.md is valid for both."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## The rulebook", 1)[1]
-    match = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "README has no yaml block under 'The rulebook'"
-    assert _verdicts(match.group(1), tmp_path, validator) == (True, True)
+    """The rulebooks shown under "The rulebook" in README.md are valid for both."""
+    blocks = _readme_rulebooks()
+    assert len(blocks) >= 2, "README lost its rulebook examples"
+    for text in blocks:
+        assert _verdicts(text, tmp_path, validator) == (True, True), text
 
 
 @pytest.mark.parametrize("text", GOOD.values(), ids=GOOD.keys())
