@@ -21,7 +21,7 @@ from cdc_tracker.destination.encode import rfc3339_ms
 from cdc_tracker.mapping import ids
 from cdc_tracker.mapping.lookups import LookupMissing, Lookups
 from cdc_tracker.mapping.schema_view import SchemaView
-from cdc_tracker.mapping.values import converter_for
+from cdc_tracker.mapping.values import Converter, converter_for
 from cdc_tracker.model import MISSING, Action, Call, Change, DeadLetter
 from cdc_tracker.rules.expr import EvaluationError, MissingValue
 from cdc_tracker.rules.expr_parse import Image
@@ -43,7 +43,15 @@ class RowView:
     change.
     """
 
-    __slots__ = ("_related", "change", "lookups", "schema", "specs", "zone")
+    __slots__ = (
+        "_converters",
+        "_related",
+        "change",
+        "lookups",
+        "schema",
+        "specs",
+        "zone",
+    )
 
     def __init__(
         self,
@@ -51,6 +59,7 @@ class RowView:
         zone: tzinfo,
         schema: SchemaView | None = None,
         lookups: Lookups | None = None,
+        converters: dict[str, Converter] | None = None,
     ) -> None:
         self.change = change
         self.zone = zone
@@ -58,6 +67,8 @@ class RowView:
         self.lookups = lookups
         self.specs: dict[str, LookupSpec] = {}
         self._related: dict[LookupSpec, dict[str, Any] | None] = {}
+        # Declared type -> converter, shared across changes by the mapper.
+        self._converters = {} if converters is None else converters
 
     def lookup(self, name: str, column: str) -> Any:
         spec = self.specs.get(name)
@@ -103,7 +114,12 @@ class RowView:
         if raw is None:
             return None
         try:
-            return converter_for(change.types[column], self.zone)(raw)
+            declared = change.types[column]
+            convert = self._converters.get(declared)
+            if convert is None:
+                convert = converter_for(declared, self.zone)
+                self._converters[declared] = convert
+            return convert(raw)
         except (ValueError, KeyError, IndexError) as exc:
             raise EvaluationError(
                 f"cannot convert column '{column}' of type "
@@ -127,13 +143,20 @@ class Mapper:
         self.schema = schema
         self.lookups = lookups
         self._stamp: tuple[datetime, str] | None = None
+        self._converters: dict[str, Converter] = {}
 
     def map(self, change: Change, calls: list[Call], dead: list[DeadLetter]) -> None:
         """Append the change's calls to ``calls`` and its failures to ``dead``."""
         rules = self.rulebook.rules_for(change.table, change.action)
         if not rules:
             return
-        row = RowView(change, self.rulebook.timezone, self.schema, self.lookups)
+        row = RowView(
+            change,
+            self.rulebook.timezone,
+            self.schema,
+            self.lookups,
+            self._converters,
+        )
         timestamp = self._timestamp(change.commit_time)
         for rule in rules:
             row.specs = rule.lookups
@@ -206,7 +229,9 @@ def _fields(fields: Fields, row: RowView) -> dict[str, Any]:
         if isinstance(item, dict):
             out[name] = _fields(item, row)
             continue
-        value = item.evaluate(row)
+        ref = item.is_column
+        # A bare column (most fields) skips the compiled expression's call.
+        value = row.value(ref.image, ref.column) if ref else item.evaluate(row)
         if value is not MISSING:  # null would wipe the trait downstream
             out[name] = value
     return out
