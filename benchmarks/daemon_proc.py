@@ -34,8 +34,12 @@ class DaemonRun:
 
     def wait_reading(self, timeout: float = 60.0) -> float:
         """Wait until the daemon reads the slot; return the monotonic time it did."""
-        if not self.reading.wait(timeout):
-            raise RuntimeError(f"daemon did not start reading: {self.errors[-5:]}")
+        deadline = time.monotonic() + timeout
+        while not self.reading.wait(0.1):
+            if self.process.poll() is None and time.monotonic() < deadline:
+                continue
+            tail = "\n".join(self.errors[-20:])
+            raise RuntimeError(f"daemon did not start reading:\n{tail}")
         return self.reading_at
 
     def peak_rss_mb(self) -> float:
@@ -56,10 +60,12 @@ class DaemonRun:
                 self.process.wait()
 
 
-def start_daemon(dsn: str, slot: str, receiver_url: str, **settings: str) -> DaemonRun:
-    """Start the daemon on ``slot`` with the example rulebook and default settings
-    (``settings`` adds ``CDC_TRACKER_*`` variables, e.g. ``POLL_INTERVAL="0.2"``)."""
-    env = {
+def environment(
+    dsn: str, slot: str, receiver_url: str, **settings: str
+) -> dict[str, str]:
+    """The environment of a daemon (or replay) on ``slot`` with the example rulebook;
+    ``settings`` adds ``CDC_TRACKER_*`` variables, e.g. ``poll_interval="0.2"``."""
+    return {
         **os.environ,
         "CDC_TRACKER_DSN": dsn,
         "CDC_TRACKER_SLOT": slot,
@@ -70,6 +76,11 @@ def start_daemon(dsn: str, slot: str, receiver_url: str, **settings: str) -> Dae
         "CDC_TRACKER_LOG_LEVEL": "info",
         **{f"CDC_TRACKER_{name.upper()}": value for name, value in settings.items()},
     }
+
+
+def start_daemon(dsn: str, slot: str, receiver_url: str, **settings: str) -> DaemonRun:
+    """Start ``python -m cdc_tracker run`` on ``slot`` (see ``environment``)."""
+    env = environment(dsn, slot, receiver_url, **settings)
     process = subprocess.Popen(
         [sys.executable, "-m", "cdc_tracker", "run"],
         env=env,
@@ -88,8 +99,9 @@ def _watch_log(run: DaemonRun) -> None:
         if b'"reading slot"' in line and not run.reading.is_set():
             run.reading_at = time.monotonic()
             run.reading.set()
-        elif b'"level": "error"' in line or b"Traceback" in line:
-            run.errors.append(line.decode(errors="replace").strip())
+        elif not run.reading.is_set() or b'"level": "error"' in line:
+            # Start-up output is kept whole: a traceback spans many lines.
+            run.errors.append(line.decode(errors="replace").rstrip())
 
 
 def confirmed(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> Lsn:
@@ -114,8 +126,28 @@ def wait_confirmed(
     deadline = time.monotonic() + timeout
     while confirmed(conn, slot) < target:
         if run.process.poll() is not None:
-            raise RuntimeError(f"daemon exited early: {run.errors[-5:]}")
+            tail = "\n".join(run.errors[-20:])
+            raise RuntimeError(f"daemon exited early:\n{tail}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"daemon not at {target} after {timeout} s")
         time.sleep(0.01)
     return time.monotonic()
+
+
+def replay(dsn: str, receiver_url: str, since: str) -> float:
+    """Seconds for ``python -m cdc_tracker replay --since`` to finish (exit 0)."""
+    env = environment(dsn, "bench_replay", receiver_url)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", "replay", "--since", since],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+        timeout=3600,
+    )
+    elapsed = time.monotonic() - started
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-10:]
+        raise RuntimeError("replay failed:\n" + "\n".join(tail))
+    return elapsed
