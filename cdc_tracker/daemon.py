@@ -141,11 +141,11 @@ class Daemon:
             self.store = DeadLetterStore(state_conn, slot.name)
             self.store.ensure_schema()
             self.checkpoint = self.checkpoints.load()
-        state = self._ensure_slot(slot)
         catalog = read_catalog(conn, self.rulebook.schema_tables)
         problems = check_schema(self.rulebook, catalog)
         if problems:
             raise RulebookError(problems)
+        state = self._ensure_slot(slot)
         self.slot = slot
         self.done = max(self.done, state.confirmed)
         if self.checkpoint is not None:
@@ -194,6 +194,9 @@ class Daemon:
 
     def _ensure_slot(self, slot: Slot) -> SlotState:
         """The slot's state; create it on first run, never silently after a loss."""
+        if not self.advance_slot:
+            # A dry run reads an existing slot, or a slot of its own session.
+            return slot.ensure(create=True, temporary=not slot.exists())
         if slot.exists() or self.checkpoint is None:
             return slot.ensure(create=True)
         if not self.recreate_slot:

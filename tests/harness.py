@@ -161,3 +161,12 @@ def create_slot(settings: Settings) -> None:
     """Create the daemon's slot now, so that changes made before it starts count."""
     with connect(settings.dsn) as conn:
         Slot(conn, settings.slot, []).ensure(create=True)
+
+
+def slot_exists(dsn: str, slot: str | None = None) -> bool:
+    slot = slot or f"cdc_tracker_{conninfo_to_dict(dsn)['dbname']}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select 1 from pg_replication_slots where slot_name = %s", (slot,)
+        ).fetchone()
+    return row is not None

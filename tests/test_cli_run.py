@@ -18,8 +18,10 @@ from cdc_tracker.testing._postgres_server import free_port
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import (
     WRITE_KEY,
+    create_slot,
     flush_lsn,
     settings_for,
+    slot_exists,
     slot_position,
     sql,
     wait_until,
@@ -101,7 +103,7 @@ def processes() -> Iterator[list[Process]]:
 def test_dry_run_prints_calls_as_json_lines_and_advances_nothing(
     db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
 ) -> None:
-    """run --dry-run: calls on stdout, nothing sent, the slot stays where it was."""
+    """run --dry-run: calls on stdout, nothing sent, no slot left behind."""
     process = Process(["run", "--dry-run"], _env(db, receiver, example_rulebook))
     processes.append(process)
     process.wait_for_log("reading slot")
@@ -117,6 +119,24 @@ def test_dry_run_prints_calls_as_json_lines_and_advances_nothing(
     ]
     assert all("messageId" in c and "timestamp" in c for c in calls)
     assert receiver.requests == []
+    assert start > 0
+    # Its slot was temporary: nothing is left behind to hold WAL.
+    assert not slot_exists(db)
+
+
+def test_dry_run_reads_an_existing_slot_without_advancing_it(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
+) -> None:
+    """With the daemon's slot in place, a dry run shows its backlog, moves nothing."""
+    env = _env(db, receiver, example_rulebook)
+    create_slot(settings_for(db, receiver, example_rulebook))
+    sql(db, INSERT)
+    start = slot_position(db)
+    process = Process(["run", "--dry-run"], env)
+    processes.append(process)
+    wait_until(lambda: len(process.stdout) >= 2, 20)
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.proc.wait(timeout=20) == 0
     assert slot_position(db) == start
 
 

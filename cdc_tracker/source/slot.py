@@ -1,12 +1,14 @@
 """The replication slot, read through the SQL interface (peek, then advance).
 
-Every psycopg error is translated here, at the boundary, into the source branch
-of ``cdc_tracker.errors``. Nothing is consumed by reading: the slot moves only
-when ``advance`` is called, after the destination acknowledged the calls.
+Every psycopg error is translated at the boundary by ``source.connection`` into
+the source branch of ``cdc_tracker.errors``. Nothing is consumed by reading: the
+slot moves only when ``advance`` is called, after the destination acknowledged the
+calls.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,17 +16,21 @@ from dataclasses import dataclass
 
 import psycopg
 import structlog
-from psycopg import errors as pgerrors
 
-from cdc_tracker.errors import (
-    ConfigError,
-    SlotBusy,
-    SlotLost,
-    SourceError,
-    SourceUnavailable,
-)
+from cdc_tracker.errors import ConfigError, SlotLost
 from cdc_tracker.model import Lsn
+from cdc_tracker.source.connection import connect, translate_errors
 from cdc_tracker.source.wal2json import MESSAGE_PREFIX, PLUGIN_OPTIONS
+
+# connect and translate_errors live in source.connection; kept here for callers.
+__all__ = [
+    "LOCK_CLASS",
+    "Slot",
+    "SlotState",
+    "connect",
+    "slot_lock_id",
+    "translate_errors",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -49,62 +55,6 @@ class SlotState:
     wal_status: str | None
 
 
-@contextmanager
-def translate_errors(slot: str) -> Iterator[None]:
-    """Turn psycopg exceptions into ours; the only place that knows psycopg's tree."""
-    try:
-        yield
-    except pgerrors.ObjectInUse as exc:
-        raise SlotBusy(
-            f"replication slot '{slot}' is in use by another process",
-            hint="is another cdc-tracker running against this slot?",
-        ) from exc
-    except pgerrors.UndefinedObject as exc:
-        raise SlotLost(
-            f"replication slot '{slot}' does not exist",
-            hint="it was dropped: see 'cdc-tracker replay --since' to backfill",
-        ) from exc
-    except pgerrors.ObjectNotInPrerequisiteState as exc:
-        # 55000 covers both a slot that lost its WAL and a server set up wrong.
-        if "no longer" in str(exc) or "invalidated" in str(exc):
-            raise SlotLost(
-                f"replication slot '{slot}' can no longer return changes",
-                hint="WAL it needed was removed; recreate the slot and replay --since",
-            ) from exc
-        raise ConfigError(
-            f"the server refused logical decoding: {_first_line(exc)}",
-            hint="cdc-tracker needs wal_level = logical and the wal2json plugin",
-        ) from exc
-    except pgerrors.ConfigurationLimitExceeded as exc:
-        raise ConfigError(
-            f"the server refused: {_first_line(exc)}",
-            hint="raise max_replication_slots, or drop slots nobody reads "
-            "(SELECT slot_name, active FROM pg_replication_slots)",
-        ) from exc
-    except psycopg.OperationalError as exc:
-        raise SourceUnavailable(
-            f"database connection failed: {_first_line(exc)}"
-        ) from exc
-    except psycopg.Error as exc:
-        raise SourceError(f"database error {exc.sqlstate}: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
-    """Open an autocommit connection with the session settings decoding relies on."""
-    with translate_errors("-"):
-        conn = psycopg.connect(dsn, autocommit=True, application_name="cdc-tracker")
-        # Values are printed by the server in the session's zone and style.
-        conn.execute("SET TimeZone = 'UTC'")
-        conn.execute("SET DateStyle = 'ISO, YMD'")
-        conn.execute("SET IntervalStyle = 'iso_8601'")
-        conn.execute("SET extra_float_digits = 3")
-    return conn
-
-
 class Slot:
     """One logical slot on one database, using one connection."""
 
@@ -119,17 +69,25 @@ class Slot:
         self.tables = tables
         self.confirmed = Lsn(0)
 
-    def ensure(self, *, create: bool = True) -> SlotState:
-        """Check the slot (plugin, database, health), creating it on first run."""
+    def ensure(self, *, create: bool = True, temporary: bool = False) -> SlotState:
+        """Check the slot (plugin, database, health), creating it on first run.
+
+        A ``temporary`` slot lives as long as this session (``run --dry-run``).
+        """
         with translate_errors(self.name):
             row = self.conn.execute(_SLOT_SQL, (self.name,)).fetchone()
             if row is None:
                 if not create:
                     raise SlotLost(f"replication slot '{self.name}' does not exist")
-                self._create()
+                self._create(temporary)
                 row = self.conn.execute(_SLOT_SQL, (self.name,)).fetchone()
                 assert row is not None
         plugin, database, confirmed, wal_status, flush, current = row
+        if plugin is None:
+            raise ConfigError(
+                f"replication slot '{self.name}' is a physical slot, not wal2json",
+                hint="choose another slot name with CDC_TRACKER_SLOT",
+            )
         if plugin != "wal2json":
             raise ConfigError(
                 f"replication slot '{self.name}' uses plugin '{plugin}', not wal2json",
@@ -156,16 +114,16 @@ class Slot:
             ).fetchone()
         return row is not None
 
-    def _create(self) -> None:
+    def _create(self, temporary: bool) -> None:
         # Creation waits for every transaction holding an xid: bound the wait.
         with self.conn.transaction():
             self.conn.execute("SET LOCAL lock_timeout = '30s'")
             self.conn.execute("SET LOCAL statement_timeout = '60s'")
             self.conn.execute(
-                "SELECT pg_create_logical_replication_slot(%s, 'wal2json')",
-                (self.name,),
+                "SELECT pg_create_logical_replication_slot(%s, 'wal2json', %s)",
+                (self.name, temporary),
             )
-        log.info("replication slot created", slot=self.name)
+        log.info("replication slot created", slot=self.name, temporary=temporary)
 
     def flush_lsn(self) -> Lsn:
         """The server's WAL flush position: every commit below it is decodable."""
@@ -190,7 +148,7 @@ class Slot:
             max_changes,
             *PLUGIN_OPTIONS,
             "add-tables",
-            ",".join(self.tables),
+            add_tables(self.tables),
             "add-msg-prefixes",
             MESSAGE_PREFIX,
         )
@@ -239,3 +197,19 @@ def _rows(
         while batch := cursor.fetchmany(fetch):
             for (data,) in batch:
                 yield str(data)
+
+
+def add_tables(tables: list[str]) -> str:
+    """wal2json's ``add-tables`` value: ``schema.table`` pairs, special characters
+    (space, quote, comma, period, asterisk, backslash) escaped with a backslash."""
+    return ",".join(
+        f"{_escape(schema)}.{_escape(table)}"
+        for schema, _, table in (name.partition(".") for name in tables)
+    )
+
+
+def _escape(part: str) -> str:
+    return _SPECIAL.sub(r"\\\g<0>", part)
+
+
+_SPECIAL = re.compile(r"[ ',.*\\]")

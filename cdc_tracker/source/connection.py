@@ -1,0 +1,140 @@
+"""Database connections, and the one place psycopg's exceptions become ours.
+
+``translate_errors`` maps psycopg's tree onto the source branch of
+``cdc_tracker.errors``: what retrying can fix (a server down or restarting) is
+``SourceUnavailable``; what it cannot (a bad DSN, a wrong password, a missing
+database or privilege) is ``ConfigError``, so that a supervisor sees exit code 2
+instead of a process retrying forever. Messages never carry a password.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from cdc_tracker.errors import (
+    ConfigError,
+    SlotBusy,
+    SlotLost,
+    SourceError,
+    SourceUnavailable,
+)
+
+# libpq connection failures carry no SQLSTATE: these words mark the ones that
+# will fail the same way however often they are retried.
+_PERMANENT = (
+    "connection is bad",
+    "password authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "not permitted to log in",
+    "password is required",
+    "could not translate host name",
+)
+_SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
+
+
+@contextmanager
+def translate_errors(slot: str, dsn: str = "") -> Iterator[None]:
+    """Turn psycopg exceptions into ours; the only place that knows psycopg's tree."""
+    try:
+        yield
+    except pgerrors.ObjectInUse as exc:
+        raise SlotBusy(
+            f"replication slot '{slot}' is in use by another process",
+            hint="is another cdc-tracker running against this slot?",
+        ) from exc
+    except pgerrors.UndefinedObject as exc:
+        raise SlotLost(
+            f"replication slot '{slot}' does not exist",
+            hint="it was dropped: see 'cdc-tracker replay --since' to backfill",
+        ) from exc
+    except pgerrors.ObjectNotInPrerequisiteState as exc:
+        raise _prerequisite(slot, exc) from exc
+    except pgerrors.ConfigurationLimitExceeded as exc:
+        raise ConfigError(
+            f"the server refused: {_first_line(exc)}",
+            hint="raise max_replication_slots, or drop slots nobody reads "
+            "(SELECT slot_name, active FROM pg_replication_slots)",
+        ) from exc
+    except pgerrors.InsufficientPrivilege as exc:
+        raise ConfigError(
+            f"permission denied: {_first_line(exc)}",
+            hint="the role needs REPLICATION, SELECT on the tracked tables and "
+            "CREATE on the database (see 'cdc-tracker doctor')",
+        ) from exc
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
+        raise _connection_failure(exc, dsn) from exc
+    except psycopg.Error as exc:
+        code = exc.sqlstate or "without SQLSTATE"
+        raise SourceError(f"database error {code}: {_first_line(exc)}") from exc
+
+
+def _prerequisite(slot: str, exc: psycopg.Error) -> SourceError | ConfigError:
+    # 55000 covers both a slot that lost its WAL and a server set up wrong.
+    if "no longer" in str(exc) or "invalidated" in str(exc):
+        return SlotLost(
+            f"replication slot '{slot}' can no longer return changes",
+            hint="WAL it needed was removed; recreate the slot and replay --since",
+        )
+    return ConfigError(
+        f"the server refused logical decoding: {_first_line(exc)}",
+        hint="cdc-tracker needs wal_level = logical and the wal2json plugin",
+    )
+
+
+def _connection_failure(exc: psycopg.Error, dsn: str) -> SourceError | ConfigError:
+    message = redact(_first_line(exc), dsn)
+    if exc.sqlstate is None and (
+        isinstance(exc, psycopg.ProgrammingError)
+        or any(word in message for word in _PERMANENT)
+    ):
+        return ConfigError(
+            f"cannot connect to the database: {message}",
+            hint="check CDC_TRACKER_DSN (host, port, database, user, password)",
+        )
+    return SourceUnavailable(f"database connection failed: {message}")
+
+
+def redact(message: str, dsn: str = "") -> str:
+    """``message`` without the DSN's password, wherever it shows up."""
+    message = _SECRET.sub(_mask, message)
+    for secret in _passwords(dsn):
+        message = message.replace(secret, "***")
+    return message
+
+
+def _mask(match: re.Match[str]) -> str:
+    if match.group(1):
+        return match.group(1) + "***"
+    return match.group(3) + "***" + match.group(5)
+
+
+def _passwords(dsn: str) -> list[str]:
+    found = [m.group(2) or m.group(4) for m in _SECRET.finditer(dsn)]
+    return [secret.strip("'") for secret in found if secret and secret.strip("'")]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
+    """Open an autocommit connection with the session settings decoding relies on.
+
+    Raises ``ConfigError`` for what retrying cannot fix, ``SourceUnavailable``
+    for a server that does not answer.
+    """
+    with translate_errors("-", dsn):
+        conn = psycopg.connect(dsn, autocommit=True, application_name="cdc-tracker")
+        # Values are printed by the server in the session's zone and style.
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.execute("SET DateStyle = 'ISO, YMD'")
+        conn.execute("SET IntervalStyle = 'iso_8601'")
+        conn.execute("SET extra_float_digits = 3")
+    return conn
