@@ -127,9 +127,11 @@ class Daemon:
 
     def _start(self) -> bool:
         """Connect, take the slot lock, check the slot and the schema."""
-        # Whatever a lost connection interrupted is read again from the slot.
+        # Whatever a lost connection interrupted is read again from the slot: only
+        # what was acknowledged (done) stays done.
         self.calls, self.dead, self._commit_times = [], [], []
         self._calls_before_commit = 0
+        self.completed = self.done
         conn = self._connect()
         slot = Slot(conn, self.settings.slot, sorted(self.rulebook.tables))
         if not self._wait_for_lock(slot):

@@ -1,7 +1,8 @@
 """Load YAML keeping the line of every key and value, for errors that point at it.
 
-The loader follows YAML 1.2's booleans (only ``true``/``false``): under YAML 1.1,
-PyYAML reads the rulebook's ``on:`` key as ``True`` and ``yes`` as a boolean.
+Aliases (``*name``) are refused: expanded, a few lines can make an exponential
+document. The loader follows YAML 1.2's booleans (only ``true``/``false``): under
+YAML 1.1, PyYAML reads the rulebook's ``on:`` key as ``True`` and ``yes`` as a boolean.
 Duplicate keys are an error, where PyYAML would silently keep the last one.
 """
 
@@ -33,7 +34,17 @@ class DuplicateKey(yaml.MarkedYAMLError):
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # Aliases can expand exponentially ("billion laughs"); a rulebook needs none.
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.MarkedYAMLError(
+                None,
+                None,
+                "anchors and aliases (*name) are not supported; write it out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 # Drop YAML 1.1 booleans (yes/no/on/off) and keep YAML 1.2's true/false.

@@ -203,12 +203,6 @@ class _CutAfterFirstShipment(DestinationShipper):
         return outcome
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: Daemon.completed survives a reconnect; the first "
-    "mid-transaction shipment of the re-read window marks as done a transaction "
-    "read before the cut but never delivered, which is then skipped (lost)",
-)
 def test_connection_lost_after_a_mid_transaction_shipment_loses_nothing(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
