@@ -45,11 +45,7 @@ def serving(daemon: Running, stall_seconds: float = 60) -> Iterator[str]:
 
 def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
-        if (
-            line.startswith(name + " ")
-            or (line.startswith(name + "{")
-            and line.split(" ")[0] == name)
-        ):
+        if line.split(" ", 1)[0] == name:
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in metrics")
 
