@@ -202,3 +202,30 @@ def test_daemon_refuses_to_start_when_the_lookup_table_is_missing(
         running_daemon(settings),
     ):
         pass
+
+
+def test_lookup_connection_cut_holds_the_window_and_is_retried(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """A lookup that cannot run is an outage: retried after reconnecting, no letter."""
+    sql(db, MERCHANT.format(id=7), MERCHANT.format(id=8))
+    settings = settings_for(db, receiver, rulebook(tmp_path))
+    with capture_logs() as logs, running_daemon(settings) as daemon:
+        sql(db, payout(7))
+        daemon.caught_up()
+        sql(
+            db,
+            "select pg_terminate_backend(pid) from pg_stat_activity "
+            "where application_name = 'cdc-tracker-lookups'",
+        )
+        sql(db, payout(8))
+        daemon.caught_up()
+    users = [call["userId"] for call in payouts_sent(receiver)]
+    assert users == ["shop7.myshopify.com", "shop8.myshopify.com"]
+    outages = [log for log in logs if log["event"] == "source unavailable"]
+    assert [log["error"].split(":")[0] for log in outages] == [
+        "lookup merchant on public.merchants could not run"
+    ]
+    with psycopg.connect(db) as conn:
+        count = conn.execute("select count(*) from cdc_tracker.dead_letters")
+        assert count.fetchone() == (0,)
