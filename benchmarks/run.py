@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+import structlog
 
 from benchmarks import baselines, delay, receiving
 from benchmarks.daemon_proc import EXAMPLES, replay, start_daemon, wait_confirmed
@@ -59,6 +60,8 @@ class Results:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # stdout carries the table alone: the throwaway server's log lines go to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     sizes = Sizes.scaled(args.scale)
     _say(f"workload: {sizes} (scale {args.scale})")
     with ThrowawayPostgres(settings=SERVER_SETTINGS) as server:
