@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     # stdout carries the table alone: the throwaway server's log lines go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     sizes = Sizes.scaled(args.scale)
+    if args.delay_seconds is None:
+        args.delay_seconds = max(5.0, 30.0 * args.scale)
     _say(f"workload: {sizes} (scale {args.scale})")
     with ThrowawayPostgres(settings=SERVER_SETTINGS) as server:
         dsn = server.create_database("bench")
@@ -333,8 +335,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--delay-seconds",
         type=float,
-        default=30.0,
-        help="how long the steady 1,000 changes/s load runs (default 30)",
+        help="how long the steady 1,000 changes/s load runs "
+        "(default 30 x scale, at least 5)",
     )
     parser.add_argument(
         "--poll-interval",
