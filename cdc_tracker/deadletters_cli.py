@@ -9,6 +9,7 @@ or a missing table raises another ``CdcTrackerError`` (exit 1).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from cdc_tracker.deadletters import DeadLetterStore, Selection, StoredLetter, to
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.destination.settings import DestinationSettings
 from cdc_tracker.errors import ConfigError, SourceError
+from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.redrive import CatalogKeys, Redrive, RetryReport
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook, qualify
 from cdc_tracker.settings import Settings
@@ -235,15 +237,24 @@ def _retry(
             )
         namespace = settings.namespace or f"{store.conn.info.dbname}/{store.slot}"
         keys = CatalogKeys(store.conn)
-        if destination is None:
-            shipper: Shipper = PrintShipper(out)
-            redrive = Redrive(rulebook, namespace, shipper, stop, keys)
-            return redrive.run(store, chosen, dry_run=True)
-        else:
+        lookups = Lookups.for_rulebook(rulebook, settings.require_dsn())
+        with lookups or contextlib.nullcontext():
+            if destination is None:
+                shipper: Shipper = PrintShipper(out)
+                redrive = Redrive(
+                    rulebook, namespace, shipper, stop, keys, lookups=lookups
+                )
+                return redrive.run(store, chosen, dry_run=True)
             with RudderStackClient(destination) as client:
                 shipper = DestinationShipper(client)
                 redrive = Redrive(
-                    rulebook, namespace, shipper, stop, keys, wait=timeout
+                    rulebook,
+                    namespace,
+                    shipper,
+                    stop,
+                    keys,
+                    wait=timeout,
+                    lookups=lookups,
                 )
                 return redrive.run(store, chosen)
 

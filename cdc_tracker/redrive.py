@@ -23,6 +23,7 @@ import psycopg
 import structlog
 
 from cdc_tracker.deadletters import DeadLetterStore, Selection, StoredLetter
+from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Action, Call, Change, DeadLetter
 from cdc_tracker.rules.rulebook import Rulebook
@@ -79,8 +80,9 @@ class Redrive:
         keys: KeyLookup,
         *,
         wait: float | None = None,
+        lookups: Lookups | None = None,
     ) -> None:
-        self.mapper = Mapper(rulebook, namespace)
+        self.mapper = Mapper(rulebook, namespace, lookups=lookups)
         self.wait = wait
         self.rule_ids = {rule.id for rule in rulebook.rules}
         self.shipper = shipper

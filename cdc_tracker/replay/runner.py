@@ -9,6 +9,7 @@ the same messageIds. No replication slot is read, advanced or locked.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,7 @@ from psycopg_pool import ConnectionPool
 
 from cdc_tracker.deadletters import DeadLetterStore
 from cdc_tracker.errors import ConfigError, RulebookError
+from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Call, DeadLetter, TableInfo
 from cdc_tracker.replay.changes import ChangeMaker
@@ -124,10 +126,16 @@ class Replay:
         """
         window = None if self.options.resume else window_of(self.options, self.now)
         catalog, namespace = self._preflight()
-        self.mapper = Mapper(self.plan.rulebook, namespace, None)
+        dsn = self.settings.require_dsn()
+        lookups = Lookups.for_rulebook(self.plan.rulebook, dsn)
+        self.mapper = Mapper(self.plan.rulebook, namespace, None, lookups=lookups)
         self.job = job_id(namespace, self.options.tables, self.options.rules)
         started = time.perf_counter()
-        with open_pool(self.settings.require_dsn()) as pool, translate_errors("-"):
+        with (
+            open_pool(dsn) as pool,
+            translate_errors("-"),
+            lookups or contextlib.nullcontext(),
+        ):
             pool.wait(timeout=self.settings.http_timeout)
             self.pool = pool
             state = self._state(StateStore(pool), window)
@@ -145,7 +153,9 @@ class Replay:
 
     def _preflight(self) -> tuple[dict[str, TableInfo], str]:
         with connect(self.settings.require_dsn()) as conn:
-            catalog = read_catalog(conn, self.plan.tables)
+            # Lookup tables too: the schema check needs them.
+            tables = sorted({*self.plan.tables, *self.plan.rulebook.schema_tables})
+            catalog = read_catalog(conn, tables)
             dbname = conn.info.dbname
         problems = check_schema(self.plan.rulebook, catalog)
         if problems:

@@ -213,3 +213,45 @@ def test_rows_a_rule_cannot_map_become_dead_letters_and_the_rest_goes_on(
         )
     ]
     assert "1 dead letters" in err
+
+
+def test_replay_enriches_calls_through_lookups_like_the_live_daemon(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """A rule reading merchant.shop_domain gets it in replay too, same ids as live."""
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        "version: 1\n"
+        "tables:\n"
+        "  public.payouts:\n"
+        "    user_id: merchant.shop_domain\n"
+        "    cursor: created_at\n"
+        "    lookups:\n"
+        "      merchant:\n"
+        "        table: public.merchants\n"
+        "        key: {id: merchant_id}\n"
+        "track:\n"
+        "  - event: Payout Fetched\n"
+        "    table: public.payouts\n"
+        "    on: insert\n"
+        "    properties:\n"
+        "      plan: merchant.plan_name\n"
+    )
+    sql(
+        db,
+        "insert into merchants (shop_domain, plan_name) values ('a.shop', 'pro')",
+        "insert into payouts (merchant_id, amount, currency, status)"
+        " values (1, 5, 'EUR', 'paid'), (1, 6, 'EUR', 'paid')",
+    )
+    settings = settings_for(db, receiver, rulebook)
+
+    code, _, _ = _replay(settings, since="1h")
+
+    assert code == 0
+    payloads = [call.payload for call in receiver.calls]
+    assert [p["userId"] for p in payloads] == ["a.shop", "a.shop"]
+    assert [p["properties"] for p in payloads] == [{"plan": "pro"}, {"plan": "pro"}]
+    expected = {
+        ids.insert_id(_namespace(settings), "Payout Fetched", [key]) for key in (1, 2)
+    }
+    assert set(receiver.message_ids()) == expected
