@@ -125,6 +125,12 @@ def _table() -> Schema:
                 "type": ["string", "null"],
                 "description": "The column `replay --since` filters on.",
             },
+            "insert_ids": {
+                "enum": ["key", "position"],
+                "description": "Name insert-triggered calls by primary key "
+                "(default; a backfill reproduces them) or by WAL position (for "
+                "tables whose keys are reused).",
+            },
             "description": _TEXT,
             "lookups": {"$ref": "#/$defs/lookups"},
         },

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, tzinfo
 from decimal import Decimal
+from hashlib import blake2b
 from typing import Any
 
 import structlog
@@ -137,13 +138,20 @@ class Mapper:
         schema: SchemaView | None = None,
         *,
         lookups: Lookups | None = None,
+        snapshot: bool = False,
     ) -> None:
         self.rulebook = rulebook
         self.namespace = namespace
         self.schema = schema
         self.lookups = lookups
+        # Snapshot mode (replay): changes are rows as they are now, not WAL.
+        self.snapshot = snapshot
         self._stamp: tuple[datetime, str] | None = None
         self._converters: dict[str, Converter] = {}
+        self._by_key = {
+            name: spec.insert_ids == "key" for name, spec in rulebook.tables.items()
+        }
+        self._definitions = {rule.id: _definition(rule) for rule in rulebook.rules}
 
     def map(self, change: Change, calls: list[Call], dead: list[DeadLetter]) -> None:
         """Append the change's calls to ``calls`` and its failures to ``dead``."""
@@ -210,8 +218,15 @@ class Mapper:
 
     def _message_id(self, rule: Rule, change: Change) -> str:
         if change.action is Action.INSERT and change.key and change.new is not None:
-            values = (change.new.get(column) for column in change.key)
-            return ids.insert_id(self.namespace, rule.id, values)
+            values = [change.new.get(column) for column in change.key]
+            by_key = self._by_key.get(change.table, True)
+            if self.snapshot and (rule.kind == "identify" or not by_key):
+                definition = self._definitions[rule.id]
+                return ids.snapshot_id(
+                    self.namespace, rule.id, definition, values, change.commit_time
+                )
+            if by_key:
+                return ids.insert_id(self.namespace, rule.id, values)
         return ids.position_id(
             self.namespace, rule.id, change.commit_lsn, change.ordinal
         )
@@ -286,3 +301,16 @@ def _dead_letter(change: Change, rule: Rule, reason: str) -> DeadLetter:
             "key": list(change.key),
         },
     )
+
+
+def _definition(rule: Rule) -> str:
+    """A short fingerprint of what a rule sends, for backfill ids."""
+    parts = [
+        rule.kind,
+        rule.event or "",
+        rule.when.text if rule.when else "",
+        *(f"{key}={expr.text}" for key, expr in rule.expressions()),
+        repr(sorted((rule.integrations or {}).items())),
+        repr(rule.context),
+    ]
+    return blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()

@@ -128,7 +128,9 @@ class Replay:
         catalog, namespace = self._preflight()
         dsn = self.settings.require_dsn()
         lookups = Lookups.for_rulebook(self.plan.rulebook, dsn)
-        self.mapper = Mapper(self.plan.rulebook, namespace, None, lookups=lookups)
+        self.mapper = Mapper(
+            self.plan.rulebook, namespace, None, lookups=lookups, snapshot=True
+        )
         self.job = job_id(namespace, self.options.tables, self.options.rules)
         started = time.perf_counter()
         with (

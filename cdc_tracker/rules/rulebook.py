@@ -30,7 +30,7 @@ from cdc_tracker.rules.yamlfile import LineDict, LineList, YamlProblem, load_yam
 Fields = dict[str, "Expression | Fields"]
 
 _TOP_KEYS = {"version", "timezone", "tables", "identify", "track"}
-_TABLE_KEYS = {"user_id", "cursor", "description", "lookups"}
+_TABLE_KEYS = {"user_id", "cursor", "description", "lookups", "insert_ids"}
 _RULE_KEYS = {
     "id", "table", "on", "when", "user_id", "integrations", "context", "description",
     "lookups",
@@ -49,6 +49,9 @@ class TableSpec:
     cursor: str | None
     line: int
     lookups: dict[str, LookupSpec] = field(default_factory=dict)
+    # How insert-triggered calls are named: by primary key (a backfill makes the
+    # same ids), or by WAL position (for tables whose keys are reused).
+    insert_ids: Literal["key", "position"] = "key"
 
 
 @dataclass(slots=True)
@@ -71,6 +74,9 @@ class Rule:
     lines: dict[str, int] = field(default_factory=dict)
     # The table's lookups and the rule's own, by name.
     lookups: dict[str, LookupSpec] = field(default_factory=dict)
+    # How insert-triggered calls are named: by primary key (a backfill makes the
+    # same ids), or by WAL position (for tables whose keys are reused).
+    insert_ids: Literal["key", "position"] = "key"
 
     def expressions(self) -> Iterator[tuple[str, Expression]]:
         """Every expression of the rule, with the key it sits under."""
@@ -183,16 +189,18 @@ class _Builder:
         if version is None:
             self.problem(document.line, "missing 'version' (this release reads 1)")
         elif version != 1 or isinstance(version, bool):  # True == 1 in Python
+            quoted = " (write it as a number)" if version == "1" else ""
             self.problem(
                 document.lines["version"],
-                f"unsupported rulebook version {version!r}; this release reads 1",
+                f"unsupported rulebook version {version!r}{quoted}; this release "
+                "reads 1",
             )
         return 1
 
     def timezone(self, document: LineDict) -> tzinfo:
         name = document.get("timezone", "UTC")
         try:
-            return UTC if name == "UTC" else ZoneInfo(str(name))
+            return UTC if str(name).upper() == "UTC" else ZoneInfo(str(name))
         except (ZoneInfoNotFoundError, ValueError):
             self.problem(document.lines.get("timezone"), f"unknown time zone '{name}'")
             return UTC
@@ -225,11 +233,27 @@ class _Builder:
             self.problem(body.lines["cursor"], "'cursor' must be a column name")
             cursor = None
         lookups = read_lookups(body, self.problem, self.unknown_keys)
+        insert_ids = body.get("insert_ids", "key")
+        if insert_ids not in ("key", "position"):
+            self.problem(
+                body.lines["insert_ids"],
+                f"'insert_ids' is key or position, not {insert_ids!r}",
+            )
+            insert_ids = "key"
         if user_id is None:
             return None
+        self.not_constant(user_id, body.lines["user_id"])
         for message in unknown_references("user_id", user_id, lookups):
             self.problem(body.lines["user_id"], message)
-        return TableSpec(qualify(name), user_id, cursor, line, lookups)
+        return TableSpec(qualify(name), user_id, cursor, line, lookups, insert_ids)
+
+    def not_constant(self, user_id: Expression, line: int) -> None:
+        if user_id.is_literal:
+            self.problem(
+                line,
+                f"user_id is the constant {user_id.text}: every call would go to one "
+                "user; name a column, e.g. user_id: id",
+            )
 
     def rules(
         self,
@@ -267,6 +291,8 @@ class _Builder:
         actions = self.actions(body, kind)
         when = self.optional_expression(body, "when")
         user_id = self.optional_expression(body, "user_id")
+        if user_id is not None:
+            self.not_constant(user_id, body.lines["user_id"])
         fields_key = "traits" if kind == "identify" else "properties"
         fields = self.fields(
             body.get(fields_key), body.lines.get(fields_key, body.line)
@@ -387,6 +413,9 @@ class _Builder:
         fields: Fields = {}
         for name, item in value.items():
             item_line = value.lines[name]
+            if not str(name).strip():
+                self.problem(item_line, "a trait or property needs a non-empty name")
+                continue
             if isinstance(item, LineDict):
                 fields[str(name)] = self.fields(item, item_line)
             elif (expr := self.expression(item, item_line)) is not None:

@@ -50,7 +50,7 @@ class _Row(msgspec.Struct, gc=False):
     """One wal2json format-2 row; fields an action does not use stay unset."""
 
     action: str
-    timestamp: str = ""
+    timestamp: str | None = None  # null on a message outside a transaction
     nextlsn: str = ""
     schema: str = ""
     table: str = ""
@@ -139,7 +139,7 @@ def parse_row(data: str, tx: Transaction) -> Event:
 
 def _begin(row: _Row, tx: Transaction) -> Begin:
     tx.commit_lsn = Lsn.parse(row.nextlsn)
-    tx.commit_time = datetime.fromisoformat(row.timestamp)
+    tx.commit_time = datetime.fromisoformat(row.timestamp or "")
     tx.ordinal = 0
     return Begin(tx.commit_lsn, tx.commit_time)
 

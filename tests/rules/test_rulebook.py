@@ -503,3 +503,49 @@ def test_rulebook_error_is_a_config_error_carrying_each_problem(
     assert caught.value.problems == [
         (str(path), 1, "missing 'version' (this release reads 1)")
     ]
+
+
+TABLE_ONLY = "version: 1\ntables:\n  public.t:\n    user_id: {user_id}\n{extra}"
+
+
+def test_a_constant_user_id_is_refused(tmp_path: Path) -> None:
+    """user_id: 5 would send every call to one user: refused with a hint."""
+    found = problems(tmp_path, TABLE_ONLY.format(user_id="5", extra=""))
+    assert found == [
+        "4: user_id is the constant 5: every call would go to one user; "
+        "name a column, e.g. user_id: id"
+    ]
+
+
+def test_a_quoted_version_says_to_write_a_number(tmp_path: Path) -> None:
+    text = TABLE_ONLY.format(user_id="id", extra="").replace(
+        "version: 1", 'version: "1"'
+    )
+    assert problems(tmp_path, text) == [
+        "1: unsupported rulebook version '1' (write it as a number); this release "
+        "reads 1"
+    ]
+
+
+def test_utc_is_accepted_in_any_case(tmp_path: Path) -> None:
+    rulebook = load(
+        tmp_path, "timezone: utc\n" + TABLE_ONLY.format(user_id="id", extra="")
+    )
+    assert rulebook.timezone.utcoffset(None) is not None
+
+
+def test_an_empty_trait_name_is_refused(tmp_path: Path) -> None:
+    extra = (
+        "identify:\n  - table: public.t\n    traits:\n"
+        "      '': email\n      ok: email\n"
+    )
+    assert problems(tmp_path, TABLE_ONLY.format(user_id="id", extra=extra)) == [
+        "8: a trait or property needs a non-empty name"
+    ]
+
+
+def test_insert_ids_takes_key_or_position(tmp_path: Path) -> None:
+    text = TABLE_ONLY.format(user_id="id", extra="    insert_ids: position\n")
+    assert load(tmp_path, text).tables["public.t"].insert_ids == "position"
+    bad = TABLE_ONLY.format(user_id="id", extra="    insert_ids: row\n")
+    assert problems(tmp_path, bad) == ["5: 'insert_ids' is key or position, not 'row'"]

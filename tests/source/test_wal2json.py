@@ -266,12 +266,6 @@ def test_only_our_prefix_reaches_the_parser(wal: dict[str, list[str]]) -> None:
     assert all('"prefix":"cdc-tracker"' in row for row in prefixes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DecodeError,
-    reason='wal2json writes "timestamp":null outside a transaction; parse_row '
-    "wants a string",
-)
 def test_a_message_outside_a_transaction_is_an_event_of_its_own(
     wal: dict[str, list[str]],
 ) -> None:

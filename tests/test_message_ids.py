@@ -1,0 +1,108 @@
+"""messageIds: reused keys, and backfilled identify calls that must not be deduped."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+from cdc_tracker.replay.main import run_replay
+from cdc_tracker.replay.runner import ReplayOptions
+from cdc_tracker.settings import Settings
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.harness import running_daemon, settings_for, sql
+
+RULEBOOK = """\
+version: 1
+tables:
+  public.merchants:
+    user_id: id
+    cursor: updated_at
+{extra}identify:
+  - table: public.merchants
+    traits:
+      plan: plan_name
+{more}track:
+  - event: Merchant Installed
+    table: public.merchants
+    on: insert
+"""
+
+
+def _rulebook(tmp_path: Path, extra: str = "", more: str = "") -> Path:
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(RULEBOOK.format(extra=extra, more=more))
+    return path
+
+
+def _reinsert(db: str) -> None:
+    sql(
+        db,
+        "insert into merchants (id, shop_domain, plan_name) values (7, 'a', 'basic')",
+        "delete from merchants where id = 7",
+        "insert into merchants (id, shop_domain, plan_name) values (7, 'a', 'pro')",
+    )
+
+
+def _installed_ids(receiver: FakeRudderStack) -> list[str]:
+    return [c.message_id for c in receiver.calls if c.event == "Merchant Installed"]
+
+
+def test_a_reinserted_key_gets_the_same_insert_id_by_default(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """insert_ids: key (default) names an insert by its key, as backfills need."""
+    with running_daemon(settings_for(db, receiver, _rulebook(tmp_path))) as daemon:
+        _reinsert(db)
+        daemon.caught_up()
+    first, second = _installed_ids(receiver)
+    assert first == second
+
+
+def test_insert_ids_position_keeps_reinserted_keys_apart(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """insert_ids: position gives each insert of a reused key its own id."""
+    rulebook = _rulebook(tmp_path, extra="    insert_ids: position\n")
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        _reinsert(db)
+        daemon.caught_up()
+    first, second = _installed_ids(receiver)
+    assert first != second
+
+
+def _replay(settings: Settings) -> None:
+    code = run_replay(
+        settings,
+        ReplayOptions(since="1h"),
+        threading.Event(),
+        out=io.StringIO(),
+        err=io.StringIO(),  # type: ignore[arg-type]
+    )
+    assert code == 0
+
+
+def _identify_ids(receiver: FakeRudderStack) -> set[str]:
+    return {c.message_id for c in receiver.calls if c.type == "identify"}
+
+
+def test_backfilled_identify_ids_repeat_until_the_rule_changes(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """Replaying twice sends the same identify ids; a new trait makes new ones."""
+    sql(db, "insert into merchants (shop_domain, plan_name) values ('a', 'basic')")
+    settings = settings_for(db, receiver, _rulebook(tmp_path))
+    _replay(settings)
+    first = _identify_ids(receiver)
+    receiver.reset()
+    _replay(settings)
+    assert _identify_ids(receiver) == first
+    receiver.reset()
+    _rulebook(tmp_path, more="      shop: shop_domain\n")
+    _replay(settings)
+    changed = _identify_ids(receiver)
+    assert len(changed) == 1
+    assert changed.isdisjoint(first)
+    assert {
+        c.payload["traits"]["shop"] for c in receiver.calls if c.type == "identify"
+    } == {"a"}
