@@ -284,7 +284,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cdc_tracker.runner import run_daemon
+    from cdc_tracker.daemon.runner import run_daemon
 
     settings = _settings(args, slot=args.slot, poll_interval=args.poll_interval)
     stop = threading.Event()
@@ -300,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from cdc_tracker.runner import check_rulebook
+    from cdc_tracker.daemon.runner import check_rulebook
 
     logs.configure("auto", "warning")
     print(check_rulebook(args.rulebook_file, args.dsn))
@@ -315,7 +315,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _deadletters_list(args: argparse.Namespace) -> int:
-    from cdc_tracker import deadletters_cli as letters
+    from cdc_tracker.deadletters import operations as letters
 
     if args.limit < 0:
         raise ConfigError(f"--limit is {args.limit}; expected 0 (all) or more")
@@ -332,14 +332,14 @@ def _deadletters_list(args: argparse.Namespace) -> int:
 
 
 def _deadletters_show(args: argparse.Namespace) -> int:
-    from cdc_tracker import deadletters_cli as letters
+    from cdc_tracker.deadletters import operations as letters
 
     settings = _settings(args, slot=args.slot)
     return letters.show_letter(settings, args.id, as_json=args.json, out=sys.stdout)
 
 
 def _deadletters_retry(args: argparse.Namespace) -> int:
-    from cdc_tracker import deadletters_cli as letters
+    from cdc_tracker.deadletters import operations as letters
 
     if args.all == bool(args.ids or args.table or args.rule):
         raise ConfigError(
@@ -367,7 +367,7 @@ def _deadletters_retry(args: argparse.Namespace) -> int:
 
 
 def _deadletters_purge(args: argparse.Namespace) -> int:
-    from cdc_tracker import deadletters_cli as letters
+    from cdc_tracker.deadletters import operations as letters
 
     if [bool(args.ids), args.all, args.before is not None].count(True) != 1:
         raise ConfigError("say which dead letters to purge: IDs, --all or --before")

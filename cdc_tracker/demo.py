@@ -20,12 +20,12 @@ from typing import IO, Any
 import orjson
 import psycopg
 
-from cdc_tracker.daemon import Daemon
+from cdc_tracker.daemon.loop import Daemon
+from cdc_tracker.daemon.shipping import DestinationShipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.model import Lsn
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import Settings
-from cdc_tracker.shipping import DestinationShipper
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack, ReceivedCall
 

@@ -13,13 +13,14 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from cdc_tracker.daemon import Daemon
+from cdc_tracker.daemon.loop import Daemon
+from cdc_tracker.daemon.shipping import DestinationShipper
 from cdc_tracker.destination.backoff import Backoff
 from cdc_tracker.destination.rudderstack import RudderStackClient
+from cdc_tracker.mapping import ids
 from cdc_tracker.model import Lsn
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import Settings
-from cdc_tracker.shipping import DestinationShipper
 from cdc_tracker.source.slot import Slot, connect
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 
@@ -170,3 +171,9 @@ def slot_exists(dsn: str, slot: str | None = None) -> bool:
             "select 1 from pg_replication_slots where slot_name = %s", (slot,)
         ).fetchone()
     return row is not None
+
+
+def insert_name(rule_id: str, rulebook: Path = EXAMPLES / "rulebook.yaml") -> str:
+    """How a rule of ``rulebook`` is named in insert messageIds."""
+    rule = next(r for r in load_rulebook(rulebook).rules if r.id == rule_id)
+    return ids.insert_name(rule)

@@ -17,11 +17,11 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc_tracker import cli
-from cdc_tracker.deadletters import DeadLetterStore
+from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.mapping import ids
 from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import WRITE_KEY, running_daemon, settings_for, sql
+from tests.harness import WRITE_KEY, insert_name, running_daemon, settings_for, sql
 
 RULE = "identify public.merchants"
 NULL_USER = "user_id (email) is null or empty"
@@ -54,6 +54,11 @@ class Letters:
     @property
     def namespace(self) -> str:
         return f"{conninfo_to_dict(self.db)['dbname']}/{self.slot}"
+
+    @property
+    def name(self) -> str:
+        """How the fixed rulebook's identify rule is named in insert ids."""
+        return insert_name(RULE, self.fixed)
 
     def main(self, *args: str, rulebook: Path | None = None) -> int:
         flags = ["--dsn", self.db, "--slot", self.slot]
@@ -196,8 +201,16 @@ def test_retry_after_fixing_the_rulebook_delivers_the_daemons_message_ids(
     update = _json_lines(capsys.readouterr().out)[2]
     lsn, ordinal = str(update["position"]).split("#")
     expected = {
-        ids.insert_id(letters.namespace, RULE, [letters.merchant_id("b.example")]),
-        ids.insert_id(letters.namespace, RULE, [letters.merchant_id("c.example")]),
+        ids.insert_id(
+            letters.namespace,
+            insert_name(RULE, letters.fixed),
+            [letters.merchant_id("b.example")],
+        ),
+        ids.insert_id(
+            letters.namespace,
+            insert_name(RULE, letters.fixed),
+            [letters.merchant_id("c.example")],
+        ),
         ids.position_id(letters.namespace, RULE, Lsn.parse(lsn), int(ordinal)),
     }
 
@@ -235,7 +248,11 @@ def test_retry_of_a_call_the_destination_refuses_keeps_that_letter_only(
     letters: Letters, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A 400 for one call: that letter stays with the refusal; the rest is delivered."""
-    b_id = ids.insert_id(letters.namespace, RULE, [letters.merchant_id("b.example")])
+    b_id = ids.insert_id(
+        letters.namespace,
+        insert_name(RULE, letters.fixed),
+        [letters.merchant_id("b.example")],
+    )
     letters.receiver.reject_message_ids([b_id])
 
     assert letters.main("retry", "--all", rulebook=letters.fixed) == 1
@@ -273,7 +290,7 @@ def test_retry_of_a_letter_stored_without_its_key_takes_it_from_the_catalog(
     assert letters.main("retry", str(first), rulebook=letters.fixed) == 0
     key = letters.merchant_id("b.example")
     assert letters.receiver.message_ids() == [
-        ids.insert_id(letters.namespace, RULE, [key])
+        ids.insert_id(letters.namespace, letters.name, [key])
     ]
 
 

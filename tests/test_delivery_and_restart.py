@@ -10,17 +10,18 @@ from pathlib import Path
 
 import psycopg
 
-from cdc_tracker.daemon import Daemon
+from cdc_tracker.daemon.loop import Daemon
+from cdc_tracker.daemon.shipping import DestinationShipper, Outcome
 from cdc_tracker.destination.backoff import Backoff
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.mapping import ids
 from cdc_tracker.model import Call
 from cdc_tracker.rules.rulebook import load_rulebook
-from cdc_tracker.shipping import DestinationShipper, Outcome
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import (
     create_slot,
     flush_lsn,
+    insert_name,
     running_daemon,
     settings_for,
     slot_position,
@@ -229,7 +230,7 @@ def test_insert_message_ids_come_from_rule_and_primary_key(
     )
     identify_ids = [c["messageId"] for c in calls if c["type"] == "identify"]
     assert identify_ids[0] == ids.insert_id(
-        "shop/test", "identify public.merchants", [1]
+        "shop/test", insert_name("identify public.merchants"), [1]
     )
     assert len(set(identify_ids)) == 3
     assert all(0 < len(i) < 100 for i in identify_ids)

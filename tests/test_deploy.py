@@ -4,7 +4,7 @@ machine allows.
 There is no Docker engine or Kubernetes here, so nothing is built or scheduled.
 What is tested: every file parses; every environment variable they set is a real
 setting and the whole set validates; probe paths and ports agree with
-cdc_tracker/health.py and the Dockerfile; the ConfigMap holds the example
+cdc_tracker/ops/health.py and the Dockerfile; the ConfigMap holds the example
 rulebook at the path the daemon reads; the pod runs as the image's user. Then the
 services' own commands and environments run as local processes against a local
 PostgreSQL (with the compose file's init scripts applied) and fake receiver: the
@@ -33,8 +33,8 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from cdc_tracker.counters import Counters
-from cdc_tracker.health import HealthServer, Probe, parse_address
+from cdc_tracker.daemon.counters import Counters
+from cdc_tracker.ops.health import HealthServer, Probe, parse_address
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import ENVIRONMENT, load_settings
 from cdc_tracker.testing.rudderstack import FakeRudderStack

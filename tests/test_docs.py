@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from cdc_tracker.cli import main
-from cdc_tracker.docs import render_plan
+from cdc_tracker.rules.docs import render_plan
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect

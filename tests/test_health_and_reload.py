@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from cdc_tracker.health import HealthServer, Probe
+from cdc_tracker.ops.health import HealthServer, Probe
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import Running, running_daemon, settings_for, sql, wait_until
 

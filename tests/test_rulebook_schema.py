@@ -12,8 +12,8 @@ from jsonschema import Draft202012Validator
 
 from cdc_tracker.cli import main
 from cdc_tracker.errors import RulebookError
-from cdc_tracker.rulebook_schema import rulebook_schema
 from cdc_tracker.rules import lookup_spec, rulebook
+from cdc_tracker.rules.json_schema import rulebook_schema
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.rules.yamlfile import load_yaml
 from tests.harness import EXAMPLES

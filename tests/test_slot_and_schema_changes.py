@@ -9,10 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc_tracker.daemon import Daemon
+from cdc_tracker.daemon.loop import Daemon
+from cdc_tracker.daemon.shipping import PrintShipper
 from cdc_tracker.errors import SlotLost
 from cdc_tracker.rules.rulebook import load_rulebook
-from cdc_tracker.shipping import PrintShipper
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import running_daemon, settings_for, sql

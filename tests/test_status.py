@@ -11,13 +11,13 @@ import orjson
 import psycopg
 import pytest
 
-from cdc_tracker.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.cli import main
-from cdc_tracker.deadletters import DeadLetterStore
+from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
+from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.model import DeadLetter, Lsn
+from cdc_tracker.ops.status import Status, read_status, render_table, to_document
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect
-from cdc_tracker.status import Status, read_status, render_table, to_document
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import create_slot, running_daemon, settings_for, sql
 

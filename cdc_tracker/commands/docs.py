@@ -46,7 +46,7 @@ def register(
 
 
 def _docs(args: argparse.Namespace) -> int:
-    from cdc_tracker.docs import render_plan  # noqa: PLC0415 -- keeps --help fast
+    from cdc_tracker.rules.docs import render_plan  # noqa: PLC0415 -- keeps --help fast
     from cdc_tracker.rules.rulebook import load_rulebook  # noqa: PLC0415
 
     rulebook = load_rulebook(args.rulebook_file)

@@ -45,7 +45,8 @@ def register(
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from cdc_tracker import doctor, logs  # noqa: PLC0415 -- keeps --help fast
+    from cdc_tracker import logs  # noqa: PLC0415 -- keeps --help fast
+    from cdc_tracker.ops import doctor  # noqa: PLC0415
     from cdc_tracker.settings import load_settings  # noqa: PLC0415
 
     flags = {

@@ -43,7 +43,7 @@ def register(
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from cdc_tracker.rulebook_schema import rulebook_schema  # noqa: PLC0415
+    from cdc_tracker.rules.json_schema import rulebook_schema  # noqa: PLC0415
 
     text = json.dumps(rulebook_schema(), indent=2, ensure_ascii=False) + "\n"
     if args.output is None:

@@ -43,7 +43,8 @@ def register(
 
 
 def _status(args: argparse.Namespace) -> int:
-    from cdc_tracker import logs, status  # noqa: PLC0415 -- keeps --help fast
+    from cdc_tracker import logs  # noqa: PLC0415 -- keeps --help fast
+    from cdc_tracker.ops import status  # noqa: PLC0415
     from cdc_tracker.settings import load_settings  # noqa: PLC0415
     from cdc_tracker.source.slot import connect  # noqa: PLC0415
 

@@ -8,10 +8,10 @@ a call re-sent after a crash, or re-made by a backfill, is harmless:
 - any other call is named by (namespace, rule, commit position, ordinal in the
   transaction), the identity of a change in the WAL.
 
-A backfill (``replay``) names an identify call by (namespace, rule, the rule's
-definition, primary key, the row's cursor value): replaying a window twice sends
-nothing new, while a trait added to the rule makes new ids, so the new traits are
-not dropped as duplicates of the insert-time identify.
+An identify rule is named with a fingerprint of its definition, so that a trait
+added to it makes new ids: a backfill then delivers the new traits instead of
+having them dropped as duplicates. A backfill of a table whose inserts are named
+by position (keys reused) names calls by (rule, definition, key, cursor value).
 
 The namespace (database and slot by default) keeps ids unique across everything a
 workspace receives, since dedup is not scoped per source.
@@ -24,6 +24,7 @@ from hashlib import blake2b
 from typing import Any
 
 from cdc_tracker.model import Lsn
+from cdc_tracker.rules.rulebook import Rule
 
 PREFIX = "cdct-"
 
@@ -50,6 +51,29 @@ def snapshot_id(
     key_values: Iterable[Any],
     version: object,
 ) -> str:
-    """The id of a call a backfill makes from a row as it is now."""
+    """The id of a backfilled call on a table whose insert ids are positional."""
     key = "\x1f".join(str(value) for value in key_values)
     return _digest(f"{namespace}\x1e{rule_id}\x1e{definition}\x1e{key}\x1e{version}")
+
+
+def insert_name(rule: Rule) -> str:
+    """What names ``rule`` in insert ids.
+
+    An identify also carries its definition: editing its traits makes new ids, so a
+    backfill's new traits are not dropped as duplicates (a repeated identify is
+    harmless). A track event keeps its name alone: a re-sent event must stay a
+    duplicate.
+    """
+    return f"{rule.id}#{definition(rule)}" if rule.kind == "identify" else rule.id
+
+
+def definition(rule: Rule) -> str:
+    """A short fingerprint of what a rule sends."""
+    parts = [
+        rule.kind,
+        rule.event or "",
+        *(f"{key}={expr.text}" for key, expr in rule.expressions()),
+        repr(sorted((rule.integrations or {}).items())),
+        repr(rule.context),
+    ]
+    return blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()

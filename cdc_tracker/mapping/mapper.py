@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from datetime import datetime, tzinfo
 from decimal import Decimal
-from hashlib import blake2b
 from typing import Any
 
 import structlog
@@ -144,14 +143,15 @@ class Mapper:
         self.namespace = namespace
         self.schema = schema
         self.lookups = lookups
-        # Snapshot mode (replay): changes are rows as they are now, not WAL.
+        # Snapshot mode (replay): rows as they are now, with no WAL position.
         self.snapshot = snapshot
         self._stamp: tuple[datetime, str] | None = None
         self._converters: dict[str, Converter] = {}
         self._by_key = {
             name: spec.insert_ids == "key" for name, spec in rulebook.tables.items()
         }
-        self._definitions = {rule.id: _definition(rule) for rule in rulebook.rules}
+        self._definitions = {rule.id: ids.definition(rule) for rule in rulebook.rules}
+        self._insert_names = {rule.id: ids.insert_name(rule) for rule in rulebook.rules}
 
     def map(self, change: Change, calls: list[Call], dead: list[DeadLetter]) -> None:
         """Append the change's calls to ``calls`` and its failures to ``dead``."""
@@ -219,14 +219,14 @@ class Mapper:
     def _message_id(self, rule: Rule, change: Change) -> str:
         if change.action is Action.INSERT and change.key and change.new is not None:
             values = [change.new.get(column) for column in change.key]
-            by_key = self._by_key.get(change.table, True)
-            if self.snapshot and (rule.kind == "identify" or not by_key):
+            if self._by_key.get(change.table, True):
+                name = self._insert_names[rule.id]
+                return ids.insert_id(self.namespace, name, values)
+            if self.snapshot:  # a backfill cannot know the insert's WAL position
                 definition = self._definitions[rule.id]
                 return ids.snapshot_id(
                     self.namespace, rule.id, definition, values, change.commit_time
                 )
-            if by_key:
-                return ids.insert_id(self.namespace, rule.id, values)
         return ids.position_id(
             self.namespace, rule.id, change.commit_lsn, change.ordinal
         )
@@ -301,16 +301,3 @@ def _dead_letter(change: Change, rule: Rule, reason: str) -> DeadLetter:
             "key": list(change.key),
         },
     )
-
-
-def _definition(rule: Rule) -> str:
-    """A short fingerprint of what a rule sends, for backfill ids."""
-    parts = [
-        rule.kind,
-        rule.event or "",
-        rule.when.text if rule.when else "",
-        *(f"{key}={expr.text}" for key, expr in rule.expressions()),
-        repr(sorted((rule.integrations or {}).items())),
-        repr(rule.context),
-    ]
-    return blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()

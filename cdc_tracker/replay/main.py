@@ -8,12 +8,12 @@ from typing import IO
 
 import structlog
 
+from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.replay.plan import Plan, make_plan
 from cdc_tracker.replay.runner import Replay, ReplayOptions, ReplayResult, window_of
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import Settings
-from cdc_tracker.shipping import DestinationShipper, PrintShipper
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,8 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
-from cdc_tracker.deadletters import DeadLetterStore
+from cdc_tracker.daemon.shipping import Outcome, Shipper
+from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.errors import ConfigError, RulebookError
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
@@ -35,7 +36,6 @@ from cdc_tracker.replay.resume import JobState, StateStore, job_id
 from cdc_tracker.replay.window import Window, make_window
 from cdc_tracker.rules.schema import check_schema
 from cdc_tracker.settings import Settings
-from cdc_tracker.shipping import Outcome, Shipper
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect, translate_errors
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cdc_tracker.doctor import Finding, run_doctor
+from cdc_tracker.ops.doctor import Finding, run_doctor
 from cdc_tracker.settings import Settings
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import EXAMPLES, settings_for

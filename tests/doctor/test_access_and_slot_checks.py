@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from cdc_tracker.checkpoint import CheckpointStore
+from cdc_tracker.daemon.checkpoint import CheckpointStore
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect
 from cdc_tracker.testing.postgres import PostgresServer

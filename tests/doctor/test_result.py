@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from cdc_tracker.doctor import Finding, exit_code, render_json, render_text
+from cdc_tracker.ops.doctor import Finding, exit_code, render_json, render_text
 
 PASS = Finding("pass", "wal_level", "logical")
 WARN = Finding("warn", "slot", "not created yet", "nothing to do")

@@ -8,7 +8,7 @@ from dataclasses import replace
 import psycopg
 import pytest
 
-from cdc_tracker.doctor import exit_code, run_doctor
+from cdc_tracker.ops.doctor import exit_code, run_doctor
 from cdc_tracker.settings import Settings
 from cdc_tracker.testing.postgres import PostgresServer, ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack

@@ -19,13 +19,13 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from cdc_tracker.daemon import Daemon
+from cdc_tracker.daemon.loop import Daemon
+from cdc_tracker.daemon.shipping import DestinationShipper, Outcome
 from cdc_tracker.destination.backoff import Backoff
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.mapping import ids
 from cdc_tracker.model import Call
 from cdc_tracker.rules.rulebook import load_rulebook
-from cdc_tracker.shipping import DestinationShipper, Outcome
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.faults.workload import (
@@ -43,6 +43,7 @@ from tests.harness import (
     Running,
     create_slot,
     flush_lsn,
+    insert_name,
     running_daemon,
     settings_for,
     slot_position,
@@ -182,7 +183,8 @@ def test_connection_lost_mid_window_maps_the_window_once(
     assert cutter.cut == 2
     assert counters.dead_letters == 1
     assert Counter(receiver.message_ids()) == Counter(
-        ids.insert_id(NS, "identify public.merchants", [key]) for key in (1, 3)
+        ids.insert_id(NS, insert_name("identify public.merchants", rulebook), [key])
+        for key in (1, 3)
     )
     assert len(dead_letters(db)) == 1
 

@@ -32,6 +32,7 @@ from tests.harness import (
     WRITE_KEY,
     Running,
     flush_lsn,
+    insert_name,
     running_daemon,
     settings_for,
     slot_position,
@@ -200,7 +201,7 @@ def test_400_is_bisected_to_dead_letter_exactly_the_refused_calls(
 ) -> None:
     """Two refused calls among 80: those two in dead_letters, the other 78 arrive."""
     refused = {
-        ids.insert_id(NS, IDENTIFY, [7]),
+        ids.insert_id(NS, insert_name(IDENTIFY), [7]),
         ids.insert_id(NS, "Merchant Installed", [23]),
     }
     receiver.reject_message_ids(refused)
@@ -245,7 +246,7 @@ def test_a_call_over_32_kb_is_a_dead_letter_and_the_rest_arrive(
         insert_merchants(db, 5, per_transaction=5)
         daemon.caught_up()
         assert daemon.daemon.counters.dead_letters == 1
-    too_big = ids.insert_id(NS, IDENTIFY, [100])
+    too_big = ids.insert_id(NS, insert_name(IDENTIFY), [100])
     _exactly_once(receiver, merchant_insert_ids(db, NS) - {too_big})
     [(rule, reason, message_id)] = dead_letters(db)
     assert (rule, message_id) == (IDENTIFY, too_big)

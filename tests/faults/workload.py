@@ -30,7 +30,7 @@ from cdc_tracker.mapping import ids
 from cdc_tracker.model import Lsn
 from cdc_tracker.testing._rudder_checks import Answer
 from cdc_tracker.testing.rudderstack import FakeRudderStack, ReceivedCall
-from tests.harness import EXAMPLES, WRITE_KEY, wait_until
+from tests.harness import EXAMPLES, WRITE_KEY, insert_name, wait_until
 
 PLANS = ("basic", "pro", "plus")
 STATUSES = ("paid", "pending", "failed")
@@ -197,7 +197,7 @@ def merchant_insert_ids(dsn: str, namespace: str) -> set[str]:
     with psycopg.connect(dsn) as conn:
         keys = [row[0] for row in conn.execute("select id from merchants")]
     return {
-        ids.insert_id(namespace, rule, [key])
+        ids.insert_id(namespace, insert_name(rule), [key])
         for key in keys
         for rule in (IDENTIFY, "Merchant Installed")
     }

@@ -16,10 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
 
-from cdc_tracker.counters import Counters
+from cdc_tracker.daemon.counters import Counters
 from cdc_tracker.destination.stats import DeliveryStats
 from cdc_tracker.errors import ConfigError
-from cdc_tracker.metrics import render
+from cdc_tracker.ops.metrics import render
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ print them; ``exit_code`` sums them up as 0 (all passed), 1 (warnings) or 2
 ``rulebook``, ``destination``.
 """
 
-from cdc_tracker.doctor.result import (
+from cdc_tracker.ops.doctor.result import (
     EXIT_FAIL,
     EXIT_PASS,
     EXIT_WARN,
@@ -16,7 +16,7 @@ from cdc_tracker.doctor.result import (
     render_json,
     render_text,
 )
-from cdc_tracker.doctor.run import CHECKS, run_doctor
+from cdc_tracker.ops.doctor.run import CHECKS, run_doctor
 
 __all__ = [
     "CHECKS",

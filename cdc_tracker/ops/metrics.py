@@ -18,7 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from cdc_tracker.counters import DELAY_BUCKETS, Counters
+from cdc_tracker.daemon.counters import DELAY_BUCKETS, Counters
 from cdc_tracker.destination.stats import DeliveryStats
 
 PREFIX = "cdc_tracker"

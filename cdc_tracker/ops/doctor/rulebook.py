@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from cdc_tracker.doctor.context import Context
-from cdc_tracker.doctor.result import Finding, failed, passed
 from cdc_tracker.errors import CdcTrackerError, RulebookError
+from cdc_tracker.ops.doctor.context import Context
+from cdc_tracker.ops.doctor.result import Finding, failed, passed
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.rules.schema import Problem, check_schema
 from cdc_tracker.source.catalog import read_catalog

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import structlog
 
-from cdc_tracker.doctor import access, destination, rulebook, server, slot
-from cdc_tracker.doctor.context import Context, NotChecked
-from cdc_tracker.doctor.result import Finding, failed, passed, warned
 from cdc_tracker.errors import CdcTrackerError
+from cdc_tracker.ops.doctor import access, destination, rulebook, server, slot
+from cdc_tracker.ops.doctor.context import Context, NotChecked
+from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect, translate_errors
 

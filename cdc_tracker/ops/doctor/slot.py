@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cdc_tracker.doctor.context import Context
-from cdc_tracker.doctor.result import Finding, failed, passed, warned
+from cdc_tracker.ops.doctor.context import Context
+from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
 
 _SLOT_SQL = (
     "SELECT plugin, slot_type, database, current_database(), wal_status "

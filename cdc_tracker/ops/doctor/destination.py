@@ -13,14 +13,14 @@ import httpx
 
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.destination.settings import DestinationSettings
-from cdc_tracker.doctor.context import Context, NotChecked
-from cdc_tracker.doctor.result import Finding, failed, passed, warned
 from cdc_tracker.errors import (
     ConfigError,
     DestinationAuthError,
     PermanentDelivery,
     RetryableDelivery,
 )
+from cdc_tracker.ops.doctor.context import Context, NotChecked
+from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
 
 _URL_FIX = "check RUDDERSTACK_DATA_PLANE_URL (the data plane, not the dashboard)"
 _EMPTY_BATCH_REFUSED = 400

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from cdc_tracker.deadletters import DeadLetterStore, Selection
+from cdc_tracker.deadletters.store import DeadLetterStore, Selection
 from cdc_tracker.model import Lsn
 from cdc_tracker.source.slot import LOCK_CLASS, slot_lock_id, translate_errors
 

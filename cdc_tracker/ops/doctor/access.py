@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cdc_tracker.doctor.context import Context
-from cdc_tracker.doctor.result import Finding, failed, passed
+from cdc_tracker.ops.doctor.context import Context
+from cdc_tracker.ops.doctor.result import Finding, failed, passed
 
 _GRANTS_SQL = """
 SELECT format('%%I.%%I', n.nspname, c.relname),

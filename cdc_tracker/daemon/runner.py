@@ -7,14 +7,14 @@ import threading
 from pathlib import Path
 from typing import IO
 
-from cdc_tracker.daemon import Daemon
+from cdc_tracker.daemon.loop import Daemon
+from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper, Shipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.errors import RulebookError
-from cdc_tracker.health import HealthServer, Probe
+from cdc_tracker.ops.health import HealthServer, Probe
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.rules.schema import check_schema
 from cdc_tracker.settings import Settings
-from cdc_tracker.shipping import DestinationShipper, PrintShipper, Shipper
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect
 

@@ -20,15 +20,20 @@ from typing import IO, Any
 
 import orjson
 
-from cdc_tracker.deadletters import DeadLetterStore, Selection, StoredLetter, to_json
+from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper, Shipper
+from cdc_tracker.deadletters.redrive import CatalogKeys, Redrive, RetryReport
+from cdc_tracker.deadletters.store import (
+    DeadLetterStore,
+    Selection,
+    StoredLetter,
+    to_json,
+)
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.destination.settings import DestinationSettings
 from cdc_tracker.errors import ConfigError, SourceError
 from cdc_tracker.mapping.lookups import Lookups
-from cdc_tracker.redrive import CatalogKeys, Redrive, RetryReport
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook, qualify
 from cdc_tracker.settings import Settings
-from cdc_tracker.shipping import DestinationShipper, PrintShipper, Shipper
 from cdc_tracker.source.slot import connect
 
 EXIT_OK, EXIT_FAILED = 0, 1

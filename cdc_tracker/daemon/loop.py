@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 import psycopg
 import structlog
 
-from cdc_tracker.checkpoint import Checkpoint, CheckpointStore
-from cdc_tracker.counters import Counters
-from cdc_tracker.deadletters import DeadLetterStore
+from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
+from cdc_tracker.daemon.counters import Counters
+from cdc_tracker.daemon.reload import RulebookWatcher
+from cdc_tracker.daemon.shipping import Outcome, Shipper
+from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.backoff import Backoff
 from cdc_tracker.errors import (
     ConfigError,
@@ -30,11 +32,9 @@ from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.model import Call, Change, DeadLetter, Lsn, TableInfo
-from cdc_tracker.reload import RulebookWatcher
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import check_schema
 from cdc_tracker.settings import Settings
-from cdc_tracker.shipping import Outcome, Shipper
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import Slot, SlotState, connect
 from cdc_tracker.source.wal2json import Begin, Commit, Transaction, Truncate, parse_row

@@ -13,8 +13,8 @@ import os
 import psycopg
 from psycopg import errors as pgerrors
 
-from cdc_tracker.doctor.context import Context
-from cdc_tracker.doctor.result import Finding, failed, passed, warned
+from cdc_tracker.ops.doctor.context import Context
+from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
 from cdc_tracker.source.wal2json import PLUGIN_OPTIONS
 
 MIN_VERSION = 130_000  # wal_status and max_slot_wal_keep_size, which we rely on

@@ -22,12 +22,12 @@ from datetime import datetime
 import psycopg
 import structlog
 
-from cdc_tracker.deadletters import DeadLetterStore, Selection, StoredLetter
+from cdc_tracker.daemon.shipping import Outcome, Shipper
+from cdc_tracker.deadletters.store import DeadLetterStore, Selection, StoredLetter
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Action, Call, Change, DeadLetter
 from cdc_tracker.rules.rulebook import Rulebook
-from cdc_tracker.shipping import Outcome, Shipper
 from cdc_tracker.source.catalog import read_catalog
 
 log = structlog.get_logger(__name__)

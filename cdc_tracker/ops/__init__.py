@@ -1,0 +1,1 @@
+"""Running it in production: health and metrics endpoints, ``status``, ``doctor``."""
