@@ -50,7 +50,7 @@ def _settings(
 
 
 def _stats(daemon: Running) -> DeliveryStats:
-    return daemon.daemon.shipper.client.stats  # type: ignore[attr-defined,no-any-return]
+    return daemon.daemon.window.shipper.client.stats  # type: ignore[attr-defined,no-any-return]
 
 
 def _exactly_once(receiver: FakeRudderStack, expected: set[str]) -> Delivery:

@@ -1,0 +1,222 @@
+"""One window of the slot: read it, map it, ship it, move the slot.
+
+``Window`` keeps the position: ``done`` is the end of the last transaction whose
+calls were all acknowledged (or stored as dead letters). The slot is advanced to
+``done``, or, when a window was read to its bound, to that bound, so an idle
+tracked table does not make PostgreSQL keep WAL forever. A change is never marked
+done before the destination confirmed it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import structlog
+
+from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
+from cdc_tracker.daemon.counters import Counters
+from cdc_tracker.daemon.shipping import Outcome, Shipper
+from cdc_tracker.deadletters.store import DeadLetterStore
+from cdc_tracker.mapping.mapper import Mapper
+from cdc_tracker.model import Call, Change, DeadLetter, Lsn
+from cdc_tracker.settings import Settings
+from cdc_tracker.source.slot import Slot
+from cdc_tracker.source.wal2json import Begin, Commit, Transaction, Truncate, parse_row
+
+log = structlog.get_logger(__name__)
+
+FETCH_ROWS = 2_000
+
+T = TypeVar("T")
+
+
+class Window:
+    """The read-map-ship-advance cycle, and the position it has reached."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        mapper: Mapper,
+        shipper: Shipper,
+        stop: threading.Event,
+        advance: bool,
+    ) -> None:
+        self.settings = settings
+        self.mapper = mapper
+        self.shipper = shipper
+        self.stop = stop
+        self.advance_slot = advance
+        self.counters = Counters()
+        # Set per connection by the daemon.
+        self.slot: Slot | None = None
+        self.store: DeadLetterStore | None = None
+        self.checkpoints: CheckpointStore | None = None
+        self.checkpoint: Checkpoint | None = None
+        self.done = Lsn(0)  # every transaction at or below is fully handled
+        self.completed = Lsn(0)  # the last transaction read to its C row
+        self.completed_at = datetime.min.replace(tzinfo=UTC)
+        self.calls: list[Call] = []
+        self.dead: list[DeadLetter] = []
+        self.shipped: Checkpoint | None = None  # to record after the next advance
+        self._commit_times: list[float] = []  # of transactions with calls, unshipped
+        self.unsaved_calls = self.unsaved_batches = 0  # since the last checkpoint
+        self._calls_before_commit = 0
+
+    def forget_unacknowledged(self) -> None:
+        """After a lost connection: what was not acknowledged is read again."""
+        self.calls, self.dead, self._commit_times = [], [], []
+        self._calls_before_commit = 0
+        self.completed = self.done
+
+    def step(self) -> bool:
+        """Process one window; return True when more changes are already waiting."""
+        assert self.slot is not None
+        upto = self.slot.flush_lsn()
+        self.counters.lag_bytes = max(0, upto - self.done)
+        limit = self.settings.window_changes
+        rows = self._read_window(upto, limit)
+        if not self._ship():
+            return False
+        caught_up = rows < limit and not self.stop.is_set()
+        if caught_up:
+            # Read to its bound and all acknowledged: nothing below upto is left.
+            self.done = max(self.done, upto)
+        self._advance(self.done)
+        if caught_up and self.advance_slot and self.checkpoints is not None:
+            self.checkpoints.mark_caught_up()  # for status: nothing was pending
+        self.counters.last_progress = time.monotonic()
+        return rows >= limit
+
+    def _read_window(self, upto: Lsn, limit: int) -> int:
+        assert self.slot is not None
+        tx = Transaction()
+        rows = 0
+        skipping = False
+        flush_at = self.settings.batch_calls * 4
+        with self.slot.peek(upto, limit, FETCH_ROWS) as stream:
+            for data in stream:
+                rows += 1
+                event = parse_row(data, tx)
+                if type(event) is Change:
+                    if not skipping:
+                        self.counters.changes += 1
+                        self.mapper.map(event, self.calls, self.dead)
+                        if len(self.calls) >= flush_at and not self._ship():
+                            break
+                elif type(event) is Begin:
+                    # Seen before a failed advance, or in dry-run: already handled.
+                    skipping = event.commit_lsn <= self.done
+                    if self.stop.is_set():
+                        break
+                elif type(event) is Commit:
+                    self.completed = event.commit_lsn
+                    self.completed_at = tx.commit_time
+                    if len(self.calls) > self._calls_before_commit:
+                        self._commit_times.append(tx.commit_time.timestamp())
+                    self._calls_before_commit = len(self.calls)
+                    batch_full = len(self.calls) >= self.settings.batch_calls
+                    if batch_full and not self._ship():
+                        break
+                elif type(event) is Truncate and not skipping:
+                    self.counters.truncates += 1
+                    log.warning(
+                        "table truncated; no calls made for it", table=event.table
+                    )
+        return rows
+
+    def _ship(self) -> bool:
+        """Deliver pending calls, store dead letters, then mark what is done.
+
+        Returns False when a stop interrupted delivery: nothing is marked done.
+        """
+        calls, self.calls = self.calls, []
+        dead, self.dead = self.dead, []
+        self._calls_before_commit = 0
+        started = time.perf_counter()
+        outcome = self.shipper.ship(calls, self.stop)
+        dead.extend(outcome.dead_letters)
+        if dead:
+            self._store_dead(dead)
+        if outcome.interrupted:
+            return False
+        if calls and self.completed > self.done:
+            self.shipped = Checkpoint(self.completed, self.completed_at)
+        self.done = max(self.done, self.completed)
+        self._count_delivered(calls, outcome)
+        if calls:
+            log.info(
+                "batch shipped",
+                calls=outcome.delivered,
+                dead_letters=len(dead),
+                bytes=outcome.bytes,
+                lsn=str(self.done),
+                elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+        return True
+
+    def _count_delivered(self, calls: list[Call], outcome: Outcome) -> None:
+        counters = self.counters
+        counters.last_progress = time.monotonic()
+        if not calls:
+            return
+        counters.calls += outcome.delivered
+        counters.batches += 1
+        self.unsaved_calls += outcome.delivered
+        self.unsaved_batches += 1
+        refused = {
+            letter.call.get("messageId")
+            for letter in outcome.dead_letters
+            if letter.call
+        }
+        for call in calls:
+            if call.message_id not in refused:
+                counters.count_call(call.payload["type"], call.payload.get("event", ""))
+        now = time.time()
+        for committed in self._commit_times:
+            counters.delay.observe(max(0.0, now - committed))
+        self._commit_times.clear()
+
+    def _store_dead(self, dead: list[DeadLetter]) -> None:
+        for letter in dead:
+            self.counters.count_drop(letter.reason)
+            log.warning(
+                "dead letter",
+                table=letter.table,
+                rule=letter.rule,
+                reason=letter.reason,
+                position=f"{letter.commit_lsn}#{letter.ordinal}",
+            )
+        if self.advance_slot and self.store is not None:
+            self.store.save(dead)
+
+    def _advance(self, lsn: Lsn) -> None:
+        assert self.slot is not None
+        if not self.advance_slot:
+            return
+        if self.slot.advance(lsn):
+            log.debug("slot advanced", lsn=str(lsn))
+        shipped = self.shipped
+        if shipped is not None and self.checkpoints is not None:
+            # Only after calls went out: a write per idle poll would feed the slot.
+            self.checkpoints.save(
+                shipped, calls=self.unsaved_calls, batches=self.unsaved_batches
+            )
+            self.unsaved_calls = self.unsaved_batches = 0
+            self.checkpoint, self.shipped = shipped, None
+
+
+class WindowAttribute(Generic[T]):
+    """A daemon attribute that lives on its ``window``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, owner: object, kind: object = None) -> T:
+        value: T = getattr(owner.window, self.name)  # type: ignore[attr-defined]
+        return value
+
+    def __set__(self, owner: object, value: T) -> None:
+        setattr(owner.window, self.name, value)  # type: ignore[attr-defined]
