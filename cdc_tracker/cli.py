@@ -127,7 +127,7 @@ def _add_run(commands: Any) -> None:
         "--poll-interval",
         type=float,
         metavar="SECONDS",
-        help="wait between polls when idle (default 1)",
+        help="wait between polls when idle (default 0.2)",
     )
     sub.add_argument(
         "--dry-run",

@@ -58,7 +58,7 @@ class Settings:
     batch_calls: int = 500
     batch_bytes: int = 475_000
     http_timeout: float = 10.0
-    poll_interval: float = 1.0
+    poll_interval: float = 0.2
     window_changes: int = 20_000
     namespace: str = ""
     log_format: Literal["auto", "console", "json"] = "auto"

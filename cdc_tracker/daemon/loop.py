@@ -83,20 +83,23 @@ class Daemon:
         row that cannot be decoded or a rulebook that does not fit the schema
         raises (``SlotLost``, ``DecodeError``, ``ConfigError``).
         """
-        while not self.stop.is_set():
-            try:
-                if self._start():
-                    self._loop()
-            except SlotLost as exc:
-                raise self._lost(exc) from exc
-            except (SourceUnavailable, SlotBusy) as exc:
-                delay = self.reconnect.next_delay()
-                log.warning(
-                    "source unavailable", error=str(exc), retry_in_s=round(delay, 1)
-                )
-                self.stop.wait(delay)
-            finally:
-                self._close()
+        try:
+            while not self.stop.is_set():
+                try:
+                    if self._start():
+                        self._loop()
+                except SlotLost as exc:
+                    raise self._lost(exc) from exc
+                except (SourceUnavailable, SlotBusy) as exc:
+                    delay = self.reconnect.next_delay()
+                    log.warning(
+                        "source unavailable", error=str(exc), retry_in_s=round(delay, 1)
+                    )
+                    self.stop.wait(delay)
+                finally:
+                    self._close()
+        finally:
+            self.window.close()
         log.info("daemon stopped", lsn=str(self.done))
 
     def _lost(self, exc: SlotLost) -> SlotLost:

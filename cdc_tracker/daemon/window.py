@@ -1,5 +1,8 @@
 """One window of the slot: read it, map it, ship it, move the slot.
 
+Shipping runs on a thread of its own, one batch at a time, so that the next batch
+is read and mapped while the previous one is on the wire.
+
 ``Window`` keeps the position: ``done`` is the end of the last transaction whose
 calls were all acknowledged (or stored as dead letters). The slot is advanced to
 ``done``, or, when a window was read to its bound, to that bound, so an idle
@@ -9,8 +12,11 @@ done before the destination confirmed it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -64,9 +70,19 @@ class Window:
         self._commit_times: list[float] = []  # of transactions with calls, unshipped
         self.unsaved_calls = self.unsaved_batches = 0  # since the last checkpoint
         self._calls_before_commit = 0
+        self._in_flight: _Batch | None = None
+        self._shipping = ThreadPoolExecutor(1, thread_name_prefix="cdc-tracker-ship")
+
+    def close(self) -> None:
+        """Stop the shipping thread once the batch in flight is over."""
+        self._shipping.shutdown(wait=True)
 
     def forget_unacknowledged(self) -> None:
         """After a lost connection: what was not acknowledged is read again."""
+        batch, self._in_flight = self._in_flight, None
+        if batch is not None and batch.future is not None:
+            # Let it end first: two requests in flight could reorder a user's calls.
+            concurrent.futures.wait([batch.future])
         self.calls, self.dead, self._commit_times = [], [], []
         self._calls_before_commit = 0
         self.completed = self.done
@@ -78,7 +94,7 @@ class Window:
         self.counters.lag_bytes = max(0, upto - self.done)
         limit = self.settings.window_changes
         rows = self._read_window(upto, limit)
-        if not self._ship():
+        if not (self._ship() and self._settle()):
             return False
         caught_up = rows < limit and not self.stop.is_set()
         if caught_up:
@@ -128,38 +144,63 @@ class Window:
         return rows
 
     def _ship(self) -> bool:
-        """Deliver pending calls, store dead letters, then mark what is done.
+        """Hand the pending calls to the shipping thread, after settling the batch
+        already there (one request in flight keeps per-user order).
 
-        Returns False when a stop interrupted delivery: nothing is marked done.
+        Returns False when a stop interrupted delivery: nothing more is done.
         """
-        calls, self.calls = self.calls, []
-        dead, self.dead = self.dead, []
+        if not self._settle():
+            return False
+        batch = _Batch(
+            self.calls,
+            self.dead,
+            self.completed,
+            self.completed_at,
+            self._commit_times,
+            time.perf_counter(),
+        )
+        self.calls, self.dead, self._commit_times = [], [], []
         self._calls_before_commit = 0
-        started = time.perf_counter()
-        outcome = self.shipper.ship(calls, self.stop)
-        dead.extend(outcome.dead_letters)
+        if batch.calls:
+            batch.future = self._shipping.submit(
+                self.shipper.ship, batch.calls, self.stop
+            )
+        self._in_flight = batch
+        return True
+
+    def _settle(self) -> bool:
+        """Wait for the batch in flight; store its dead letters, mark it done.
+
+        Returns False when a stop interrupted its delivery.
+        """
+        batch, self._in_flight = self._in_flight, None
+        if batch is None:
+            return True
+        outcome = batch.future.result() if batch.future else Outcome()
+        dead = batch.dead + outcome.dead_letters
         if dead:
             self._store_dead(dead)
         if outcome.interrupted:
             return False
-        if calls and self.completed > self.done:
-            self.shipped = Checkpoint(self.completed, self.completed_at)
-        self.done = max(self.done, self.completed)
-        self._count_delivered(calls, outcome)
-        if calls:
+        if batch.calls and batch.completed > self.done:
+            self.shipped = Checkpoint(batch.completed, batch.completed_at)
+        self.done = max(self.done, batch.completed)
+        self._count_delivered(batch, outcome)
+        if batch.calls:
             log.info(
                 "batch shipped",
                 calls=outcome.delivered,
                 dead_letters=len(dead),
                 bytes=outcome.bytes,
                 lsn=str(self.done),
-                elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+                elapsed_ms=round((time.perf_counter() - batch.started) * 1000, 1),
             )
         return True
 
-    def _count_delivered(self, calls: list[Call], outcome: Outcome) -> None:
+    def _count_delivered(self, batch: _Batch, outcome: Outcome) -> None:
         counters = self.counters
         counters.last_progress = time.monotonic()
+        calls = batch.calls
         if not calls:
             return
         counters.calls += outcome.delivered
@@ -175,9 +216,8 @@ class Window:
             if call.message_id not in refused:
                 counters.count_call(call.payload["type"], call.payload.get("event", ""))
         now = time.time()
-        for committed in self._commit_times:
+        for committed in batch.commit_times:
             counters.delay.observe(max(0.0, now - committed))
-        self._commit_times.clear()
 
     def _store_dead(self, dead: list[DeadLetter]) -> None:
         for letter in dead:
@@ -206,6 +246,19 @@ class Window:
             )
             self.unsaved_calls = self.unsaved_batches = 0
             self.checkpoint, self.shipped = shipped, None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Calls handed to the shipping thread, and what they complete once delivered."""
+
+    calls: list[Call]
+    dead: list[DeadLetter]
+    completed: Lsn
+    completed_at: datetime
+    commit_times: list[float]
+    started: float
+    future: Future[Outcome] | None = None
 
 
 class WindowAttribute(Generic[T]):
