@@ -12,10 +12,11 @@ import pytest
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import PrintShipper
 from cdc_tracker.errors import SlotLost
+from cdc_tracker.ops.health import Probe
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import running_daemon, settings_for, sql
+from tests.harness import running_daemon, settings_for, sql, wait_until
 
 INSERT = (
     "insert into merchants (shop_domain, owner_name, plan_name) "
@@ -188,3 +189,23 @@ def test_added_column_and_changed_type_keep_flowing(
     assert len(identifies) == 2
     assert str(identifies[-1]["traits"]["currentMonthlyTotal"]) == "12.5000"
     assert "region" not in identifies[-1]["traits"]
+
+
+def test_a_renamed_tracked_table_is_reported_and_fails_readiness(
+    db: str,
+    receiver: FakeRudderStack,
+    example_rulebook: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its changes stop arriving under the old name: say so, do not look healthy."""
+    monkeypatch.setattr("cdc_tracker.daemon.loop.TABLE_CHECK_SECONDS", 0.05)
+    with running_daemon(settings_for(db, receiver, example_rulebook)) as daemon:
+        counters = daemon.daemon.counters
+        assert daemon.client is not None
+        probe = Probe(counters, daemon.client.stats, lambda: True, stall_seconds=60)
+        sql(db, "alter table payouts rename to payouts_archive")
+        wait_until(lambda: counters.missing_tables == ["public.payouts"], 10)
+        assert probe.not_ready() == "tracked tables are gone: public.payouts"
+        sql(db, "alter table payouts_archive rename to payouts")
+        wait_until(lambda: counters.missing_tables == [], 10)
+        assert probe.not_ready() is None

@@ -42,6 +42,7 @@ class Counters:
     reloads: int = 0
     reload_failures: int = 0
     lag_bytes: int = 0
+    missing_tables: list[str] = field(default_factory=list)
     delay: DelayHistogram = field(default_factory=DelayHistogram)
     started_at: float = field(default_factory=time.monotonic)
     last_progress: float = field(default_factory=time.monotonic)

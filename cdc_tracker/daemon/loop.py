@@ -8,6 +8,7 @@ everything not acknowledged before it is read again.
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import structlog
@@ -39,6 +40,7 @@ from cdc_tracker.source.slot import Slot, SlotState, connect
 log = structlog.get_logger(__name__)
 
 LOCK_RETRY_SECONDS = 2.0
+TABLE_CHECK_SECONDS = 30.0
 
 
 class Daemon:
@@ -113,9 +115,13 @@ class Daemon:
 
     def _loop(self) -> None:
         self.reconnect.reset()
+        checked = time.monotonic()
         while not self.stop.is_set():
             if self.watcher.due():
                 self._reload()
+            if time.monotonic() - checked > TABLE_CHECK_SECONDS:
+                checked = time.monotonic()
+                self._check_tables()
             backlog = self.window.step()
             if not backlog:
                 self.stop.wait(self.settings.poll_interval)
@@ -155,6 +161,20 @@ class Daemon:
             rules=len(self.rulebook.rules),
         )
         return True
+
+    def _check_tables(self) -> None:
+        """Say loudly when a tracked table is gone: its changes no longer arrive."""
+        assert self.slot is not None
+        tracked = sorted(self.rulebook.tables)
+        missing = sorted(set(tracked) - set(read_catalog(self.slot.conn, tracked)))
+        if missing != self.counters.missing_tables:
+            for table in sorted(set(missing) - set(self.counters.missing_tables)):
+                log.error(
+                    "tracked table is gone; its changes are not read",
+                    table=table,
+                    hint="renamed or dropped? update the rulebook",
+                )
+            self.counters.missing_tables = missing
 
     def _reload(self) -> None:
         """Swap in the edited rulebook between windows, or keep the old one."""

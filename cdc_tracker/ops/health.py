@@ -43,6 +43,8 @@ class Probe:
         """Why the daemon is not ready, or None when it is."""
         if not self.active():
             return "not reading the slot (starting, standing by or reconnecting)"
+        if self.counters.missing_tables:
+            return f"tracked tables are gone: {', '.join(self.counters.missing_tables)}"
         if self.delivery is not None and self.delivery.paused:
             return "destination refuses the write key or URL"
         idle = time.monotonic() - self.counters.last_progress

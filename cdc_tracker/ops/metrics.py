@@ -69,6 +69,11 @@ class DaemonCollector(Collector):
             "WAL bytes between the server's flush position and what is acknowledged.",
             value=c.lag_bytes,
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_missing_tables",
+            "Tracked tables the catalog no longer has (renamed or dropped).",
+            value=len(c.missing_tables),
+        )
         yield _delay_histogram(c)
 
     def _destination(self) -> Iterator[Metric]:
