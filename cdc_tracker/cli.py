@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import structlog
-
 from cdc_tracker import __version__, logs
+from cdc_tracker.commands.common import settings_from, stop_on_signals
 from cdc_tracker.errors import CdcTrackerError, ConfigError
-from cdc_tracker.settings import Settings, load_settings
-
-log = structlog.get_logger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -270,32 +262,18 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return EXIT_CONFIG
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    flags = {
-        "dsn": getattr(args, "dsn", None),
-        "rulebook": getattr(args, "rulebook", None),
-        "log_format": getattr(args, "log_format", None),
-        "log_level": getattr(args, "log_level", None),
-        **extra,
-    }
-    settings = load_settings(getattr(args, "config", None), overrides=flags)
-    logs.configure(settings.log_format, settings.log_level)
-    return settings
-
-
 def _run(args: argparse.Namespace) -> int:
     from cdc_tracker.daemon.runner import run_daemon
 
-    settings = _settings(args, slot=args.slot, poll_interval=args.poll_interval)
-    stop = threading.Event()
-    _install_signal_handlers(stop)
-    run_daemon(
-        settings,
-        stop,
-        dry_run=args.dry_run,
-        recreate_slot=args.recreate_slot,
-        out=sys.stdout,
-    )
+    settings = settings_from(args, slot=args.slot, poll_interval=args.poll_interval)
+    with stop_on_signals() as stop:
+        run_daemon(
+            settings,
+            stop,
+            dry_run=args.dry_run,
+            recreate_slot=args.recreate_slot,
+            out=sys.stdout,
+        )
     return EXIT_OK
 
 
@@ -319,7 +297,7 @@ def _deadletters_list(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise ConfigError(f"--limit is {args.limit}; expected 0 (all) or more")
-    settings = _settings(args, slot=args.slot)
+    settings = settings_from(args, slot=args.slot)
     chosen = letters.selection([], args.table, args.rule)
     return letters.list_letters(
         settings,
@@ -334,7 +312,7 @@ def _deadletters_list(args: argparse.Namespace) -> int:
 def _deadletters_show(args: argparse.Namespace) -> int:
     from cdc_tracker.deadletters import operations as letters
 
-    settings = _settings(args, slot=args.slot)
+    settings = settings_from(args, slot=args.slot)
     return letters.show_letter(settings, args.id, as_json=args.json, out=sys.stdout)
 
 
@@ -345,12 +323,9 @@ def _deadletters_retry(args: argparse.Namespace) -> int:
         raise ConfigError(
             "say which dead letters to retry: IDs, --table or --rule, or else --all"
         )
-    settings = _settings(args, slot=args.slot)
+    settings = settings_from(args, slot=args.slot)
     chosen = letters.selection(args.ids, args.table, args.rule)
-    stop = threading.Event()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    _install_signal_handlers(stop)
-    try:
+    with stop_on_signals() as stop:
         return letters.retry_letters(
             settings,
             chosen,
@@ -360,10 +335,6 @@ def _deadletters_retry(args: argparse.Namespace) -> int:
             out=sys.stdout,
             err=sys.stderr,
         )
-    finally:
-        for sig, handler in previous.items():
-            if handler is not None:  # None: not installed from Python
-                signal.signal(sig, handler)
 
 
 def _deadletters_purge(args: argparse.Namespace) -> int:
@@ -371,24 +342,8 @@ def _deadletters_purge(args: argparse.Namespace) -> int:
 
     if [bool(args.ids), args.all, args.before is not None].count(True) != 1:
         raise ConfigError("say which dead letters to purge: IDs, --all or --before")
-    settings = _settings(args, slot=args.slot)
+    settings = settings_from(args, slot=args.slot)
     chosen = letters.selection(args.ids, before=args.before)
     return letters.purge_letters(
         settings, chosen, yes=args.yes, stdin=sys.stdin, err=sys.stderr, out=sys.stdout
     )
-
-
-def _install_signal_handlers(stop: threading.Event) -> None:
-    """First SIGTERM/SIGINT drains and advances; a second exits at once."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            os._exit(EXIT_INTERRUPTED)  # safe: delivery is at-least-once
-        log.info(
-            "stopping: finishing the batch in flight",
-            signal=signal.Signals(signum).name,
-        )
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)

@@ -45,19 +45,10 @@ def register(
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from cdc_tracker import logs  # noqa: PLC0415 -- keeps --help fast
-    from cdc_tracker.ops import doctor  # noqa: PLC0415
-    from cdc_tracker.settings import load_settings  # noqa: PLC0415
+    from cdc_tracker.commands.common import settings_from  # noqa: PLC0415
+    from cdc_tracker.ops import doctor  # noqa: PLC0415 -- keeps --help fast
 
-    flags = {
-        "dsn": args.dsn,
-        "rulebook": args.rulebook,
-        "slot": args.slot,
-        "log_format": args.log_format,
-        "log_level": args.log_level or "warning",
-    }
-    settings = load_settings(args.config, overrides=flags)
-    logs.configure(settings.log_format, settings.log_level)
+    settings = settings_from(args, quiet=True, slot=args.slot)
     findings = doctor.run_doctor(settings)
     render = doctor.render_json if args.json else doctor.render_text
     sys.stdout.write(render(findings) + "\n")

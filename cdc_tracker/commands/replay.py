@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from cdc_tracker.errors import ConfigError
@@ -85,24 +82,18 @@ def register(
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from cdc_tracker import logs  # noqa: PLC0415 -- keep --help fast
+    from cdc_tracker.commands.common import (  # noqa: PLC0415 -- keep --help fast
+        settings_from,
+        stop_on_signals,
+    )
     from cdc_tracker.replay.main import run_replay  # noqa: PLC0415
     from cdc_tracker.replay.runner import ReplayOptions  # noqa: PLC0415
-    from cdc_tracker.settings import load_settings  # noqa: PLC0415
 
     if args.rate is not None and not args.rate > 0:
         raise ConfigError(f"--rate is {args.rate}; expected calls per second > 0")
     if args.page_rows < 1:
         raise ConfigError(f"--page-rows is {args.page_rows}; expected 1 or more")
-    flags = {
-        "dsn": args.dsn,
-        "rulebook": args.rulebook,
-        "slot": args.slot,
-        "log_format": args.log_format,
-        "log_level": args.log_level,
-    }
-    settings = load_settings(args.config, overrides=flags)
-    logs.configure(settings.log_format, settings.log_level)
+    settings = settings_from(args, slot=args.slot)
     options = ReplayOptions(
         since=args.since,
         until=args.until,
@@ -113,25 +104,5 @@ def _replay(args: argparse.Namespace) -> int:
         resume=args.resume,
         page_rows=args.page_rows,
     )
-    stop = threading.Event()
-    previous = _stop_on_signals(stop)
-    try:
+    with stop_on_signals() as stop:
         return run_replay(settings, options, stop, out=sys.stdout, err=sys.stderr)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _stop_on_signals(stop: threading.Event) -> dict[int, Any]:
-    """First SIGINT/SIGTERM finishes the page in flight; a second exits at once."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise SystemExit(130)
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.getsignal(sig)
-        signal.signal(sig, handle)
-    return previous

@@ -43,20 +43,11 @@ def register(
 
 
 def _status(args: argparse.Namespace) -> int:
-    from cdc_tracker import logs  # noqa: PLC0415 -- keeps --help fast
-    from cdc_tracker.ops import status  # noqa: PLC0415
-    from cdc_tracker.settings import load_settings  # noqa: PLC0415
+    from cdc_tracker.commands.common import settings_from  # noqa: PLC0415
+    from cdc_tracker.ops import status  # noqa: PLC0415 -- keeps --help fast
     from cdc_tracker.source.slot import connect  # noqa: PLC0415
 
-    flags = {
-        "dsn": args.dsn,
-        "rulebook": args.rulebook,
-        "slot": args.slot,
-        "log_format": args.log_format,
-        "log_level": args.log_level or "warning",
-    }
-    settings = load_settings(args.config, overrides=flags)
-    logs.configure(settings.log_format, settings.log_level)
+    settings = settings_from(args, quiet=True, slot=args.slot)
     with connect(settings.require_dsn()) as conn:
         conn.execute("SET application_name = 'cdc-tracker status'")
         found = status.read_status(conn, settings.slot)

@@ -1,0 +1,69 @@
+"""What every subcommand shares: settings from the flags, and signal handling."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from cdc_tracker import logs
+from cdc_tracker.settings import Settings, load_settings
+
+log = structlog.get_logger(__name__)
+
+EXIT_INTERRUPTED = 130
+
+
+def settings_from(
+    args: argparse.Namespace, *, quiet: bool = False, **extra: Any
+) -> Settings:
+    """Settings from ``--config``, the environment and the common flags (``extra``
+    adds command flags; ``None`` values are ignored); logging is set up from them.
+    ``quiet`` logs warnings and errors only unless ``--log-level`` says otherwise.
+    """
+    level = getattr(args, "log_level", None) or ("warning" if quiet else None)
+    flags = {
+        "dsn": getattr(args, "dsn", None),
+        "rulebook": getattr(args, "rulebook", None),
+        "log_format": getattr(args, "log_format", None),
+        "log_level": level,
+        **extra,
+    }
+    settings = load_settings(getattr(args, "config", None), overrides=flags)
+    logs.configure(settings.log_format, settings.log_level)
+    return settings
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by the first SIGTERM or SIGINT (finish the work in flight);
+    a second signal exits at once, which is safe since delivery is at-least-once.
+    The previous handlers are back when the block ends.
+    """
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(EXIT_INTERRUPTED)
+        log.info(
+            "stopping: finishing the batch in flight",
+            signal=signal.Signals(signum).name,
+        )
+        stop.set()
+
+    previous = {
+        sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: not installed from Python
+                signal.signal(sig, handler)
