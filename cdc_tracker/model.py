@@ -119,6 +119,7 @@ class TableInfo:
     replica_identity: str  # default | full | index | nothing
     columns: dict[str, str]  # name -> declared type (a domain's base type)
     key: tuple[str, ...]
+    partitioned: bool = False  # a partitioned parent: wal2json names its leaves
 
     @property
     def full_identity(self) -> bool:

@@ -13,7 +13,8 @@ SELECT n.nspname || '.' || c.relname, c.relreplident, a.attname,
             ELSE format_type(a.atttypid, a.atttypmod) END,
        EXISTS (SELECT 1 FROM pg_index i
                WHERE i.indrelid = c.oid AND i.indisprimary AND i.indimmediate
-                 AND a.attnum = ANY (i.indkey))
+                 AND a.attnum = ANY (i.indkey)),
+       c.relkind = 'p'
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -32,9 +33,16 @@ def read_catalog(
     found: dict[str, TableInfo] = {}
     with translate_errors("-"):
         rows = conn.execute(_COLUMNS_SQL, (tables,)).fetchall()
-    for table, identity, column, declared, in_key in rows:
+    for table, identity, column, declared, in_key, partitioned in rows:
         info = found.setdefault(
-            str(table), TableInfo(str(table), _IDENTITY[str(identity)], {}, ())
+            str(table),
+            TableInfo(
+                str(table),
+                _IDENTITY[str(identity)],
+                {},
+                (),
+                partitioned=bool(partitioned),
+            ),
         )
         info.columns[str(column)] = str(declared)
         if in_key:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 import textwrap
 from pathlib import Path
 
 import psycopg
 
-from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import check_schema
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect
@@ -283,3 +284,29 @@ def test_missing_cursor_column_and_user_id_column_are_named(
         "6: user_id: unknown column 'merchant'; did you mean 'merchant_id'? "
         "at column 1 (table public.payouts)",
     ]
+
+
+def test_a_partitioned_parent_is_refused_with_what_to_do(empty_db: str) -> None:
+    """wal2json names the leaf partitions, so a parent in the rulebook gets nothing."""
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(
+            "create table events (id bigint, at date, primary key (id, at)) "
+            "partition by range (at)"
+        )
+        conn.execute(
+            "create table events_2026 partition of events "
+            "for values from ('2026-01-01') to ('2027-01-01')"
+        )
+    rulebook = _partition_rulebook()
+    with connect(empty_db) as conn:
+        catalog = read_catalog(conn, ["public.events"])
+    assert [problem for _, _, problem in check_schema(rulebook, catalog)] == [
+        "table 'public.events' is partitioned: wal2json reports its partitions by "
+        "their own names; track each partition instead"
+    ]
+
+
+def _partition_rulebook() -> Rulebook:
+    path = Path(tempfile.mkdtemp()) / "rulebook.yaml"
+    path.write_text("version: 1\ntables:\n  public.events:\n    user_id: id\n")
+    return load_rulebook(path)
