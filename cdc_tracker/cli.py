@@ -145,7 +145,9 @@ def _add_check(commands: Any) -> None:
         ),
         epilog="examples:\n  cdc-tracker check config/rulebook.yaml\n"
         "  cdc-tracker check config/rulebook.yaml --dsn postgresql://tracker@db/app\n\n"
-        + _EPILOG,
+        "exit codes:\n  0    the rulebook is valid (and fits the database)\n"
+        "  1    the database did not answer\n"
+        "  2    problems found, each as FILE:LINE: PROBLEM, or an unusable --dsn",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub.add_argument("rulebook_file", type=Path, metavar="RULEBOOK")
@@ -163,7 +165,8 @@ def _add_demo(commands: Any) -> None:
             "RudderStack-compatible receiver, play a short story and print each call "
             "as it arrives."
         ),
-        epilog=_EPILOG,
+        epilog="exit codes:\n  0    every change of the story was shipped and "
+        "acknowledged\n  1    it could not run (PostgreSQL or wal2json missing)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub.add_argument("--rulebook", type=Path, default=None, metavar="PATH")

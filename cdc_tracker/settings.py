@@ -9,6 +9,7 @@ key is never part of a message or a ``repr``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -105,6 +106,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "log_format": ("auto", "console", "json"),
     "log_level": ("debug", "info", "warning", "error"),
 }
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 _POSITIVE = {
     "batch_calls",
     "batch_bytes",
@@ -185,6 +187,8 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
         return number
     if kind == "bool | None":
         return _boolean(value, bad)
+    if name == "slot" and not _SLOT_NAME.fullmatch(str(value)):
+        raise bad("a slot name of lowercase letters, digits and _ (at most 63)")
     if kind == "Path":
         return Path(str(value))
     return str(value)

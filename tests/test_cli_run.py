@@ -20,6 +20,7 @@ from tests.harness import (
     WRITE_KEY,
     create_slot,
     flush_lsn,
+    running_daemon,
     settings_for,
     slot_exists,
     slot_position,
@@ -235,3 +236,22 @@ def test_run_serves_probes_and_reloads_on_sighup(
     process.wait_for_log("rulebook reloaded")
     process.proc.send_signal(signal.SIGTERM)
     assert process.proc.wait(timeout=20) == 0
+
+
+def test_dry_run_beside_a_running_daemon_reads_a_slot_of_its_own(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
+) -> None:
+    """The daemon keeps its slot; the dry run shows what happens from now on."""
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings) as daemon:
+        process = Process(["run", "--dry-run"], _env(db, receiver, example_rulebook))
+        processes.append(process)
+        process.wait_for_log("reading slot")
+        sql(db, INSERT)
+        daemon.caught_up()
+        wait_until(lambda: len(process.stdout) >= 2, 20)
+        process.proc.send_signal(signal.SIGTERM)
+        assert process.proc.wait(timeout=20) == 0
+    printed = [json.loads(line)["messageId"] for line in process.stdout]
+    assert sorted(printed) == sorted(receiver.message_ids())
+    assert slot_exists(db)  # the daemon's slot; the dry run's was temporary

@@ -209,3 +209,29 @@ def test_a_renamed_tracked_table_is_reported_and_fails_readiness(
         sql(db, "alter table payouts_archive rename to payouts")
         wait_until(lambda: counters.missing_tables == [], 10)
         assert probe.not_ready() is None
+
+
+def test_replica_identity_dropped_while_running_names_the_fix(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """Rules needing old values dead-letter with the ALTER TABLE that fixes it."""
+    with running_daemon(settings_for(db, receiver, example_rulebook)) as daemon:
+        sql(db, INSERT)
+        daemon.caught_up()
+        sql(
+            db,
+            "alter table merchants replica identity default",
+            "update merchants set plan_name = 'gold'",
+        )
+        daemon.caught_up()
+    with psycopg.connect(db) as conn:
+        reasons = dict(
+            conn.execute("select rule, reason from cdc_tracker.dead_letters").fetchall()
+        )
+    assert sorted(reasons) == ["Plan Changed", "Xero Connection Lost"]
+    assert reasons["Plan Changed"] == (
+        "column 'plan_name' is not in the old row image, which holds only the key: "
+        "public.merchants does not have REPLICA IDENTITY FULL (any more?); fix: "
+        "ALTER TABLE public.merchants REPLICA IDENTITY FULL;"
+    )
+    assert [c.type for c in receiver.calls].count("identify") == 2

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import structlog
 
 from cdc_tracker import logs
+from cdc_tracker.errors import ConfigError
 from cdc_tracker.settings import Settings, load_settings
 
 log = structlog.get_logger(__name__)
@@ -67,3 +70,14 @@ def stop_on_signals() -> Iterator[threading.Event]:
         for sig, handler in previous.items():
             if handler is not None:  # None: not installed from Python
                 signal.signal(sig, handler)
+
+
+def write_output(path: Path | None, text: str) -> None:
+    """Write ``text`` to ``path``, or to standard output when there is none."""
+    if path is None:
+        sys.stdout.write(text)
+        return
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from exc

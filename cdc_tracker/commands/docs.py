@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ def register(
 
 
 def _docs(args: argparse.Namespace) -> int:
+    from cdc_tracker.commands.common import write_output  # noqa: PLC0415
     from cdc_tracker.rules.docs import render_plan  # noqa: PLC0415 -- keeps --help fast
     from cdc_tracker.rules.rulebook import load_rulebook  # noqa: PLC0415
 
@@ -58,8 +58,5 @@ def _docs(args: argparse.Namespace) -> int:
         with connect(args.dsn) as conn:
             catalog = read_catalog(conn, rulebook.schema_tables)
     text = render_plan(rulebook, catalog)
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        args.output.write_text(text, encoding="utf-8")
+    write_output(args.output, text)
     return 0

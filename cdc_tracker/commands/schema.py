@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,11 +42,9 @@ def register(
 
 
 def _schema(args: argparse.Namespace) -> int:
+    from cdc_tracker.commands.common import write_output  # noqa: PLC0415
     from cdc_tracker.rules.json_schema import rulebook_schema  # noqa: PLC0415
 
     text = json.dumps(rulebook_schema(), indent=2, ensure_ascii=False) + "\n"
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        args.output.write_text(text, encoding="utf-8")
+    write_output(args.output, text)
     return 0

@@ -7,6 +7,7 @@ everything not acknowledged before it is read again.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -131,7 +132,12 @@ class Daemon:
         self.window.forget_unacknowledged()
         conn = self._connect()
         slot = Slot(conn, self.settings.slot, sorted(self.rulebook.tables))
-        if not self._wait_for_lock(slot):
+        if not self.advance_slot and not slot.try_lock():
+            # Beside a running daemon, a dry run reads a temporary slot of its own.
+            name = f"{self.settings.slot[:40]}_dry_run_{os.getpid()}"
+            slot = Slot(conn, name, slot.tables)
+            log.info("slot in use: the dry run shows changes from now on", slot=name)
+        elif not self._wait_for_lock(slot):
             return False
         state_conn = self._connect()
         self.checkpoints = CheckpointStore(state_conn, slot.name)

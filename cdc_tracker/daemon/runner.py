@@ -33,6 +33,7 @@ def run_daemon(
     if dry_run:
         shipper: Shipper = PrintShipper(out)
         daemon = Daemon(settings, rulebook, shipper, stop, advance=False)
+        _reload_on_sighup(daemon)
         daemon.run()
         return daemon
     with RudderStackClient(settings.destination_settings()) as client:

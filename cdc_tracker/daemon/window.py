@@ -188,7 +188,7 @@ class Window:
         self._count_delivered(batch, outcome)
         if batch.calls:
             log.info(
-                "batch shipped",
+                "batch shipped" if self.advance_slot else "batch printed (dry run)",
                 calls=outcome.delivered,
                 dead_letters=len(dead),
                 bytes=outcome.bytes,

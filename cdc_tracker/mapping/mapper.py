@@ -104,6 +104,12 @@ class RowView:
         elif image == "new" and change.old is not None and column in change.old:
             # Unchanged TOAST under REPLICA IDENTITY FULL: the old value still holds.
             raw = change.old[column]
+        elif image == "old" and change.key and set(source) <= set(change.key):
+            raise EvaluationError(
+                f"column '{column}' is not in the old row image, which holds only "
+                f"the key: {change.table} does not have REPLICA IDENTITY FULL (any "
+                f"more?); fix: ALTER TABLE {change.table} REPLICA IDENTITY FULL;"
+            )
         elif self.schema is not None and self.schema.column_gone(change, column):
             raise EvaluationError(
                 f"column '{column}' is not in {change.table} any more "

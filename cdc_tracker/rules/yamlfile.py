@@ -96,9 +96,15 @@ class YamlProblem(Exception):
 
 def load_yaml(path: Path) -> Any:
     """Parse one YAML document into LineDict/LineList/scalars."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        where = exc.object[: exc.start].count(b"\n") + 1
+        raise YamlProblem(where, f"not UTF-8 text (byte {exc.start})") from exc
     try:
         return yaml.load(text, Loader=_Loader)
+    except RecursionError as exc:
+        raise YamlProblem(None, "nested too deeply to be a rulebook") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

@@ -34,6 +34,8 @@ _PERMANENT = (
     "not permitted to log in",
     "password is required",
     "could not translate host name",
+    "unrecognized configuration parameter",
+    "invalid value for parameter",
 )
 _SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
 
@@ -49,6 +51,9 @@ def translate_errors(slot: str, dsn: str = "") -> Iterator[None]:
             hint="is another cdc-tracker running against this slot?",
         ) from exc
     except pgerrors.UndefinedObject as exc:
+        if "replication slot" not in str(exc):  # e.g. an unknown server setting
+            message = redact(_first_line(exc), dsn)
+            raise ConfigError(f"the server refused: {message}") from exc
         raise SlotLost(
             f"replication slot '{slot}' does not exist",
             hint="it was dropped: see 'cdc-tracker replay --since' to backfill",
@@ -89,9 +94,10 @@ def _prerequisite(slot: str, exc: psycopg.Error) -> SourceError | ConfigError:
 
 def _connection_failure(exc: psycopg.Error, dsn: str) -> SourceError | ConfigError:
     message = redact(_first_line(exc), dsn)
-    if exc.sqlstate is None and (
-        isinstance(exc, psycopg.ProgrammingError)
-        or any(word in message for word in _PERMANENT)
+    # A ProgrammingError (SQLSTATE class 42, or a DSN libpq cannot parse) fails
+    # the same way however often it is retried.
+    if isinstance(exc, psycopg.ProgrammingError) or (
+        exc.sqlstate is None and any(word in message for word in _PERMANENT)
     ):
         return ConfigError(
             f"cannot connect to the database: {message}",
