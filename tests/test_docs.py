@@ -171,3 +171,17 @@ def test_docs_mark_a_table_missing_from_the_database(
     )
     assert "| `amount` | `amount` | `amount` | **table not found** |" in text
     assert "| `email` | `email` | `email` | **column not found** |" in text
+
+
+def test_docs_list_a_lookups_key_among_the_columns_read(tmp_path: Path) -> None:
+    """A rule that reads only merchant.x still reads the row's merchant_id."""
+    path = tmp_path / "lookup.yaml"
+    path.write_text(
+        "version: 1\ntables:\n  public.payouts:\n    user_id: merchant.shop_domain\n"
+        "    lookups:\n      merchant:\n        table: public.merchants\n"
+        "        key: {id: merchant_id}\n"
+        "track:\n  - event: Payout Fetched\n    table: public.payouts\n"
+        "    on: insert\n"
+    )
+    lines = render_plan(load_rulebook(path)).splitlines()
+    assert "- **Columns read:** `merchant_id`" in lines

@@ -184,7 +184,12 @@ def _actions(rule: Rule) -> str:
 
 
 def _columns(rule: Rule) -> str:
-    refs = {ref.column for _, expr in rule.expressions() for ref in expr.columns}
+    expressions = [expr for _, expr in rule.expressions()]
+    refs = {ref.column for expr in expressions for ref in expr.columns}
+    # A lookup reads the row's own key columns too.
+    used = {ref.lookup for expr in expressions for ref in expr.lookups}
+    for name in used & rule.lookups.keys():
+        refs.update(column for _, column in rule.lookups[name].key)
     return ", ".join(_code(column) for column in sorted(refs))
 
 
