@@ -5,6 +5,10 @@
     CdcTrackerError                 root; every error we raise on purpose
     +-- ConfigError                 settings or rulebook cannot be used (exit code 2)
     |   +-- RulebookError           the rulebook is invalid; carries file, line, problem
+    |   +-- ExpressionError         (rules.expr) an expression does not parse or type
+    +-- EvaluationError             (rules.expr) a rule cannot be applied to a change:
+    |   +-- MissingValue            the mapper makes it a dead letter, never a crash
+    |   +-- LookupMissing           (mapping.lookups) no related row, policy dead_letter
     +-- SourceError                 the database side failed
     |   +-- SourceUnavailable       connection lost or refused: retry with backoff
     |   +-- SlotBusy                another process reads the slot: retry later
