@@ -33,7 +33,7 @@ from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.model import Lsn, TableInfo
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
-from cdc_tracker.rules.schema import check_schema
+from cdc_tracker.rules.schema import check_schema, toast_risks
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import Slot, SlotState, connect
@@ -150,6 +150,13 @@ class Daemon:
         problems = check_schema(self.rulebook, catalog)
         if problems:
             raise RulebookError(problems)
+        for table, columns in toast_risks(self.rulebook, catalog).items():
+            log.warning(
+                "large values may be left out of update calls",
+                table=table,
+                columns=columns,
+                hint=f"ALTER TABLE {table} REPLICA IDENTITY FULL keeps them",
+            )
         state = self._ensure_slot(slot)
         self.slot = slot
         self.done = max(self.done, state.confirmed)

@@ -203,3 +203,26 @@ def _non_key_columns(rule: Rule, info: TableInfo) -> list[str]:
             if (spec := rule.lookups.get(ref.lookup)) is not None:
                 columns.update(spec.own_columns)
     return sorted(columns - set(info.key))
+
+
+# Types whose large values PostgreSQL may store out of line (TOAST).
+_TOASTABLE = ("text", "character varying", "json", "jsonb", "bytea", "xml")
+
+
+def toast_risks(
+    rulebook: Rulebook, catalog: dict[str, TableInfo]
+) -> dict[str, list[str]]:
+    """Per table without REPLICA IDENTITY FULL, the columns update rules read that
+    may be TOASTed: an update leaving such a value unchanged does not carry it, so
+    the trait or property is left out of that call."""
+    risks: dict[str, set[str]] = {}
+    for rule in rulebook.rules:
+        info = catalog.get(rule.table)
+        if info is None or info.full_identity or Action.UPDATE not in rule.on:
+            continue
+        for _, expr in rule.expressions():
+            for ref in expr.columns:
+                declared = info.columns.get(ref.column, "")
+                if declared.startswith(_TOASTABLE) or declared.endswith("[]"):
+                    risks.setdefault(rule.table, set()).add(ref.column)
+    return {table: sorted(columns) for table, columns in sorted(risks.items())}

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
-from cdc_tracker.rules.schema import check_schema
+from cdc_tracker.rules.schema import check_schema, toast_risks
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect
 from tests.harness import sql
@@ -310,3 +310,30 @@ def _partition_rulebook() -> Rulebook:
     path = Path(tempfile.mkdtemp()) / "rulebook.yaml"
     path.write_text("version: 1\ntables:\n  public.events:\n    user_id: id\n")
     return load_rulebook(path)
+
+
+def test_toast_risks_name_large_columns_update_rules_read_without_full_identity(
+    empty_db: str,
+) -> None:
+    """Only update rules on non-FULL tables, only columns that can be TOASTed."""
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(
+            "create table notes (id bigint primary key, body text, tags text[], "
+            "n integer, meta jsonb)"
+        )
+        conn.execute("create table kept (id bigint primary key, body text)")
+        conn.execute("alter table kept replica identity full")
+    path = Path(tempfile.mkdtemp()) / "rulebook.yaml"
+    path.write_text(
+        "version: 1\n"
+        "tables:\n  public.notes:\n    user_id: id\n  public.kept:\n    user_id: id\n"
+        "identify:\n"
+        "  - table: public.notes\n    on: update\n"
+        "    traits: {body: body, tags: tags, n: n}\n"
+        "  - table: public.notes\n    on: insert\n    traits: {meta: meta}\n"
+        "  - table: public.kept\n    on: update\n    traits: {body: body}\n"
+    )
+    rulebook = load_rulebook(path)
+    with connect(empty_db) as conn:
+        catalog = read_catalog(conn, ["public.notes", "public.kept"])
+    assert toast_risks(rulebook, catalog) == {"public.notes": ["body", "tags"]}
