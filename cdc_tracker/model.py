@@ -120,6 +120,7 @@ class TableInfo:
     columns: dict[str, str]  # name -> declared type (a domain's base type)
     key: tuple[str, ...]
     partitioned: bool = False  # a partitioned parent: wal2json names its leaves
+    leaves: tuple[str, ...] = ()
 
     @property
     def full_identity(self) -> bool:

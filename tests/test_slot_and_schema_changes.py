@@ -235,3 +235,47 @@ def test_replica_identity_dropped_while_running_names_the_fix(
         "ALTER TABLE public.merchants REPLICA IDENTITY FULL;"
     )
     assert [c.type for c in receiver.calls].count("identify") == 2
+
+
+PARTITIONED_RULEBOOK = """\
+version: 1
+tables:
+  public.events:
+    user_id: account
+identify:
+  - table: public.events
+    on: [insert, update]
+    traits:
+      kind: kind
+"""
+
+
+def test_a_partitioned_table_is_read_through_its_partitions_new_ones_too(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """wal2json names the leaves; calls come from the parent's rules, and a
+    partition created while the daemon runs is read from its first row on."""
+    sql(
+        db,
+        "create table events (id bigint, at date, account text, kind text, "
+        "primary key (id, at)) partition by range (at)",
+        "create table events_2025 partition of events "
+        "for values from ('2025-01-01') to ('2026-01-01')",
+        "create table events_2026 partition of events "
+        "for values from ('2026-01-01') to ('2027-01-01')",
+    )
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(PARTITIONED_RULEBOOK)
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        sql(
+            db,
+            "insert into events values (1, '2025-05-01', 'a', 'old'), "
+            "(2, '2026-05-01', 'b', 'new')",
+            "create table events_2027 partition of events "
+            "for values from ('2027-01-01') to ('2028-01-01')",
+            "insert into events values (3, '2027-05-01', 'c', 'future')",
+            "update events set kind = 'changed' where id = 1",
+        )
+        daemon.caught_up()
+    traits = [(c.user_id, c.payload["traits"]["kind"]) for c in receiver.calls]
+    assert traits == [("a", "old"), ("b", "new"), ("c", "future"), ("a", "changed")]

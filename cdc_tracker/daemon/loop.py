@@ -35,7 +35,7 @@ from cdc_tracker.model import Lsn, TableInfo
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import check_schema, toast_risks
 from cdc_tracker.settings import Settings
-from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.source.catalog import read_catalog, source_tables
 from cdc_tracker.source.slot import Slot, SlotState, connect
 
 log = structlog.get_logger(__name__)
@@ -159,6 +159,7 @@ class Daemon:
             )
         state = self._ensure_slot(slot)
         self.slot = slot
+        self._track(catalog)
         self.done = max(self.done, state.confirmed)
         if self.checkpoint is not None:
             # Advancing is durable only at a server checkpoint: after a crash the
@@ -189,6 +190,29 @@ class Daemon:
                 )
             self.counters.missing_tables = missing
 
+    def _track(self, catalog: dict[str, TableInfo]) -> None:
+        """Point the slot at the tables' names in the WAL: a partitioned table's
+        changes carry the names of its leaves."""
+        assert self.slot is not None
+        tracked = sorted(self.rulebook.tables)
+        names = source_tables(tracked, catalog)
+        self.slot.tables = sorted(names)
+        self.window.parents = {
+            leaf: name for leaf, name in names.items() if leaf != name
+        }
+        self._partitioned = [
+            t for t in tracked if t in catalog and catalog[t].partitioned
+        ]
+        # New partitions appear at any time: re-read the leaves before each window.
+        self.window.refresh_sources = (
+            self._refresh_leaves if self._partitioned else None
+        )
+
+    def _refresh_leaves(self) -> None:
+        assert self.slot is not None
+        catalog = read_catalog(self.slot.conn, self._partitioned)
+        self._track(catalog)
+
     def _reload(self) -> None:
         """Swap in the edited rulebook between windows, or keep the old one."""
         assert self.slot is not None
@@ -208,7 +232,7 @@ class Daemon:
             )
             return
         self.rulebook = rulebook
-        self.slot.tables = sorted(rulebook.tables)
+        self._track(catalog)
         self.mapper = self._mapper(self._dbname, catalog, self._state_conn)
         self.counters.reloads += 1
         log.info(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,6 +72,8 @@ class Window:
         self.unsaved_calls = self.unsaved_batches = 0  # since the last checkpoint
         self._calls_before_commit = 0
         self._in_flight: _Batch | None = None
+        self.parents: dict[str, str] = {}  # leaf partition -> tracked table
+        self.refresh_sources: Callable[[], None] | None = None
         self._shipping = ThreadPoolExecutor(1, thread_name_prefix="cdc-tracker-ship")
 
     def close(self) -> None:
@@ -91,6 +94,9 @@ class Window:
         """Process one window; return True when more changes are already waiting."""
         assert self.slot is not None
         upto = self.slot.flush_lsn()
+        if self.refresh_sources is not None:
+            # After reading upto: every partition created before it is listed.
+            self.refresh_sources()
         self.counters.lag_bytes = max(0, upto - self.done)
         limit = self.settings.window_changes
         rows = self._read_window(upto, limit)
@@ -117,6 +123,8 @@ class Window:
                 rows += 1
                 event = parse_row(data, tx)
                 if type(event) is Change:
+                    if self.parents:
+                        event.table = self.parents.get(event.table, event.table)
                     if not skipping:
                         self.counters.changes += 1
                         self.mapper.map(event, self.calls, self.dead)

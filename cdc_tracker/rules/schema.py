@@ -28,15 +28,6 @@ def check_schema(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[Prob
         if info is None:
             problems.append((path, spec.line, f"table '{spec.name}' does not exist"))
             continue
-        if info.partitioned:
-            problems.append(
-                (
-                    path,
-                    spec.line,
-                    f"table '{spec.name}' is partitioned: wal2json reports its "
-                    "partitions by their own names; track each partition instead",
-                )
-            )
         for lookup in spec.lookups.values():
             problems += _lookup_problems(path, lookup, info, catalog)
         lookups = _Lookups(spec.lookups, catalog)

@@ -25,6 +25,16 @@ ORDER BY 1, a.attnum
 
 _IDENTITY = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
 
+# The leaf partitions of a partitioned table, with their replica identity.
+_LEAVES_SQL = """
+SELECT n.nspname || '.' || c.relname, c.relreplident
+FROM pg_partition_tree(%s::regclass) t
+JOIN pg_class c ON c.oid = t.relid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.isleaf
+ORDER BY 1
+"""
+
 
 def read_catalog(
     conn: psycopg.Connection[tuple[object, ...]], tables: list[str]
@@ -47,4 +57,36 @@ def read_catalog(
         info.columns[str(column)] = str(declared)
         if in_key:
             info.key = (*info.key, str(column))
+    for info in found.values():
+        if info.partitioned:
+            _read_leaves(conn, info)
     return found
+
+
+def _read_leaves(conn: psycopg.Connection[tuple[object, ...]], info: TableInfo) -> None:
+    """wal2json names a partitioned table's changes by leaf: list the leaves, and
+    take the weakest replica identity among them as the table's."""
+    schema, _, table = info.name.partition(".")
+    qualified = f'"{schema}"."{table}"'
+    with translate_errors("-"):
+        rows = conn.execute(_LEAVES_SQL, (qualified,)).fetchall()
+    info.leaves = tuple(str(leaf) for leaf, _ in rows)
+    identities = {_IDENTITY[str(identity)] for _, identity in rows}
+    if identities and identities != {"full"}:
+        info.replica_identity = (
+            "default" if "default" in identities else min(identities)
+        )
+    elif identities:
+        info.replica_identity = "full"
+
+
+def source_tables(tables: list[str], catalog: dict[str, TableInfo]) -> dict[str, str]:
+    """The names wal2json gives changes of ``tables``, mapped to the tracked name:
+    a partitioned table's leaves stand for it."""
+    names: dict[str, str] = {}
+    for table in tables:
+        info = catalog.get(table)
+        for leaf in info.leaves if info is not None and info.partitioned else ():
+            names[leaf] = table
+        names.setdefault(table, table)
+    return names

@@ -286,24 +286,30 @@ def test_missing_cursor_column_and_user_id_column_are_named(
     ]
 
 
-def test_a_partitioned_parent_is_refused_with_what_to_do(empty_db: str) -> None:
-    """wal2json names the leaf partitions, so a parent in the rulebook gets nothing."""
+def test_a_partitioned_table_is_described_by_its_leaves(empty_db: str) -> None:
+    """The leaves wal2json names, and the weakest replica identity among them."""
     with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute(
             "create table events (id bigint, at date, primary key (id, at)) "
             "partition by range (at)"
         )
-        conn.execute(
-            "create table events_2026 partition of events "
-            "for values from ('2026-01-01') to ('2027-01-01')"
-        )
+        for year in (2025, 2026):
+            conn.execute(
+                f"create table events_{year} partition of events "
+                f"for values from ('{year}-01-01') to ('{year + 1}-01-01')"
+            )
+        conn.execute("alter table events_2025 replica identity full")
     rulebook = _partition_rulebook()
     with connect(empty_db) as conn:
         catalog = read_catalog(conn, ["public.events"])
-    assert [problem for _, _, problem in check_schema(rulebook, catalog)] == [
-        "table 'public.events' is partitioned: wal2json reports its partitions by "
-        "their own names; track each partition instead"
-    ]
+    info = catalog["public.events"]
+    assert info.leaves == ("public.events_2025", "public.events_2026")
+    assert info.replica_identity == "default"
+    assert check_schema(rulebook, catalog) == []
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("alter table events_2026 replica identity full")
+    with connect(empty_db) as conn:
+        assert read_catalog(conn, ["public.events"])["public.events"].full_identity
 
 
 def _partition_rulebook() -> Rulebook:
