@@ -18,7 +18,7 @@ from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.daemon.counters import Counters
 from cdc_tracker.daemon.reload import RulebookWatcher
 from cdc_tracker.daemon.shipping import Shipper
-from cdc_tracker.daemon.window import Window, WindowAttribute
+from cdc_tracker.daemon.window import Window
 from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.backoff import Backoff
 from cdc_tracker.errors import (
@@ -70,14 +70,24 @@ class Daemon:
         )
         self._connections: list[psycopg.Connection[tuple[object, ...]]] = []
 
-    # What the window keeps is what callers (status, probes, tests) read.
-    counters = WindowAttribute[Counters]("counters")
-    done = WindowAttribute[Lsn]("done")
-    slot = WindowAttribute["Slot | None"]("slot")
-    mapper = WindowAttribute[Mapper]("mapper")
-    store = WindowAttribute["DeadLetterStore | None"]("store")
-    checkpoint = WindowAttribute["Checkpoint | None"]("checkpoint")
-    checkpoints = WindowAttribute["CheckpointStore | None"]("checkpoints")
+    # What the window keeps is what callers (probes, status, tests) read.
+    @property
+    def counters(self) -> Counters:
+        return self.window.counters
+
+    @property
+    def done(self) -> Lsn:
+        """Every transaction at or below this position is fully handled."""
+        return self.window.done
+
+    @property
+    def slot(self) -> Slot | None:
+        """The slot being read; None while starting, standing by or reconnecting."""
+        return self.window.slot
+
+    @property
+    def mapper(self) -> Mapper:
+        return self.window.mapper
 
     def run(self) -> None:
         """Loop until stopped. Returns normally after a requested stop.
@@ -103,15 +113,15 @@ class Daemon:
                     self._close()
         finally:
             self.window.close()
-        log.info("daemon stopped", lsn=str(self.done))
+        log.info("daemon stopped", lsn=str(self.window.done))
 
     def _lost(self, exc: SlotLost) -> SlotLost:
-        if self.checkpoint is None or "shipped up to" in str(exc):
+        if self.window.checkpoint is None or "shipped up to" in str(exc):
             return exc
         message = str(exc).split("\nhint:")[0]
         return SlotLost(
-            f"{message}; cdc-tracker shipped up to {self.checkpoint.describe()}",
-            hint=_recovery_hint(self.checkpoint),
+            f"{message}; cdc-tracker shipped up to {self.window.checkpoint.describe()}",
+            hint=_recovery_hint(self.window.checkpoint),
         )
 
     def _loop(self) -> None:
@@ -140,12 +150,12 @@ class Daemon:
         elif not self._wait_for_lock(slot):
             return False
         state_conn = self._connect()
-        self.checkpoints = CheckpointStore(state_conn, slot.name)
+        self.window.checkpoints = CheckpointStore(state_conn, slot.name)
         if self.advance_slot:
-            self.checkpoints.ensure_schema()
-            self.store = DeadLetterStore(state_conn, slot.name)
-            self.store.ensure_schema()
-            self.checkpoint = self.checkpoints.load()
+            self.window.checkpoints.ensure_schema()
+            self.window.store = DeadLetterStore(state_conn, slot.name)
+            self.window.store.ensure_schema()
+            self.window.checkpoint = self.window.checkpoints.load()
         catalog = read_catalog(conn, self.rulebook.schema_tables)
         problems = check_schema(self.rulebook, catalog)
         if problems:
@@ -158,15 +168,15 @@ class Daemon:
                 hint=f"ALTER TABLE {table} REPLICA IDENTITY FULL keeps them",
             )
         state = self._ensure_slot(slot)
-        self.slot = slot
+        self.window.slot = slot
         self._track(catalog)
-        self.done = max(self.done, state.confirmed)
-        if self.checkpoint is not None:
+        self.window.done = max(self.window.done, state.confirmed)
+        if self.window.checkpoint is not None:
             # Advancing is durable only at a server checkpoint: after a crash the
             # slot may be behind what was already acknowledged.
-            self.done = max(self.done, self.checkpoint.commit_lsn)
+            self.window.done = max(self.window.done, self.window.checkpoint.commit_lsn)
         self._dbname, self._state_conn = conn.info.dbname, state_conn
-        self.mapper = self._mapper(self._dbname, catalog, state_conn)
+        self.window.mapper = self._mapper(self._dbname, catalog, state_conn)
         log.info(
             "reading slot",
             slot=slot.name,
@@ -178,9 +188,11 @@ class Daemon:
 
     def _check_tables(self) -> None:
         """Say loudly when a tracked table is gone: its changes no longer arrive."""
-        assert self.slot is not None
+        assert self.window.slot is not None
         tracked = sorted(self.rulebook.tables)
-        missing = sorted(set(tracked) - set(read_catalog(self.slot.conn, tracked)))
+        missing = sorted(
+            set(tracked) - set(read_catalog(self.window.slot.conn, tracked))
+        )
         if missing != self.counters.missing_tables:
             for table in sorted(set(missing) - set(self.counters.missing_tables)):
                 log.error(
@@ -193,10 +205,10 @@ class Daemon:
     def _track(self, catalog: dict[str, TableInfo]) -> None:
         """Point the slot at the tables' names in the WAL: a partitioned table's
         changes carry the names of its leaves."""
-        assert self.slot is not None
+        assert self.window.slot is not None
         tracked = sorted(self.rulebook.tables)
         names = source_tables(tracked, catalog)
-        self.slot.tables = sorted(names)
+        self.window.slot.tables = sorted(names)
         self.window.parents = {
             leaf: name for leaf, name in names.items() if leaf != name
         }
@@ -209,17 +221,17 @@ class Daemon:
         )
 
     def _refresh_leaves(self) -> None:
-        assert self.slot is not None
-        catalog = read_catalog(self.slot.conn, self._partitioned)
+        assert self.window.slot is not None
+        catalog = read_catalog(self.window.slot.conn, self._partitioned)
         self._track(catalog)
 
     def _reload(self) -> None:
         """Swap in the edited rulebook between windows, or keep the old one."""
-        assert self.slot is not None
+        assert self.window.slot is not None
         path = self.settings.rulebook
         try:
             rulebook = load_rulebook(path)
-            catalog = read_catalog(self.slot.conn, rulebook.schema_tables)
+            catalog = read_catalog(self.window.slot.conn, rulebook.schema_tables)
             problems = check_schema(rulebook, catalog)
             if problems:
                 raise RulebookError(problems)
@@ -233,7 +245,7 @@ class Daemon:
             return
         self.rulebook = rulebook
         self._track(catalog)
-        self.mapper = self._mapper(self._dbname, catalog, self._state_conn)
+        self.window.mapper = self._mapper(self._dbname, catalog, self._state_conn)
         self.counters.reloads += 1
         log.info(
             "rulebook reloaded",
@@ -247,24 +259,24 @@ class Daemon:
         if not self.advance_slot:
             # A dry run reads an existing slot, or a slot of its own session.
             return slot.ensure(create=True, temporary=not slot.exists())
-        if slot.exists() or self.checkpoint is None:
+        if slot.exists() or self.window.checkpoint is None:
             return slot.ensure(create=True)
         if not self.recreate_slot:
             raise SlotLost(
                 f"replication slot '{slot.name}' does not exist, but cdc-tracker "
-                f"shipped up to {self.checkpoint.describe()}: changes committed "
+                f"shipped up to {self.window.checkpoint.describe()}: changes committed "
                 "since then were not read",
-                hint=_recovery_hint(self.checkpoint),
+                hint=_recovery_hint(self.window.checkpoint),
             )
         state = slot.ensure(create=True)
         log.warning(
             "replication slot recreated; changes since the checkpoint were skipped",
             slot=slot.name,
-            since=self.checkpoint.commit_time.isoformat(),
+            since=self.window.checkpoint.commit_time.isoformat(),
         )
-        assert self.checkpoints is not None
-        self.checkpoints.forget()
-        self.checkpoint = None
+        assert self.window.checkpoints is not None
+        self.window.checkpoints.forget()
+        self.window.checkpoint = None
         return state
 
     def _mapper(
@@ -278,8 +290,8 @@ class Daemon:
         schema = SchemaView(
             catalog, lambda table: read_catalog(conn, [table]).get(table)
         )
-        if self.mapper.lookups is not None:  # a reload replaces the mapper
-            self.mapper.lookups.close()
+        if self.window.mapper.lookups is not None:  # a reload replaces the mapper
+            self.window.mapper.lookups.close()
         lookups = Lookups.for_rulebook(self.rulebook, self.settings.require_dsn())
         return Mapper(self.rulebook, namespace, schema, lookups=lookups)
 
@@ -301,12 +313,12 @@ class Daemon:
         return True
 
     def _close(self) -> None:
-        if self.mapper.lookups is not None:
-            self.mapper.lookups.close()
+        if self.window.mapper.lookups is not None:
+            self.window.mapper.lookups.close()
         for conn in self._connections:
             conn.close()
         self._connections.clear()
-        self.slot = self.store = None
+        self.window.slot = self.window.store = None
 
 
 def _recovery_hint(checkpoint: Checkpoint) -> str:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
 
 import structlog
 
@@ -36,8 +35,6 @@ from cdc_tracker.source.wal2json import Begin, Commit, Transaction, Truncate, pa
 log = structlog.get_logger(__name__)
 
 FETCH_ROWS = 2_000
-
-T = TypeVar("T")
 
 
 class Window:
@@ -267,17 +264,3 @@ class _Batch:
     commit_times: list[float]
     started: float
     future: Future[Outcome] | None = None
-
-
-class WindowAttribute(Generic[T]):
-    """A daemon attribute that lives on its ``window``."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, owner: object, kind: object = None) -> T:
-        value: T = getattr(owner.window, self.name)  # type: ignore[attr-defined]
-        return value
-
-    def __set__(self, owner: object, value: T) -> None:
-        setattr(owner.window, self.name, value)  # type: ignore[attr-defined]
