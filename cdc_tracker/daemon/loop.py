@@ -141,21 +141,50 @@ class Daemon:
         """Connect, take the slot lock, check the slot and the schema."""
         self.window.forget_unacknowledged()
         conn = self._connect()
-        slot = Slot(conn, self.settings.slot, sorted(self.rulebook.tables))
+        slot = self._claim(Slot(conn, self.settings.slot, sorted(self.rulebook.tables)))
+        if slot is None:
+            return False
+        state_conn = self._open_state(slot.name)
+        catalog = self._check_schema(conn)
+        state = self._ensure_slot(slot)
+        self.window.slot = slot
+        self._track(catalog)
+        self._resume_from(state.confirmed)
+        self._dbname, self._state_conn = conn.info.dbname, state_conn
+        self.window.mapper = self._mapper(self._dbname, catalog, state_conn)
+        log.info(
+            "reading slot",
+            slot=slot.name,
+            lsn=str(state.confirmed),
+            tables=len(slot.tables),
+            rules=len(self.rulebook.rules),
+        )
+        return True
+
+    def _claim(self, slot: Slot) -> Slot | None:
+        """The slot to read once this process holds its lock; None when stopped."""
         if not self.advance_slot and not slot.try_lock():
             # Beside a running daemon, a dry run reads a temporary slot of its own.
             name = f"{self.settings.slot[:40]}_dry_run_{os.getpid()}"
-            slot = Slot(conn, name, slot.tables)
             log.info("slot in use: the dry run shows changes from now on", slot=name)
-        elif not self._wait_for_lock(slot):
-            return False
-        state_conn = self._connect()
-        self.window.checkpoints = CheckpointStore(state_conn, slot.name)
-        if self.advance_slot:
+            return Slot(slot.conn, name, slot.tables)
+        return slot if self._wait_for_lock(slot) else None
+
+    def _open_state(self, slot: str) -> psycopg.Connection[tuple[object, ...]]:
+        """The connection and tables of our own state: checkpoint, dead letters."""
+        conn = self._connect()
+        self.window.checkpoints = CheckpointStore(conn, slot)
+        if self.advance_slot:  # a dry run writes nothing
             self.window.checkpoints.ensure_schema()
-            self.window.store = DeadLetterStore(state_conn, slot.name)
+            self.window.store = DeadLetterStore(conn, slot)
             self.window.store.ensure_schema()
             self.window.checkpoint = self.window.checkpoints.load()
+        return conn
+
+    def _check_schema(
+        self, conn: psycopg.Connection[tuple[object, ...]]
+    ) -> dict[str, TableInfo]:
+        """The catalog of the rulebook's tables; raises when the rules do not fit."""
         catalog = read_catalog(conn, self.rulebook.schema_tables)
         problems = check_schema(self.rulebook, catalog)
         if problems:
@@ -167,24 +196,15 @@ class Daemon:
                 columns=columns,
                 hint=f"ALTER TABLE {table} REPLICA IDENTITY FULL keeps them",
             )
-        state = self._ensure_slot(slot)
-        self.window.slot = slot
-        self._track(catalog)
-        self.window.done = max(self.window.done, state.confirmed)
+        return catalog
+
+    def _resume_from(self, confirmed: Lsn) -> None:
+        done = max(self.window.done, confirmed)
         if self.window.checkpoint is not None:
             # Advancing is durable only at a server checkpoint: after a crash the
             # slot may be behind what was already acknowledged.
-            self.window.done = max(self.window.done, self.window.checkpoint.commit_lsn)
-        self._dbname, self._state_conn = conn.info.dbname, state_conn
-        self.window.mapper = self._mapper(self._dbname, catalog, state_conn)
-        log.info(
-            "reading slot",
-            slot=slot.name,
-            lsn=str(state.confirmed),
-            tables=len(slot.tables),
-            rules=len(self.rulebook.rules),
-        )
-        return True
+            done = max(done, self.window.checkpoint.commit_lsn)
+        self.window.done = done
 
     def _check_tables(self) -> None:
         """Say loudly when a tracked table is gone: its changes no longer arrive."""
