@@ -9,8 +9,6 @@ columns, types, replica identity) are in ``cdc_tracker.rules.schema``. Lookups
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, Literal
@@ -25,9 +23,8 @@ from cdc_tracker.rules.expr import (
     parse_expression,
 )
 from cdc_tracker.rules.lookup_spec import LookupSpec, read_lookups, unknown_references
+from cdc_tracker.rules.plan import Fields, Rule, Rulebook, TableSpec, qualify
 from cdc_tracker.rules.yamlfile import LineDict, LineList, YamlProblem, load_yaml
-
-Fields = dict[str, "Expression | Fields"]
 
 _TOP_KEYS = {"version", "timezone", "tables", "identify", "track"}
 _TABLE_KEYS = {"user_id", "cursor", "description", "lookups", "insert_ids"}
@@ -39,98 +36,15 @@ _IDENTIFY_KEYS = _RULE_KEYS | {"traits"}
 _TRACK_KEYS = _RULE_KEYS | {"event", "properties"}
 _ACTIONS = {action.value: action for action in Action}
 
-
-@dataclass(slots=True)
-class TableSpec:
-    """A tracked table: where its calls' userId and its replay cursor come from."""
-
-    name: str
-    user_id: Expression
-    cursor: str | None
-    line: int
-    lookups: dict[str, LookupSpec] = field(default_factory=dict)
-    # How insert-triggered calls are named: by primary key (a backfill makes the
-    # same ids), or by WAL position (for tables whose keys are reused).
-    insert_ids: Literal["key", "position"] = "key"
-
-
-@dataclass(slots=True)
-class Rule:
-    """One identify or track rule, its expressions already parsed."""
-
-    kind: Literal["identify", "track"]
-    id: str
-    table: str
-    on: frozenset[Action]
-    when: Expression | None
-    user_id: Expression
-    fields: Fields
-    event: str | None = None
-    integrations: dict[str, bool] | None = None
-    context: dict[str, Any] | None = None
-    description: str | None = None
-    line: int = 0
-    # The line of each key of the rule, and of each field as ``traits.company.plan``.
-    lines: dict[str, int] = field(default_factory=dict)
-    # The table's lookups and the rule's own, by name.
-    lookups: dict[str, LookupSpec] = field(default_factory=dict)
-    # How insert-triggered calls are named: by primary key (a backfill makes the
-    # same ids), or by WAL position (for tables whose keys are reused).
-    insert_ids: Literal["key", "position"] = "key"
-
-    def expressions(self) -> Iterator[tuple[str, Expression]]:
-        """Every expression of the rule, with the key it sits under."""
-        if self.when is not None:
-            yield "when", self.when
-        yield "user_id", self.user_id
-        yield from _leaves(
-            self.fields, "traits" if self.kind == "identify" else "properties"
-        )
-
-    @property
-    def needs_old(self) -> bool:
-        return any(expr.needs_old for _, expr in self.expressions())
-
-
-def _leaves(fields: Fields, prefix: str) -> Iterator[tuple[str, Expression]]:
-    for name, value in fields.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}.{name}")
-        else:
-            yield f"{prefix}.{name}", value
-
-
-@dataclass(slots=True)
-class Rulebook:
-    """A validated rulebook, indexed by table and action for the hot path."""
-
-    path: Path
-    version: int
-    timezone: tzinfo
-    tables: dict[str, TableSpec]
-    rules: list[Rule]
-    _index: dict[tuple[str, Action], list[Rule]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for rule in self.rules:
-            for action in rule.on:
-                self._index.setdefault((rule.table, action), []).append(rule)
-
-    def rules_for(self, table: str, action: Action) -> list[Rule]:
-        return self._index.get((table, action), [])
-
-    @property
-    def schema_tables(self) -> list[str]:
-        """The tracked tables and the tables lookups read: what schema checks need."""
-        declared = [spec.lookups for spec in self.tables.values()]
-        declared += [rule.lookups for rule in self.rules]
-        lookups = {lookup.table for found in declared for lookup in found.values()}
-        return sorted(lookups | set(self.tables))
-
-
-def qualify(table: str) -> str:
-    """``merchants`` -> ``public.merchants``."""
-    return table if "." in table else f"public.{table}"
+# The plan's types are part of this module's interface too.
+__all__ = [
+    "Fields",
+    "Rule",
+    "Rulebook",
+    "TableSpec",
+    "load_rulebook",
+    "qualify",
+]
 
 
 def load_rulebook(path: str | Path) -> Rulebook:
