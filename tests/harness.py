@@ -177,3 +177,22 @@ def insert_name(rule_id: str, rulebook: Path = EXAMPLES / "rulebook.yaml") -> st
     """How a rule of ``rulebook`` is named in insert messageIds."""
     rule = next(r for r in load_rulebook(rulebook).rules if r.id == rule_id)
     return ids.insert_name(rule)
+
+
+EMAIL_USER_RULEBOOK = """\
+version: 1
+tables:
+  public.merchants:
+    user_id: email
+identify:
+  - table: public.merchants
+    traits:
+      plan: plan_name
+"""
+
+
+def email_user_rulebook(directory: Path) -> Path:
+    """A rulebook whose userId is merchants.email: a null email is a dead letter."""
+    path = directory / "rulebook.yaml"
+    path.write_text(EMAIL_USER_RULEBOOK)
+    return path

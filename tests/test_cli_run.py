@@ -91,6 +91,18 @@ def _drain(stream: object, sink: list[str]) -> None:
         sink.append(line.rstrip("\n"))
 
 
+def _run_to_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``cdc-tracker run`` expected to stop by itself (on bad settings)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 @pytest.fixture
 def processes() -> Iterator[list[Process]]:
     started: list[Process] = []
@@ -187,14 +199,7 @@ def test_bad_settings_exit_2_with_the_field_named(tmp_path: Path) -> None:
         "CDC_TRACKER_DSN": "host=127.0.0.1",
         "CDC_TRACKER_BATCH_CALLS": "lots",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "cdc_tracker", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = _run_to_exit(env)
     assert result.returncode == 2
     assert "batch_calls" in result.stderr
     assert "CDC_TRACKER_BATCH_CALLS" in result.stderr
@@ -205,14 +210,7 @@ def test_missing_write_key_exits_2_with_a_hint(
 ) -> None:
     env = _env(db, receiver, example_rulebook)
     del env["RUDDERSTACK_WRITE_KEY"]
-    result = subprocess.run(
-        [sys.executable, "-m", "cdc_tracker", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = _run_to_exit(env)
     assert result.returncode == 2
     assert "no write key" in result.stderr
     assert "RUDDERSTACK_WRITE_KEY" in result.stderr

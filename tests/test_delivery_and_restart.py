@@ -20,6 +20,7 @@ from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import (
     create_slot,
+    email_user_rulebook,
     flush_lsn,
     insert_name,
     running_daemon,
@@ -170,17 +171,7 @@ def test_unmappable_change_becomes_a_dead_letter_and_the_rest_goes_on(
     db: str, receiver: FakeRudderStack, tmp_path: Path
 ) -> None:
     """A null userId is stored in cdc_tracker.dead_letters with its reason."""
-    rulebook = tmp_path / "rulebook.yaml"
-    rulebook.write_text(
-        "version: 1\n"
-        "tables:\n"
-        "  public.merchants:\n"
-        "    user_id: email\n"
-        "identify:\n"
-        "  - table: public.merchants\n"
-        "    traits:\n"
-        "      plan: plan_name\n"
-    )
+    rulebook = email_user_rulebook(tmp_path)
     settings = settings_for(db, receiver, rulebook)
     with running_daemon(settings) as daemon:
         sql(

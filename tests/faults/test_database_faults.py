@@ -42,6 +42,7 @@ from tests.harness import (
     WRITE_KEY,
     Running,
     create_slot,
+    email_user_rulebook,
     flush_lsn,
     insert_name,
     running_daemon,
@@ -158,17 +159,7 @@ def test_connection_lost_mid_window_maps_the_window_once(
 ) -> None:
     """Connection cut while a window is mapped: after the reconnect each call is
     sent once and the one dead letter counted and stored once."""
-    rulebook = tmp_path / "rulebook.yaml"
-    rulebook.write_text(
-        "version: 1\n"
-        "tables:\n"
-        "  public.merchants:\n"
-        "    user_id: email\n"
-        "identify:\n"
-        "  - table: public.merchants\n"
-        "    traits:\n"
-        "      plan: plan_name\n"
-    )
+    rulebook = email_user_rulebook(tmp_path)
     settings = settings_for(db, receiver, rulebook, namespace=NS)
     with running_daemon(settings) as daemon:
         cutter = _CutOnFirstChange(daemon, db)
