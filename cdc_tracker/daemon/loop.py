@@ -23,7 +23,6 @@ from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.backoff import Backoff
 from cdc_tracker.errors import (
     ConfigError,
-    RulebookError,
     SlotBusy,
     SlotLost,
     SourceUnavailable,
@@ -33,7 +32,7 @@ from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.model import Lsn, TableInfo
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
-from cdc_tracker.rules.schema import check_schema, toast_risks
+from cdc_tracker.rules.schema import require_fit, toast_risks
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog, source_tables
 from cdc_tracker.source.slot import Slot, SlotState, connect
@@ -186,9 +185,7 @@ class Daemon:
     ) -> dict[str, TableInfo]:
         """The catalog of the rulebook's tables; raises when the rules do not fit."""
         catalog = read_catalog(conn, self.rulebook.schema_tables)
-        problems = check_schema(self.rulebook, catalog)
-        if problems:
-            raise RulebookError(problems)
+        require_fit(self.rulebook, catalog)
         for table, columns in toast_risks(self.rulebook, catalog).items():
             log.warning(
                 "large values may be left out of update calls",
@@ -252,9 +249,7 @@ class Daemon:
         try:
             rulebook = load_rulebook(path)
             catalog = read_catalog(self.window.slot.conn, rulebook.schema_tables)
-            problems = check_schema(rulebook, catalog)
-            if problems:
-                raise RulebookError(problems)
+            require_fit(rulebook, catalog)
         except ConfigError as exc:
             self.counters.reload_failures += 1
             log.error(

@@ -10,10 +10,9 @@ from typing import IO
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper, Shipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
-from cdc_tracker.errors import RulebookError
 from cdc_tracker.ops.health import HealthServer, Probe
 from cdc_tracker.rules.rulebook import load_rulebook
-from cdc_tracker.rules.schema import check_schema
+from cdc_tracker.rules.schema import require_fit
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect
@@ -78,9 +77,7 @@ def check_rulebook(path: Path, dsn: str | None) -> str:
     if dsn:
         with connect(dsn) as conn:
             catalog = read_catalog(conn, rulebook.schema_tables)
-        problems = check_schema(rulebook, catalog)
-        if problems:
-            raise RulebookError(problems)
+        require_fit(rulebook, catalog)
         where = "structure, expressions and the live schema"
     return (
         f"{path}: ok ({where}): {len(rulebook.tables)} tables, "

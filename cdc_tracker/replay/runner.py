@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool
 
 from cdc_tracker.daemon.shipping import Outcome, Shipper
 from cdc_tracker.deadletters.store import DeadLetterStore
-from cdc_tracker.errors import ConfigError, RulebookError
+from cdc_tracker.errors import ConfigError
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Call, DeadLetter, TableInfo
@@ -34,7 +34,7 @@ from cdc_tracker.replay.progress import Progress
 from cdc_tracker.replay.reader import Position, Row, TableReader, open_pool
 from cdc_tracker.replay.resume import JobState, StateStore, job_id
 from cdc_tracker.replay.window import Window, make_window
-from cdc_tracker.rules.schema import check_schema
+from cdc_tracker.rules.schema import require_fit
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect, translate_errors
@@ -159,9 +159,7 @@ class Replay:
             tables = sorted({*self.plan.tables, *self.plan.rulebook.schema_tables})
             catalog = read_catalog(conn, tables)
             dbname = conn.info.dbname
-        problems = check_schema(self.plan.rulebook, catalog)
-        if problems:
-            raise RulebookError(problems)
+        require_fit(self.plan.rulebook, catalog)
         check_tables(self.plan, catalog)
         # The daemon's namespace, so that insert-triggered calls keep their ids.
         return catalog, self.settings.namespace or f"{dbname}/{self.settings.slot}"

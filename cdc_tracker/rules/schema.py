@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 
+from cdc_tracker.errors import RulebookError
 from cdc_tracker.mapping.values import kind_of
 from cdc_tracker.model import Action, TableInfo
 from cdc_tracker.rules.expr import Expression, ExpressionError, Kind
@@ -17,6 +18,13 @@ from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Rule, Rulebook
 
 Problem = tuple[str, int | None, str]
+
+
+def require_fit(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> None:
+    """Raise ``RulebookError`` with every problem ``check_schema`` finds."""
+    problems = check_schema(rulebook, catalog)
+    if problems:
+        raise RulebookError(problems)
 
 
 def check_schema(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[Problem]:
