@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from pathlib import Path
@@ -29,6 +30,7 @@ def run_daemon(
     """Run until ``stop`` is set; raises ``CdcTrackerError`` when it cannot go on."""
     rulebook = load_rulebook(settings.rulebook)
     settings.require_dsn()
+    tune_gc()
     if dry_run:
         shipper: Shipper = PrintShipper(out)
         daemon = Daemon(settings, rulebook, shipper, stop, advance=False)
@@ -46,6 +48,20 @@ def run_daemon(
             if health is not None:
                 health.stop()
     return daemon
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a stream of short-lived rows.
+
+    The hot path allocates many small containers and makes no cycles, so the
+    default collection every 700 allocations, which rescans every long-lived
+    object, took up to a fifth of the CPU per change. What exists after start-up
+    (modules, the rulebook) is frozen out of the scans, and young objects are
+    collected every 50,000 allocations instead: still bounded memory for the
+    rare cycle, at a fraction of the cost.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _serve_health(

@@ -71,6 +71,18 @@ def rfc3339_ms(dt: datetime) -> str:
     )
 
 
+def exact_number(value: Any) -> Any:
+    """A finite ``Decimal`` as the JSON text ``encode_call`` would write for it,
+    ready for orjson; anything else unchanged.
+
+    The mapping applies it to numeric traits and properties, so that encoding a
+    call does not call back into Python for each of them.
+    """
+    if type(value) is Decimal and value.is_finite():
+        return orjson.Fragment(_decimal_text(value))
+    return value
+
+
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_encode_other, option=_OPTIONS)
 

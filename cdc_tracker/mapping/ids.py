@@ -31,16 +31,27 @@ PREFIX = "cdct-"
 
 def insert_id(namespace: str, rule_id: str, key_values: Iterable[Any]) -> str:
     """The id of a call made when a row with this primary key was inserted."""
-    key = "\x1f".join(str(value) for value in key_values)
-    return _digest(f"{namespace}\x1e{rule_id}\x1einsert\x1e{key}")
+    return digest(insert_prefix(namespace, rule_id) + key_text(key_values))
+
+
+def insert_prefix(namespace: str, rule_id: str) -> str:
+    """What every insert id of a rule is made of before the key (the hot path
+    builds it once per rule)."""
+    return f"{namespace}\x1e{rule_id}\x1einsert\x1e"
+
+
+def key_text(key_values: Iterable[Any]) -> str:
+    """A primary key's values as hashed into ids."""
+    return "\x1f".join([str(value) for value in key_values])
 
 
 def position_id(namespace: str, rule_id: str, commit_lsn: Lsn, ordinal: int) -> str:
     """The id of a call made by the change at (commit position, ordinal)."""
-    return _digest(f"{namespace}\x1e{rule_id}\x1e{int(commit_lsn)}\x1e{ordinal}")
+    return digest(f"{namespace}\x1e{rule_id}\x1e{int(commit_lsn)}\x1e{ordinal}")
 
 
-def _digest(material: str) -> str:
+def digest(material: str) -> str:
+    """The messageId hashed from ``material``."""
     return PREFIX + blake2b(material.encode(), digest_size=16).hexdigest()
 
 
@@ -52,8 +63,8 @@ def snapshot_id(
     version: object,
 ) -> str:
     """The id of a backfilled call on a table whose insert ids are positional."""
-    key = "\x1f".join(str(value) for value in key_values)
-    return _digest(f"{namespace}\x1e{rule_id}\x1e{definition}\x1e{key}\x1e{version}")
+    key = key_text(key_values)
+    return digest(f"{namespace}\x1e{rule_id}\x1e{definition}\x1e{key}\x1e{version}")
 
 
 def insert_name(rule: Rule) -> str:

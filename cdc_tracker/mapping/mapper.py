@@ -21,9 +21,9 @@ from cdc_tracker.destination.encode import rfc3339_ms
 from cdc_tracker.mapping import ids
 from cdc_tracker.mapping.lookups import LookupMissing, Lookups
 from cdc_tracker.mapping.schema_view import SchemaView
-from cdc_tracker.mapping.values import Converter, converter_for
+from cdc_tracker.mapping.values import Converter, converter_for, output_converter_for
 from cdc_tracker.model import MISSING, Action, Call, Change, DeadLetter
-from cdc_tracker.rules.expr import EvaluationError, MissingValue
+from cdc_tracker.rules.expr import EvaluationError, Expression, MissingValue
 from cdc_tracker.rules.expr_parse import Image
 from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Fields, Rule, Rulebook
@@ -46,6 +46,7 @@ class RowView:
     __slots__ = (
         "_converters",
         "_related",
+        "_row_image",
         "change",
         "lookups",
         "schema",
@@ -69,6 +70,8 @@ class RowView:
         self._related: dict[LookupSpec, dict[str, Any] | None] = {}
         # Declared type -> converter, shared across changes by the mapper.
         self._converters = {} if converters is None else converters
+        # What a bare column reads: the new row, or the old one of a delete.
+        self._row_image: Image = "old" if change.new is None else "new"
 
     def lookup(self, name: str, column: str) -> Any:
         spec = self.specs.get(name)
@@ -92,35 +95,20 @@ class RowView:
         return self.lookups.row(spec, key)
 
     def value(self, image: Image, column: str) -> Any:
-        change = self.change
         if image == "row":
-            image = "old" if change.new is None else "new"
-        source = change.new if image == "new" else change.old
-        if source is None:
-            # An insert has no old row: old.x is null, so changed(x) means "set".
-            return None if change.action is Action.INSERT else MISSING
-        if column in source:
-            raw = source[column]
-        elif image == "new" and change.old is not None and column in change.old:
-            # Unchanged TOAST under REPLICA IDENTITY FULL: the old value still holds.
-            raw = change.old[column]
-        elif image == "old" and change.key and set(source) <= set(change.key):
-            raise EvaluationError(
-                f"column '{column}' is not in the old row image, which holds only "
-                f"the key: {change.table} does not have REPLICA IDENTITY FULL (any "
-                f"more?); fix: ALTER TABLE {change.table} REPLICA IDENTITY FULL;"
-            )
-        elif self.schema is not None and self.schema.column_gone(change, column):
-            raise EvaluationError(
-                f"column '{column}' is not in {change.table} any more "
-                "(dropped or renamed?)"
-            )
-        else:
-            return MISSING
-        if raw is None:
-            return None
+            image = self._row_image
+        source = self.change.new if image == "new" else self.change.old
+        if source is not None:
+            raw = source.get(column, MISSING)
+            if raw is None:
+                return None
+            if raw is not MISSING:
+                return self._convert(column, raw)
+        return self._absent(image, column, source)
+
+    def _convert(self, column: str, raw: Any) -> Any:
         try:
-            declared = change.types[column]
+            declared = self.change.types[column]
             convert = self._converters.get(declared)
             if convert is None:
                 convert = converter_for(declared, self.zone)
@@ -129,12 +117,42 @@ class RowView:
         except (ValueError, KeyError, IndexError) as exc:
             raise EvaluationError(
                 f"cannot convert column '{column}' of type "
-                f"{change.types.get(column, 'unknown')}"
+                f"{self.change.types.get(column, 'unknown')}"
             ) from exc
+
+    def _absent(self, image: Image, column: str, source: dict[str, Any] | None) -> Any:
+        """A column the image does not carry: null, the old value, MISSING, or why
+        it cannot be read."""
+        change = self.change
+        if source is None:
+            # An insert has no old row: old.x is null, so changed(x) means "set".
+            return None if change.action is Action.INSERT else MISSING
+        if image == "new" and change.old is not None and column in change.old:
+            # Unchanged TOAST under REPLICA IDENTITY FULL: the old value still holds.
+            raw = change.old[column]
+            return None if raw is None else self._convert(column, raw)
+        if image == "old" and change.key and set(source) <= set(change.key):
+            raise EvaluationError(
+                f"column '{column}' is not in the old row image, which holds only "
+                f"the key: {change.table} does not have REPLICA IDENTITY FULL (any "
+                f"more?); fix: ALTER TABLE {change.table} REPLICA IDENTITY FULL;"
+            )
+        if self.schema is not None and self.schema.column_gone(change, column):
+            raise EvaluationError(
+                f"column '{column}' is not in {change.table} any more "
+                "(dropped or renamed?)"
+            )
+        return MISSING
 
 
 class Mapper:
-    """Applies a rulebook to changes; one instance per rulebook version."""
+    """Applies a rulebook to changes; one instance per rulebook version.
+
+    Each rule is prepared once into a ``_Plan``; ``map`` then runs with no per-call
+    lookups of the rule's shape. A bare column of the new row (most traits and
+    properties) is read and converted inline; anything else (an expression, the old
+    image, a column the change does not carry) goes through ``RowView``.
+    """
 
     def __init__(
         self,
@@ -153,11 +171,15 @@ class Mapper:
         self.snapshot = snapshot
         self._stamp: tuple[datetime, str] | None = None
         self._converters: dict[str, Converter] = {}
-        self._by_key = {
+        # Declared type -> converter for values sent as they are (see _fields).
+        self._outputs = _Outputs(rulebook.timezone)
+        by_key = {
             name: spec.insert_ids == "key" for name, spec in rulebook.tables.items()
         }
-        self._definitions = {rule.id: ids.definition(rule) for rule in rulebook.rules}
-        self._insert_names = {rule.id: ids.insert_name(rule) for rule in rulebook.rules}
+        self._plans = {
+            rule.id: _Plan(rule, namespace, by_key.get(rule.table, True))
+            for rule in rulebook.rules
+        }
 
     def map(self, change: Change, calls: list[Call], dead: list[DeadLetter]) -> None:
         """Append the change's calls to ``calls`` and its failures to ``dead``."""
@@ -175,7 +197,7 @@ class Mapper:
         for rule in rules:
             row.specs = rule.lookups
             try:
-                call = self._apply(rule, change, row, timestamp)
+                call = self._apply(self._plans[rule.id], change, row, timestamp)
             except LookupMissing as exc:
                 if exc.spec.missing == "skip":
                     self._skipped(rule, exc.spec)
@@ -191,22 +213,51 @@ class Mapper:
                 calls.append(call)
 
     def _apply(
-        self, rule: Rule, change: Change, row: RowView, timestamp: str
+        self, plan: _Plan, change: Change, row: RowView, timestamp: str
     ) -> Call | str | None:
-        if rule.when is not None and not rule.when.holds(row):
+        if plan.when is not None and plan.when(row) is not True:
             return None
-        user_id = _user_id(rule.user_id.evaluate(row))
+        value = _SLOW
+        if plan.user_column is not None:
+            value = _read_new(
+                plan.user_column, change.new, change.types, self._converters
+            )
+        user_id = _user_id(plan.user_id(row) if value is _SLOW else value)
         if user_id is None:
-            return f"user_id ({rule.user_id.text}) is null or empty"
-        message_id = self._message_id(rule, change)
-        payload = _payload(
-            rule, _fields(rule.fields, row), user_id, message_id, timestamp
-        )
+            return plan.null_user_id
+        message_id = self._message_id(plan, change)
+        fields = _fields(plan.fields, row, change.new, change.types, self._outputs)
+        context = dict(plan.context)
+        payload: dict[str, Any]
+        if plan.identify:
+            context["traits"] = fields
+            payload = {
+                "type": "identify",
+                "messageId": message_id,
+                "userId": user_id,
+                "traits": fields,
+                "context": context,
+                "timestamp": timestamp,
+                "originalTimestamp": timestamp,
+            }
+        else:
+            payload = {
+                "type": "track",
+                "messageId": message_id,
+                "userId": user_id,
+                "event": plan.event,
+                "properties": fields,
+                "context": context,
+                "timestamp": timestamp,
+                "originalTimestamp": timestamp,
+            }
+        if plan.integrations is not None:
+            payload["integrations"] = plan.integrations
         return Call(
             message_id,
             user_id,
             payload,
-            rule.id,
+            plan.rule.id,
             change.commit_lsn,
             change.ordinal,
             change.table,
@@ -222,19 +273,21 @@ class Mapper:
             table=spec.table,
         )
 
-    def _message_id(self, rule: Rule, change: Change) -> str:
+    def _message_id(self, plan: _Plan, change: Change) -> str:
         if change.action is Action.INSERT and change.key and change.new is not None:
             values = [change.new.get(column) for column in change.key]
-            if self._by_key.get(change.table, True):
-                name = self._insert_names[rule.id]
-                return ids.insert_id(self.namespace, name, values)
+            if plan.by_key:
+                return ids.digest(plan.insert_prefix + ids.key_text(values))
             if self.snapshot:  # a backfill cannot know the insert's WAL position
-                definition = self._definitions[rule.id]
                 return ids.snapshot_id(
-                    self.namespace, rule.id, definition, values, change.commit_time
+                    self.namespace,
+                    plan.rule.id,
+                    plan.definition,
+                    values,
+                    change.commit_time,
                 )
         return ids.position_id(
-            self.namespace, rule.id, change.commit_lsn, change.ordinal
+            self.namespace, plan.rule.id, change.commit_lsn, change.ordinal
         )
 
     def _timestamp(self, commit_time: datetime) -> str:
@@ -244,15 +297,131 @@ class Mapper:
         return self._stamp[1]
 
 
-def _fields(fields: Fields, row: RowView) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+# One field of a plan: (name, column, expression, nested). ``column`` is set when
+# the field is a bare column of the new row (read by _read_new first); ``nested``
+# when the field is an object of fields.
+_Field = tuple[str, "str | None", "Expression | None", "tuple[_Field, ...] | None"]
+
+
+class _Plan:
+    """What a rule needs per call, prepared once: its fields flattened to tuples,
+    its payload's fixed parts, the prefix of its insert ids."""
+
+    __slots__ = (
+        "by_key",
+        "context",
+        "definition",
+        "event",
+        "fields",
+        "identify",
+        "insert_prefix",
+        "integrations",
+        "null_user_id",
+        "rule",
+        "user_column",
+        "user_id",
+        "when",
+    )
+
+    def __init__(self, rule: Rule, namespace: str, by_key: bool) -> None:
+        self.rule = rule
+        self.identify = rule.kind == "identify"
+        self.event = rule.event
+        self.integrations = rule.integrations
+        self.when = None if rule.when is None else rule.when.evaluate
+        self.user_id = rule.user_id.evaluate
+        self.user_column = _new_column(rule.user_id)
+        self.null_user_id = f"user_id ({rule.user_id.text}) is null or empty"
+        self.fields = _plan_fields(rule.fields)
+        self.context = {**(rule.context or {}), "library": LIBRARY}
+        self.by_key = by_key
+        self.definition = ids.definition(rule)
+        self.insert_prefix = ids.insert_prefix(namespace, ids.insert_name(rule))
+
+
+def _plan_fields(fields: Fields) -> tuple[_Field, ...]:
+    planned: list[_Field] = []
     for name, item in fields.items():
         if isinstance(item, dict):
-            out[name] = _fields(item, row)
+            planned.append((name, None, None, _plan_fields(item)))
             continue
-        ref = item.is_column
-        # A bare column (most fields) skips the compiled expression's call.
-        value = row.value(ref.image, ref.column) if ref else item.evaluate(row)
+        planned.append((name, _new_column(item), item, None))
+    return tuple(planned)
+
+
+def _new_column(expr: Expression) -> str | None:
+    """The column when ``expr`` is a bare column that reads the new row."""
+    ref = expr.is_column
+    return ref.column if ref is not None and ref.image != "old" else None
+
+
+# What _read_new returns when RowView must read the value instead.
+_SLOW = object()
+
+
+def _read_new(
+    column: str,
+    new: dict[str, Any] | None,
+    types: dict[str, str],
+    converters: dict[str, Converter],
+) -> Any:
+    """The common case of reading a column, inline: the new row carries it, and its
+    type was seen before. Anything else (absent, a new type, a value that does not
+    convert) returns ``_SLOW`` for ``RowView`` to read and explain."""
+    if new is None:
+        return _SLOW
+    raw = new.get(column, _SLOW)
+    if raw is None or raw is _SLOW:
+        return raw
+    convert = converters.get(types.get(column, ""))
+    if convert is None:
+        return _SLOW
+    try:
+        return convert(raw)
+    except (ValueError, KeyError, IndexError):
+        return _SLOW
+
+
+class _Outputs(dict[str, Converter]):
+    """Declared type -> ``output_converter_for`` it, filled on first sight."""
+
+    def __init__(self, zone: tzinfo) -> None:
+        super().__init__()
+        self.zone = zone
+
+    def __missing__(self, declared: str) -> Converter:
+        convert = self[declared] = output_converter_for(declared, self.zone)
+        return convert
+
+
+def _fields(
+    plan: tuple[_Field, ...],
+    row: RowView,
+    new: dict[str, Any] | None,
+    types: dict[str, str],
+    outputs: _Outputs,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, column, expr, nested in plan:
+        if nested is not None:
+            out[name] = _fields(nested, row, new, types, outputs)
+            continue
+        if column is not None and new is not None:
+            # The common case inline (a call per field costs): the new row carries
+            # the column; numerics come out as exact JSON text.
+            raw = new.get(column, _SLOW)
+            if raw is None:
+                out[name] = None
+                continue
+            declared = types.get(column)
+            if raw is not _SLOW and declared is not None:
+                try:
+                    out[name] = outputs[declared](raw)
+                    continue
+                except (ValueError, KeyError, IndexError):
+                    pass  # RowView reads it again and names the failure
+        assert expr is not None
+        value = expr.evaluate(row)
         if value is not MISSING:  # null would wipe the trait downstream
             out[name] = value
     return out
@@ -263,30 +432,6 @@ def _user_id(value: Any) -> str | None:
         return None
     text = format(value, "f") if isinstance(value, Decimal) else str(value).strip()
     return text or None
-
-
-def _payload(
-    rule: Rule, fields: dict[str, Any], user_id: str, message_id: str, timestamp: str
-) -> dict[str, Any]:
-    context: dict[str, Any] = dict(rule.context) if rule.context else {}
-    context["library"] = LIBRARY
-    payload: dict[str, Any] = {
-        "type": rule.kind,
-        "messageId": message_id,
-        "userId": user_id,
-    }
-    if rule.kind == "identify":
-        payload["traits"] = fields
-        context["traits"] = fields
-    else:
-        payload["event"] = rule.event
-        payload["properties"] = fields
-    payload["context"] = context
-    payload["timestamp"] = timestamp
-    payload["originalTimestamp"] = timestamp
-    if rule.integrations is not None:
-        payload["integrations"] = rule.integrations
-    return payload
 
 
 def _dead_letter(change: Change, rule: Rule, reason: str) -> DeadLetter:

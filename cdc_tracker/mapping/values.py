@@ -32,6 +32,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
+from cdc_tracker.destination.encode import exact_number
 from cdc_tracker.rules.expr import Kind
 
 Converter = Callable[[Any], Any]
@@ -149,6 +150,17 @@ def converter_for(declared: str, zone: tzinfo) -> Converter:
     if name in ("json", "jsonb"):
         return _json
     return _same
+
+
+@lru_cache(maxsize=512)
+def output_converter_for(declared: str, zone: tzinfo) -> Converter:
+    """The converter for a value sent as it is (a bare column as a trait or
+    property): as ``converter_for``, with numerics already in their JSON text."""
+    convert = converter_for(declared, zone)
+    name = base_type(declared)
+    if name.startswith(_DECIMALS) and not name.endswith("[]"):
+        return lambda value: exact_number(convert(value))
+    return convert
 
 
 def _array(value: Any, element: Converter) -> Any:
