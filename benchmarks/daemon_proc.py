@@ -78,6 +78,33 @@ def environment(
     }
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU the processes used so far (0 for one that is gone)."""
+    return sum(_cpu(Path(f"/proc/{pid}/stat")) for pid in pids)
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """The CPU of the process's main thread alone (its task id is its pid)."""
+    return _cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _cpu(stat: Path) -> float:
+    try:
+        fields = stat.read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_backends(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
+    """The server processes of every other client of this database."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    ).fetchall()
+    return [int(str(row[0])) for row in rows]
+
+
 def start_daemon(dsn: str, slot: str, receiver_url: str, **settings: str) -> DaemonRun:
     """Start ``python -m cdc_tracker run`` on ``slot`` (see ``environment``)."""
     env = environment(dsn, slot, receiver_url, **settings)

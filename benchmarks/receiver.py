@@ -21,7 +21,24 @@ import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import msgspec
 import orjson
+
+
+class _Call(msgspec.Struct):
+    """What the receiver reads of a call; every other field is skipped unread."""
+
+    messageId: str  # the wire name
+    timestamp: str = ""
+
+
+class _Batch(msgspec.Struct):
+    batch: list[_Call]
+
+
+# Parses a body without building the calls' traits and properties: the receiver
+# must cost the machine little, since it shares the cores with the daemon.
+_read_batch = msgspec.json.Decoder(_Batch).decode
 
 
 class Stats:
@@ -64,7 +81,7 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(b"{}")
             return
         body = gzip.decompress(raw) if self.headers.get("Content-Encoding") else raw
-        calls = orjson.loads(body)["batch"]
+        calls = _read_batch(body).batch
         self._answer(b'{"ok":true}')
         acked = time.time()
         with stats.lock:
@@ -89,9 +106,9 @@ class Handler(BaseHTTPRequestHandler):
         pass  # one line per request would cost more than the request
 
 
-def _delays(calls: list[dict[str, str]], acked: float) -> list[float]:
+def _delays(calls: list[_Call], acked: float) -> list[float]:
     return [
-        (acked - datetime.fromisoformat(call["timestamp"]).timestamp()) * 1000
+        (acked - datetime.fromisoformat(call.timestamp).timestamp()) * 1000
         for call in calls
     ]
 

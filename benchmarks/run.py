@@ -23,7 +23,15 @@ import psycopg
 import structlog
 
 from benchmarks import baselines, delay, receiving
-from benchmarks.daemon_proc import EXAMPLES, replay, start_daemon, wait_confirmed
+from benchmarks.daemon_proc import (
+    EXAMPLES,
+    cpu_seconds,
+    main_thread_cpu_seconds,
+    replay,
+    server_backends,
+    start_daemon,
+    wait_confirmed,
+)
 from benchmarks.table import Row, render
 from benchmarks.workload import (
     Generator,
@@ -51,6 +59,7 @@ class Results:
     receiver_alone: float
     rss_before_big: float
     rss_peak: float
+    cpu: dict[str, float]  # CPU seconds of each process during the daemon's run
     delays: list[float]
     delay_rate: float
     tuned: tuple[str, list[float], float] | None  # (poll interval, delays, rate)
@@ -99,8 +108,8 @@ def _measure(
     try:
         alone = receiving.receiver_alone(receiver)
         _say(f"receiver alone: {alone:.0f} calls/s")
-        daemon_s, rss_before, rss_peak = _daemon_run(
-            conn, dsn, receiver.url, written, args.py_spy
+        daemon_s, rss_before, rss_peak, cpu = _daemon_run(
+            conn, dsn, receiver, written, args.py_spy
         )
         calls = int(receiver.stats()["calls"])
     finally:
@@ -115,7 +124,7 @@ def _measure(
         )
         tuned = (args.poll_interval, tuned_delays, tuned_rate)
     return Results(
-        written, sql_s, recv_s, daemon_s, calls, alone, rss_before, rss_peak,
+        written, sql_s, recv_s, daemon_s, calls, alone, rss_before, rss_peak, cpu,
         delays, rate, tuned, *_replay(conn, dsn),
     )  # fmt: skip
 
@@ -123,25 +132,40 @@ def _measure(
 def _daemon_run(
     conn: psycopg.Connection[tuple[object, ...]],
     dsn: str,
-    url: str,
+    receiver: receiving.Receiver,
     written: Written,
     py_spy: Path | None,
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, dict[str, float]]:
     """Seconds from reading the slot to having it advanced past the workload, the
-    peak RSS before the big transaction and the peak RSS through it."""
-    run = start_daemon(dsn, "bench_daemon", url)
+    peak RSS before the big transaction and through it, and the CPU seconds the
+    daemon, its server backends and the receiver used meanwhile."""
+    run = start_daemon(dsn, "bench_daemon", receiver.url)
     spy = _spy(run.process.pid, py_spy) if py_spy else None
     try:
         started = run.wait_reading()
+        processes = {
+            "daemon": [run.process.pid],
+            "its server backends": server_backends(conn),
+            "receiver": [receiver.process.pid],
+        }
+        cpu_before = {name: cpu_seconds(pids) for name, pids in processes.items()}
+        main_before = main_thread_cpu_seconds(run.process.pid)
         wait_confirmed(conn, "bench_daemon", written.before_big, run)
         rss_before = run.peak_rss_mb()
         finished = wait_confirmed(conn, "bench_daemon", written.end, run)
         rss_peak = run.peak_rss_mb()
+        cpu = {
+            name: cpu_seconds(pids) - cpu_before[name]
+            for name, pids in processes.items()
+        }
+        cpu["daemon main thread"] = (
+            main_thread_cpu_seconds(run.process.pid) - main_before
+        )
     finally:
         run.stop()
         if spy is not None:
             spy.wait(timeout=120)
-    return finished - started, rss_before, rss_peak
+    return finished - started, rss_before, rss_peak, cpu
 
 
 def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -220,6 +244,15 @@ def _rows(r: Results) -> list[Row]:
             ours / sql >= 0.5,
         ),
         Row(
+            "CPU during the end-to-end run, per change",
+            ", ".join(
+                f"{name} {seconds / changes * 1e6:.1f} µs"
+                for name, seconds in r.cpu.items()
+            ),
+            f"{_busy(r.cpu) / r.daemon_s:.2f} of the machine's "
+            f"{os.cpu_count()} cores busy",
+        ),
+        Row(
             "counting receiver alone",
             f"{r.receiver_alone:,.0f} calls/s",
             f"{r.receiver_alone / (r.calls / r.daemon_s):.1f}x what cdc-tracker sent",
@@ -248,6 +281,11 @@ def _rows(r: Results) -> list[Row]:
             None if r.replay_rate is None else r.replay_rate >= 20_000,
         ),
     ]
+
+
+def _busy(cpu: dict[str, float]) -> float:
+    """CPU seconds of every process (the main thread is part of the daemon's)."""
+    return sum(seconds for name, seconds in cpu.items() if "thread" not in name)
 
 
 def _p50_p99(delays: list[float]) -> tuple[float, float]:

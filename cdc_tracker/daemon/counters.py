@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Commit-to-acknowledged delay buckets, in seconds.
@@ -52,6 +53,7 @@ class Counters:
         key = reason.split(":", 1)[0].split("(", 1)[0].strip()
         self.drops_by_reason[key] = self.drops_by_reason.get(key, 0) + 1
 
-    def count_call(self, kind: str, event: str) -> None:
-        key = (kind, event)
-        self.calls_by_event[key] = self.calls_by_event.get(key, 0) + 1
+    def count_calls(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Add delivered calls, counted by (type, event)."""
+        for key, count in counts.items():
+            self.calls_by_event[key] = self.calls_by_event.get(key, 0) + count

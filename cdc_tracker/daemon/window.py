@@ -1,7 +1,10 @@
 """One window of the slot: read it, map it, ship it, move the slot.
 
-Shipping runs on a thread of its own, one batch at a time, so that the next batch
-is read and mapped while the previous one is on the wire.
+Shipping runs on a thread of its own, one request at a time and in order, so that
+the next batches are read and mapped while one is on the wire; up to
+``PENDING_BATCHES`` wait their turn there. Once a batch's delivery is interrupted
+(a stop), the batches after it are not sent: a later batch delivered before an
+earlier one would break per-user order when both are read again.
 
 ``Window`` keeps the position: ``done`` is the end of the last transaction whose
 calls were all acknowledged (or stored as dead letters). The slot is advanced to
@@ -15,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +39,9 @@ from cdc_tracker.source.wal2json import Begin, Commit, Transaction, Truncate, pa
 log = structlog.get_logger(__name__)
 
 FETCH_ROWS = 2_000
+# Batches handed to the shipping thread and not settled yet: enough that reading
+# and mapping never wait on one request's round trip, few enough to bound memory.
+PENDING_BATCHES = 3
 
 
 class Window:
@@ -68,7 +75,8 @@ class Window:
         self._commit_times: list[float] = []  # of transactions with calls, unshipped
         self.unsaved_calls = self.unsaved_batches = 0  # since the last checkpoint
         self._calls_before_commit = 0
-        self._in_flight: _Batch | None = None
+        self._in_flight: deque[_Batch] = deque()
+        self._interrupted = False  # a delivery was interrupted: send nothing more
         self.parents: dict[str, str] = {}  # leaf partition -> tracked table
         self.refresh_sources: Callable[[], None] | None = None
         self._shipping = ThreadPoolExecutor(1, thread_name_prefix="cdc-tracker-ship")
@@ -79,10 +87,10 @@ class Window:
 
     def forget_unacknowledged(self) -> None:
         """After a lost connection: what was not acknowledged is read again."""
-        batch, self._in_flight = self._in_flight, None
-        if batch is not None and batch.future is not None:
-            # Let it end first: two requests in flight could reorder a user's calls.
-            concurrent.futures.wait([batch.future])
+        batches, self._in_flight = self._in_flight, deque()
+        # Let them end first: two requests in flight could reorder a user's calls.
+        concurrent.futures.wait([b.future for b in batches if b.future is not None])
+        self._interrupted = False
         self.calls, self.dead, self._commit_times = [], [], []
         self._calls_before_commit = 0
         self.completed = self.done
@@ -149,12 +157,12 @@ class Window:
         return rows
 
     def _ship(self) -> bool:
-        """Hand the pending calls to the shipping thread, after settling the batch
-        already there (one request in flight keeps per-user order).
+        """Hand the pending calls to the shipping thread, once fewer than
+        ``PENDING_BATCHES`` wait there (settling the oldest if not).
 
         Returns False when a stop interrupted delivery: nothing more is done.
         """
-        if not self._settle():
+        if len(self._in_flight) >= PENDING_BATCHES and not self._settle_oldest():
             return False
         batch = _Batch(
             self.calls,
@@ -167,20 +175,32 @@ class Window:
         self.calls, self.dead, self._commit_times = [], [], []
         self._calls_before_commit = 0
         if batch.calls:
-            batch.future = self._shipping.submit(
-                self.shipper.ship, batch.calls, self.stop
-            )
-        self._in_flight = batch
+            batch.future = self._shipping.submit(self._deliver, batch.calls)
+        self._in_flight.append(batch)
         return True
 
-    def _settle(self) -> bool:
-        """Wait for the batch in flight; store its dead letters, mark it done.
+    def _deliver(self, calls: list[Call]) -> Outcome:
+        """On the shipping thread: deliver, unless an earlier batch was interrupted."""
+        if self._interrupted:
+            return Outcome(interrupted=True)
+        outcome = self.shipper.ship(calls, self.stop)
+        self._interrupted = outcome.interrupted
+        return outcome
 
-        Returns False when a stop interrupted its delivery.
+    def _settle(self) -> bool:
+        """Wait for every batch handed over, in order (see ``_settle_oldest``).
+
+        Returns False when a stop interrupted a delivery.
         """
-        batch, self._in_flight = self._in_flight, None
-        if batch is None:
-            return True
+        while self._in_flight:
+            if not self._settle_oldest():
+                return False
+        return True
+
+    def _settle_oldest(self) -> bool:
+        """Wait for the oldest batch handed over; store its dead letters, mark it
+        done. Returns False when a stop interrupted its delivery."""
+        batch = self._in_flight.popleft()
         outcome = batch.future.result() if batch.future else Outcome()
         dead = batch.dead + outcome.dead_letters
         if dead:
@@ -217,9 +237,15 @@ class Window:
             for letter in outcome.dead_letters
             if letter.call
         }
-        for call in calls:
-            if call.message_id not in refused:
-                counters.count_call(call.payload["type"], call.payload.get("event", ""))
+        counters.count_calls(
+            Counter(
+                [
+                    (call.payload["type"], call.payload.get("event", ""))
+                    for call in calls
+                    if call.message_id not in refused
+                ]
+            )
+        )
         now = time.time()
         for committed in batch.commit_times:
             counters.delay.observe(max(0.0, now - committed))

@@ -65,20 +65,18 @@ def make_batches(calls: Iterable[EncodedCall], limits: BatchLimits) -> Batches:
     request.
     """
     batches = Batches()
+    max_calls, max_bytes = limits.max_calls, limits.max_bytes
+    max_call_bytes = limits.max_call_bytes
     current: list[EncodedCall] = []
-    size = ENVELOPE_BYTES
+    size = ENVELOPE_BYTES - 1  # as if every call, the first too, had a comma
     for call in calls:
-        call_size = call.sent_size
-        if call_size > limits.max_call_bytes:
-            batches.oversize.append((call, _oversize_reason(call_size, limits)))
+        added = len(call.body) + SENT_AT_BYTES + 1
+        if added > max_call_bytes + 1:
+            batches.oversize.append((call, _oversize_reason(added - 1, limits)))
             continue
-        # The comma before every call but the first.
-        added = call_size + (1 if current else 0)
-        if current and (
-            len(current) >= limits.max_calls or size + added > limits.max_bytes
-        ):
+        if current and (len(current) >= max_calls or size + added > max_bytes):
             batches.requests.append(current)
-            current, size, added = [], ENVELOPE_BYTES, call_size
+            current, size = [], ENVELOPE_BYTES - 1
         current.append(call)
         size += added
     if current:
@@ -88,8 +86,21 @@ def make_batches(calls: Iterable[EncodedCall], limits: BatchLimits) -> Batches:
 
 def request_body(batch: list[EncodedCall], sent_at: str) -> bytes:
     """Return the JSON request body for ``batch``, every call stamped ``sent_at``."""
-    calls = b",".join([with_sent_at(call.body, sent_at) for call in batch])
-    return _ENVELOPE_OPEN + calls + _ENVELOPE_CLOSE
+    tail = b',"sentAt":"' + sent_at.encode("ascii") + b'"}'
+    # Each call's bytes but its closing brace, joined by the stamp and a comma:
+    # one copy of every call, where stamping each call apart took three.
+    heads = [memoryview(call.body)[:-1] for call in batch]
+    if min(map(len, heads), default=2) < 2:  # "{}" takes no comma before sentAt
+        calls = b",".join([with_sent_at(call.body, sent_at) for call in batch])
+        return _ENVELOPE_OPEN + calls + _ENVELOPE_CLOSE
+    return b"".join(
+        [
+            _ENVELOPE_OPEN,
+            (tail + b",").join(heads),
+            tail if heads else b"",
+            _ENVELOPE_CLOSE,
+        ]
+    )
 
 
 def _oversize_reason(size: int, limits: BatchLimits) -> str:

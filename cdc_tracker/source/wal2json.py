@@ -147,22 +147,31 @@ def _begin(row: _Row, tx: Transaction) -> Begin:
 def _change(row: _Row, action: Action, tx: Transaction) -> Change:
     if not row.schema or not row.table:
         raise KeyError("schema")
-    old_columns = row.identity
-    types = {} if old_columns is None else {c.name: c.type for c in old_columns}
+    columns = row.columns
+    identity = row.identity
     new = None
-    if action is not Action.DELETE and row.columns is not None:
-        new = {column.name: column.value for column in row.columns}
-        types.update({column.name: column.type for column in row.columns})
+    types: dict[str, str] = {}
+    if action is not Action.DELETE and columns is not None:
+        new = {column.name: column.value for column in columns}
+        types = {column.name: column.type for column in columns}
+    old = None
+    if identity is not None:
+        old = {column.name: column.value for column in identity}
+        if not old.keys() <= types.keys():
+            # The old image holds columns the new one does not (a delete, or an
+            # unchanged TOASTed value): their types come from it.
+            for column in identity:
+                types.setdefault(column.name, column.type)
     ordinal = tx.ordinal
     tx.ordinal = ordinal + 1
     return Change(
         table=f"{row.schema}.{row.table}",
         action=action,
         new=new,
-        old=None if old_columns is None else {c.name: c.value for c in old_columns},
+        old=old,
         types=types,
         commit_lsn=tx.commit_lsn,
         ordinal=ordinal,
         commit_time=tx.commit_time,
-        key=tuple(pk.name for pk in row.pk),
+        key=tuple([pk.name for pk in row.pk]),
     )
