@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 from pathlib import Path
@@ -14,6 +13,7 @@ from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.ops.health import HealthServer, Probe
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.rules.schema import require_fit
+from cdc_tracker.runtime import tune_gc
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect
@@ -48,21 +48,6 @@ def run_daemon(
             if health is not None:
                 health.stop()
     return daemon
-
-
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for a stream of short-lived rows.
-
-    The hot path allocates many small containers and makes no cycles. With the
-    default thresholds the collector ran every 700 allocations, and its periodic
-    full collections walked every live object: on the benchmark's changes
-    (parsed, mapped and encoded in one process) collection took about a fifth of
-    the CPU. Freezing what exists after start-up (modules, the rulebook) takes it
-    out of every scan; collecting young objects every 50,000 allocations keeps
-    memory bounded for the rare cycle at a fraction of the cost.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _serve_health(

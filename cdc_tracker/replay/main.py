@@ -13,6 +13,7 @@ from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.replay.plan import Plan, make_plan
 from cdc_tracker.replay.runner import Replay, ReplayOptions, ReplayResult, window_of
 from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.runtime import tune_gc
 from cdc_tracker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -37,6 +38,7 @@ def run_replay(
     if not options.resume:
         window_of(options, datetime.now(UTC))  # a bad window is refused first
     plan = make_plan(load_rulebook(settings.rulebook), options.tables, options.rules)
+    tune_gc()
     _report_plan(plan, err)
     settings.require_dsn()
     progress = err if err.isatty() else None
