@@ -106,6 +106,7 @@ class Window:
         limit = self.settings.window_changes
         rows = self._read_window(upto, limit)
         if not (self._ship() and self._settle()):
+            self._advance(self.done)  # a stop: keep what was acknowledged before it
             return False
         caught_up = rows < limit and not self.stop.is_set()
         if caught_up:

@@ -40,7 +40,7 @@ Converter = Callable[[Any], Any]
 _decode_json = json.JSONDecoder(parse_float=Decimal).decode
 
 _INTEGERS = frozenset({"smallint", "integer", "bigint", "oid"})
-_DECIMALS = ("numeric", "real", "double precision", "decimal")
+_DECIMALS = frozenset({"numeric", "real", "double precision", "decimal"})
 
 
 def _same(value: Any) -> Any:
@@ -57,12 +57,14 @@ def _boolean(value: Any) -> Any:
 
 
 def _number(value: Any) -> Any:
-    # A domain over numeric arrives as a string even with the base type known.
+    # A domain over numeric arrives as a string even with the base type known;
+    # its NaN or Infinity reads as null, as wal2json writes them for the base types.
     if isinstance(value, str):
         try:
-            return Decimal(value)
+            number = Decimal(value)
         except InvalidOperation:
             return None
+        return number if number.is_finite() else None
     return value
 
 
@@ -91,9 +93,13 @@ def _date(value: Any) -> Any:
 def _json(value: Any) -> Any:
     if not isinstance(value, str):
         return value
-    document = _decode_json(value)
-    # json (unlike jsonb) keeps \u0000, which jsonb columns downstream refuse.
-    return _without_nul(document) if "\\u0000" in value else document
+    try:
+        document = _decode_json(value)
+        # json (unlike jsonb) keeps \u0000, which jsonb columns downstream refuse.
+        return _without_nul(document) if "\\u0000" in value else document
+    except RecursionError:
+        # PostgreSQL takes documents nested thousands deep; no destination does.
+        raise ValueError("json document nested too deeply") from None
 
 
 def _without_nul(value: Any) -> Any:
@@ -137,7 +143,7 @@ def converter_for(declared: str, zone: tzinfo) -> Converter:
         return _integer
     if name == "boolean":
         return _boolean
-    if name.startswith(_DECIMALS):
+    if name in _DECIMALS:
         return _number
     if name == "character":
         return _blank_padded
@@ -158,7 +164,7 @@ def output_converter_for(declared: str, zone: tzinfo) -> Converter:
     property): as ``converter_for``, with numerics already in their JSON text."""
     convert = converter_for(declared, zone)
     name = base_type(declared)
-    if name.startswith(_DECIMALS) and not name.endswith("[]"):
+    if name in _DECIMALS:
         return lambda value: exact_number(convert(value))
     return convert
 
@@ -239,7 +245,7 @@ def kind_of(declared: str) -> Kind:
     name = base_type(declared)
     if name.endswith("[]"):
         return Kind.ARRAY
-    if name in _INTEGERS or name.startswith(_DECIMALS):
+    if name in _INTEGERS or name in _DECIMALS:
         return Kind.NUMBER
     if name == "boolean":
         return Kind.BOOL

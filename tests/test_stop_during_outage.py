@@ -1,0 +1,59 @@
+"""A stop during a destination outage advances the slot to what was acknowledged,
+so that a restart re-sends only what was not."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from email.message import Message
+from pathlib import Path
+
+from cdc_tracker.testing._rudder_checks import Answer
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.faults.workload import insert_merchants
+from tests.harness import (
+    WRITE_KEY,
+    create_slot,
+    running_daemon,
+    settings_for,
+    slot_position,
+    wait_until,
+)
+
+OUTAGE = Answer(503, "service unavailable\n")
+
+
+class GoesDownAfter(FakeRudderStack):
+    """Accepts the first ``n`` requests, then answers 503 to everything."""
+
+    def __init__(self, n: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.allowed = n
+        self.seen = 0
+
+    def receive(self, path: str, headers: Message, raw: bytes) -> Answer | None:
+        self.seen += 1
+        if self.seen > self.allowed:
+            return OUTAGE
+        return super().receive(path, headers, raw)
+
+
+def test_stop_during_outage_advances_to_what_was_acknowledged(
+    db: str, example_rulebook: Path
+) -> None:
+    receiver = GoesDownAfter(3, write_keys=[WRITE_KEY])
+    with receiver:
+        settings = replace(settings_for(db, receiver, example_rulebook), batch_calls=20)
+        create_slot(settings)
+        start = slot_position(db, settings.slot)
+        # 40 transactions of 10 merchants: 20 calls each, a batch per commit.
+        insert_merchants(db, 400, per_transaction=10)
+        with running_daemon(settings) as running:
+            wait_until(lambda: receiver.seen > 5, 20)  # 3 accepted, now retrying
+            acknowledged = running.daemon.done
+            running.stop()
+        assert len(receiver.calls) == 60
+        after = slot_position(db, settings.slot)
+        assert start < after == acknowledged, (
+            "3 requests (60 calls, 3 whole transactions) were acknowledged, but the "
+            f"slot is at {after}, not {acknowledged}"
+        )
