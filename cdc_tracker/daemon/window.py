@@ -252,6 +252,10 @@ class Window:
             counters.delay.observe(max(0.0, now - committed))
 
     def _store_dead(self, dead: list[DeadLetter]) -> None:
+        # Stored before counted: a save the lost connection refused is counted
+        # once, when the window is read again.
+        if self.advance_slot and self.store is not None:
+            self.store.save(dead)
         for letter in dead:
             self.counters.count_drop(letter.reason)
             log.warning(
@@ -261,8 +265,6 @@ class Window:
                 reason=letter.reason,
                 position=f"{letter.commit_lsn}#{letter.ordinal}",
             )
-        if self.advance_slot and self.store is not None:
-            self.store.save(dead)
 
     def _advance(self, lsn: Lsn) -> None:
         assert self.slot is not None
