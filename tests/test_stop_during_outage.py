@@ -3,6 +3,7 @@ so that a restart re-sends only what was not."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from email.message import Message
 from pathlib import Path
@@ -57,3 +58,41 @@ def test_stop_during_outage_advances_to_what_was_acknowledged(
             "3 requests (60 calls, 3 whole transactions) were acknowledged, but the "
             f"slot is at {after}, not {acknowledged}"
         )
+
+
+class FailsSlowlyOnce(FakeRudderStack):
+    """Answers the ``n``-th request with 503 after ``delay`` seconds; accepts the
+    rest, before and after."""
+
+    def __init__(self, n: int, delay: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.failing = n
+        self.delay = delay
+        self.seen = 0
+
+    def receive(self, path: str, headers: Message, raw: bytes) -> Answer | None:
+        self.seen += 1
+        if self.seen == self.failing:
+            time.sleep(self.delay)
+            return OUTAGE
+        return super().receive(path, headers, raw)
+
+
+def test_nothing_is_sent_after_a_batch_whose_delivery_a_stop_interrupted(
+    db: str, example_rulebook: Path
+) -> None:
+    # Batches wait their turn for the shipping thread. Once the 4th request's
+    # delivery is interrupted, the batches queued behind it must not go out, even
+    # though the destination would take them: a later batch stored before an
+    # earlier one would break per-user order when both are read again.
+    receiver = FailsSlowlyOnce(4, delay=1.0, write_keys=[WRITE_KEY])
+    with receiver:
+        settings = replace(settings_for(db, receiver, example_rulebook), batch_calls=20)
+        create_slot(settings)
+        insert_merchants(db, 400, per_transaction=10)
+        with running_daemon(settings) as running:
+            wait_until(lambda: receiver.seen >= 4, 20)  # the 4th is being answered
+            running.stop()
+        assert receiver.seen == 4
+        assert len(receiver.calls) == 60
+        assert slot_position(db, settings.slot) == running.daemon.done
