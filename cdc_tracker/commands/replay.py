@@ -26,6 +26,11 @@ safe beside a running daemon. Rows are read in pages ordered by (cursor, primary
 key); an index on them keeps each page cheap.
 """
 
+# --rate bounds: slower than a call a minute or faster than any destination
+# takes is a typo, not a plan.
+MIN_RATE = 0.01
+MAX_RATE = 1_000_000
+
 _EPILOG = """\
 examples:
   cdc-tracker replay --since 2026-11-01
@@ -75,6 +80,12 @@ def register(
         "--resume", action="store_true", help="continue the interrupted replay"
     )
     sub.add_argument(
+        "--discard-interrupted",
+        action="store_true",
+        help="start anew although a replay of the same selection was interrupted "
+        "(the rest of its window is then not sent)",
+    )
+    sub.add_argument(
         "--page-rows", type=int, default=5_000, metavar="N", help="rows per page"
     )
     sub.add_argument("--slot", help="namespace of the messageIds, and dead letters")
@@ -88,20 +99,27 @@ def _replay(args: argparse.Namespace) -> int:
     )
     from cdc_tracker.replay.main import run_replay  # noqa: PLC0415
     from cdc_tracker.replay.runner import ReplayOptions  # noqa: PLC0415
+    from cdc_tracker.rules.plan import qualify  # noqa: PLC0415
 
-    if args.rate is not None and not args.rate > 0:
-        raise ConfigError(f"--rate is {args.rate}; expected calls per second > 0")
+    if args.rate is not None and not MIN_RATE <= args.rate <= MAX_RATE:
+        raise ConfigError(
+            f"--rate is {args.rate}; expected calls per second from {MIN_RATE} "
+            f"to {MAX_RATE:,}"
+        )
+    if args.resume and args.discard_interrupted:
+        raise ConfigError("--resume and --discard-interrupted contradict each other")
     if args.page_rows < 1:
         raise ConfigError(f"--page-rows is {args.page_rows}; expected 1 or more")
     settings = settings_from(args, slot=args.slot)
     options = ReplayOptions(
         since=args.since,
         until=args.until,
-        tables=tuple(args.table),
+        tables=tuple(qualify(table) for table in args.table),
         rules=tuple(args.rule),
         dry_run=args.dry_run,
         rate=args.rate,
         resume=args.resume,
+        discard_interrupted=args.discard_interrupted,
         page_rows=args.page_rows,
     )
     with stop_on_signals() as stop:

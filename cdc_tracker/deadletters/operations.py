@@ -10,12 +10,11 @@ or a missing table raises another ``CdcTrackerError`` (exit 1).
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
@@ -32,13 +31,12 @@ from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.destination.settings import DestinationSettings
 from cdc_tracker.errors import ConfigError, SourceError
 from cdc_tracker.mapping.lookups import Lookups
+from cdc_tracker.moments import parse_moment
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook, qualify
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect
 
 EXIT_OK, EXIT_FAILED = 0, 1
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _COLUMNS = ("ID", "CREATED (UTC)", "POSITION", "TABLE", "RULE", "ATTEMPTS", "REASON")
 
 
@@ -59,19 +57,7 @@ def selection(
 
 def parse_before(text: str, now: datetime | None = None) -> datetime:
     """``2026-01-31``, ``2026-01-31T12:00+01:00`` (naive is UTC) or an age: ``7d``."""
-    age = _DURATION.fullmatch(text.strip())
-    if age:
-        span = timedelta(**{_UNITS[age[2]]: int(age[1])})
-        return (now or datetime.now(UTC)) - span
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--before {text!r} is neither a time nor an age",
-            hint="e.g. --before 2026-01-31, --before '2026-01-31 12:00+01', "
-            "--before 7d (s, m, h, d, w)",
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return parse_moment("--before", text, now or datetime.now(UTC))
 
 
 @contextmanager

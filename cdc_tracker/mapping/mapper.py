@@ -21,7 +21,12 @@ from cdc_tracker.destination.encode import rfc3339_ms
 from cdc_tracker.mapping import ids
 from cdc_tracker.mapping.lookups import LookupMissing, Lookups
 from cdc_tracker.mapping.schema_view import SchemaView
-from cdc_tracker.mapping.values import Converter, converter_for, output_converter_for
+from cdc_tracker.mapping.values import (
+    ConversionError,
+    Converter,
+    converter_for,
+    output_converter_for,
+)
 from cdc_tracker.model import MISSING, Action, Call, Change, DeadLetter
 from cdc_tracker.rules.expr import EvaluationError, Expression, MissingValue
 from cdc_tracker.rules.expr_parse import Image
@@ -115,9 +120,11 @@ class RowView:
                 self._converters[declared] = convert
             return convert(raw)
         except (ValueError, KeyError, IndexError) as exc:
+            # Only our own reasons are told: others could quote the value.
+            why = f": {exc}" if isinstance(exc, ConversionError) else ""
             raise EvaluationError(
                 f"cannot convert column '{column}' of type "
-                f"{self.change.types.get(column, 'unknown')}"
+                f"{self.change.types.get(column, 'unknown')}{why}"
             ) from exc
 
     def _absent(self, image: Image, column: str, source: dict[str, Any] | None) -> Any:

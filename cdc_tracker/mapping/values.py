@@ -37,6 +37,11 @@ from cdc_tracker.rules.expr import Kind
 
 Converter = Callable[[Any], Any]
 
+
+class ConversionError(ValueError):
+    """A value that cannot be converted, for a reason that names no value."""
+
+
 _decode_json = json.JSONDecoder(parse_float=Decimal).decode
 
 _INTEGERS = frozenset({"smallint", "integer", "bigint", "oid"})
@@ -99,7 +104,7 @@ def _json(value: Any) -> Any:
         return _without_nul(document) if "\\u0000" in value else document
     except RecursionError:
         # PostgreSQL takes documents nested thousands deep; no destination does.
-        raise ValueError("json document nested too deeply") from None
+        raise ConversionError("the json document is nested too deeply") from None
 
 
 def _without_nul(value: Any) -> Any:

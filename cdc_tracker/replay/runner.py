@@ -55,6 +55,7 @@ class ReplayOptions:
     dry_run: bool = False
     rate: float | None = None
     resume: bool = False
+    discard_interrupted: bool = False
     page_rows: int = PAGE_ROWS
 
 
@@ -115,6 +116,7 @@ class Replay:
         self.pool: ConnectionPool | None = None
         self.store: StateStore | None = None
         self._ordinal = 0
+        self._current = plan.tables[-1] if plan.tables else ""  # the table read last
 
     def run(self) -> ReplayResult:
         """Replay the plan's tables; returns early (``interrupted``) once stopped.
@@ -168,6 +170,16 @@ class Replay:
         if window is not None:
             if self.options.dry_run:
                 return JobState(self.job, window)
+            waiting = store.load(self.job)
+            if waiting is not None and not self.options.discard_interrupted:
+                raise ConfigError(
+                    "a replay of this selection was interrupted and is waiting: "
+                    f"{waiting.rows} rows sent of its window from "
+                    f"{waiting.window.since.isoformat()} to "
+                    f"{waiting.window.until.isoformat()}",
+                    hint="finish it with --resume (same --table and --rule), or "
+                    "start anew with --discard-interrupted",
+                )
             return store.start(self.job, self._selection(), window)
         state = store.load(self.job)
         if state is None:
@@ -178,7 +190,10 @@ class Replay:
                 "--rule as the replay it continues",
             )
         log.info(
-            "resuming replay", since=state.window.since.isoformat(), rows=state.rows
+            "resuming replay in the window it was started with",
+            since=state.window.since.isoformat(),
+            until=state.window.until.isoformat(),
+            rows=state.rows,
         )
         return state
 
@@ -213,13 +228,14 @@ class Replay:
         for name, reader in readers.items():
             if name in state.finished:
                 continue
+            self._current = name
             if not self._table(reader, bounds[name], state, progress):
                 self.result.interrupted = True
                 break
             state.finished.add(name)
         if self.store is not None and not self.result.interrupted:
             self.store.save(state, finished=True)
-        progress.finish(self.plan.tables[-1])
+        progress.finish(self._current)
 
     def _reader(self, pool: ConnectionPool, info: TableInfo) -> TableReader:
         cursor = self.plan.rulebook.tables[info.name].cursor

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 
 from cdc_tracker.errors import ConfigError
+from cdc_tracker.moments import parse_moment
 
-_AGE = re.compile(r"(\d+)\s*([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+__all__ = ["Window", "make_window", "parse_moment"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,26 +30,6 @@ class Window:
                 for moment in (self.since, self.until)
             )
         return self.since.isoformat(), self.until.isoformat()
-
-
-def parse_moment(flag: str, text: str, now: datetime) -> datetime:
-    """``2026-11-01``, ``2026-11-01T12:00+01:00`` (naive is UTC) or an age: ``7d``.
-
-    Ages count back from ``now``: ``30m``, ``12h``, ``7d``, ``2w`` (also ``s``).
-    Raises ``ConfigError`` naming the flag when the text is neither.
-    """
-    age = _AGE.fullmatch(text.strip())
-    if age:
-        return now - timedelta(**{_UNITS[age[2]]: int(age[1])})
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigError(
-            f"{flag} {text!r} is neither an ISO 8601 time nor an age",
-            hint=f"e.g. {flag} 2026-11-01, {flag} '2026-11-01T08:00+01:00', "
-            f"{flag} 7d (s, m, h, d, w)",
-        ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def make_window(since: str, until: str | None, now: datetime) -> Window:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import unquote
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -65,6 +66,12 @@ def translate_errors(slot: str, dsn: str = "") -> Iterator[None]:
             f"the server refused: {_first_line(exc)}",
             hint="raise max_replication_slots, or drop slots nobody reads "
             "(SELECT slot_name, active FROM pg_replication_slots)",
+        ) from exc
+    except pgerrors.UndefinedFile as exc:
+        raise ConfigError(
+            f"the server cannot load a file: {redact(_first_line(exc), dsn)}",
+            hint="is wal2json installed on the database server? (Debian: "
+            "postgresql-<major>-wal2json; see 'cdc-tracker doctor')",
         ) from exc
     except pgerrors.InsufficientPrivilege as exc:
         raise ConfigError(
@@ -121,8 +128,19 @@ def _mask(match: re.Match[str]) -> str:
 
 
 def _passwords(dsn: str) -> list[str]:
-    found = [m.group(2) or m.group(4) for m in _SECRET.finditer(dsn)]
-    return [secret.strip("'") for secret in found if secret and secret.strip("'")]
+    """Every form of the DSN's password a message could show, longest first."""
+    found = [m.group(2) for m in _SECRET.finditer(dsn) if m.group(2)]
+    _, separator, rest = dsn.partition("://")
+    if separator and "@" in rest:
+        # A URI's password runs to the last "@", spaces and "@" included: libpq
+        # echoes such a malformed URI whole, or from any "@" in it.
+        userinfo = rest.rpartition("@")[0]
+        if ":" in userinfo:
+            password = userinfo.partition(":")[2]
+            found += [password, unquote(password)]
+            found += [part for part in re.split(r"[@\s]", password) if len(part) > 2]
+    secrets = {secret.strip("'") for secret in found} - {""}
+    return sorted(secrets, key=len, reverse=True)
 
 
 def _first_line(exc: BaseException) -> str:

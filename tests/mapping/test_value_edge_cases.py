@@ -94,3 +94,11 @@ def test_deeply_nested_jsonb_is_a_dead_letter_not_a_dead_daemon(
     assert alive
     assert sorted(str(c.user_id) for c in receiver.calls) == ["1", "3"]
     assert letters == {"cannot convert column 'value' of type jsonb": 1}
+    with psycopg.connect(db) as conn:
+        reasons = conn.execute("select reason from cdc_tracker.dead_letters").fetchall()
+    assert reasons == [
+        (
+            "cannot convert column 'value' of type jsonb: "
+            "the json document is nested too deeply",
+        )
+    ]
