@@ -50,8 +50,8 @@ def test_stop_during_outage_advances_to_what_was_acknowledged(
         insert_merchants(db, 400, per_transaction=10)
         with running_daemon(settings) as running:
             wait_until(lambda: receiver.seen > 5, 20)  # 3 accepted, now retrying
-            acknowledged = running.daemon.done
             running.stop()
+        acknowledged = running.daemon.done
         assert len(receiver.calls) == 60
         after = slot_position(db, settings.slot)
         assert start < after == acknowledged, (
