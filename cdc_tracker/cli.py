@@ -189,6 +189,18 @@ call) and removed, 1 when some stay dead (with their new reason) or were not
 acknowledged within --timeout.
 """
 
+_DEADLETTERS_EPILOG = """\
+exit codes:
+  0    done
+  1    an error (the database cannot be reached, no dead letter was ever
+       stored for the slot, ...)
+  2    bad usage or settings
+  130  interrupted
+
+settings come from --config FILE, then the environment (CDC_TRACKER_DSN,
+CDC_TRACKER_SLOT, ...), then flags; see config/settings.example.yaml.
+"""
+
 
 def _add_deadletters(commands: Any) -> None:
     sub = commands.add_parser(
@@ -198,7 +210,7 @@ def _add_deadletters(commands: Any) -> None:
             "Inspect and cure the changes the daemon could not map or deliver, "
             "kept per slot in cdc_tracker.dead_letters of the source database."
         ),
-        epilog=_DEADLETTERS_EXAMPLES + "\n" + _EPILOG,
+        epilog=_DEADLETTERS_EXAMPLES + "\n" + _DEADLETTERS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub.set_defaults(handler=lambda _args: _print_help(sub))
@@ -247,7 +259,7 @@ def _letters_action(
         name,
         help=summary,
         description=summary[0].upper() + summary[1:] + ".",
-        epilog=_DEADLETTERS_EXAMPLES + "\n" + exits + "\n" + _EPILOG,
+        epilog=_DEADLETTERS_EXAMPLES + "\n" + exits + "\n" + _DEADLETTERS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(sub)
@@ -322,7 +334,9 @@ def _deadletters_show(args: argparse.Namespace) -> int:
 def _deadletters_retry(args: argparse.Namespace) -> int:
     from cdc_tracker.deadletters import operations as letters
 
-    if args.all == bool(args.ids or args.table or args.rule):
+    if args.all and (args.ids or args.table or args.rule):
+        raise ConfigError("--all takes no IDs, --table or --rule: say one or the other")
+    if not args.all and not (args.ids or args.table or args.rule):
         raise ConfigError(
             "say which dead letters to retry: IDs, --table or --rule, or else --all"
         )
@@ -343,7 +357,10 @@ def _deadletters_retry(args: argparse.Namespace) -> int:
 def _deadletters_purge(args: argparse.Namespace) -> int:
     from cdc_tracker.deadletters import operations as letters
 
-    if [bool(args.ids), args.all, args.before is not None].count(True) != 1:
+    chosen_by = [bool(args.ids), args.all, args.before is not None].count(True)
+    if chosen_by > 1:
+        raise ConfigError("say one of IDs, --all or --before, not several")
+    if chosen_by == 0:
         raise ConfigError("say which dead letters to purge: IDs, --all or --before")
     settings = settings_from(args, slot=args.slot)
     chosen = letters.selection(args.ids, before=args.before)

@@ -112,6 +112,7 @@ _POSITIVE = {
     "batch_bytes",
     "http_timeout",
     "poll_interval",
+    "stall_seconds",
     "window_changes",
 }
 

@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from structlog.testing import capture_logs
 
+from cdc_tracker.daemon.reload import RulebookWatcher
 from cdc_tracker.ops.health import HealthServer, Probe
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import Running, running_daemon, settings_for, sql, wait_until
@@ -160,3 +162,19 @@ def test_configmap_style_symlink_swap_reloads(
         sql(db, "update merchants set owner_name = 'Cy'")
         daemon.caught_up()
     assert any(c.payload.get("event") == "Merchant Renamed" for c in receiver.calls)
+
+
+def test_a_deleted_rulebook_is_said_once_and_its_return_reloads(tmp_path: Path) -> None:
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text("version: 1\n")
+    watcher = RulebookWatcher(rulebook, interval=0)
+    with capture_logs() as logs:
+        rulebook.unlink()
+        changed = [watcher.due() for _ in range(4)]
+        rulebook.write_text("version: 1\ntables: {}\n")
+        changed.append(watcher.due())
+    assert changed == [False, False, False, False, True]
+    assert [entry["event"] for entry in logs] == [
+        "rulebook file is missing; the rules loaded last stay in force",
+        "rulebook file is back",
+    ]

@@ -12,7 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 CHECK_SECONDS = 1.0
+# A swap leaves the path empty for an instant; this many checks in a row is not.
+MISSING_CHECKS = 2
 
 Signature = tuple[str, int, int, int]
 
@@ -26,6 +32,7 @@ class RulebookWatcher:
         self.requested = threading.Event()  # set by SIGHUP
         self._seen = self._signature()
         self._checked = time.monotonic()
+        self._missing = 0  # checks in a row that found no file
 
     def due(self) -> bool:
         """True when a reload was requested or the file changed since last time."""
@@ -38,10 +45,24 @@ class RulebookWatcher:
             return False
         self._checked = now
         signature = self._signature()
-        if signature is None or signature == self._seen:
+        if signature is None:
+            self._note_missing()
             return False  # a file missing mid-swap is looked at again later
+        if self._missing >= MISSING_CHECKS:
+            log.info("rulebook file is back", path=str(self.path))
+        self._missing = 0
+        if signature == self._seen:
+            return False
         self._seen = signature
         return True
+
+    def _note_missing(self) -> None:
+        self._missing += 1
+        if self._missing == MISSING_CHECKS:
+            log.warning(
+                "rulebook file is missing; the rules loaded last stay in force",
+                path=str(self.path),
+            )
 
     def _signature(self) -> Signature | None:
         try:
