@@ -54,7 +54,7 @@ def test_check_with_dsn_accepts_a_fitting_lookup(db: str, tmp_path: Path) -> Non
     )
     done = cdc_tracker("check", path, "--dsn", db)
     assert done.returncode == 0, done.stderr
-    assert "ok (structure, expressions and the live schema): 1 tables, 1 rules" in (
+    assert "ok (structure, expressions and the live schema): 1 table, 1 rule" in (
         done.stdout
     )
 

@@ -81,7 +81,4 @@ def check_rulebook(path: Path, dsn: str | None) -> str:
             catalog = read_catalog(conn, rulebook.schema_tables)
         require_fit(rulebook, catalog)
         where = "structure, expressions and the live schema"
-    return (
-        f"{path}: ok ({where}): {len(rulebook.tables)} tables, "
-        f"{len(rulebook.rules)} rules"
-    )
+    return f"{path}: ok ({where}): {rulebook.size}"

@@ -99,6 +99,15 @@ class Rulebook:
         return self._index.get((table, action), [])
 
     @property
+    def size(self) -> str:
+        """``2 tables, 5 rules``, for messages."""
+        tables, rules = len(self.tables), len(self.rules)
+        return (
+            f"{tables} table{'' if tables == 1 else 's'}, "
+            f"{rules} rule{'' if rules == 1 else 's'}"
+        )
+
+    @property
     def schema_tables(self) -> list[str]:
         """The tracked tables and the tables lookups read: what schema checks need."""
         declared = [spec.lookups for spec in self.tables.values()]

@@ -34,7 +34,7 @@ def rulebook(ctx: Context) -> Finding:
         ctx.catalog = read_catalog(ctx.conn, sorted(loaded.tables))
     return passed(
         "rulebook",
-        f"{path}: {len(loaded.tables)} tables, {len(loaded.rules)} rules",
+        f"{path}: {loaded.size}",
     )
 
 
