@@ -125,3 +125,18 @@ def test_no_command_prints_help_and_exits_2() -> None:
     done = cdc_tracker()
     assert done.returncode == 2
     assert "commands:" in done.stdout
+
+
+def test_check_with_dsn_notes_a_cursor_replay_would_refuse(
+    db: str, example_rulebook: Path, tmp_path: Path
+) -> None:
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        example_rulebook.read_text().replace("cursor: created_at", "cursor: amount")
+    )
+    done = cdc_tracker("check", rulebook, "--dsn", db)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        f"{rulebook}:6: note: cursor column 'amount' of public.payouts is "
+        "numeric(12,2), not a timestamp: 'replay' will refuse this table"
+    ]

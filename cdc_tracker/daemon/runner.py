@@ -10,8 +10,11 @@ from typing import IO
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper, Shipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
+from cdc_tracker.mapping.values import base_type
+from cdc_tracker.model import TableInfo
 from cdc_tracker.ops.health import HealthServer, Probe
-from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.replay.plan import CURSOR_TYPES
+from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import require_fit
 from cdc_tracker.runtime import tune_gc
 from cdc_tracker.settings import Settings
@@ -72,13 +75,31 @@ def _reload_on_sighup(daemon: Daemon) -> None:
 def check_rulebook(path: Path, dsn: str | None) -> str:
     """Validate a rulebook (and, with ``dsn``, its fit to the database).
 
-    Returns a one-line summary; raises ``RulebookError`` listing every problem.
+    Returns a one-line summary, then a note per table ``replay`` would refuse;
+    raises ``RulebookError`` listing every problem.
     """
     rulebook = load_rulebook(path)
     where = "structure and expressions"
+    notes: list[str] = []
     if dsn:
         with connect(dsn) as conn:
             catalog = read_catalog(conn, rulebook.schema_tables)
         require_fit(rulebook, catalog)
         where = "structure, expressions and the live schema"
-    return f"{path}: ok ({where}): {rulebook.size}"
+        notes = _cursor_notes(rulebook, catalog)
+    return "\n".join([f"{path}: ok ({where}): {rulebook.size}", *notes])
+
+
+def _cursor_notes(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[str]:
+    """Cursors that only ``replay`` would refuse: the daemon does not use them."""
+    notes = []
+    for spec in rulebook.tables.values():
+        info = catalog.get(spec.name)
+        declared = info.columns.get(spec.cursor or "") if info else None
+        if declared is not None and base_type(declared) not in CURSOR_TYPES:
+            notes.append(
+                f"{rulebook.path}:{spec.line}: note: cursor column '{spec.cursor}' "
+                f"of {spec.name} is {declared}, not a timestamp: 'replay' will "
+                "refuse this table"
+            )
+    return notes
