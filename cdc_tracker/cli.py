@@ -192,8 +192,8 @@ acknowledged within --timeout.
 _DEADLETTERS_EPILOG = """\
 exit codes:
   0    done
-  1    an error (the database cannot be reached, no dead letter was ever
-       stored for the slot, ...)
+  1    an error (the database cannot be reached, no dead-letter table
+       exists yet, ...); for retry, also: some letters stay dead
   2    bad usage or settings
   130  interrupted
 

@@ -14,6 +14,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from cdc_tracker.deadletters.store import DeadLetterStore
+from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import WRITE_KEY, sql, wait_until
 
@@ -191,3 +193,96 @@ def test_interrupted_replay_progress_names_the_table_it_was_reading(
     progress = [line for line in err.splitlines() if '"replay progress"' in line]
     assert progress, err[-800:]
     assert '"public.merchants"' in progress[-1], progress[-1]
+
+
+def _interrupt_replay(
+    env: dict[str, str], receiver: FakeRudderStack, *args: str
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d",
+         "--page-rows", "100", "--rate", "400", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    wait_until(lambda: len(receiver.calls) >= 400, 20)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 130
+
+
+def test_a_repeated_table_flag_does_not_bypass_the_interrupted_replay(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """`--table merchants --table public.merchants` is the same selection as
+    `--table merchants`: it must be refused like it while that one waits."""
+    sql(db, MERCHANTS)
+    env = _env(db, receiver, example_rulebook)
+    _interrupt_replay(env, receiver, "--table", "merchants")
+    other = _cli(
+        env, "replay", "--since", "1d", "--rate", "100000",
+        "--table", "merchants", "--table", "public.merchants",
+    )  # fmt: skip
+    assert other.returncode == 2, other.stderr[-600:]
+
+
+def test_an_empty_purge_before_does_not_purge_every_letter(db: str) -> None:
+    """`purge --before "$CUTOFF"` with CUTOFF unset must be refused (exit 2),
+    not act as --all."""
+    env = {
+        **os.environ,
+        "CDC_TRACKER_DSN": db,
+        "CDC_TRACKER_SLOT": "s",
+        "CDC_TRACKER_LOG_FORMAT": "json",
+        "CDC_TRACKER_METRICS_ADDRESS": "off",
+    }
+    with psycopg.connect(db, autocommit=True) as conn:
+        store = DeadLetterStore(conn, "s")
+        store.ensure_schema()
+        store.save([DeadLetter("", "track X", "refused", Lsn(5), 0, call={"a": 1})])
+    result = _cli(env, "deadletters", "purge", "--before", "", "--yes")
+    with psycopg.connect(db, autocommit=True) as conn:
+        [(left,)] = conn.execute("select count(*) from cdc_tracker.dead_letters")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert left == 1
+
+
+def test_an_unquoted_keyword_password_with_a_space_is_never_printed(db: str) -> None:
+    """libpq's `missing "=" after "..."` quotes the second word of the password."""
+    params = conninfo_to_dict(db)
+    dsn = (
+        f"host={params['host']} port={params['port']} user={params['user']} "
+        f"dbname={params['dbname']} password=My SecretLEAK"
+    )
+    env = {**os.environ, "CDC_TRACKER_DSN": dsn, "CDC_TRACKER_LOG_FORMAT": "json"}
+    for args in (["status"], ["deadletters", "list"], ["doctor"]):
+        result = _cli(env, *args)
+        assert "SecretLEAK" not in result.stdout + result.stderr, result.stderr
+
+
+def test_resume_is_refused_while_the_replay_it_would_continue_still_runs(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """A replay still running is not 'interrupted and waiting': a second one
+    (--resume, as the refusal suggests) must not send the same rows beside it."""
+    sql(db, MERCHANTS)
+    env = _env(db, receiver, example_rulebook)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d",
+         "--page-rows", "100", "--rate", "400", "--table", "merchants"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(receiver.calls) >= 400, 20)
+        second = _cli(
+            env, "replay", "--resume", "--table", "merchants", "--rate", "100000"
+        )
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=20)
+    assert second.returncode == 2, second.stderr[-600:]
+    assert "a replay of this selection is running in another process" in (second.stderr)

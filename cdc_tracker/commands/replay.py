@@ -114,8 +114,9 @@ def _replay(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         since=args.since,
         until=args.until,
-        tables=tuple(qualify(table) for table in args.table),
-        rules=tuple(args.rule),
+        # Said twice or as public.x, a table is still the same selection.
+        tables=tuple(dict.fromkeys(qualify(table) for table in args.table)),
+        rules=tuple(dict.fromkeys(args.rule)),
         dry_run=args.dry_run,
         rate=args.rate,
         resume=args.resume,

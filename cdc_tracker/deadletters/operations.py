@@ -51,7 +51,7 @@ def selection(
         ids=tuple(ids),
         table=qualify(table) if table else None,
         rule=rule,
-        before=parse_before(before) if before else None,
+        before=None if before is None else parse_before(before),
     )
 
 

@@ -66,10 +66,14 @@ def _report_plan(plan: Plan, err: IO[str]) -> None:
 def summary(result: ReplayResult) -> str:
     """One line for the operator: what was sent, how fast, what next."""
     line = (
-        f"replayed {result.rows:,} rows: {result.calls:,} calls, "
-        f"{result.dead_letters:,} dead letters in {result.elapsed:.1f} s "
+        f"replayed {_count(result.rows, 'row')}: {_count(result.calls, 'call')}, "
+        f"{_count(result.dead_letters, 'dead letter')} in {result.elapsed:.1f} s "
         f"({result.rows_per_s:,.0f} rows/s)"
     )
     if result.interrupted:
         line += "; interrupted: continue with the same command and --resume"
     return line
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import zlib
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +59,10 @@ class ReplayOptions:
     resume: bool = False
     discard_interrupted: bool = False
     page_rows: int = PAGE_ROWS
+
+
+# Advisory-lock class of running replays (the daemon's slot lock uses 0x0CDC).
+REPLAY_LOCK_CLASS = 0x0CDD
 
 
 @dataclass(slots=True)
@@ -136,6 +142,7 @@ class Replay:
         self.job = job_id(namespace, self.options.tables, self.options.rules)
         started = time.perf_counter()
         with (
+            self._running_alone(dsn),
             open_pool(dsn) as pool,
             translate_errors("-"),
             lookups or contextlib.nullcontext(),
@@ -154,6 +161,25 @@ class Replay:
             elapsed_ms=round(self.result.elapsed * 1000),
         )
         return self.result
+
+    @contextlib.contextmanager
+    def _running_alone(self, dsn: str) -> Iterator[None]:
+        """Hold a lock on the job while it runs: two replays of one selection
+        would share its resume state and double its rate."""
+        if self.options.dry_run:  # keeps no state, sends nothing
+            yield
+            return
+        with connect(dsn) as conn, translate_errors("-"):
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)",
+                (REPLAY_LOCK_CLASS, zlib.crc32(self.job.encode()) - (1 << 31)),
+            ).fetchone()
+            if not (row and row[0]):
+                raise ConfigError(
+                    "a replay of this selection is running in another process",
+                    hint="wait for it to finish, or stop it (Ctrl-C) and --resume",
+                )
+            yield  # the lock goes with the connection
 
     def _preflight(self) -> tuple[dict[str, TableInfo], str]:
         with connect(self.settings.require_dsn()) as conn:
@@ -184,8 +210,7 @@ class Replay:
         state = store.load(self.job)
         if state is None:
             raise ConfigError(
-                "nothing to resume: no interrupted replay of this selection "
-                f"({self._selection()})",
+                f"nothing to resume: no interrupted replay of {self._selection_text()}",
                 hint="start one with --since; --resume takes the same --table and "
                 "--rule as the replay it continues",
             )
@@ -196,6 +221,11 @@ class Replay:
             rows=state.rows,
         )
         return state
+
+    def _selection_text(self) -> str:
+        tables = ", ".join(self.options.tables) or "every table"
+        rules = ", ".join(self.options.rules) or "every rule"
+        return f"{tables} with {rules}"
 
     def _selection(self) -> dict[str, Any]:
         return {"tables": list(self.options.tables), "rules": list(self.options.rules)}

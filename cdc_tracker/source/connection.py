@@ -35,9 +35,16 @@ _PERMANENT = (
     "not permitted to log in",
     "password is required",
     "could not translate host name",
+    "failed to resolve host",
     "unrecognized configuration parameter",
     "invalid value for parameter",
 )
+_UNREADABLE = (
+    'the DSN cannot be read as written (a password holding spaces or "@" must '
+    "be percent-encoded in a URI, %20 and %40, or quoted in key=value form)"
+)
+_PASSWORD_FIELD = re.compile(r"password\s*=\s*(.*?)(?=\s+\w+\s*=|&|$)")
+_BREAKS_SYNTAX = re.compile(r"[\s@]")
 _SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
 
 
@@ -114,11 +121,32 @@ def _connection_failure(exc: psycopg.Error, dsn: str) -> SourceError | ConfigErr
 
 
 def redact(message: str, dsn: str = "") -> str:
-    """``message`` without the DSN's password, wherever it shows up."""
+    """``message`` without the DSN's password, wherever it shows up.
+
+    A password with spaces, quotes or "@" breaks the DSN's syntax, and libpq then
+    quotes pieces of it in its message: such a message is not repeated at all.
+    """
+    if _breaks_syntax(dsn):
+        return _UNREADABLE
     message = _SECRET.sub(_mask, message)
     for secret in _passwords(dsn):
         message = message.replace(secret, "***")
     return message
+
+
+def _breaks_syntax(dsn: str) -> bool:
+    """Whether the password as written breaks the DSN apart (an unquoted space, a
+    raw "@" in a URI), so that libpq's message may quote any piece of it."""
+    _, separator, rest = dsn.partition("://")
+    if separator:
+        userinfo = rest.rpartition("@")[0]
+        raw = [userinfo.partition(":")[2]] if ":" in userinfo else []
+        raw += [m.group(1) for m in _PASSWORD_FIELD.finditer(rest)]
+        return any(_BREAKS_SYNTAX.search(value) for value in raw)
+    return any(
+        not value.startswith("'") and re.search(r"\s", value)
+        for value in (m.group(1) for m in _PASSWORD_FIELD.finditer(dsn))
+    )
 
 
 def _mask(match: re.Match[str]) -> str:
@@ -130,6 +158,8 @@ def _mask(match: re.Match[str]) -> str:
 def _passwords(dsn: str) -> list[str]:
     """Every form of the DSN's password a message could show, longest first."""
     found = [m.group(2) for m in _SECRET.finditer(dsn) if m.group(2)]
+    # key=value, or a URI's ?password=: up to the next keyword or parameter.
+    found += [m.group(1) for m in _PASSWORD_FIELD.finditer(dsn)]
     _, separator, rest = dsn.partition("://")
     if separator and "@" in rest:
         # A URI's password runs to the last "@", spaces and "@" included: libpq
@@ -154,6 +184,13 @@ def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     Raises ``ConfigError`` for what retrying cannot fix, ``SourceUnavailable``
     for a server that does not answer.
     """
+    if _breaks_syntax(dsn):
+        # Refused before libpq reads it: a raw "@" makes part of the password a
+        # host name, which would be sent to name resolution.
+        raise ConfigError(
+            f"cannot connect to the database: {_UNREADABLE}",
+            hint="check CDC_TRACKER_DSN",
+        )
     with translate_errors("-", dsn):
         conn = psycopg.connect(dsn, autocommit=True, application_name="cdc-tracker")
         # Values are printed by the server in the session's zone and style.

@@ -212,7 +212,7 @@ def test_rows_a_rule_cannot_map_become_dead_letters_and_the_rest_goes_on(
             "b",
         )
     ]
-    assert "1 dead letters" in err
+    assert "1 dead letter " in err
 
 
 def test_replay_enriches_calls_through_lookups_like_the_live_daemon(
