@@ -214,6 +214,11 @@ class Replay:
                 hint="start one with --since; --resume takes the same --table and "
                 "--rule as the replay it continues",
             )
+        if self.options.since or self.options.until:
+            log.warning(
+                "--since and --until are not used by --resume: the interrupted "
+                "replay goes on in the window it was started with"
+            )
         log.info(
             "resuming replay in the window it was started with",
             since=state.window.since.isoformat(),
