@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from cdc_tracker.replay.window import Window, make_window
 from cdc_tracker.rules.schema import require_fit
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.source.connection import lock_key, try_advisory_lock
 from cdc_tracker.source.slot import connect, translate_errors
 
 log = structlog.get_logger(__name__)
@@ -170,11 +170,7 @@ class Replay:
             yield
             return
         with connect(dsn) as conn, translate_errors("-"):
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s, %s)",
-                (REPLAY_LOCK_CLASS, zlib.crc32(self.job.encode()) - (1 << 31)),
-            ).fetchone()
-            if not (row and row[0]):
+            if not try_advisory_lock(conn, REPLAY_LOCK_CLASS, lock_key(self.job)):
                 raise ConfigError(
                     "a replay of this selection is running in another process",
                     hint="wait for it to finish, or stop it (Ctrl-C) and --resume",

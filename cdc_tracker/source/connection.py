@@ -10,6 +10,7 @@ instead of a process retrying forever. Messages never carry a password.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import unquote
@@ -199,3 +200,19 @@ def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
         conn.execute("SET IntervalStyle = 'iso_8601'")
         conn.execute("SET extra_float_digits = 3")
     return conn
+
+
+def lock_key(name: str) -> int:
+    """A stable 32-bit advisory-lock key for a name (a slot, a replay job)."""
+    return zlib.crc32(name.encode()) - (1 << 31)
+
+
+def try_advisory_lock(
+    conn: psycopg.Connection[tuple[object, ...]], lock_class: int, key: int
+) -> bool:
+    """Take the session advisory lock (``lock_class``, ``key``); False when another
+    session holds it. It lasts as long as ``conn``."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(%s, %s)", (lock_class, key)
+    ).fetchone()
+    return bool(row and row[0])

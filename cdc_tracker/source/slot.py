@@ -9,7 +9,6 @@ calls.
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +18,12 @@ import structlog
 
 from cdc_tracker.errors import ConfigError, SlotLost
 from cdc_tracker.model import Lsn
-from cdc_tracker.source.connection import connect, translate_errors
+from cdc_tracker.source.connection import (
+    connect,
+    lock_key,
+    translate_errors,
+    try_advisory_lock,
+)
 from cdc_tracker.source.wal2json import MESSAGE_PREFIX, PLUGIN_OPTIONS
 
 # connect and translate_errors live in source.connection; kept here for callers.
@@ -175,11 +179,7 @@ class Slot:
     def try_lock(self) -> bool:
         """Take the session advisory lock that makes this process the one reader."""
         with translate_errors(self.name):
-            row = self.conn.execute(
-                "SELECT pg_try_advisory_lock(%s, %s)",
-                (LOCK_CLASS, slot_lock_id(self.name)),
-            ).fetchone()
-        return bool(row and row[0])
+            return try_advisory_lock(self.conn, LOCK_CLASS, slot_lock_id(self.name))
 
 
 LOCK_CLASS = 0x0CDC
@@ -187,7 +187,7 @@ LOCK_CLASS = 0x0CDC
 
 def slot_lock_id(slot: str) -> int:
     """A stable 32-bit advisory-lock key for a slot name."""
-    return zlib.crc32(slot.encode()) - (1 << 31)
+    return lock_key(slot)
 
 
 def _rows(
