@@ -124,7 +124,7 @@ def _connection_failure(exc: psycopg.Error, dsn: str) -> SourceError | ConfigErr
 def redact(message: str, dsn: str = "") -> str:
     """``message`` without the DSN's password, wherever it shows up.
 
-    A password with spaces, quotes or "@" breaks the DSN's syntax, and libpq then
+    A password with spaces or "@" can break the DSN's syntax, and libpq then
     quotes pieces of it in its message: such a message is not repeated at all.
     """
     if _breaks_syntax(dsn):
@@ -138,15 +138,11 @@ def redact(message: str, dsn: str = "") -> str:
 def _breaks_syntax(dsn: str) -> bool:
     """Whether the password as written breaks the DSN apart (an unquoted space, a
     raw "@" in a URI), so that libpq's message may quote any piece of it."""
-    _, separator, rest = dsn.partition("://")
-    if separator:
-        userinfo = rest.rpartition("@")[0]
-        raw = [userinfo.partition(":")[2]] if ":" in userinfo else []
-        raw += [m.group(1) for m in _PASSWORD_FIELD.finditer(rest)]
-        return any(_BREAKS_SYNTAX.search(value) for value in raw)
+    if "://" in dsn:
+        return any(_BREAKS_SYNTAX.search(value) for value in _written_passwords(dsn))
     return any(
         not value.startswith("'") and re.search(r"\s", value)
-        for value in (m.group(1) for m in _PASSWORD_FIELD.finditer(dsn))
+        for value in _written_passwords(dsn)
     )
 
 
@@ -159,19 +155,22 @@ def _mask(match: re.Match[str]) -> str:
 def _passwords(dsn: str) -> list[str]:
     """Every form of the DSN's password a message could show, longest first."""
     found = [m.group(2) for m in _SECRET.finditer(dsn) if m.group(2)]
-    # key=value, or a URI's ?password=: up to the next keyword or parameter.
-    found += [m.group(1) for m in _PASSWORD_FIELD.finditer(dsn)]
-    _, separator, rest = dsn.partition("://")
-    if separator and "@" in rest:
-        # A URI's password runs to the last "@", spaces and "@" included: libpq
-        # echoes such a malformed URI whole, or from any "@" in it.
-        userinfo = rest.rpartition("@")[0]
-        if ":" in userinfo:
-            password = userinfo.partition(":")[2]
-            found += [password, unquote(password)]
-            found += [part for part in re.split(r"[@\s]", password) if len(part) > 2]
+    for written in _written_passwords(dsn):
+        found += [written, unquote(written)]
     secrets = {secret.strip("'") for secret in found} - {""}
     return sorted(secrets, key=len, reverse=True)
+
+
+def _written_passwords(dsn: str) -> list[str]:
+    """The DSN's passwords as written: every ``password=`` field (key=value, or a
+    URI's ``?password=``) up to the next keyword or parameter, and a URI's own,
+    which runs to the last "@"."""
+    found = [m.group(1) for m in _PASSWORD_FIELD.finditer(dsn)]
+    _, separator, rest = dsn.partition("://")
+    userinfo = rest.rpartition("@")[0] if separator else ""
+    if ":" in userinfo:
+        found.append(userinfo.partition(":")[2])
+    return found
 
 
 def _first_line(exc: BaseException) -> str:
