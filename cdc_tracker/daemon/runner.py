@@ -10,10 +10,9 @@ from typing import IO
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper, Shipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
-from cdc_tracker.mapping.values import base_type
 from cdc_tracker.model import TableInfo
 from cdc_tracker.ops.health import HealthServer, Probe
-from cdc_tracker.replay.plan import CURSOR_TYPES
+from cdc_tracker.replay.plan import is_cursor_type
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import require_fit
 from cdc_tracker.runtime import tune_gc
@@ -96,7 +95,7 @@ def _cursor_notes(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[str
     for spec in rulebook.tables.values():
         info = catalog.get(spec.name)
         declared = info.columns.get(spec.cursor or "") if info else None
-        if declared is not None and base_type(declared) not in CURSOR_TYPES:
+        if declared is not None and not is_cursor_type(declared):
             notes.append(
                 f"{rulebook.path}:{spec.line}: note: cursor column '{spec.cursor}' "
                 f"of {spec.name} is {declared}, not a timestamp: 'replay' will "

@@ -18,6 +18,11 @@ from cdc_tracker.rules.rulebook import Rule, Rulebook, qualify
 CURSOR_TYPES = ("timestamp with time zone", "timestamp without time zone")
 
 
+def is_cursor_type(declared: str) -> bool:
+    """Whether a column of this declared type can be a replay's cursor."""
+    return base_type(declared) in CURSOR_TYPES
+
+
 @dataclass(frozen=True, slots=True)
 class Skipped:
     """A rule the replay leaves out, and why (a sentence for the operator)."""
@@ -142,7 +147,7 @@ def check_tables(plan: Plan, catalog: dict[str, TableInfo]) -> None:
             problems.append(
                 f"{where}: cursor column '{spec.cursor}' is not in table {name}"
             )
-        elif base_type(info.columns[spec.cursor]) not in CURSOR_TYPES:
+        elif not is_cursor_type(info.columns[spec.cursor]):
             problems.append(
                 f"{where}: cursor column '{spec.cursor}' of {name} is "
                 f"{info.columns[spec.cursor]}, not a timestamp"
