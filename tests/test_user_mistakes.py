@@ -97,6 +97,32 @@ def test_a_password_with_a_space_is_never_printed(db: str) -> None:
         assert "SecretLEAK" not in result.stdout + result.stderr, result.stderr
 
 
+def _start_replay(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """A slow replay of the last day (100-row pages, 400 calls/s), with ``args``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d",
+         "--page-rows", "100", "--rate", "400", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def _interrupt_replay(
+    env: dict[str, str], receiver: FakeRudderStack, *args: str, linger: float = 0.0
+) -> str:
+    """Start a slow replay, Ctrl-C it once 400 calls arrived (``linger`` seconds
+    later); return what it wrote on stderr."""
+    proc = _start_replay(env, *args)
+    wait_until(lambda: len(receiver.calls) >= 400, 20)
+    time.sleep(linger)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    return err
+
+
 def test_resume_finds_a_replay_started_with_the_short_table_name(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
@@ -104,18 +130,7 @@ def test_resume_finds_a_replay_started_with_the_short_table_name(
     either continues a replay started with the other."""
     sql(db, MERCHANTS)
     env = _env(db, receiver, example_rulebook)
-    args = ["replay", "--since", "1d", "--page-rows", "100", "--rate", "400"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc_tracker", *args, "--table", "merchants"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_until(lambda: len(receiver.calls) >= 400, 20)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=20)
-    assert proc.returncode == 130
+    _interrupt_replay(env, receiver, "--table", "merchants")
 
     resumed = _cli(env, "replay", "--resume", "--table", "public.merchants")
     assert resumed.returncode == 0, resumed.stderr[-800:]
@@ -129,18 +144,7 @@ def test_a_new_replay_does_not_silently_discard_an_interrupted_one(
     --discard-interrupted starts anew."""
     sql(db, MERCHANTS)
     env = _env(db, receiver, example_rulebook)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d",
-         "--page-rows", "100", "--rate", "400"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    wait_until(lambda: len(receiver.calls) >= 400, 20)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=20)
-    assert proc.returncode == 130
+    _interrupt_replay(env, receiver)
 
     other = _cli(env, "replay", "--since", "2d", "--until", "1d")
     assert other.returncode == 2, other.stderr[-600:]
@@ -178,38 +182,10 @@ def test_interrupted_replay_progress_names_the_table_it_was_reading(
     reading, not the plan's last one."""
     sql(db, MERCHANTS)
     env = _env(db, receiver, example_rulebook)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d",
-         "--page-rows", "100", "--rate", "400"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    wait_until(lambda: len(receiver.calls) >= 400, 20)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
+    err = _interrupt_replay(env, receiver, linger=0.2)
     progress = [line for line in err.splitlines() if '"replay progress"' in line]
     assert progress, err[-800:]
     assert '"public.merchants"' in progress[-1], progress[-1]
-
-
-def _interrupt_replay(
-    env: dict[str, str], receiver: FakeRudderStack, *args: str
-) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d",
-         "--page-rows", "100", "--rate", "400", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    wait_until(lambda: len(receiver.calls) >= 400, 20)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=20)
-    assert proc.returncode == 130
 
 
 def test_a_repeated_table_flag_does_not_bypass_the_interrupted_replay(
@@ -268,14 +244,7 @@ def test_resume_is_refused_while_the_replay_it_would_continue_still_runs(
     (--resume, as the refusal suggests) must not send the same rows beside it."""
     sql(db, MERCHANTS)
     env = _env(db, receiver, example_rulebook)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d",
-         "--page-rows", "100", "--rate", "400", "--table", "merchants"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    first = _start_replay(env, "--table", "merchants")
     try:
         wait_until(lambda: len(receiver.calls) >= 400, 20)
         second = _cli(
