@@ -10,6 +10,7 @@ query that could not run: the caller retries the window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
@@ -65,7 +66,7 @@ class RowView:
         zone: tzinfo,
         schema: SchemaView | None = None,
         lookups: Lookups | None = None,
-        converters: dict[str, Converter] | None = None,
+        converters: _Converters | None = None,
     ) -> None:
         self.change = change
         self.zone = zone
@@ -74,7 +75,9 @@ class RowView:
         self.specs: dict[str, LookupSpec] = {}
         self._related: dict[LookupSpec, dict[str, Any] | None] = {}
         # Declared type -> converter, shared across changes by the mapper.
-        self._converters = {} if converters is None else converters
+        self._converters = (
+            _Converters(converter_for, zone) if converters is None else converters
+        )
         # What a bare column reads: the new row, or the old one of a delete.
         self._row_image: Image = "old" if change.new is None else "new"
 
@@ -113,12 +116,7 @@ class RowView:
 
     def _convert(self, column: str, raw: Any) -> Any:
         try:
-            declared = self.change.types[column]
-            convert = self._converters.get(declared)
-            if convert is None:
-                convert = converter_for(declared, self.zone)
-                self._converters[declared] = convert
-            return convert(raw)
+            return self._converters[self.change.types[column]](raw)
         except (ValueError, KeyError, IndexError) as exc:
             # Only our own reasons are told: others could quote the value.
             why = f": {exc}" if isinstance(exc, ConversionError) else ""
@@ -177,9 +175,9 @@ class Mapper:
         # Snapshot mode (replay): rows as they are now, with no WAL position.
         self.snapshot = snapshot
         self._stamp: tuple[datetime, str] | None = None
-        self._converters: dict[str, Converter] = {}
+        self._converters = _Converters(converter_for, rulebook.timezone)
         # Declared type -> converter for values sent as they are (see _fields).
-        self._outputs = _Outputs(rulebook.timezone)
+        self._outputs = _Converters(output_converter_for, rulebook.timezone)
         by_key = {
             name: spec.insert_ids == "key" for name, spec in rulebook.tables.items()
         }
@@ -370,34 +368,33 @@ def _read_new(
     column: str,
     new: dict[str, Any] | None,
     types: dict[str, str],
-    converters: dict[str, Converter],
+    converters: _Converters,
 ) -> Any:
-    """The common case of reading a column, inline: the new row carries it, and its
-    type was seen before. Anything else (absent, a new type, a value that does not
-    convert) returns ``_SLOW`` for ``RowView`` to read and explain."""
+    """The common case of reading a column, inline: the new row carries it, with
+    its type. Anything else (absent, a value that does not convert) returns
+    ``_SLOW`` for ``RowView`` to read and explain."""
     if new is None:
         return _SLOW
     raw = new.get(column, _SLOW)
-    if raw is None or raw is _SLOW:
-        return raw
-    convert = converters.get(types.get(column, ""))
-    if convert is None:
-        return _SLOW
+    declared = types.get(column)
+    if raw is None or raw is _SLOW or declared is None:
+        return raw if raw is None else _SLOW
     try:
-        return convert(raw)
+        return converters[declared](raw)
     except (ValueError, KeyError, IndexError):
         return _SLOW
 
 
-class _Outputs(dict[str, Converter]):
-    """Declared type -> ``output_converter_for`` it, filled on first sight."""
+class _Converters(dict[str, Converter]):
+    """Declared type -> its converter, made by ``make`` on first sight."""
 
-    def __init__(self, zone: tzinfo) -> None:
+    def __init__(self, make: Callable[[str, tzinfo], Converter], zone: tzinfo) -> None:
         super().__init__()
+        self.make = make
         self.zone = zone
 
     def __missing__(self, declared: str) -> Converter:
-        convert = self[declared] = output_converter_for(declared, self.zone)
+        convert = self[declared] = self.make(declared, self.zone)
         return convert
 
 
@@ -406,7 +403,7 @@ def _fields(
     row: RowView,
     new: dict[str, Any] | None,
     types: dict[str, str],
-    outputs: _Outputs,
+    outputs: _Converters,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, column, expr, nested in plan:
