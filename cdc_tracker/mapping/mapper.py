@@ -57,7 +57,6 @@ class RowView:
         "lookups",
         "schema",
         "specs",
-        "zone",
     )
 
     def __init__(
@@ -69,7 +68,6 @@ class RowView:
         converters: _Converters | None = None,
     ) -> None:
         self.change = change
-        self.zone = zone
         self.schema = schema
         self.lookups = lookups
         self.specs: dict[str, LookupSpec] = {}
