@@ -51,13 +51,10 @@ def selection(
         ids=tuple(ids),
         table=qualify(table) if table else None,
         rule=rule,
-        before=None if before is None else parse_before(before),
+        before=None
+        if before is None
+        else parse_moment("--before", before, datetime.now(UTC)),
     )
-
-
-def parse_before(text: str, now: datetime | None = None) -> datetime:
-    """``2026-01-31``, ``2026-01-31T12:00+01:00`` (naive is UTC) or an age: ``7d``."""
-    return parse_moment("--before", text, now or datetime.now(UTC))
 
 
 @contextmanager
