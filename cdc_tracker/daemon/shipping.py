@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import IO, Protocol
 
 from cdc_tracker.destination.batching import EncodedCall
-from cdc_tracker.destination.encode import encode_call
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.model import Call, DeadLetter
 
@@ -71,10 +70,9 @@ class PrintShipper:
 
 def _encode(calls: list[Call], outcome: Outcome) -> list[EncodedCall]:
     encoded: list[EncodedCall] = []
-    append = encoded.append
     for call in calls:
         try:
-            append(EncodedCall(call.message_id, call.user_id, encode_call(call), call))
+            encoded.append(EncodedCall.of(call))
         except ValueError as exc:
             outcome.dead_letters.append(_undeliverable(call, f"cannot encode: {exc}"))
     return encoded

@@ -70,7 +70,7 @@ def make_batches(calls: Iterable[EncodedCall], limits: BatchLimits) -> Batches:
     current: list[EncodedCall] = []
     size = ENVELOPE_BYTES - 1  # as if every call, the first too, had a comma
     for call in calls:
-        added = len(call.body) + SENT_AT_BYTES + 1
+        added = call.sent_size + 1
         if added > max_call_bytes + 1:
             batches.oversize.append((call, _oversize_reason(added - 1, limits)))
             continue
