@@ -15,6 +15,7 @@ from cdc_tracker.replay.runner import Replay, ReplayOptions, ReplayResult, windo
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.runtime import tune_gc
 from cdc_tracker.settings import Settings
+from cdc_tracker.wording import counted
 
 log = structlog.get_logger(__name__)
 
@@ -66,14 +67,10 @@ def _report_plan(plan: Plan, err: IO[str]) -> None:
 def summary(result: ReplayResult) -> str:
     """One line for the operator: what was sent, how fast, what next."""
     line = (
-        f"replayed {_count(result.rows, 'row')}: {_count(result.calls, 'call')}, "
-        f"{_count(result.dead_letters, 'dead letter')} in {result.elapsed:.1f} s "
+        f"replayed {counted(result.rows, 'row')}: {counted(result.calls, 'call')}, "
+        f"{counted(result.dead_letters, 'dead letter')} in {result.elapsed:.1f} s "
         f"({result.rows_per_s:,.0f} rows/s)"
     )
     if result.interrupted:
         line += "; interrupted: continue with the same command and --resume"
     return line
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"

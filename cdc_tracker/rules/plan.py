@@ -15,6 +15,7 @@ from typing import Any, Literal
 from cdc_tracker.model import Action
 from cdc_tracker.rules.expr import Expression
 from cdc_tracker.rules.lookup_spec import LookupSpec
+from cdc_tracker.wording import counted
 
 Fields = dict[str, "Expression | Fields"]
 
@@ -101,10 +102,8 @@ class Rulebook:
     @property
     def size(self) -> str:
         """``2 tables, 5 rules``, for messages."""
-        tables, rules = len(self.tables), len(self.rules)
         return (
-            f"{tables} table{'' if tables == 1 else 's'}, "
-            f"{rules} rule{'' if rules == 1 else 's'}"
+            f"{counted(len(self.tables), 'table')}, {counted(len(self.rules), 'rule')}"
         )
 
     @property

@@ -1,0 +1,8 @@
+"""Small helpers for what cdc-tracker says to people."""
+
+from __future__ import annotations
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 row``, ``2 rows``, ``1,234 rows``: a count and its noun, singular for one."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
