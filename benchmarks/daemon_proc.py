@@ -97,10 +97,12 @@ def _cpu(stat: Path) -> float:
 
 
 def server_backends(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
-    """The server processes of every other client of this database."""
+    """The server processes of every other client of this database, the
+    walsender streaming a slot included."""
     rows = conn.execute(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        "AND backend_type IN ('client backend', 'walsender') "
+        "AND pid <> pg_backend_pid()"
     ).fetchall()
     return [int(str(row[0])) for row in rows]
 

@@ -119,7 +119,7 @@ def _add_run(commands: Any) -> None:
         "--poll-interval",
         type=float,
         metavar="SECONDS",
-        help="wait between polls when idle (default 0.2)",
+        help="longest a window of changes stays open before shipping (default 0.2)",
     )
     sub.add_argument(
         "--dry-run",

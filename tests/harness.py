@@ -22,6 +22,7 @@ from cdc_tracker.model import Lsn
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import Slot, connect
+from cdc_tracker.source.stream import Stream
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "cdc_tracker" / "examples"
@@ -161,7 +162,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
 def create_slot(settings: Settings) -> None:
     """Create the daemon's slot now, so that changes made before it starts count."""
     with connect(settings.dsn) as conn:
-        Slot(conn, settings.slot, []).ensure(create=True)
+        Slot(conn, settings.slot).ensure(create=True)
+
+
+def read_slot(dsn: str, slot: str, tables: list[str]) -> list[str]:
+    """The wal2json rows waiting in ``slot`` for ``tables``, streamed as the daemon
+    streams them (until none follows within half a second); the slot is then
+    moved past them."""
+    stream = Stream(dsn, slot, tables, [])
+    stream.open()
+    try:
+        rows = []
+        while (data := stream.read(0.5)) is not None:
+            rows.append(bytes(data).decode())
+        stream.confirm(stream.sent_upto)
+    finally:
+        stream.close()
+    return rows
 
 
 def slot_exists(dsn: str, slot: str | None = None) -> bool:

@@ -36,7 +36,7 @@ def test_slot_dropped_while_running_stops_with_the_replay_hint(
     with running_daemon(settings) as daemon:
         sql(db, INSERT)
         daemon.caught_up()
-        # The SQL interface holds the slot only during a peek or an advance.
+        # The stream holds the slot: an operator ends its backend, then drops it.
         _drop_slot_when_free(db, settings.slot)
         daemon.thread.join(timeout=20)
         assert isinstance(daemon.error, SlotLost)
@@ -51,6 +51,12 @@ def test_slot_dropped_while_running_stops_with_the_replay_hint(
 def _drop_slot_when_free(dsn: str, slot: str) -> None:
     for _ in range(200):
         try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    "select pg_terminate_backend(active_pid) "
+                    "from pg_replication_slots where slot_name = %s",
+                    (slot,),
+                )
             _drop_slot(dsn, slot)
             return
         except psycopg.errors.ObjectInUse:

@@ -1,7 +1,7 @@
 """The daemon: connections, the slot lock, start-up checks, reloads, reconnects.
 
 Each turn of the loop hands one window to ``daemon.window.Window``, which reads,
-maps, ships and advances. A lost connection or busy slot is retried with backoff;
+maps, ships and confirms. A lost connection or busy slot is retried with backoff;
 everything not acknowledged before it is read again.
 """
 
@@ -36,6 +36,7 @@ from cdc_tracker.rules.schema import require_fit, toast_risks
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog, source_tables
 from cdc_tracker.source.slot import Slot, SlotState, connect
+from cdc_tracker.source.stream import Stream
 
 log = structlog.get_logger(__name__)
 
@@ -132,30 +133,29 @@ class Daemon:
             if time.monotonic() - checked > TABLE_CHECK_SECONDS:
                 checked = time.monotonic()
                 self._check_tables()
-            backlog = self.window.step()
-            if not backlog:
-                self.stop.wait(self.settings.poll_interval)
+            self.window.step()  # waits up to poll_interval for a change
 
     def _start(self) -> bool:
         """Connect, take the slot lock, check the slot and the schema."""
         self.window.forget_unacknowledged()
         conn = self._connect()
-        slot = self._claim(Slot(conn, self.settings.slot, sorted(self.rulebook.tables)))
+        slot = self._claim(Slot(conn, self.settings.slot))
         if slot is None:
             return False
         state_conn = self._open_state(slot.name)
         catalog = self._check_schema(conn)
-        state = self._ensure_slot(slot)
-        self.window.slot = slot
+        state, temporary = self._ensure_slot(slot)
         self._track(catalog)
         self._resume_from(state.confirmed)
         self._dbname, self._state_conn = conn.info.dbname, state_conn
         self.window.mapper = self._mapper(self._dbname, catalog, state_conn)
+        self.window.stream = self._open_stream(slot, temporary)
+        self.window.slot = slot  # last: the daemon is reading from now on
         log.info(
             "reading slot",
             slot=slot.name,
             lsn=str(state.confirmed),
-            tables=len(slot.tables),
+            tables=len(self.window.tables),
             rules=len(self.rulebook.rules),
         )
         return True
@@ -166,7 +166,7 @@ class Daemon:
             # Beside a running daemon, a dry run reads a temporary slot of its own.
             name = f"{self.settings.slot[:40]}_dry_run_{os.getpid()}"
             log.info("slot in use: the dry run shows changes from now on", slot=name)
-            return Slot(slot.conn, name, slot.tables)
+            return Slot(slot.conn, name)
         return slot if self._wait_for_lock(slot) else None
 
     def _open_state(self, slot: str) -> psycopg.Connection[tuple[object, ...]]:
@@ -220,22 +220,25 @@ class Daemon:
             self.counters.missing_tables = missing
 
     def _track(self, catalog: dict[str, TableInfo]) -> None:
-        """Point the slot at the tables' names in the WAL: a partitioned table's
-        changes carry the names of its leaves."""
-        assert self.window.slot is not None
+        """Point the stream at the tables' names in the WAL: a partitioned
+        table's changes carry the names of its leaves, and new leaves appear at
+        any time, so the schemas of its leaves are streamed whole."""
         tracked = sorted(self.rulebook.tables)
         names = source_tables(tracked, catalog)
-        self.window.slot.tables = sorted(names)
-        self.window.parents = {
-            leaf: name for leaf, name in names.items() if leaf != name
-        }
         self._partitioned = [
             t for t in tracked if t in catalog and catalog[t].partitioned
         ]
-        # New partitions appear at any time: re-read the leaves before each window.
-        self.window.refresh_sources = (
-            self._refresh_leaves if self._partitioned else None
+        window = self.window
+        window.parents = names if self._partitioned else {}
+        window.tables = sorted(names)
+        window.schemas = sorted(
+            {
+                name.partition(".")[0]
+                for name, parent in names.items()
+                if parent in self._partitioned
+            }
         )
+        window.refresh_sources = self._refresh_leaves if self._partitioned else None
 
     def _refresh_leaves(self) -> None:
         assert self.window.slot is not None
@@ -269,13 +272,27 @@ class Daemon:
             rules=len(rulebook.rules),
         )
 
-    def _ensure_slot(self, slot: Slot) -> SlotState:
-        """The slot's state; create it on first run, never silently after a loss."""
+    def _open_stream(self, slot: Slot, temporary: bool) -> Stream:
+        stream = Stream(
+            self.settings.require_dsn(),
+            slot.name,
+            self.window.tables,
+            self.window.schemas,
+            confirm=self.advance_slot,
+        )
+        stream.open(temporary=temporary)
+        return stream
+
+    def _ensure_slot(self, slot: Slot) -> tuple[SlotState, bool]:
+        """The slot's state, and whether the stream must create it as a slot of
+        its own session; create it on first run, never silently after a loss."""
         if not self.advance_slot:
-            # A dry run reads an existing slot, or a slot of its own session.
-            return slot.ensure(create=True, temporary=not slot.exists())
+            # A dry run reads an existing slot, or a temporary one of its own.
+            if slot.exists():
+                return slot.ensure(create=False), False
+            return SlotState(Lsn(0), Lsn(0), None), True
         if slot.exists() or self.window.checkpoint is None:
-            return slot.ensure(create=True)
+            return slot.ensure(create=True), False
         if not self.recreate_slot:
             raise SlotLost(
                 f"replication slot '{slot.name}' does not exist, but cdc-tracker "
@@ -292,7 +309,7 @@ class Daemon:
         assert self.window.checkpoints is not None
         self.window.checkpoints.forget()
         self.window.checkpoint = None
-        return state
+        return state, False
 
     def _mapper(
         self,
@@ -328,12 +345,15 @@ class Daemon:
         return True
 
     def _close(self) -> None:
+        if self.window.stream is not None:
+            # Its last status carries what was acknowledged: before the others.
+            self.window.stream.close()
         if self.window.mapper.lookups is not None:
             self.window.mapper.lookups.close()
         for conn in self._connections:
             conn.close()
         self._connections.clear()
-        self.window.slot = self.window.store = None
+        self.window.slot = self.window.store = self.window.stream = None
 
 
 def _recovery_hint(checkpoint: Checkpoint) -> str:

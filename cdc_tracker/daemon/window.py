@@ -1,4 +1,8 @@
-"""One window of the slot: read it, map it, ship it, move the slot.
+"""One window of the stream: read it, map it, ship it, confirm it.
+
+The server streams rows as it decodes them (``source.stream``); a window ends at
+a transaction's end once it holds ``window_changes`` rows or has been open for
+``poll_interval``, or when the stream goes quiet between transactions.
 
 Shipping runs on a thread of its own, one request at a time and in order, so that
 the next batches are read and mapped while one is on the wire; up to
@@ -7,10 +11,11 @@ the next batches are read and mapped while one is on the wire; up to
 earlier one would break per-user order when both are read again.
 
 ``Window`` keeps the position: ``done`` is the end of the last transaction whose
-calls were all acknowledged (or stored as dead letters). The slot is advanced to
-``done``, or, when a window was read to its bound, to that bound, so an idle
-tracked table does not make PostgreSQL keep WAL forever. A change is never marked
-done before the destination confirmed it.
+calls were all acknowledged (or stored as dead letters). The slot is confirmed to
+``done``, or to the position the server says it has sent everything below (its
+keepalives), once every row before it is handled: an idle tracked table does not
+make PostgreSQL keep WAL forever. A change is never marked done before the
+destination confirmed it.
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Call, Change, DeadLetter, Lsn
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import Slot
+from cdc_tracker.source.stream import STATUS_SECONDS, Stream
 from cdc_tracker.source.wal2json import Begin, Commit, Transaction, Truncate, parse_row
 
 log = structlog.get_logger(__name__)
 
-FETCH_ROWS = 2_000
+# After a row, the stream is quiet (caught up) when nothing follows within this.
+QUIET_SECONDS = 0.02
 # Batches handed to the shipping thread and not settled yet: enough that reading
 # and mapping never wait on one request's round trip, few enough to bound memory.
 PENDING_BATCHES = 3
@@ -63,6 +70,7 @@ class Window:
         self.counters = Counters()
         # Set per connection by the daemon.
         self.slot: Slot | None = None
+        self.stream: Stream | None = None
         self.store: DeadLetterStore | None = None
         self.checkpoints: CheckpointStore | None = None
         self.checkpoint: Checkpoint | None = None
@@ -77,7 +85,13 @@ class Window:
         self._calls_before_commit = 0
         self._in_flight: deque[_Batch] = deque()
         self._interrupted = False  # a delivery was interrupted: send nothing more
-        self.parents: dict[str, str] = {}  # leaf partition -> tracked table
+        # What the stream reads: tables, and schemas whole (see source.stream).
+        self.tables: list[str] = []
+        self.schemas: list[str] = []
+        # With partitioned tables: the name of every streamed table that is
+        # tracked (a leaf, or the table itself) -> the tracked table.
+        self.parents: dict[str, str] = {}
+        self._untracked: set[str] = set()  # other tables of the schemas streamed
         self.refresh_sources: Callable[[], None] | None = None
         self._shipping = ThreadPoolExecutor(1, thread_name_prefix="cdc-tracker-ship")
 
@@ -94,68 +108,95 @@ class Window:
         self.calls, self.dead, self._commit_times = [], [], []
         self._calls_before_commit = 0
         self.completed = self.done
+        self._untracked.clear()
 
-    def step(self) -> bool:
-        """Process one window; return True when more changes are already waiting."""
+    def step(self) -> None:
+        """Process one window: wait up to ``poll_interval`` for its first row."""
         assert self.slot is not None
-        upto = self.slot.flush_lsn()
+        assert self.stream is not None
+        self.counters.lag_bytes = max(0, self.slot.flush_lsn() - self.done)
         if self.refresh_sources is not None:
-            # After reading upto: every partition created before it is listed.
-            self.refresh_sources()
-        self.counters.lag_bytes = max(0, upto - self.done)
-        limit = self.settings.window_changes
-        rows = self._read_window(upto, limit)
+            self.refresh_sources()  # a table attached as a partition, say
+        stream = self.stream
+        if (stream.tables, stream.schemas) != (self.tables, self.schemas):
+            # The rulebook changed: everything before is settled and confirmed.
+            stream.reopen(self.tables, self.schemas)
+        quiet = self._read_window()
         if not (self._ship() and self._settle()):
-            self._advance(self.done)  # a stop: keep what was acknowledged before it
-            return False
-        caught_up = rows < limit and not self.stop.is_set()
-        if caught_up:
-            # Read to its bound and all acknowledged: nothing below upto is left.
-            self.done = max(self.done, upto)
-        self._advance(self.done)
-        if caught_up and self.advance_slot and self.checkpoints is not None:
+            self._confirm()  # a stop: keep what was acknowledged before it
+            return
+        # Every row the server sent is handled: so is what it says it sent.
+        self.done = max(self.done, self.stream.sent_upto)
+        self._confirm()
+        if quiet and self.advance_slot and self.checkpoints is not None:
             self.checkpoints.mark_caught_up()  # for status: nothing was pending
         self.counters.last_progress = time.monotonic()
-        return rows >= limit
 
-    def _read_window(self, upto: Lsn, limit: int) -> int:
-        assert self.slot is not None
+    def _parent(self, table: str) -> str | None:
+        """The tracked table a streamed table's changes belong to, if any: a name
+        not seen before may be a partition created since the last look."""
+        if table in self._untracked or self.refresh_sources is None:
+            return None
+        self.refresh_sources()
+        parent = self.parents.get(table)
+        if parent is None:
+            self._untracked.add(table)
+        return parent
+
+    def _read_window(self) -> bool:
+        """Read, map and hand over rows until the window is full or open long
+        enough (at a transaction's end), or the stream is quiet between
+        transactions: then return True."""
+        assert self.stream is not None
+        stream = self.stream
         tx = Transaction()
         rows = 0
-        skipping = False
+        limit = self.settings.window_changes
+        skipping = inside = False
         flush_at = self.settings.batch_calls * 4
-        with self.slot.peek(upto, limit, FETCH_ROWS) as stream:
-            for data in stream:
-                rows += 1
-                event = parse_row(data, tx)
-                if type(event) is Change:
-                    if self.parents:
-                        event.table = self.parents.get(event.table, event.table)
-                    if not skipping:
-                        self.counters.changes += 1
-                        self.mapper.map(event, self.calls, self.dead)
-                        if len(self.calls) >= flush_at and not self._ship():
-                            break
-                elif type(event) is Begin:
-                    # Seen before a failed advance, or in dry-run: already handled.
-                    skipping = event.commit_lsn <= self.done
-                    if self.stop.is_set():
-                        break
-                elif type(event) is Commit:
-                    self.completed = event.commit_lsn
-                    self.completed_at = tx.commit_time
-                    if len(self.calls) > self._calls_before_commit:
-                        self._commit_times.append(tx.commit_time.timestamp())
-                    self._calls_before_commit = len(self.calls)
-                    batch_full = len(self.calls) >= self.settings.batch_calls
-                    if batch_full and not self._ship():
-                        break
-                elif type(event) is Truncate and not skipping:
-                    self.counters.truncates += 1
-                    log.warning(
-                        "table truncated; no calls made for it", table=event.table
-                    )
-        return rows
+        wait = self.settings.poll_interval
+        closes = time.monotonic() + wait
+        while True:
+            data = stream.read(wait)
+            if data is None:
+                if not inside or self.stop.is_set():
+                    return not inside
+                continue  # inside a transaction: the server is still decoding it
+            wait = QUIET_SECONDS
+            rows += 1
+            event = parse_row(data, tx)
+            if type(event) is Change:
+                if self.parents:
+                    table = self.parents.get(event.table) or self._parent(event.table)
+                    if table is None:
+                        continue  # another table of a schema streamed whole
+                    event.table = table
+                if not skipping:
+                    self.counters.changes += 1
+                    self.mapper.map(event, self.calls, self.dead)
+                    if len(self.calls) >= flush_at and not self._ship():
+                        return False
+            elif type(event) is Begin:
+                # Handled before a lost connection, or a dry run's: skip it.
+                if self.stop.is_set():
+                    return False
+                skipping = event.commit_lsn <= self.done
+                inside = True
+            elif type(event) is Commit:
+                inside = False
+                self.completed = event.commit_lsn
+                self.completed_at = tx.commit_time
+                if len(self.calls) > self._calls_before_commit:
+                    self._commit_times.append(tx.commit_time.timestamp())
+                self._calls_before_commit = len(self.calls)
+                batch_full = len(self.calls) >= self.settings.batch_calls
+                if batch_full and not self._ship():
+                    return False
+                if rows >= limit or self.stop.is_set() or time.monotonic() > closes:
+                    return False
+            elif type(event) is Truncate and not skipping:
+                self.counters.truncates += 1
+                log.warning("table truncated; no calls made for it", table=event.table)
 
     def _ship(self) -> bool:
         """Hand the pending calls to the shipping thread, once fewer than
@@ -202,7 +243,7 @@ class Window:
         """Wait for the oldest batch handed over; store its dead letters, mark it
         done. Returns False when a stop interrupted its delivery."""
         batch = self._in_flight.popleft()
-        outcome = batch.future.result() if batch.future else Outcome()
+        outcome = self._outcome(batch.future) if batch.future else Outcome()
         dead = batch.dead + outcome.dead_letters
         if dead:
             self._store_dead(dead)
@@ -222,6 +263,16 @@ class Window:
                 elapsed_ms=round((time.perf_counter() - batch.started) * 1000, 1),
             )
         return True
+
+    def _outcome(self, future: Future[Outcome]) -> Outcome:
+        """Wait for a delivery (an outage lasts as long as it lasts), telling the
+        server we are still here meanwhile."""
+        while True:
+            try:
+                return future.result(timeout=STATUS_SECONDS / 2)
+            except concurrent.futures.TimeoutError:
+                if self.stream is not None and self.stream.is_open:
+                    self.stream.keep_alive()
 
     def _count_delivered(self, batch: _Batch, outcome: Outcome) -> None:
         counters = self.counters
@@ -266,12 +317,14 @@ class Window:
                 position=f"{letter.commit_lsn}#{letter.ordinal}",
             )
 
-    def _advance(self, lsn: Lsn) -> None:
-        assert self.slot is not None
+    def _confirm(self) -> None:
+        """Move the slot to ``done``; record the checkpoint once calls went out."""
+        assert self.stream is not None
         if not self.advance_slot:
             return
-        if self.slot.advance(lsn):
-            log.debug("slot advanced", lsn=str(lsn))
+        if self.done > self.stream.confirmed:
+            self.stream.confirm(self.done)
+            log.debug("slot confirmed", lsn=str(self.done))
         shipped = self.shipped
         if shipped is not None and self.checkpoints is not None:
             # Only after calls went out: a write per idle poll would feed the slot.

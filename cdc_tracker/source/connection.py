@@ -49,6 +49,16 @@ _BREAKS_SYNTAX = re.compile(r"[\s@]")
 _SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)")
 
 
+# Values are printed by the server (wal2json included) in the session's zone and
+# style: every connection that reads values sets these first.
+SESSION_SETTINGS = (
+    "SET TimeZone = 'UTC'",
+    "SET DateStyle = 'ISO, YMD'",
+    "SET IntervalStyle = 'iso_8601'",
+    "SET extra_float_digits = 3",
+)
+
+
 @contextmanager
 def translate_errors(slot: str, dsn: str = "") -> Iterator[None]:
     """Turn psycopg exceptions into ours; the only place that knows psycopg's tree."""
@@ -184,21 +194,23 @@ def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     Raises ``ConfigError`` for what retrying cannot fix, ``SourceUnavailable``
     for a server that does not answer.
     """
+    refuse_unreadable(dsn)
+    with translate_errors("-", dsn):
+        conn = psycopg.connect(dsn, autocommit=True, application_name="cdc-tracker")
+        for statement in SESSION_SETTINGS:
+            conn.execute(statement)
+    return conn
+
+
+def refuse_unreadable(dsn: str) -> None:
+    """Raise ``ConfigError`` for a DSN whose password breaks its syntax, before
+    libpq reads it: a raw "@" makes part of the password a host name, which would
+    be sent to name resolution."""
     if _breaks_syntax(dsn):
-        # Refused before libpq reads it: a raw "@" makes part of the password a
-        # host name, which would be sent to name resolution.
         raise ConfigError(
             f"cannot connect to the database: {_UNREADABLE}",
             hint="check CDC_TRACKER_DSN",
         )
-    with translate_errors("-", dsn):
-        conn = psycopg.connect(dsn, autocommit=True, application_name="cdc-tracker")
-        # Values are printed by the server in the session's zone and style.
-        conn.execute("SET TimeZone = 'UTC'")
-        conn.execute("SET DateStyle = 'ISO, YMD'")
-        conn.execute("SET IntervalStyle = 'iso_8601'")
-        conn.execute("SET extra_float_digits = 3")
-    return conn
 
 
 def lock_key(name: str) -> int:

@@ -23,7 +23,7 @@ import msgspec
 from cdc_tracker.errors import DecodeError
 from cdc_tracker.model import Action, Change, Lsn
 
-# wal2json options cdc-tracker passes on every peek (add-tables is appended).
+# wal2json options cdc-tracker streams with (add-tables is appended).
 PLUGIN_OPTIONS: tuple[str, ...] = (
     "format-version", "2",
     "include-transaction", "true",
@@ -109,7 +109,7 @@ class Transaction:
 Event = Begin | Change | Commit | Truncate | Message
 
 
-def parse_row(data: str, tx: Transaction) -> Event:
+def parse_row(data: str | bytes | memoryview, tx: Transaction) -> Event:
     """Turn one wal2json row into an event, updating ``tx`` on B and C.
 
     Raises ``DecodeError`` for anything we do not understand: a row is never

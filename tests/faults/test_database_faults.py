@@ -132,7 +132,8 @@ def test_killed_connections_are_reopened_and_nothing_is_lost(own_db: str) -> Non
         for round_no in range(1, 4):
             insert_merchants(own_db, 500)
             receiver.wait_for_calls(1_000 * (round_no - 1) + 100, timeout=20)
-            assert _terminate_daemon_backends(own_db) == 2
+            # The daemon's connection, its state connection and its stream.
+            assert _terminate_daemon_backends(own_db) == 3
             process.wait_for("reading slot", count=round_no + 1, timeout=30)
         _caught_up(own_db, process)
         assert len(process.events("source unavailable")) >= 3
@@ -171,7 +172,7 @@ def test_connection_lost_mid_window_maps_the_window_once(
         )
         daemon.caught_up()
         counters = daemon.daemon.counters
-    assert cutter.cut == 2
+    assert cutter.cut == 3  # slot, state and stream connections
     assert counters.dead_letters == 1
     assert Counter(receiver.message_ids()) == Counter(
         ids.insert_id(NS, insert_name("identify public.merchants", rulebook), [key])
@@ -220,7 +221,7 @@ def test_connection_lost_after_a_mid_transaction_shipment_loses_nothing(
         finally:
             stop.set()
             thread.join(timeout=20)
-    assert shipper.cut == 2
+    assert shipper.cut == 3  # slot, state and stream connections
     expected = merchant_insert_ids(db, NS)
     delivery = Delivery.of(receiver.calls, expected)
     assert len(expected) == 44

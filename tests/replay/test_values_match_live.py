@@ -16,7 +16,7 @@ from cdc_tracker.replay.reader import TableReader, open_pool
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import Slot, connect
 from cdc_tracker.source.wal2json import Transaction, parse_row
-from tests.harness import sql
+from tests.harness import read_slot, sql
 
 TYPES_TABLE = """
 create domain money_amount as numeric(12,2);
@@ -51,13 +51,12 @@ ROWS = [
 
 def _live_changes(dsn: str) -> list[Change]:
     with connect(dsn) as conn:
-        slot = Slot(conn, "replay_values", ["public.kinds"])
-        slot.ensure(create=True)
+        Slot(conn, "replay_values").ensure(create=True)
         for statement in ROWS:
             sql(dsn, statement)
         tx = Transaction()
-        with slot.peek(slot.flush_lsn(), 1000, 100) as stream:
-            events = [parse_row(data, tx) for data in stream]
+        rows = read_slot(dsn, "replay_values", ["public.kinds"])
+        events = [parse_row(data, tx) for data in rows]
         conn.execute("select pg_drop_replication_slot('replay_values')")
     return [event for event in events if isinstance(event, Change)]
 

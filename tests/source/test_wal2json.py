@@ -29,6 +29,7 @@ from cdc_tracker.source.wal2json import (
     parse_row,
 )
 from cdc_tracker.testing.postgres import PostgresServer
+from tests.harness import read_slot
 
 DATABASE = "wal2json_rows"
 SLOT = "wal2json_rows"
@@ -109,9 +110,8 @@ def wal(pg: PostgresServer) -> Iterator[dict[str, list[str]]]:
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SCHEMA)
-            slot = Slot(conn, SLOT, TABLES)
-            slot.ensure()
-            rows = {name: _capture(slot, sql) for name, sql in SCENARIOS.items()}
+            Slot(conn, SLOT).ensure()
+            rows = {name: _capture(conn, dsn, sql) for name, sql in SCENARIOS.items()}
         yield rows
     finally:
         with psycopg.connect(pg.dsn(), autocommit=True) as conn:
@@ -123,14 +123,12 @@ def wal(pg: PostgresServer) -> Iterator[dict[str, list[str]]]:
             conn.execute(f'drop database if exists "{DATABASE}" with (force)')
 
 
-def _capture(slot: Slot, statements: list[str]) -> list[str]:
+def _capture(
+    conn: psycopg.Connection[tuple[object, ...]], dsn: str, statements: list[str]
+) -> list[str]:
     for statement in statements:
-        slot.conn.execute(statement)
-    upto = slot.flush_lsn()
-    with slot.peek(upto, max_changes=10_000, fetch=100) as rows:
-        captured = list(rows)
-    slot.advance(upto)
-    return captured
+        conn.execute(statement)
+    return read_slot(dsn, SLOT, TABLES)
 
 
 def _events(rows: list[str]) -> list[Event]:

@@ -1,0 +1,281 @@
+"""The replication slot, streamed over PostgreSQL's replication protocol.
+
+``pg_logical_slot_peek_changes`` decodes a whole window before its first row comes
+back, and never splits a transaction, so the server and cdc-tracker would take
+turns: the server decodes while we wait, we map while it idles. Over the
+replication protocol (the one ``pg_recvlogical`` speaks) the server sends each row
+as it decodes it, and decodes the next ones while we map and ship these.
+
+psycopg 3 has no replication API; this speaks the protocol's three messages
+through ``psycopg.pq``:
+
+- ``w`` (XLogData), from the server: one wal2json row;
+- ``k`` (keepalive), from the server: a position it has sent every row below, and
+  whether it wants our status now;
+- ``r`` (standby status), ours: the position every change below has been handled
+  up to. The slot moves only to that position: reading consumes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import struct
+import time
+from datetime import UTC, datetime
+
+import psycopg
+import structlog
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.errors import error_from_result
+
+from cdc_tracker.errors import CdcTrackerError, DecodeError
+from cdc_tracker.model import Lsn
+from cdc_tracker.source.connection import (
+    SESSION_SETTINGS,
+    refuse_unreadable,
+    translate_errors,
+)
+from cdc_tracker.source.wal2json import MESSAGE_PREFIX, PLUGIN_OPTIONS
+
+log = structlog.get_logger(__name__)
+
+# Our status goes out at least this often: well inside the server's
+# wal_sender_timeout (60 s by default), after which it drops a silent client.
+STATUS_SECONDS = 10.0
+# How long a stop waits for the server to take our last status.
+CLOSE_SECONDS = 2.0
+CONNECT_SECONDS = 10
+
+_ROW_HEADER = 25  # "w", start, end of WAL, send time
+_KEEPALIVE = struct.Struct("!QQB")  # end of WAL, send time, reply requested
+_STATUS = struct.Struct("!cQQQQB")  # "r", written, flushed, applied, time, reply
+_POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+_W, _K = ord("w"), ord("k")
+
+
+class Stream:
+    """One replication connection streaming one slot's wal2json rows: those of
+    ``tables``, and of every table in ``schemas`` (the home of a partitioned
+    table, whose changes carry the names of its partitions, new ones included).
+
+    ``confirm`` is off for a dry run: the slot is read, never moved.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        slot: str,
+        tables: list[str],
+        schemas: list[str],
+        *,
+        confirm: bool = True,
+    ) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.tables = tables
+        self.schemas = schemas
+        self.confirm_positions = confirm
+        # The server has sent every row of every transaction committed below this.
+        self.sent_upto = Lsn(0)
+        self.confirmed = Lsn(0)
+        self._pgconn: pq.abc.PGconn | None = None
+        self._status_at = 0.0
+        self._temporary = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._pgconn is not None
+
+    def open(self, *, temporary: bool = False) -> None:
+        """Connect and start streaming from the slot's confirmed position.
+
+        A ``temporary`` slot is created first, on this connection (it lives as
+        long as it: ``run --dry-run`` beside a running daemon).
+        """
+        self._temporary = temporary
+        refuse_unreadable(self.dsn)
+        with translate_errors(self.slot, self.dsn):
+            self._pgconn = pgconn = pq.PGconn.connect(self._conninfo().encode())
+            if pgconn.status != pq.ConnStatus.OK:
+                message = pgconn.get_error_message()
+                self.close()
+                raise psycopg.OperationalError(message)
+            for statement in SESSION_SETTINGS:
+                self._command(statement, pq.ExecStatus.COMMAND_OK)
+            name = _identifier(self.slot)
+            if temporary:
+                self._command(
+                    f"CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL wal2json",
+                    pq.ExecStatus.TUPLES_OK,
+                )
+            self._command(
+                f"START_REPLICATION SLOT {name} LOGICAL 0/0 ({self._options()})",
+                pq.ExecStatus.COPY_BOTH,
+            )
+        self._status_at = time.monotonic()
+        log.debug("streaming slot", slot=self.slot, tables=len(self.tables))
+
+    def reopen(self, tables: list[str], schemas: list[str]) -> None:
+        """Stream other tables, from the slot's confirmed position (a temporary
+        slot starts over: it went with the connection)."""
+        self.close()
+        self.tables, self.schemas = tables, schemas
+        self.open(temporary=self._temporary)
+
+    def read(self, timeout: float) -> memoryview | None:
+        """The next wal2json row, or None when none arrived within ``timeout``."""
+        pgconn = self._pgconn
+        assert pgconn is not None
+        deadline = 0.0
+        while True:
+            size, data = pgconn.get_copy_data(1)
+            if size > 0:
+                kind = data[0]
+                if kind == _W:
+                    return data[_ROW_HEADER:]
+                if kind != _K:
+                    raise DecodeError(
+                        f"unexpected replication message {chr(kind)!r} "
+                        f"from slot '{self.slot}'"
+                    )
+                end, _, reply = _KEEPALIVE.unpack_from(data, 1)
+                if end > self.sent_upto:
+                    self.sent_upto = Lsn(end)
+                if reply:
+                    self.send_status()
+                continue
+            if size < 0:
+                self._ended()
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + timeout
+                self.keep_alive(now)
+            if now >= deadline:
+                return None
+            ready, _, _ = select.select([pgconn.socket], [], [], deadline - now)
+            if ready:
+                with translate_errors(self.slot, self.dsn):
+                    pgconn.consume_input()
+
+    def confirm(self, lsn: Lsn) -> None:
+        """Tell the server every change below ``lsn`` is handled: the slot moves."""
+        if lsn > self.confirmed:
+            self.confirmed = lsn
+            self.send_status()
+
+    def keep_alive(self, now: float | None = None) -> None:
+        """Send our status if none went out for ``STATUS_SECONDS``; call it while
+        waiting on anything else, or the server drops the connection."""
+        if (now or time.monotonic()) - self._status_at >= STATUS_SECONDS:
+            self.send_status()
+
+    def send_status(self) -> None:
+        pgconn = self._pgconn
+        if pgconn is None:
+            return
+        position = self.confirmed if self.confirm_positions else 0
+        sent_at = int((time.time() - _POSTGRES_EPOCH) * 1_000_000)
+        message = _STATUS.pack(b"r", position, position, position, sent_at, 0)
+        with translate_errors(self.slot, self.dsn):
+            if pgconn.put_copy_data(message) != 1 or pgconn.flush() != 0:
+                raise psycopg.OperationalError(pgconn.get_error_message())
+        self._status_at = time.monotonic()
+
+    def close(self) -> None:
+        """End the stream; the server has our last status once this returns
+        (unless it does not answer within ``CLOSE_SECONDS``)."""
+        pgconn, self._pgconn = self._pgconn, None
+        if pgconn is None:
+            return
+        try:
+            if pgconn.status == pq.ConnStatus.OK:
+                self._pgconn = pgconn
+                self.send_status()
+                self._pgconn = None
+                pgconn.put_copy_end()
+                pgconn.flush()
+                _drain(pgconn, time.monotonic() + CLOSE_SECONDS)
+        except (psycopg.Error, CdcTrackerError, OSError):
+            pass  # closing a broken connection: the slot keeps its position
+        finally:
+            pgconn.finish()
+
+    def _conninfo(self) -> str:
+        extra: dict[str, str | int] = {
+            "replication": "database",
+            "application_name": "cdc-tracker",
+        }
+        if "connect_timeout" not in conninfo_to_dict(self.dsn):
+            extra["connect_timeout"] = CONNECT_SECONDS
+        return make_conninfo(self.dsn, **extra)
+
+    def _options(self) -> str:
+        pairs = list(zip(PLUGIN_OPTIONS[::2], PLUGIN_OPTIONS[1::2], strict=True))
+        pairs += [
+            ("add-tables", add_tables(self.tables, self.schemas)),
+            ("add-msg-prefixes", MESSAGE_PREFIX),
+        ]
+        return ", ".join(f"{_identifier(k)} {_literal(v)}" for k, v in pairs)
+
+    def _command(self, command: str, expected: pq.ExecStatus) -> None:
+        pgconn = self._pgconn
+        assert pgconn is not None
+        result = pgconn.exec_(command.encode())
+        if result.status != expected:
+            raise error_from_result(result, encoding="utf-8")
+
+    def _ended(self) -> None:
+        """The server ended the stream: say why, as the source error it is."""
+        pgconn = self._pgconn
+        assert pgconn is not None
+        with translate_errors(self.slot, self.dsn):
+            result = pgconn.get_result()
+            if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+                raise error_from_result(result, encoding="utf-8")
+            raise psycopg.OperationalError(
+                pgconn.get_error_message() or "the server ended the replication stream"
+            )
+
+
+def _drain(pgconn: pq.abc.PGconn, deadline: float) -> None:
+    """Read until the server ends the copy (it has then read all we sent)."""
+    while time.monotonic() < deadline:
+        size, _ = pgconn.get_copy_data(1)
+        if size < 0:
+            while pgconn.get_result() is not None:
+                pass
+            return
+        if size == 0:
+            ready, _, _ = select.select(
+                [pgconn.socket], [], [], max(0.0, deadline - time.monotonic())
+            )
+            if ready:
+                pgconn.consume_input()
+
+
+def add_tables(tables: list[str], schemas: list[str]) -> str:
+    """wal2json's ``add-tables`` value: ``schema.table`` pairs and ``schema.*``
+    wildcards, special characters (space, quote, comma, period, asterisk,
+    backslash) escaped with a backslash."""
+    names = [
+        f"{_escape(schema)}.{_escape(table)}"
+        for schema, _, table in (name.partition(".") for name in tables)
+    ]
+    return ",".join(names + [f"{_escape(schema)}.*" for schema in schemas])
+
+
+def _escape(part: str) -> str:
+    return _SPECIAL.sub(r"\\\g<0>", part)
+
+
+_SPECIAL = re.compile(r"[ ',.*\\]")
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
