@@ -39,7 +39,7 @@ from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Call, Change, DeadLetter, Lsn
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import Slot
-from cdc_tracker.source.stream import STATUS_SECONDS, Stream
+from cdc_tracker.source.stream import Stream
 from cdc_tracker.source.wal2json import Begin, Commit, Transaction, Truncate, parse_row
 
 log = structlog.get_logger(__name__)
@@ -267,12 +267,14 @@ class Window:
     def _outcome(self, future: Future[Outcome]) -> Outcome:
         """Wait for a delivery (an outage lasts as long as it lasts), telling the
         server we are still here meanwhile."""
+        stream = self.stream
+        every = stream.status_seconds / 2 if stream is not None else None
         while True:
             try:
-                return future.result(timeout=STATUS_SECONDS / 2)
+                return future.result(timeout=every)
             except concurrent.futures.TimeoutError:
-                if self.stream is not None and self.stream.is_open:
-                    self.stream.keep_alive()
+                if stream is not None and stream.is_open:
+                    stream.keep_alive()
 
     def _count_delivered(self, batch: _Batch, outcome: Outcome) -> None:
         counters = self.counters

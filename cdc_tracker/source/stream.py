@@ -41,7 +41,7 @@ from cdc_tracker.source.wal2json import MESSAGE_PREFIX, PLUGIN_OPTIONS
 
 log = structlog.get_logger(__name__)
 
-# Our status goes out at least this often: well inside the server's
+# Our status goes out at least this often, and three times per the server's
 # wal_sender_timeout (60 s by default), after which it drops a silent client.
 STATUS_SECONDS = 10.0
 # How long a stop waits for the server to take our last status.
@@ -83,6 +83,7 @@ class Stream:
         self._pgconn: pq.abc.PGconn | None = None
         self._status_at = 0.0
         self._temporary = False
+        self.status_seconds = STATUS_SECONDS
 
     @property
     def is_open(self) -> bool:
@@ -104,6 +105,7 @@ class Stream:
                 raise psycopg.OperationalError(message)
             for statement in SESSION_SETTINGS:
                 self._command(statement, pq.ExecStatus.COMMAND_OK)
+            self.status_seconds = self._status_interval()
             name = _identifier(self.slot)
             if temporary:
                 self._command(
@@ -168,7 +170,7 @@ class Stream:
     def keep_alive(self, now: float | None = None) -> None:
         """Send our status if none went out for ``STATUS_SECONDS``; call it while
         waiting on anything else, or the server drops the connection."""
-        if (now or time.monotonic()) - self._status_at >= STATUS_SECONDS:
+        if (now or time.monotonic()) - self._status_at >= self.status_seconds:
             self.send_status()
 
     def send_status(self) -> None:
@@ -219,12 +221,24 @@ class Stream:
         ]
         return ", ".join(f"{_identifier(k)} {_literal(v)}" for k, v in pairs)
 
-    def _command(self, command: str, expected: pq.ExecStatus) -> None:
+    def _status_interval(self) -> float:
+        result = self._command(
+            "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'",
+            pq.ExecStatus.TUPLES_OK,
+        )
+        value = result.get_value(0, 0) if result.ntuples else None
+        timeout_ms = int(value) if value else 0  # 0: the server never times out
+        if timeout_ms <= 0:
+            return STATUS_SECONDS
+        return min(STATUS_SECONDS, timeout_ms / 3000)
+
+    def _command(self, command: str, expected: pq.ExecStatus) -> pq.abc.PGresult:
         pgconn = self._pgconn
         assert pgconn is not None
         result = pgconn.exec_(command.encode())
         if result.status != expected:
             raise error_from_result(result, encoding="utf-8")
+        return result
 
     def _ended(self) -> None:
         """The server ended the stream: say why, as the source error it is."""

@@ -1,0 +1,125 @@
+"""The replication stream: the connection outlives a long destination outage, the
+slot moves only when told, and the walsender is ours alone."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from email.message import Message
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cdc_tracker.errors import SlotBusy
+from cdc_tracker.source.connection import connect
+from cdc_tracker.source.slot import Slot
+from cdc_tracker.source.stream import Stream
+from cdc_tracker.testing._rudder_checks import Answer
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.faults.workload import insert_merchants
+from tests.harness import (
+    WRITE_KEY,
+    create_slot,
+    running_daemon,
+    settings_for,
+    slot_position,
+    sql,
+    wait_until,
+)
+
+
+class DownFor(FakeRudderStack):
+    """Answers 503 from its second request on, for ``seconds``; then accepts."""
+
+    def __init__(self, seconds: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.seconds = seconds
+        self.down_since: float | None = None
+        self.refused = 0
+
+    def receive(self, path: str, headers: Message, raw: bytes) -> Answer | None:
+        if self.down_since is None and self.calls:
+            self.down_since = time.monotonic()
+        if self.down_since and time.monotonic() - self.down_since < self.seconds:
+            self.refused += 1
+            return Answer(503, "service unavailable\n")
+        return super().receive(path, headers, raw)
+
+
+def _walsender(dsn: str, slot: str) -> int | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select active_pid from pg_replication_slots where slot_name = %s", (slot,)
+        ).fetchone()
+    return None if row is None else row[0]
+
+
+def test_an_outage_longer_than_wal_sender_timeout_keeps_the_stream(
+    db: str, example_rulebook: Path
+) -> None:
+    """The server drops a client silent for wal_sender_timeout (1 s here): while
+    the destination is down for 4 s the daemon keeps telling it it is there, so
+    the same stream carries on and every call arrives once."""
+    receiver = DownFor(4.0, write_keys=[WRITE_KEY])
+    with receiver:
+        settings = replace(
+            settings_for(
+                db + " options='-c wal_sender_timeout=1s'", receiver, example_rulebook
+            ),
+            batch_calls=20,
+        )
+        create_slot(settings)
+        with running_daemon(settings) as running:
+            insert_merchants(db, 10, per_transaction=10)
+            wait_until(lambda: len(receiver.calls) == 20, 10)
+            walsender = _walsender(db, settings.slot)
+            insert_merchants(db, 100, per_transaction=10)
+            wait_until(lambda: len(receiver.calls) == 220, 30)
+            running.caught_up()
+            assert receiver.refused > 0
+            assert _walsender(db, settings.slot) == walsender is not None
+        assert len(set(receiver.message_ids())) == 220
+
+
+def test_reading_moves_nothing_until_confirmed(db: str) -> None:
+    """Rows streamed are not consumed: a stream opened again gets them again, and
+    once confirmed they are gone."""
+    sql(db, "create table notes (id int primary key, body text)")
+    with connect(db) as conn:
+        Slot(conn, "stream_confirm").ensure(create=True)
+    start = slot_position(db, "stream_confirm")
+    sql(db, "insert into notes values (1, 'a'), (2, 'b')")
+
+    def read_all(confirm: bool) -> list[bytes]:
+        stream = Stream(db, "stream_confirm", ["public.notes"], [])
+        stream.open()
+        rows = []
+        while (data := stream.read(0.5)) is not None:
+            rows.append(bytes(data))
+        if confirm:
+            stream.confirm(stream.sent_upto)
+        stream.close()
+        return rows
+
+    first = read_all(confirm=False)
+    assert [row[:14] for row in first] == [b'{"action":"B",'] + [
+        b'{"action":"I",'
+    ] * 2 + [b'{"action":"C",']
+    assert slot_position(db, "stream_confirm") == start
+    assert read_all(confirm=True) == first
+    assert slot_position(db, "stream_confirm") > start
+    assert read_all(confirm=False) == []
+
+
+def test_a_second_stream_on_the_slot_is_refused_as_busy(db: str) -> None:
+    with connect(db) as conn:
+        Slot(conn, "stream_busy").ensure(create=True)
+    first = Stream(db, "stream_busy", ["public.merchants"], [])
+    first.open()
+    try:
+        with pytest.raises(SlotBusy, match="in use by another process"):
+            Stream(db, "stream_busy", ["public.merchants"], []).open()
+    finally:
+        first.close()
+    wait_until(lambda: _walsender(db, "stream_busy") is None, 5)
