@@ -39,6 +39,7 @@ _PERMANENT = (
     "failed to resolve host",
     "unrecognized configuration parameter",
     "invalid value for parameter",
+    "must be superuser or replication role",  # a stream's role without REPLICATION
 )
 _UNREADABLE = (
     'the DSN cannot be read as written (a password holding spaces or "@" must '

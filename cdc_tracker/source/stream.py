@@ -96,26 +96,26 @@ class Stream:
         long as it: ``run --dry-run`` beside a running daemon).
         """
         self._temporary = temporary
-        refuse_unreadable(self.dsn)
-        with translate_errors(self.slot, self.dsn):
-            self._pgconn = pgconn = pq.PGconn.connect(self._conninfo().encode())
-            if pgconn.status != pq.ConnStatus.OK:
-                message = pgconn.get_error_message()
-                self.close()
-                raise psycopg.OperationalError(message)
-            for statement in SESSION_SETTINGS:
-                self._command(statement, pq.ExecStatus.COMMAND_OK)
-            self.status_seconds = self._status_interval()
-            name = _identifier(self.slot)
-            if temporary:
-                self._command(
-                    f"CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL wal2json",
-                    pq.ExecStatus.TUPLES_OK,
+        pgconn = self._connect()
+        try:
+            with translate_errors(self.slot, self.dsn):
+                self.status_seconds = _status_interval(pgconn)
+                name = _identifier(self.slot)
+                if temporary:
+                    _command(
+                        pgconn,
+                        f"CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL wal2json",
+                        pq.ExecStatus.TUPLES_OK,
+                    )
+                _command(
+                    pgconn,
+                    f"START_REPLICATION SLOT {name} LOGICAL 0/0 ({self._options()})",
+                    pq.ExecStatus.COPY_BOTH,
                 )
-            self._command(
-                f"START_REPLICATION SLOT {name} LOGICAL 0/0 ({self._options()})",
-                pq.ExecStatus.COPY_BOTH,
-            )
+        except BaseException:
+            pgconn.finish()
+            raise
+        self._pgconn = pgconn
         self._status_at = time.monotonic()
         log.debug("streaming slot", slot=self.slot, tables=len(self.tables))
 
@@ -204,14 +204,26 @@ class Stream:
         finally:
             pgconn.finish()
 
-    def _conninfo(self) -> str:
+    def _connect(self) -> pq.abc.PGconn:
+        """A replication connection with our session settings, not streaming yet."""
+        refuse_unreadable(self.dsn)
         extra: dict[str, str | int] = {
             "replication": "database",
             "application_name": "cdc-tracker",
         }
         if "connect_timeout" not in conninfo_to_dict(self.dsn):
             extra["connect_timeout"] = CONNECT_SECONDS
-        return make_conninfo(self.dsn, **extra)
+        with translate_errors(self.slot, self.dsn):
+            pgconn = pq.PGconn.connect(make_conninfo(self.dsn, **extra).encode())
+            try:
+                if pgconn.status != pq.ConnStatus.OK:
+                    raise psycopg.OperationalError(pgconn.get_error_message())
+                for statement in SESSION_SETTINGS:
+                    _command(pgconn, statement, pq.ExecStatus.COMMAND_OK)
+            except BaseException:
+                pgconn.finish()
+                raise
+        return pgconn
 
     def _options(self) -> str:
         pairs = list(zip(PLUGIN_OPTIONS[::2], PLUGIN_OPTIONS[1::2], strict=True))
@@ -220,25 +232,6 @@ class Stream:
             ("add-msg-prefixes", MESSAGE_PREFIX),
         ]
         return ", ".join(f"{_identifier(k)} {_literal(v)}" for k, v in pairs)
-
-    def _status_interval(self) -> float:
-        result = self._command(
-            "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'",
-            pq.ExecStatus.TUPLES_OK,
-        )
-        value = result.get_value(0, 0) if result.ntuples else None
-        timeout_ms = int(value) if value else 0  # 0: the server never times out
-        if timeout_ms <= 0:
-            return STATUS_SECONDS
-        return min(STATUS_SECONDS, timeout_ms / 3000)
-
-    def _command(self, command: str, expected: pq.ExecStatus) -> pq.abc.PGresult:
-        pgconn = self._pgconn
-        assert pgconn is not None
-        result = pgconn.exec_(command.encode())
-        if result.status != expected:
-            raise error_from_result(result, encoding="utf-8")
-        return result
 
     def _ended(self) -> None:
         """The server ended the stream: say why, as the source error it is."""
@@ -251,6 +244,41 @@ class Stream:
             raise psycopg.OperationalError(
                 pgconn.get_error_message() or "the server ended the replication stream"
             )
+
+
+def probe(dsn: str) -> str:
+    """Open a replication connection as the daemon does, and close it; raises what
+    opening the stream would (``pg_hba.conf``, no REPLICATION, no WAL sender left).
+    Returns the server's system identifier."""
+    pgconn = Stream(dsn, "-", [], [])._connect()
+    try:
+        with translate_errors("-", dsn):
+            result = _command(pgconn, "IDENTIFY_SYSTEM", pq.ExecStatus.TUPLES_OK)
+            return (result.get_value(0, 0) or b"").decode()
+    finally:
+        pgconn.finish()
+
+
+def _status_interval(pgconn: pq.abc.PGconn) -> float:
+    result = _command(
+        pgconn,
+        "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'",
+        pq.ExecStatus.TUPLES_OK,
+    )
+    value = result.get_value(0, 0) if result.ntuples else None
+    timeout_ms = int(value) if value else 0  # 0: the server never times out
+    if timeout_ms <= 0:
+        return STATUS_SECONDS
+    return min(STATUS_SECONDS, timeout_ms / 3000)
+
+
+def _command(
+    pgconn: pq.abc.PGconn, command: str, expected: pq.ExecStatus
+) -> pq.abc.PGresult:
+    result = pgconn.exec_(command.encode())
+    if result.status != expected:
+        raise error_from_result(result, encoding="utf-8")
+    return result
 
 
 def _drain(pgconn: pq.abc.PGconn, deadline: float) -> None:

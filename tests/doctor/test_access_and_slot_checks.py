@@ -47,6 +47,10 @@ def test_a_role_without_replication_fails_with_the_alter_role(
     assert found["replication privilege"].status == "fail"
     assert f'ALTER ROLE "{role}" REPLICATION;' in found["replication privilege"].fix
     assert found["wal2json"].status == "warn"
+    refused = found["replication connection"]
+    assert refused.status == "fail"
+    assert "must be superuser or replication role" in refused.detail
+    assert "REPLICATION" in refused.fix
 
 
 def test_missing_select_grants_are_named_with_the_grant_that_fixes_them(
@@ -58,6 +62,7 @@ def test_missing_select_grants_are_named_with_the_grant_that_fixes_them(
 
     assert found["replication privilege"].status == "pass"
     assert found["wal2json"].status == "pass"
+    assert found["replication connection"].status == "pass"
     grants = found["table grants"]
     assert grants.status == "fail"
     assert "public.payouts" in grants.detail

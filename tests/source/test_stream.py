@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc_tracker.errors import SlotBusy
+from cdc_tracker.errors import ConfigError, SlotBusy
 from cdc_tracker.source.connection import connect
 from cdc_tracker.source.slot import Slot
 from cdc_tracker.source.stream import Stream
@@ -123,3 +123,16 @@ def test_a_second_stream_on_the_slot_is_refused_as_busy(db: str) -> None:
     finally:
         first.close()
     wait_until(lambda: _walsender(db, "stream_busy") is None, 5)
+
+
+def test_a_role_without_replication_is_a_configuration_error(db: str) -> None:
+    """Retrying cannot fix it: the daemon exits 2 instead of retrying forever."""
+    sql(db, "create role stream_plain login")
+    try:
+        with connect(db) as conn:
+            Slot(conn, "stream_plain").ensure(create=True)
+        plain = Stream(db + " user=stream_plain", "stream_plain", [], [])
+        with pytest.raises(ConfigError, match="superuser or replication role"):
+            plain.open()
+    finally:
+        sql(db, "drop role stream_plain")

@@ -26,6 +26,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("wal2json", server.wal2json),
     ("replication slots", server.slot_headroom),
     ("wal senders", server.sender_headroom),
+    ("replication connection", server.replication_connection),
     ("max_slot_wal_keep_size", server.wal_keep_limit),
     ("slot", slot.replication_slot),
     ("state schema", access.state_schema),

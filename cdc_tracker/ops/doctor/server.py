@@ -13,8 +13,10 @@ import os
 import psycopg
 from psycopg import errors as pgerrors
 
+from cdc_tracker.errors import CdcTrackerError
 from cdc_tracker.ops.doctor.context import Context
 from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
+from cdc_tracker.source.stream import probe
 from cdc_tracker.source.wal2json import PLUGIN_OPTIONS
 
 MIN_VERSION = 130_000  # wal_status and max_slot_wal_keep_size, which we rely on
@@ -124,23 +126,40 @@ def slot_headroom(ctx: Context) -> Finding:
 
 
 def sender_headroom(ctx: Context) -> Finding:
-    """WAL senders left for standbys and other replication clients.
-
-    cdc-tracker reads through SQL and needs no sender itself; a server with every
-    sender taken is still worth knowing about.
-    """
-    limit, used = ctx.row(
+    """A WAL sender for cdc-tracker's stream, when it is not streaming already."""
+    limit, used, ours = ctx.row(
         "SELECT current_setting('max_wal_senders')::int, "
-        "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')"
+        "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'), "
+        "EXISTS (SELECT 1 FROM pg_replication_slots "
+        "WHERE slot_name = %s AND active)",
+        (ctx.settings.slot,),
     )
+    name = "wal senders"
     detail = f"{used} of max_wal_senders {limit} in use"
-    if limit and used >= limit:
-        return warned(
-            "wal senders",
-            f"{detail}: no standby or replication client can connect",
+    if not ours and used >= limit:
+        return failed(
+            name,
+            f"{detail}: none left for cdc-tracker, which streams through one",
             f"ALTER SYSTEM SET max_wal_senders = {limit + 2}; {_RESTART}",
         )
-    return passed("wal senders", f"{detail} (cdc-tracker needs none)")
+    return passed(name, f"{detail} (cdc-tracker uses one)")
+
+
+def replication_connection(ctx: Context) -> Finding:
+    """A replication connection opens, as the daemon's stream opens one."""
+    name = "replication connection"
+    try:
+        system = probe(ctx.settings.require_dsn())
+    except CdcTrackerError as exc:
+        message, _, hint = str(exc).partition("\nhint: ")
+        return failed(
+            name,
+            f"refused: {message}",
+            hint
+            or "the role needs REPLICATION, and pg_hba.conf must let it in "
+            "(logical replication connections match database entries)",
+        )
+    return passed(name, f"opens (system {system})")
 
 
 def wal_keep_limit(ctx: Context) -> Finding:
