@@ -127,7 +127,10 @@ def _connection_failure(exc: psycopg.Error, dsn: str) -> SourceError | ConfigErr
     ):
         return ConfigError(
             f"cannot connect to the database: {message}",
-            hint="check CDC_TRACKER_DSN (host, port, database, user, password)",
+            hint="give the role REPLICATION (ALTER ROLE ... REPLICATION), which "
+            "streaming a slot needs"
+            if "replication role" in message
+            else "check CDC_TRACKER_DSN (host, port, database, user, password)",
         )
     return SourceUnavailable(f"database connection failed: {message}")
 
