@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from cdc_tracker.testing._postgres_server import free_port
@@ -253,3 +255,27 @@ def test_dry_run_beside_a_running_daemon_reads_a_slot_of_its_own(
     printed = [json.loads(line)["messageId"] for line in process.stdout]
     assert sorted(printed) == sorted(receiver.message_ids())
     assert slot_exists(db)  # the daemon's slot; the dry run's was temporary
+
+
+def test_a_dry_run_waiting_for_its_slot_stops_on_sigterm(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
+) -> None:
+    """A temporary slot waits for every transaction holding an xid: SIGTERM still
+    stops the dry run at once, and no slot is left behind."""
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings), psycopg.connect(db) as holder:
+        holder.execute(INSERT)  # open, holding an xid
+        process = Process(["run", "--dry-run"], _env(db, receiver, example_rulebook))
+        processes.append(process)
+        process.wait_for_log("slot in use: the dry run shows changes from now on")
+        time.sleep(1)
+        assert process.proc.poll() is None  # waiting for the open transaction
+        process.proc.send_signal(signal.SIGTERM)
+        assert process.proc.wait(timeout=5) == 0
+        holder.rollback()
+    with psycopg.connect(db, autocommit=True) as conn:
+        slots = conn.execute(
+            "select slot_name from pg_replication_slots "
+            "where database = current_database()"
+        ).fetchall()
+    assert slots == [(settings.slot,)]

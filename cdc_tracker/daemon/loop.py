@@ -279,6 +279,7 @@ class Daemon:
             self.window.tables,
             self.window.schemas,
             confirm=self.advance_slot,
+            stop=self.stop,
         )
         stream.open(temporary=temporary)
         return stream

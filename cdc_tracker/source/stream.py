@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import select
 import struct
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -47,6 +48,8 @@ STATUS_SECONDS = 10.0
 # How long a stop waits for the server to take our last status.
 CLOSE_SECONDS = 2.0
 CONNECT_SECONDS = 10
+SLOT_WAIT = "30s"  # longest a temporary slot waits for running transactions
+_WAIT_SECONDS = 0.2  # how often a wait looks at the stop
 
 _ROW_HEADER = 25  # "w", start, end of WAL, send time
 _KEEPALIVE = struct.Struct("!QQB")  # end of WAL, send time, reply requested
@@ -71,8 +74,10 @@ class Stream:
         schemas: list[str],
         *,
         confirm: bool = True,
+        stop: threading.Event | None = None,
     ) -> None:
         self.dsn = dsn
+        self.stop = stop  # set: a connection or command still waiting is cancelled
         self.slot = slot
         self.tables = tables
         self.schemas = schemas
@@ -99,15 +104,17 @@ class Stream:
         pgconn = self._connect()
         try:
             with translate_errors(self.slot, self.dsn):
-                self.status_seconds = _status_interval(pgconn)
+                self.status_seconds = self._status_interval(pgconn)
                 name = _identifier(self.slot)
                 if temporary:
-                    _command(
+                    # Creation waits for every transaction holding an xid.
+                    self._command(pgconn, f"SET lock_timeout = '{SLOT_WAIT}'")
+                    self._command(
                         pgconn,
                         f"CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL wal2json",
                         pq.ExecStatus.TUPLES_OK,
                     )
-                _command(
+                self._command(
                     pgconn,
                     f"START_REPLICATION SLOT {name} LOGICAL 0/0 ({self._options()})",
                     pq.ExecStatus.COPY_BOTH,
@@ -205,25 +212,88 @@ class Stream:
             pgconn.finish()
 
     def _connect(self) -> pq.abc.PGconn:
-        """A replication connection with our session settings, not streaming yet."""
+        """A replication connection with our session settings, not streaming yet.
+
+        Connecting and every command wait in ``select``, never inside libpq: a
+        signal is handled at once, and a stop cancels what is waiting.
+        """
         refuse_unreadable(self.dsn)
-        extra: dict[str, str | int] = {
-            "replication": "database",
-            "application_name": "cdc-tracker",
-        }
-        if "connect_timeout" not in conninfo_to_dict(self.dsn):
-            extra["connect_timeout"] = CONNECT_SECONDS
+        timeout = conninfo_to_dict(self.dsn).get("connect_timeout")
+        conninfo = make_conninfo(
+            self.dsn, replication="database", application_name="cdc-tracker"
+        )
+        deadline = time.monotonic() + (int(timeout) if timeout else CONNECT_SECONDS)
         with translate_errors(self.slot, self.dsn):
-            pgconn = pq.PGconn.connect(make_conninfo(self.dsn, **extra).encode())
+            pgconn = pq.PGconn.connect_start(conninfo.encode())
             try:
-                if pgconn.status != pq.ConnStatus.OK:
-                    raise psycopg.OperationalError(pgconn.get_error_message())
+                self._wait_connected(pgconn, deadline)
                 for statement in SESSION_SETTINGS:
-                    _command(pgconn, statement, pq.ExecStatus.COMMAND_OK)
+                    self._command(pgconn, statement)
             except BaseException:
                 pgconn.finish()
                 raise
         return pgconn
+
+    def _wait_connected(self, pgconn: pq.abc.PGconn, deadline: float) -> None:
+        if pgconn.status == pq.ConnStatus.BAD:
+            raise psycopg.OperationalError(pgconn.get_error_message())
+        polling = pq.PollingStatus.WRITING
+        while polling not in (pq.PollingStatus.OK, pq.PollingStatus.FAILED):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.stop is not None and self.stop.is_set()):
+                raise psycopg.OperationalError(
+                    "connection timeout expired"
+                    if remaining <= 0
+                    else "stopped while connecting"
+                )
+            reading = polling == pq.PollingStatus.READING
+            select.select(
+                [pgconn.socket] if reading else [],
+                [] if reading else [pgconn.socket],
+                [],
+                min(remaining, _WAIT_SECONDS),
+            )
+            polling = pq.PollingStatus(pgconn.connect_poll())
+        if pgconn.status != pq.ConnStatus.OK:
+            raise psycopg.OperationalError(pgconn.get_error_message())
+
+    def _command(
+        self,
+        pgconn: pq.abc.PGconn,
+        command: str,
+        expected: pq.ExecStatus = pq.ExecStatus.COMMAND_OK,
+    ) -> pq.abc.PGresult:
+        """Run one command; a stop meanwhile cancels it (it then fails)."""
+        pgconn.send_query(command.encode())
+        cancelled = False
+        while pgconn.is_busy():
+            ready, _, _ = select.select([pgconn.socket], [], [], _WAIT_SECONDS)
+            if ready:
+                pgconn.consume_input()
+            elif self.stop is not None and self.stop.is_set() and not cancelled:
+                pgconn.get_cancel().cancel()
+                cancelled = True
+        result = pgconn.get_result()
+        if result is None or result.status != expected:
+            if result is None:
+                raise psycopg.OperationalError(pgconn.get_error_message())
+            raise error_from_result(result, encoding="utf-8")
+        if expected != pq.ExecStatus.COPY_BOTH:
+            while pgconn.get_result() is not None:
+                pass
+        return result
+
+    def _status_interval(self, pgconn: pq.abc.PGconn) -> float:
+        result = self._command(
+            pgconn,
+            "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'",
+            pq.ExecStatus.TUPLES_OK,
+        )
+        value = result.get_value(0, 0) if result.ntuples else None
+        timeout_ms = int(value) if value else 0  # 0: the server never times out
+        if timeout_ms <= 0:
+            return STATUS_SECONDS
+        return min(STATUS_SECONDS, timeout_ms / 3000)
 
     def _options(self) -> str:
         pairs = list(zip(PLUGIN_OPTIONS[::2], PLUGIN_OPTIONS[1::2], strict=True))
@@ -250,35 +320,14 @@ def probe(dsn: str) -> str:
     """Open a replication connection as the daemon does, and close it; raises what
     opening the stream would (``pg_hba.conf``, no REPLICATION, no WAL sender left).
     Returns the server's system identifier."""
-    pgconn = Stream(dsn, "-", [], [])._connect()
+    stream = Stream(dsn, "-", [], [])
+    pgconn = stream._connect()
     try:
         with translate_errors("-", dsn):
-            result = _command(pgconn, "IDENTIFY_SYSTEM", pq.ExecStatus.TUPLES_OK)
+            result = stream._command(pgconn, "IDENTIFY_SYSTEM", pq.ExecStatus.TUPLES_OK)
             return (result.get_value(0, 0) or b"").decode()
     finally:
         pgconn.finish()
-
-
-def _status_interval(pgconn: pq.abc.PGconn) -> float:
-    result = _command(
-        pgconn,
-        "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'",
-        pq.ExecStatus.TUPLES_OK,
-    )
-    value = result.get_value(0, 0) if result.ntuples else None
-    timeout_ms = int(value) if value else 0  # 0: the server never times out
-    if timeout_ms <= 0:
-        return STATUS_SECONDS
-    return min(STATUS_SECONDS, timeout_ms / 3000)
-
-
-def _command(
-    pgconn: pq.abc.PGconn, command: str, expected: pq.ExecStatus
-) -> pq.abc.PGresult:
-    result = pgconn.exec_(command.encode())
-    if result.status != expected:
-        raise error_from_result(result, encoding="utf-8")
-    return result
 
 
 def _drain(pgconn: pq.abc.PGconn, deadline: float) -> None:
