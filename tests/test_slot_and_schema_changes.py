@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -16,7 +18,7 @@ from cdc_tracker.ops.health import Probe
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import running_daemon, settings_for, sql, wait_until
+from tests.harness import running_daemon, settings_for, sql, transaction, wait_until
 
 INSERT = (
     "insert into merchants (shop_domain, owner_name, plan_name) "
@@ -285,3 +287,87 @@ def test_a_partitioned_table_is_read_through_its_partitions_new_ones_too(
         daemon.caught_up()
     traits = [(c.user_id, c.payload["traits"]["kind"]) for c in receiver.calls]
     assert traits == [("a", "old"), ("b", "new"), ("c", "future"), ("a", "changed")]
+
+
+def _partitioned_events(db: str) -> None:
+    sql(
+        db,
+        "create table events (id bigint, at date, account text, kind text, "
+        "primary key (id, at)) partition by range (at)",
+        "create table events_2025 partition of events "
+        "for values from ('2025-01-01') to ('2026-01-01')",
+        "create schema archive",
+        "create table other (id int primary key)",
+    )
+
+
+def test_a_partition_created_in_another_schema_is_read_from_its_first_row(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """Only the schemas of known partitions are streamed whole: the window that
+    held a new partition's first rows, elsewhere, is read again with it."""
+    _partitioned_events(db)
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(PARTITIONED_RULEBOOK)
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        sql(db, "insert into events values (1, '2025-05-01', 'a', 'before')")
+        receiver.wait_for_calls(1)
+        transaction(
+            db,
+            "create table archive.events_2027 partition of events "
+            "for values from ('2027-01-01') to ('2028-01-01')",
+            "insert into events values (3, '2027-05-01', 'c', 'future')",
+        )
+        sql(db, "insert into events values (4, '2025-06-01', 'd', 'after')")
+        daemon.caught_up()
+        sql(db, "insert into events values (5, '2027-06-01', 'e', 'later')")
+        daemon.caught_up()
+    kinds = {c.payload["traits"]["kind"] for c in receiver.calls}
+    assert kinds == {"before", "future", "after", "later"}
+
+
+def test_a_table_attached_as_a_partition_after_its_rows_were_skipped_is_read(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """A table of a streamed schema is skipped while it is not a partition. When it
+    becomes one within the same window (kept open here by a busy writer and a 3 s
+    interval), the window is read again, so the rows written since count."""
+    _partitioned_events(db)
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(PARTITIONED_RULEBOOK)
+    settings = settings_for(db, receiver, rulebook, poll_interval=3.0)
+    stop = threading.Event()
+
+    def busy() -> None:
+        with psycopg.connect(db, autocommit=True) as conn:
+            for n in itertools.count(100):
+                if stop.wait(0.005):
+                    return
+                conn.execute(
+                    "insert into events values (%s, '2025-05-01', 'w', 'w')", (n,)
+                )
+
+    with running_daemon(settings) as daemon:
+        writer = threading.Thread(target=busy)
+        writer.start()
+        try:
+            time.sleep(0.5)
+            sql(
+                db,
+                "create table events_2027 (like events including all)",
+                "insert into events_2027 values (2, '2027-02-01', 'b', 'own')",
+            )
+            time.sleep(0.3)
+            transaction(
+                db,
+                "alter table events attach partition events_2027 "
+                "for values from ('2027-01-01') to ('2028-01-01')",
+                "insert into events values (3, '2027-05-01', 'c', 'attached')",
+            )
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            writer.join()
+        daemon.caught_up(30)
+    kinds = {c.payload["traits"]["kind"] for c in receiver.calls}
+    assert "attached" in kinds

@@ -92,6 +92,7 @@ class Window:
         # tracked (a leaf, or the table itself) -> the tracked table.
         self.parents: dict[str, str] = {}
         self._untracked: set[str] = set()  # other tables of the schemas streamed
+        self._dropped: set[str] = set()  # their names seen in this window
         self.refresh_sources: Callable[[], None] | None = None
         self._shipping = ThreadPoolExecutor(1, thread_name_prefix="cdc-tracker-ship")
 
@@ -109,21 +110,26 @@ class Window:
         self._calls_before_commit = 0
         self.completed = self.done
         self._untracked.clear()
+        self._dropped.clear()
 
     def step(self) -> None:
         """Process one window: wait up to ``poll_interval`` for its first row."""
         assert self.slot is not None
         assert self.stream is not None
         self.counters.lag_bytes = max(0, self.slot.flush_lsn() - self.done)
-        if self.refresh_sources is not None:
-            self.refresh_sources()  # a table attached as a partition, say
         stream = self.stream
         if (stream.tables, stream.schemas) != (self.tables, self.schemas):
             # The rulebook changed: everything before is settled and confirmed.
             stream.reopen(self.tables, self.schemas)
+        before = self.done
         quiet = self._read_window()
         if not (self._ship() and self._settle()):
             self._confirm()  # a stop: keep what was acknowledged before it
+            return
+        if self.refresh_sources is not None and self._missed_partitions():
+            # Nothing of this window is confirmed: read it again.
+            self.done = self.completed = before
+            stream.reopen(self.tables, self.schemas)
             return
         # Every row the server sent is handled: so is what it says it sent.
         self.done = max(self.done, self.stream.sent_upto)
@@ -142,6 +148,32 @@ class Window:
         if parent is None:
             self._untracked.add(table)
         return parent
+
+    def _missed_partitions(self) -> bool:
+        """After a window, look at the partitions again: True when the window may
+        have left out rows of a tracked table (a table attached as a partition
+        after its rows were dropped here, or a partition created in a schema the
+        stream did not read), so that it must be read again."""
+        assert self.refresh_sources is not None
+        assert self.stream is not None
+        self.refresh_sources()
+        dropped, self._dropped = self._dropped, set()
+        attached = dropped & self.parents.keys()
+        stream = self.stream
+        outside = {
+            table
+            for table in self.tables
+            if table not in stream.tables
+            and table.partition(".")[0] not in stream.schemas
+        }
+        if not (attached or outside):
+            return False
+        self._untracked -= attached
+        log.info(
+            "partitions appeared where the window was not read: reading it again",
+            tables=sorted(attached | outside),
+        )
+        return True
 
     def _read_window(self) -> bool:
         """Read, map and hand over rows until the window is full or open long
@@ -169,6 +201,7 @@ class Window:
                 if self.parents:
                     table = self.parents.get(event.table) or self._parent(event.table)
                     if table is None:
+                        self._dropped.add(event.table)
                         continue  # another table of a schema streamed whole
                     event.table = table
                 if not skipping:

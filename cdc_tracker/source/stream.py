@@ -101,6 +101,7 @@ class Stream:
         long as it: ``run --dry-run`` beside a running daemon).
         """
         self._temporary = temporary
+        self.sent_upto = Lsn(0)  # a new connection tells anew
         pgconn = self._connect()
         try:
             with translate_errors(self.slot, self.dsn):
