@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 # After a row, the stream is quiet (caught up) when nothing follows within this.
 QUIET_SECONDS = 0.02
+# A delivery failing this long closes the stream until it succeeds (see _outcome).
+RELEASE_SECONDS = 10.0
 # Batches handed to the shipping thread and not settled yet: enough that reading
 # and mapping never wait on one request's round trip, few enough to bound memory.
 PENDING_BATCHES = 3
@@ -121,6 +123,8 @@ class Window:
         if (stream.tables, stream.schemas) != (self.tables, self.schemas):
             # The rulebook changed: everything before is settled and confirmed.
             stream.reopen(self.tables, self.schemas)
+        elif not stream.is_open:
+            stream.reopen(stream.tables, stream.schemas)  # closed during an outage
         before = self.done
         quiet = self._read_window()
         if not (self._ship() and self._settle()):
@@ -209,6 +213,8 @@ class Window:
                     self.mapper.map(event, self.calls, self.dead)
                     if len(self.calls) >= flush_at and not self._ship():
                         return False
+                    if not stream.is_open:
+                        return False  # closed during an outage: read on later
             elif type(event) is Begin:
                 # Handled before a lost connection, or a dry run's: skip it.
                 if self.stop.is_set():
@@ -223,7 +229,7 @@ class Window:
                     self._commit_times.append(tx.commit_time.timestamp())
                 self._calls_before_commit = len(self.calls)
                 batch_full = len(self.calls) >= self.settings.batch_calls
-                if batch_full and not self._ship():
+                if batch_full and not (self._ship() and stream.is_open):
                     return False
                 if rows >= limit or self.stop.is_set() or time.monotonic() > closes:
                     return False
@@ -299,15 +305,30 @@ class Window:
 
     def _outcome(self, future: Future[Outcome]) -> Outcome:
         """Wait for a delivery (an outage lasts as long as it lasts), telling the
-        server we are still here meanwhile."""
+        server we are still here meanwhile.
+
+        A wait past ``RELEASE_SECONDS`` closes the stream: its server process
+        would otherwise hold up a shutdown of PostgreSQL until the outage ends,
+        waiting for us to confirm what it sent. The next window opens it again.
+        """
         stream = self.stream
         every = stream.status_seconds / 2 if stream is not None else None
+        released = time.monotonic() + RELEASE_SECONDS
         while True:
             try:
                 return future.result(timeout=every)
             except concurrent.futures.TimeoutError:
-                if stream is not None and stream.is_open:
+                if stream is None or not stream.is_open:
+                    continue
+                if time.monotonic() < released:
                     stream.keep_alive()
+                else:
+                    log.warning(
+                        "delivery still failing: replication stream closed until "
+                        "it succeeds",
+                        slot=stream.slot,
+                    )
+                    stream.close()
 
     def _count_delivered(self, batch: _Batch, outcome: Outcome) -> None:
         counters = self.counters

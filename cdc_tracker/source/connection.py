@@ -40,6 +40,7 @@ _PERMANENT = (
     "unrecognized configuration parameter",
     "invalid value for parameter",
     "must be superuser or replication role",  # a stream's role without REPLICATION
+    "exceeds max_wal_senders (currently 0)",  # a server that streams to nobody
 )
 _UNREADABLE = (
     'the DSN cannot be read as written (a password holding spaces or "@" must '
@@ -77,6 +78,13 @@ def translate_errors(slot: str, dsn: str = "") -> Iterator[None]:
         raise SlotLost(
             f"replication slot '{slot}' does not exist",
             hint="it was dropped: see 'cdc-tracker replay --since' to backfill",
+        ) from exc
+    except pgerrors.LockNotAvailable as exc:
+        raise SourceUnavailable(
+            f"creating replication slot '{slot}' waited too long for open "
+            "transactions to end",
+            hint="a slot waits for every transaction holding a transaction id: "
+            "look for 'idle in transaction' sessions in pg_stat_activity",
         ) from exc
     except pgerrors.ObjectNotInPrerequisiteState as exc:
         raise _prerequisite(slot, exc) from exc

@@ -124,7 +124,7 @@ class Stream:
             pgconn.finish()
             raise
         self._pgconn = pgconn
-        self._status_at = time.monotonic()
+        self.send_status()  # what we confirmed before, if the server lost it
         log.debug("streaming slot", slot=self.slot, tables=len(self.tables))
 
     def reopen(self, tables: list[str], schemas: list[str]) -> None:

@@ -11,14 +11,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cdc_tracker.daemon import window
 from cdc_tracker.errors import ConfigError, SlotBusy
 from cdc_tracker.source.connection import connect
 from cdc_tracker.source.slot import Slot
 from cdc_tracker.source.stream import Stream
 from cdc_tracker.testing._rudder_checks import Answer
+from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.faults.workload import insert_merchants
 from tests.harness import (
+    EXAMPLES,
     WRITE_KEY,
     create_slot,
     running_daemon,
@@ -136,3 +139,34 @@ def test_a_role_without_replication_is_a_configuration_error(db: str) -> None:
             plain.open()
     finally:
         sql(db, "drop role stream_plain")
+
+
+def test_a_long_outage_does_not_hold_up_a_postgresql_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stream's server process waits for us to confirm what it sent before
+    PostgreSQL can shut down: a delivery failing past RELEASE_SECONDS closes the
+    stream, a fast shutdown goes through, and after the restart and the outage
+    every call arrives."""
+    monkeypatch.setattr(window, "RELEASE_SECONDS", 1.0)
+    with (
+        ThrowawayPostgres() as server,
+        FakeRudderStack(write_keys=[WRITE_KEY]) as receiver,
+    ):
+        dsn = server.create_database("shutdown")
+        sql(dsn, (EXAMPLES / "schema.sql").read_text())
+        settings = settings_for(dsn, receiver, EXAMPLES / "rulebook.yaml")
+        with running_daemon(settings) as running:
+            insert_merchants(dsn, 5)
+            running.caught_up()
+            receiver.fail_for(300)
+            insert_merchants(dsn, 5)
+            receiver.wait_for_requests(3)
+            began = time.monotonic()
+            server.stop("fast")
+            took = time.monotonic() - began
+            server.start()
+            receiver.fail_for(0)
+            running.caught_up(30)
+        assert took < 8, f"the shutdown waited {took:.1f} s for the stream"
+        assert len(set(receiver.message_ids())) == 20

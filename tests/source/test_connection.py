@@ -1,0 +1,38 @@
+"""Error translation at the psycopg boundary, on a real server."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from cdc_tracker.errors import ConfigError, SourceUnavailable
+from cdc_tracker.source.connection import connect, translate_errors
+from cdc_tracker.source.slot import Slot
+from cdc_tracker.source.stream import Stream
+from cdc_tracker.testing.postgres import ThrowawayPostgres
+
+
+def test_a_lock_wait_past_its_timeout_names_open_transactions(db: str) -> None:
+    """Creating a slot waits for every transaction holding an xid, under a lock
+    timeout: running out of it is retried, and the message says what to look for."""
+    with psycopg.connect(db) as holder, connect(db) as conn:
+        holder.execute("insert into merchants (shop_domain) values ('open.example')")
+        conn.execute("SET lock_timeout = '100ms'")
+        with (
+            pytest.raises(SourceUnavailable, match="waited too long") as raised,
+            translate_errors("s1", db),
+            conn.transaction(),
+        ):
+            conn.execute("lock table merchants")
+        holder.rollback()
+    assert "idle in transaction" in str(raised.value)
+
+
+def test_a_server_without_wal_senders_is_a_configuration_error() -> None:
+    """With max_wal_senders = 0 nothing can stream: retrying cannot fix it."""
+    with ThrowawayPostgres(settings={"max_wal_senders": "0"}) as server:
+        dsn = server.create_database("no_senders")
+        with connect(dsn) as conn:
+            Slot(conn, "no_senders").ensure(create=True)
+        with pytest.raises(ConfigError, match="max_wal_senders"):
+            Stream(dsn, "no_senders", [], []).open()
