@@ -258,17 +258,26 @@ identify:
 """
 
 
-def test_a_partitioned_table_is_read_through_its_partitions_new_ones_too(
-    db: str, receiver: FakeRudderStack, tmp_path: Path
-) -> None:
-    """wal2json names the leaves; calls come from the parent's rules, and a
-    partition created while the daemon runs is read from its first row on."""
+def _partitioned_events(db: str) -> None:
     sql(
         db,
         "create table events (id bigint, at date, account text, kind text, "
         "primary key (id, at)) partition by range (at)",
         "create table events_2025 partition of events "
         "for values from ('2025-01-01') to ('2026-01-01')",
+        "create schema archive",
+        "create table other (id int primary key)",
+    )
+
+
+def test_a_partitioned_table_is_read_through_its_partitions_new_ones_too(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """wal2json names the leaves; calls come from the parent's rules, and a
+    partition created while the daemon runs is read from its first row on."""
+    _partitioned_events(db)
+    sql(
+        db,
         "create table events_2026 partition of events "
         "for values from ('2026-01-01') to ('2027-01-01')",
     )
@@ -287,18 +296,6 @@ def test_a_partitioned_table_is_read_through_its_partitions_new_ones_too(
         daemon.caught_up()
     traits = [(c.user_id, c.payload["traits"]["kind"]) for c in receiver.calls]
     assert traits == [("a", "old"), ("b", "new"), ("c", "future"), ("a", "changed")]
-
-
-def _partitioned_events(db: str) -> None:
-    sql(
-        db,
-        "create table events (id bigint, at date, account text, kind text, "
-        "primary key (id, at)) partition by range (at)",
-        "create table events_2025 partition of events "
-        "for values from ('2025-01-01') to ('2026-01-01')",
-        "create schema archive",
-        "create table other (id int primary key)",
-    )
 
 
 def test_a_partition_created_in_another_schema_is_read_from_its_first_row(

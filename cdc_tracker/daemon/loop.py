@@ -77,8 +77,9 @@ class Daemon:
 
     @property
     def done(self) -> Lsn:
-        """Every transaction at or below this position is fully handled."""
-        return self.window.done
+        """Every transaction at or below this position is fully handled (as of
+        the end of the last window)."""
+        return self.window.settled
 
     @property
     def slot(self) -> Slot | None:
@@ -104,6 +105,8 @@ class Daemon:
                 except SlotLost as exc:
                     raise self._lost(exc) from exc
                 except (SourceUnavailable, SlotBusy) as exc:
+                    if self.stop.is_set():
+                        continue  # e.g. a connection the stop cancelled
                     delay = self.reconnect.next_delay()
                     log.warning(
                         "source unavailable", error=str(exc), retry_in_s=round(delay, 1)
@@ -113,7 +116,7 @@ class Daemon:
                     self._close()
         finally:
             self.window.close()
-        log.info("daemon stopped", lsn=str(self.window.done))
+        log.info("daemon stopped", lsn=str(self.window.settled))
 
     def _lost(self, exc: SlotLost) -> SlotLost:
         if self.window.checkpoint is None or "shipped up to" in str(exc):
@@ -201,7 +204,7 @@ class Daemon:
             # Advancing is durable only at a server checkpoint: after a crash the
             # slot may be behind what was already acknowledged.
             done = max(done, self.window.checkpoint.commit_lsn)
-        self.window.done = done
+        self.window.done = self.window.settled = done
 
     def _check_tables(self) -> None:
         """Say loudly when a tracked table is gone: its changes no longer arrive."""

@@ -77,6 +77,9 @@ class Window:
         self.checkpoints: CheckpointStore | None = None
         self.checkpoint: Checkpoint | None = None
         self.done = Lsn(0)  # every transaction at or below is fully handled
+        # ``done`` as of the end of the last window: a window read again (see
+        # _missed_partitions) takes ``done`` back, this never goes back.
+        self.settled = Lsn(0)
         self.completed = Lsn(0)  # the last transaction read to its C row
         self.completed_at = datetime.min.replace(tzinfo=UTC)
         self.calls: list[Call] = []
@@ -376,6 +379,7 @@ class Window:
     def _confirm(self) -> None:
         """Move the slot to ``done``; record the checkpoint once calls went out."""
         assert self.stream is not None
+        self.settled = max(self.settled, self.done)
         if not self.advance_slot:
             return
         if self.done > self.stream.confirmed:

@@ -8,6 +8,8 @@ from typing import Literal
 
 import orjson
 
+from cdc_tracker.errors import CdcTrackerError
+
 Verdict = Literal["pass", "warn", "fail"]
 
 EXIT_PASS, EXIT_WARN, EXIT_FAIL = 0, 1, 2
@@ -38,6 +40,14 @@ def warned(name: str, detail: str, fix: str) -> Finding:
 
 def failed(name: str, detail: str, fix: str) -> Finding:
     return Finding("fail", name, detail, fix)
+
+
+def failed_on(
+    name: str, exc: CdcTrackerError, fix: str, *, prefix: str = ""
+) -> Finding:
+    """A failure telling ``exc``'s message; its hint is the fix, else ``fix``."""
+    message, _, hint = str(exc).partition("\nhint: ")
+    return failed(name, prefix + message, hint or fix)
 
 
 def exit_code(findings: Sequence[Finding]) -> int:

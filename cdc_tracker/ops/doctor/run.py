@@ -9,7 +9,7 @@ import structlog
 from cdc_tracker.errors import CdcTrackerError
 from cdc_tracker.ops.doctor import access, destination, rulebook, server, slot
 from cdc_tracker.ops.doctor.context import Context, NotChecked
-from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
+from cdc_tracker.ops.doctor.result import Finding, failed, failed_on, passed, warned
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect, translate_errors
 
@@ -64,8 +64,7 @@ def _connect(ctx: Context) -> Finding:
     try:
         conn = connect(ctx.settings.require_dsn())
     except CdcTrackerError as exc:
-        message, _, hint = str(exc).partition("\nhint: ")
-        return failed(name, message, hint or "check CDC_TRACKER_DSN: host, port, user")
+        return failed_on(name, exc, "check CDC_TRACKER_DSN: host, port, user")
     with translate_errors(ctx.settings.slot):
         conn.execute("SET application_name = 'cdc-tracker doctor'")
         row = conn.execute("SELECT current_user, current_database()").fetchone()

@@ -15,7 +15,7 @@ from psycopg import errors as pgerrors
 
 from cdc_tracker.errors import CdcTrackerError
 from cdc_tracker.ops.doctor.context import Context
-from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
+from cdc_tracker.ops.doctor.result import Finding, failed, failed_on, passed, warned
 from cdc_tracker.source.stream import probe
 from cdc_tracker.source.wal2json import PLUGIN_OPTIONS
 
@@ -151,13 +151,12 @@ def replication_connection(ctx: Context) -> Finding:
     try:
         system = probe(ctx.settings.require_dsn())
     except CdcTrackerError as exc:
-        message, _, hint = str(exc).partition("\nhint: ")
-        return failed(
+        return failed_on(
             name,
-            f"refused: {message}",
-            hint
-            or "the role needs REPLICATION, and pg_hba.conf must let it in "
+            exc,
+            "the role needs REPLICATION, and pg_hba.conf must let it in "
             "(logical replication connections match database entries)",
+            prefix="refused: ",
         )
     return passed(name, f"opens (system {system})")
 
