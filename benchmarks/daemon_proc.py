@@ -74,6 +74,8 @@ def environment(
         "RUDDERSTACK_WRITE_KEY": WRITE_KEY,
         "CDC_TRACKER_LOG_FORMAT": "json",
         "CDC_TRACKER_LOG_LEVEL": "info",
+        # Metrics are not measured; a daemon running beside may hold the port.
+        "CDC_TRACKER_METRICS_ADDRESS": "off",
         **{f"CDC_TRACKER_{name.upper()}": value for name, value in settings.items()},
     }
 
