@@ -18,10 +18,10 @@ from datetime import datetime
 import psycopg
 
 from cdc_tracker.model import Lsn
+from cdc_tracker.source.catalog import ensure_state_schema, has_column
 from cdc_tracker.source.slot import translate_errors
 
 SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS cdc_tracker;
 CREATE TABLE IF NOT EXISTS cdc_tracker.checkpoints (
     slot         text PRIMARY KEY,
     commit_lsn   pg_lsn NOT NULL,
@@ -40,12 +40,6 @@ ALTER TABLE cdc_tracker.checkpoints
     ADD COLUMN IF NOT EXISTS previous_minute_calls bigint NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS caught_up_at timestamptz;
 """
-
-_UPGRADED_SQL = (
-    "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
-    "WHERE table_schema = 'cdc_tracker' AND table_name = 'checkpoints' "
-    "AND column_name = 'caught_up_at')"
-)
 
 # Calls are counted per clock minute (UTC): the minute being filled and the one
 # before it, so that status can show the last whole minute.
@@ -104,9 +98,9 @@ class CheckpointStore:
     def ensure_schema(self) -> None:
         """Create the table, or bring one made by an older version up to date."""
         with translate_errors(self.slot):
+            ensure_state_schema(self.conn)
             self.conn.execute(SCHEMA_SQL)
-            row = self.conn.execute(_UPGRADED_SQL).fetchone()
-            if not (row and row[0]):
+            if not has_column(self.conn, "cdc_tracker.checkpoints", "caught_up_at"):
                 self.conn.execute(_UPGRADE_SQL)
 
     def load(self) -> Checkpoint | None:

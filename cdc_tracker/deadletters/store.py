@@ -23,12 +23,12 @@ import psycopg
 from cdc_tracker.destination.encode import widen_big_ints
 from cdc_tracker.errors import CdcTrackerError, SourceError
 from cdc_tracker.model import DeadLetter, Lsn
+from cdc_tracker.source.catalog import ensure_state_schema, has_column
 from cdc_tracker.source.slot import translate_errors
 
 TABLE = "cdc_tracker.dead_letters"
 
 SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS cdc_tracker;
 CREATE TABLE IF NOT EXISTS cdc_tracker.dead_letters (
     id          bigserial PRIMARY KEY,
     created_at  timestamptz NOT NULL DEFAULT now(),
@@ -131,8 +131,10 @@ class DeadLetterStore:
 
     def ensure_schema(self) -> None:
         with translate_errors(self.slot):
+            ensure_state_schema(self.conn)
             self.conn.execute(SCHEMA_SQL)
-            self.conn.execute(_UPGRADE_SQL)
+            if not has_column(self.conn, "cdc_tracker.dead_letters", "last_attempt_at"):
+                self.conn.execute(_UPGRADE_SQL)
 
     def save(self, letters: list[DeadLetter]) -> None:
         """Store ``letters`` durably (one transaction); raises ``SourceError``."""

@@ -24,12 +24,12 @@ from psycopg_pool import ConnectionPool
 
 from cdc_tracker.replay.reader import Position
 from cdc_tracker.replay.window import Window
+from cdc_tracker.source.catalog import ensure_state_schema
 from cdc_tracker.source.slot import translate_errors
 
 TABLE = "cdc_tracker.replay_state"
 
 SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS cdc_tracker;
 CREATE TABLE IF NOT EXISTS cdc_tracker.replay_state (
     job          text PRIMARY KEY,
     selection    jsonb NOT NULL,
@@ -114,6 +114,7 @@ class StateStore:
         """Begin ``job`` afresh over ``window``, forgetting any earlier progress."""
         params = (job, json.dumps(selection), window.since, window.until)
         with translate_errors("-"), self.pool.connection() as conn:
+            ensure_state_schema(conn)
             conn.execute(SCHEMA_SQL)
             conn.execute(_START_SQL, params)
         return JobState(job, window)

@@ -90,3 +90,28 @@ def source_tables(tables: list[str], catalog: dict[str, TableInfo]) -> dict[str,
             names[leaf] = table
         names.setdefault(table, table)
     return names
+
+
+def has_column(
+    conn: psycopg.Connection[tuple[object, ...]], table: str, column: str
+) -> bool:
+    """Whether ``table`` (``schema.name``) has ``column``: an upgrade that adds it
+    runs only when it is missing, since ALTER TABLE needs the table's owner."""
+    schema, _, name = table.partition(".")
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s AND column_name = %s)",
+        (schema, name, column),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def ensure_state_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Create the ``cdc_tracker`` schema of our own state, unless it is there:
+    even ``IF NOT EXISTS`` needs CREATE on the database, which a role given only
+    the schema (as the doctor advises) does not have."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'cdc_tracker')"
+    ).fetchone()
+    if not (row and row[0]):
+        conn.execute("CREATE SCHEMA IF NOT EXISTS cdc_tracker")

@@ -11,6 +11,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from cdc_tracker.daemon.checkpoint import CheckpointStore
+from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect
 from cdc_tracker.testing.postgres import PostgresServer
@@ -84,6 +85,7 @@ def test_state_tables_the_role_cannot_write_fail_until_granted(
 ) -> None:
     with connect(db) as conn:
         CheckpointStore(conn, settings.slot).ensure_schema()
+        DeadLetterStore(conn, settings.slot).ensure_schema()
 
     before = findings(as_role(settings, role))["state schema"]
     sql(
@@ -97,6 +99,11 @@ def test_state_tables_the_role_cannot_write_fail_until_granted(
     assert before.status == "fail"
     assert "GRANT USAGE, CREATE ON SCHEMA cdc_tracker" in before.fix
     assert after.status == "pass"
+    # What the daemon does at start-up works once the doctor passes: the tables,
+    # made by another role, are not altered when already up to date.
+    with connect(as_role(settings, role).require_dsn()) as conn:
+        CheckpointStore(conn, settings.slot).ensure_schema()
+        DeadLetterStore(conn, settings.slot).ensure_schema()
 
 
 def test_the_daemons_slot_passes_once_created(settings: Settings) -> None:
