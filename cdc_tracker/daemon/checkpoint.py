@@ -79,6 +79,13 @@ class Checkpoint:
     def describe(self) -> str:
         return f"commit {self.commit_lsn} at {self.commit_time.isoformat()}"
 
+    def recovery_hint(self) -> str:
+        """What to run when the slot that was read up to here is gone."""
+        return (
+            "recreate the slot with 'cdc-tracker run --recreate-slot', then backfill "
+            f"with 'cdc-tracker replay --since {self.commit_time.isoformat()}'"
+        )
+
 
 class CheckpointStore:
     """Reads and writes the checkpoint of one slot."""

@@ -14,7 +14,7 @@ import time
 import psycopg
 import structlog
 
-from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
+from cdc_tracker.daemon.checkpoint import CheckpointStore
 from cdc_tracker.daemon.counters import Counters
 from cdc_tracker.daemon.reload import RulebookWatcher
 from cdc_tracker.daemon.shipping import Shipper
@@ -124,7 +124,7 @@ class Daemon:
         message = str(exc).split("\nhint:")[0]
         return SlotLost(
             f"{message}; cdc-tracker shipped up to {self.window.checkpoint.describe()}",
-            hint=_recovery_hint(self.window.checkpoint),
+            hint=self.window.checkpoint.recovery_hint(),
         )
 
     def _loop(self) -> None:
@@ -302,7 +302,7 @@ class Daemon:
                 f"replication slot '{slot.name}' does not exist, but cdc-tracker "
                 f"shipped up to {self.window.checkpoint.describe()}: changes committed "
                 "since then were not read",
-                hint=_recovery_hint(self.window.checkpoint),
+                hint=self.window.checkpoint.recovery_hint(),
             )
         state = slot.ensure(create=True)
         log.warning(
@@ -358,11 +358,3 @@ class Daemon:
             conn.close()
         self._connections.clear()
         self.window.slot = self.window.store = self.window.stream = None
-
-
-def _recovery_hint(checkpoint: Checkpoint) -> str:
-    since = checkpoint.commit_time.isoformat()
-    return (
-        "recreate the slot with 'cdc-tracker run --recreate-slot', then backfill "
-        f"with 'cdc-tracker replay --since {since}'"
-    )

@@ -127,7 +127,9 @@ def _prerequisite(slot: str, exc: psycopg.Error) -> SourceError | ConfigError:
 
 
 def _connection_failure(exc: psycopg.Error, dsn: str) -> SourceError | ConfigError:
-    message = redact(_first_line(exc), dsn)
+    # libpq's own words start "connection failed: "; ours say it already.
+    message = redact(_first_line(exc), dsn).removeprefix("connection failed: ")
+    hint = _connection_hint(message)
     # A ProgrammingError (SQLSTATE class 42, or a DSN libpq cannot parse) fails
     # the same way however often it is retried.
     if isinstance(exc, psycopg.ProgrammingError) or (
@@ -135,12 +137,23 @@ def _connection_failure(exc: psycopg.Error, dsn: str) -> SourceError | ConfigErr
     ):
         return ConfigError(
             f"cannot connect to the database: {message}",
-            hint="give the role REPLICATION (ALTER ROLE ... REPLICATION), which "
-            "streaming a slot needs"
-            if "replication role" in message
-            else "check CDC_TRACKER_DSN (host, port, database, user, password)",
+            hint=hint or "check CDC_TRACKER_DSN (host, port, database, user, password)",
         )
-    return SourceUnavailable(f"database connection failed: {message}")
+    return SourceUnavailable(f"database connection failed: {message}", hint=hint)
+
+
+def _connection_hint(message: str) -> str | None:
+    if "replication role" in message:
+        return (
+            "give the role REPLICATION (ALTER ROLE ... REPLICATION), which "
+            "streaming a slot needs"
+        )
+    if "max_wal_senders" in message:
+        return (
+            "every WAL sender is taken: raise max_wal_senders (then restart "
+            "PostgreSQL), or stop a replication client nobody needs"
+        )
+    return None
 
 
 def redact(message: str, dsn: str = "") -> str:

@@ -17,7 +17,7 @@ from cdc_tracker.source.slot import connect
 from cdc_tracker.testing.postgres import PostgresServer
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.doctor.helpers import doctor_settings, findings
-from tests.harness import create_slot, sql
+from tests.harness import create_slot, running_daemon, sql
 
 _roles = itertools.count(1)
 
@@ -144,3 +144,21 @@ def test_a_slot_of_another_database_fails(
 
     assert slot.status == "fail"
     assert "belongs to database postgres" in slot.detail
+
+
+def test_a_slot_lost_after_shipping_fails_with_the_recovery_to_run(
+    settings: Settings, db: str
+) -> None:
+    """The slot is gone but calls were shipped from it: not 'nothing to do', but
+    what the daemon itself would say (recreate, then replay since the checkpoint)."""
+    with running_daemon(settings) as daemon:
+        sql(db, "insert into merchants (shop_domain) values ('a.example')")
+        daemon.caught_up()
+    sql(db, f"select pg_drop_replication_slot('{settings.slot}')")
+
+    slot = findings(settings)["slot"]
+
+    assert slot.status == "fail"
+    assert "shipped up to commit" in slot.detail
+    assert "--recreate-slot" in slot.fix
+    assert "replay --since 20" in slot.fix

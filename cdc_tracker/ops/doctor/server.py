@@ -129,7 +129,9 @@ def sender_headroom(ctx: Context) -> Finding:
     """A WAL sender for cdc-tracker's stream, when it is not streaming already."""
     limit, used, ours = ctx.row(
         "SELECT current_setting('max_wal_senders')::int, "
-        "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'), "
+        # pg_stat_replication lists every sender to any role; pg_stat_activity
+        # hides other roles' backend types from one without pg_read_all_stats.
+        "(SELECT count(*) FROM pg_stat_replication), "
         "EXISTS (SELECT 1 FROM pg_replication_slots "
         "WHERE slot_name = %s AND active)",
         (ctx.settings.slot,),
@@ -148,6 +150,7 @@ def sender_headroom(ctx: Context) -> Finding:
 def replication_connection(ctx: Context) -> Finding:
     """A replication connection opens, as the daemon's stream opens one."""
     name = "replication connection"
+    ctx.db()  # no database connection: nothing to learn here either
     try:
         system = probe(ctx.settings.require_dsn())
     except CdcTrackerError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.ops.doctor.context import Context
 from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
 
@@ -17,6 +18,14 @@ def replication_slot(ctx: Context) -> Finding:
     found = ctx.rows(_SLOT_SQL, (slot,))
     name = "slot"
     if not found:
+        shipped = _checkpoint(ctx)
+        if shipped is not None:
+            return failed(
+                name,
+                f"replication slot '{slot}' does not exist, but cdc-tracker shipped "
+                f"up to {shipped.describe()}: changes committed since were not read",
+                shipped.recovery_hint(),
+            )
         return warned(
             name,
             f"replication slot '{slot}' does not exist yet",
@@ -47,3 +56,11 @@ def replication_slot(ctx: Context) -> Finding:
             "start cdc-tracker now, or raise max_slot_wal_keep_size",
         )
     return passed(name, f"'{slot}' uses wal2json (wal_status {wal_status})")
+
+
+def _checkpoint(ctx: Context) -> Checkpoint | None:
+    """The slot's checkpoint, if cdc-tracker ever shipped from it."""
+    (table,) = ctx.row("SELECT to_regclass('cdc_tracker.checkpoints') IS NOT NULL")
+    if not table:
+        return None
+    return CheckpointStore(ctx.db(), ctx.settings.slot).load()
