@@ -16,7 +16,7 @@ from typing import Any
 
 from cdc_tracker import __version__, logs
 from cdc_tracker.commands.common import settings_from, stop_on_signals
-from cdc_tracker.errors import CdcTrackerError, ConfigError
+from cdc_tracker.errors import CdcTrackerError, ConfigError, RulebookError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(exc: CdcTrackerError) -> None:
-    sys.stderr.write(f"cdc-tracker: {exc}\n")
+    # A rulebook's problems are "file:line: problem" lines, as editors read them.
+    prefix = "" if isinstance(exc, RulebookError) else "cdc-tracker: "
+    sys.stderr.write(f"{prefix}{exc}\n")
 
 
 def _parser() -> argparse.ArgumentParser:

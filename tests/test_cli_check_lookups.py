@@ -35,7 +35,7 @@ def test_check_with_dsn_names_the_missing_lookup_table_and_column(
     done = cdc_tracker("check", path, "--dsn", db)
     assert done.returncode == 2
     assert done.stdout == ""
-    assert done.stderr.removeprefix("cdc-tracker: ").splitlines() == [
+    assert done.stderr.splitlines() == [
         f"{path}:9: lookup 'owner': table 'public.owners' does not exist",
         f"{path}:17: properties.plan: column 'plan' of lookup 'merchant' is not in "
         "public.merchants; did you mean 'plan_name'?",
@@ -64,7 +64,7 @@ def test_check_without_dsn_refuses_an_undeclared_lookup(tmp_path: Path) -> None:
     path.write_text(RULEBOOK.replace("merchant.plan\n", "merchnt.plan\n"))
     done = cdc_tracker("check", path)
     assert done.returncode == 2
-    assert done.stderr.removeprefix("cdc-tracker: ").splitlines() == [
+    assert done.stderr.splitlines() == [
         f"{path}:17: properties.plan: 'merchnt.plan' names no lookup; "
         "did you mean 'merchant'?"
     ]

@@ -157,6 +157,7 @@ class Daemon:
         log.info(
             "reading slot",
             slot=slot.name,
+            temporary=temporary,
             lsn=str(state.confirmed),
             tables=len(self.window.tables),
             rules=len(self.rulebook.rules),

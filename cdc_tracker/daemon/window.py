@@ -126,8 +126,9 @@ class Window:
         if (stream.tables, stream.schemas) != (self.tables, self.schemas):
             # The rulebook changed: everything before is settled and confirmed.
             stream.reopen(self.tables, self.schemas)
-        elif not stream.is_open:
-            stream.reopen(stream.tables, stream.schemas)  # closed during an outage
+        elif not stream.is_open:  # closed during an outage
+            stream.reopen(stream.tables, stream.schemas)
+            log.info("replication stream reopened", slot=stream.slot)
         before = self.done
         quiet = self._read_window()
         if not (self._ship() and self._settle()):

@@ -105,7 +105,9 @@ class Redrive:
             if self.stop.is_set():
                 break
         log.info(
-            "dead letters retried",
+            "dead letters tried (dry run: nothing sent)"
+            if dry_run
+            else "dead letters retried",
             slot=store.slot,
             retried=report.retried,
             delivered=report.delivered,
