@@ -19,6 +19,7 @@ import psycopg
 from cdc_tracker.deadletters.store import DeadLetterStore, Selection
 from cdc_tracker.model import Lsn
 from cdc_tracker.source.slot import LOCK_CLASS, slot_lock_id, translate_errors
+from cdc_tracker.wording import counted
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -317,8 +318,8 @@ def _shipping_rows(status: Status) -> list[tuple[str, str]]:
     totals = ""
     if shipping.calls_total is not None:
         totals = (
-            f"; {shipping.calls_total} calls in {shipping.batches_total} batches "
-            "in total"
+            f"; {counted(shipping.calls_total, 'call')} in "
+            f"{counted(shipping.batches_total or 0, 'batch', 'batches')} in total"
         )
     per_minute = shipping.calls_last_minute
     return [

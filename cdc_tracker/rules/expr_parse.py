@@ -61,7 +61,11 @@ class ExpressionError(ConfigError):
     """
 
     def __init__(self, message: str, offset: int, *, hint: str | None = None) -> None:
-        super().__init__(f"{message} at column {offset + 1}", hint=hint)
+        # The column goes with the problem, before any "; did you mean ...".
+        problem, separator, more = message.partition("; ")
+        super().__init__(
+            f"{problem} at column {offset + 1}{separator}{more}", hint=hint
+        )
         self.message = message
         self.offset = offset
 

@@ -25,7 +25,7 @@ def test_text_has_one_line_per_check_and_a_fix_under_warnings_and_failures() -> 
     assert lines[2].strip() == "fix: nothing to do"
     assert lines[3].startswith("fail  write key ")
     assert lines[4].strip() == "fix: check RUDDERSTACK_WRITE_KEY"
-    assert lines[-1] == "1 passed, 1 warnings, 1 failed"
+    assert lines[-1] == "1 passed, 1 warning, 1 failed"
 
 
 def test_multi_line_details_are_indented_under_the_first() -> None:

@@ -394,9 +394,8 @@ def test_syntax_error_names_token_and_offset(
         parse_expression(text)
     assert caught.value.message.startswith(message)
     assert caught.value.offset == offset
-    assert str(caught.value).startswith(
-        f"{caught.value.message} at column {offset + 1}"
-    )
+    problem, separator, more = caught.value.message.partition("; ")
+    assert str(caught.value) == f"{problem} at column {offset + 1}{separator}{more}"
 
 
 def test_unknown_function_lists_every_known_one() -> None:

@@ -85,8 +85,8 @@ def test_unknown_column_suggests_the_closest_name(db: str, tmp_path: Path) -> No
         + "identify:\n  - table: merchants\n    traits:\n      name: ownr_name\n",
     )
     assert found == [
-        "12: traits.name: unknown column 'ownr_name'; did you mean 'owner_name'? "
-        "at column 1 (table public.merchants)"
+        "12: traits.name: unknown column 'ownr_name' at column 1; did you mean "
+        "'owner_name'? (table public.merchants)"
     ]
 
 
@@ -101,7 +101,7 @@ def test_unknown_column_in_when_points_at_the_when_line(
     )
     assert len(found) == 1
     assert found[0].startswith(
-        "13: when: unknown column 'stauts'; did you mean 'status'?"
+        "13: when: unknown column 'stauts' at column 1; did you mean 'status'?"
     )
 
 
@@ -281,8 +281,8 @@ def test_missing_cursor_column_and_user_id_column_are_named(
     )
     assert found == [
         "3: cursor column 'modified_at' is not in public.merchants",
-        "6: user_id: unknown column 'merchant'; did you mean 'merchant_id'? "
-        "at column 1 (table public.payouts)",
+        "6: user_id: unknown column 'merchant' at column 1; did you mean "
+        "'merchant_id'? (table public.payouts)",
     ]
 
 

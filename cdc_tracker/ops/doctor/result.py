@@ -9,6 +9,7 @@ from typing import Literal
 import orjson
 
 from cdc_tracker.errors import CdcTrackerError
+from cdc_tracker.wording import counted
 
 Verdict = Literal["pass", "warn", "fail"]
 
@@ -72,7 +73,8 @@ def render_text(findings: Sequence[Finding]) -> str:
     for finding in findings:
         counts[finding.status] += 1
     lines.append(
-        f"\n{counts['pass']} passed, {counts['warn']} warnings, {counts['fail']} failed"
+        f"\n{counts['pass']} passed, {counted(counts['warn'], 'warning')}, "
+        f"{counts['fail']} failed"
     )
     return "\n".join(lines)
 
