@@ -137,7 +137,9 @@ def _connection_failure(exc: psycopg.Error, dsn: str) -> SourceError | ConfigErr
     ):
         return ConfigError(
             f"cannot connect to the database: {message}",
-            hint=hint or "check CDC_TRACKER_DSN (host, port, database, user, password)",
+            hint=hint
+            or "check the DSN (--dsn or CDC_TRACKER_DSN): host, port, database, "
+            "user, password",
         )
     return SourceUnavailable(f"database connection failed: {message}", hint=hint)
 
@@ -234,7 +236,7 @@ def refuse_unreadable(dsn: str) -> None:
     if _breaks_syntax(dsn):
         raise ConfigError(
             f"cannot connect to the database: {_UNREADABLE}",
-            hint="check CDC_TRACKER_DSN",
+            hint="check the DSN (--dsn or CDC_TRACKER_DSN)",
         )
 
 

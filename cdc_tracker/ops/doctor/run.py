@@ -64,7 +64,9 @@ def _connect(ctx: Context) -> Finding:
     try:
         conn = connect(ctx.settings.require_dsn())
     except CdcTrackerError as exc:
-        return failed_on(name, exc, "check CDC_TRACKER_DSN: host, port, user")
+        return failed_on(
+            name, exc, "check the DSN (--dsn or CDC_TRACKER_DSN): host, port, user"
+        )
     with translate_errors(ctx.settings.slot):
         conn.execute("SET application_name = 'cdc-tracker doctor'")
         row = conn.execute("SELECT current_user, current_database()").fetchone()
