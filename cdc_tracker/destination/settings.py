@@ -74,19 +74,20 @@ class DestinationSettings:
     def _check_limits(self) -> None:
         calls, request_bytes, call_bytes = _SERVICE_LIMITS[self.kind]
         for name, value, ceiling in (
-            ("max_calls", self.max_calls, calls),
-            ("max_bytes", self.max_bytes, request_bytes),
-            ("max_call_bytes", self.max_call_bytes, call_bytes),
+            ("batch_calls (CDC_TRACKER_BATCH_CALLS)", self.max_calls, calls),
+            ("batch_bytes (CDC_TRACKER_BATCH_BYTES)", self.max_bytes, request_bytes),
+            ("a call's size", self.max_call_bytes, call_bytes),
         ):
             if not 1 <= value <= ceiling:
                 raise ConfigError(
-                    f"destination {name} {value} is outside 1-{ceiling} for {self.kind}"
+                    f"{name} {value} is outside 1-{ceiling}, what {self.kind} accepts"
                 )
         smallest = self.max_call_bytes + ENVELOPE_BYTES
         if self.max_bytes < smallest:
             raise ConfigError(
-                f"destination max_bytes {self.max_bytes} cannot hold one call of "
-                f"max_call_bytes {self.max_call_bytes} (needs {smallest})"
+                f"batch_bytes (CDC_TRACKER_BATCH_BYTES) {self.max_bytes} cannot hold "
+                f"one call of the largest size, {self.max_call_bytes} (needs "
+                f"{smallest})"
             )
         if self.max_call_bytes <= SENT_AT_BYTES:
             raise ConfigError(

@@ -50,11 +50,11 @@ def test_endpoint_is_the_batch_route_of_the_data_plane(url: str) -> None:
         ({"kind": "mixpanel"}, "kind"),
         ({"gzip_level": 10}, "gzip_level"),
         ({"timeout": 0}, "timeout"),
-        ({"max_calls": 0}, "max_calls"),
-        ({"kind": "segment", "max_calls": 3000}, "max_calls"),
-        ({"kind": "segment", "max_bytes": 600_000}, "max_bytes"),
-        ({"kind": "segment", "max_call_bytes": 40_000}, "max_call_bytes"),
-        ({"max_bytes": 10_000, "max_call_bytes": 10_000}, "max_bytes"),
+        ({"max_calls": 0}, "batch_calls"),
+        ({"kind": "segment", "max_calls": 3000}, "CDC_TRACKER_BATCH_CALLS"),
+        ({"kind": "segment", "max_bytes": 600_000}, "batch_bytes"),
+        ({"kind": "segment", "max_call_bytes": 40_000}, "a call's size"),
+        ({"max_bytes": 10_000, "max_call_bytes": 10_000}, "CDC_TRACKER_BATCH_BYTES"),
     ],
 )
 def test_unusable_settings_are_refused_naming_the_field(
