@@ -20,7 +20,7 @@ from cdc_tracker.errors import (
     RetryableDelivery,
 )
 from cdc_tracker.ops.doctor.context import Context, NotChecked
-from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
+from cdc_tracker.ops.doctor.result import Finding, failed, failed_on, passed, warned
 
 _URL_FIX = "check RUDDERSTACK_DATA_PLANE_URL (the data plane, not the dashboard)"
 _EMPTY_BATCH_REFUSED = 400
@@ -31,8 +31,7 @@ def destination(ctx: Context) -> Finding:
     try:
         settings = ctx.settings.destination_settings()
     except ConfigError as exc:
-        message, _, hint = str(exc).partition("\nhint: ")
-        return failed("destination", message, hint or "see README: Running it")
+        return failed_on("destination", exc, "see README: Running it")
     return passed("destination", f"{settings.kind} at {httpx.URL(settings.url).host}")
 
 
@@ -90,5 +89,5 @@ def _settings(ctx: Context) -> DestinationSettings:
         return ctx.settings.destination_settings()
     except ConfigError:
         raise NotChecked(
-            "the destination settings are incomplete", "destination"
+            "the destination settings are incomplete or invalid", "destination"
         ) from None
