@@ -1,12 +1,14 @@
 """``python -m cdc_tracker.testing.rudderstack``: the fake as a local receiver.
 
-Serves on 127.0.0.1 until Ctrl-C and writes one JSON line per accepted call to
-stdout: ``[type, userId or anonymousId, event, messageId]``. Exit code 0.
+Serves on 127.0.0.1 until Ctrl-C or SIGTERM and writes one JSON line per accepted
+call to stdout: ``[type, userId or anonymousId, event, messageId]``. Exit code 0,
+or 2 when the port is taken.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -48,8 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         on_accept=_print_call,
         record=False,
     )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops as Ctrl-C
+    try:
+        fake.start()
+    except OSError as exc:
+        sys.stderr.write(
+            f"fake rudderstack: cannot listen on port {args.port}: {exc}\n"
+        )
+        return 2
     with fake:
-        sys.stderr.write(f"fake rudderstack on {fake.url}/v1/batch (Ctrl-C stops)\n")
+        sys.stderr.write(
+            f"fake rudderstack on {fake.url}/v1/batch (Ctrl-C or SIGTERM stops)\n"
+        )
         try:
             while True:
                 time.sleep(3600)
