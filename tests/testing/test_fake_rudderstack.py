@@ -781,6 +781,20 @@ def test_cli_prints_one_line_per_accepted_call() -> None:
     assert code == 0
 
 
+def test_cli_on_a_taken_port_says_so_and_exits_2(fake: FakeRudderStack) -> None:
+    port = fake.url.rsplit(":", 1)[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "cdc_tracker.testing.rudderstack", "--port", port],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"fake rudderstack: cannot listen on port {port}")
+    assert "Traceback" not in done.stderr
+
+
 def test_keep_alive_batches_flow_far_faster_than_the_shipper_needs(
     fake: FakeRudderStack, client: httpx.Client
 ) -> None:
