@@ -316,7 +316,11 @@ class Window:
         waiting for us to confirm what it sent. The next window opens it again.
         """
         stream = self.stream
-        every = stream.status_seconds / 2 if stream is not None else None
+        every = (
+            min(stream.status_seconds / 2, RELEASE_SECONDS)
+            if stream is not None
+            else None
+        )
         released = time.monotonic() + RELEASE_SECONDS
         while True:
             try:
@@ -385,6 +389,9 @@ class Window:
             return
         if self.done > self.stream.confirmed:
             self.stream.confirm(self.done)
+            if not self.stream.is_open and self.slot is not None:
+                # Closed during an outage: the slot is free to move through SQL.
+                self.slot.advance(self.done)
             log.debug("slot confirmed", lsn=str(self.done))
         shipped = self.shipped
         if shipped is not None and self.checkpoints is not None:

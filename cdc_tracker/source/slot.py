@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import psycopg
 import structlog
 
-from cdc_tracker.errors import ConfigError, SlotLost
+from cdc_tracker.errors import ConfigError, SlotBusy, SlotLost
 from cdc_tracker.model import Lsn
 from cdc_tracker.source.connection import (
     connect,
@@ -121,6 +121,22 @@ class Slot:
             ).fetchone()
         assert row is not None
         return Lsn.parse(str(row[0]))
+
+    def advance(self, lsn: Lsn) -> None:
+        """Move the slot to ``lsn`` through SQL, while no stream holds it; a
+        position at or behind the slot's, or a slot in use, is left alone (the
+        stream confirms it when it is open again)."""
+        try:
+            with translate_errors(self.name):
+                self.conn.execute(
+                    "SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) "
+                    "FROM pg_replication_slots "
+                    "WHERE slot_name = %s AND confirmed_flush_lsn < %s::pg_lsn "
+                    "AND active_pid IS NULL",
+                    (str(lsn), self.name, str(lsn)),
+                )
+        except SlotBusy:
+            pass  # its stream has not quite let go yet
 
     def try_lock(self) -> bool:
         """Take the session advisory lock that makes this process the one reader."""
