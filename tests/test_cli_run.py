@@ -279,3 +279,22 @@ def test_a_dry_run_waiting_for_its_slot_stops_on_sigterm(
             "where database = current_database()"
         ).fetchall()
     assert slots == [(settings.slot,)]
+
+
+def test_a_first_start_waiting_to_create_its_slot_stops_on_sigterm(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
+) -> None:
+    """Creating the slot waits for every transaction holding an xid (up to 30 s):
+    SIGTERM cancels the wait, and the daemon exits at once, leaving no slot."""
+    with psycopg.connect(db) as holder:
+        holder.execute(INSERT)  # open, holding an xid
+        process = Process(["run"], _env(db, receiver, example_rulebook))
+        processes.append(process)
+        time.sleep(2)
+        assert process.proc.poll() is None  # waiting to create the slot
+        began = time.monotonic()
+        process.proc.send_signal(signal.SIGTERM)
+        assert process.proc.wait(timeout=10) == 0
+        assert time.monotonic() - began < 5
+        holder.rollback()
+    assert not slot_exists(db)

@@ -297,7 +297,7 @@ class Daemon:
                 return slot.ensure(create=False), False
             return SlotState(Lsn(0), Lsn(0), None), True
         if slot.exists() or self.window.checkpoint is None:
-            return slot.ensure(create=True), False
+            return slot.ensure(create=True, stop=self.stop), False
         if not self.recreate_slot:
             raise SlotLost(
                 f"replication slot '{slot.name}' does not exist, but cdc-tracker "
@@ -305,7 +305,7 @@ class Daemon:
                 "since then were not read",
                 hint=self.window.checkpoint.recovery_hint(),
             )
-        state = slot.ensure(create=True)
+        state = slot.ensure(create=True, stop=self.stop)
         log.warning(
             "replication slot recreated; changes since the checkpoint were skipped",
             slot=slot.name,

@@ -6,6 +6,9 @@ boundary by ``source.connection`` into the source branch of ``cdc_tracker.errors
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -59,14 +62,17 @@ class Slot:
         self.conn = conn
         self.name = name
 
-    def ensure(self, *, create: bool = True) -> SlotState:
-        """Check the slot (plugin, database, health), creating it on first run."""
+    def ensure(
+        self, *, create: bool = True, stop: threading.Event | None = None
+    ) -> SlotState:
+        """Check the slot (plugin, database, health), creating it on first run;
+        ``stop`` cancels a creation still waiting for open transactions."""
         with translate_errors(self.name):
             row = self.conn.execute(_SLOT_SQL, (self.name,)).fetchone()
             if row is None:
                 if not create:
                     raise SlotLost(f"replication slot '{self.name}' does not exist")
-                self._create()
+                self._create(stop)
                 row = self.conn.execute(_SLOT_SQL, (self.name,)).fetchone()
                 assert row is not None
         plugin, database, confirmed, wal_status, flush, current = row
@@ -102,9 +108,9 @@ class Slot:
             ).fetchone()
         return row is not None
 
-    def _create(self) -> None:
+    def _create(self, stop: threading.Event | None) -> None:
         # Creation waits for every transaction holding an xid: bound the wait.
-        with self.conn.transaction():
+        with _cancelled_by(stop, self.conn), self.conn.transaction():
             self.conn.execute("SET LOCAL lock_timeout = '30s'")
             self.conn.execute("SET LOCAL statement_timeout = '60s'")
             self.conn.execute(
@@ -150,3 +156,29 @@ LOCK_CLASS = 0x0CDC
 def slot_lock_id(slot: str) -> int:
     """A stable 32-bit advisory-lock key for a slot name."""
     return lock_key(slot)
+
+
+@contextmanager
+def _cancelled_by(
+    stop: threading.Event | None, conn: psycopg.Connection[tuple[object, ...]]
+) -> Iterator[None]:
+    """Cancel what ``conn`` runs meanwhile once ``stop`` is set: a signal does not
+    interrupt a statement psycopg is waiting on."""
+    if stop is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            if stop.is_set():
+                conn.cancel_safe()
+                return
+
+    watcher = threading.Thread(target=watch, name="cdc-tracker-cancel", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
