@@ -69,6 +69,8 @@ class Daemon:
             settings, Mapper(rulebook, settings.namespace), shipper, stop, advance
         )
         self._connections: list[psycopg.Connection[tuple[object, ...]]] = []
+        # Detached partitions still mapped: leaf -> (table, position noticed at).
+        self._departed: dict[str, tuple[str, Lsn]] = {}
 
     # What the window keeps is what callers (probes, status, tests) read.
     @property
@@ -233,6 +235,7 @@ class Daemon:
             t for t in tracked if t in catalog and catalog[t].partitioned
         ]
         window = self.window
+        names.update(self._departed_leaves(names))
         window.parents = names if self._partitioned else {}
         window.tables = sorted(names)
         window.schemas = sorted(
@@ -243,6 +246,30 @@ class Daemon:
             }
         )
         window.refresh_sources = self._refresh_leaves if self._partitioned else None
+
+    def _departed_leaves(self, names: dict[str, str]) -> dict[str, str]:
+        """Partitions detached (or dropped) since the last look, still mapped to
+        their table: rows they took while attached may be ahead in the stream.
+        Each is kept until the WAL position at which it was missed is handled."""
+        window = self.window
+        if window.slot is None:  # starting: nothing was being read
+            self._departed = {}
+            return {}
+        gone = {
+            leaf: parent
+            for leaf, parent in window.parents.items()
+            if leaf != parent and leaf not in names and parent in self._partitioned
+        }
+        if gone.keys() - self._departed.keys():
+            noticed = window.slot.flush_lsn()
+            for leaf, parent in gone.items():
+                self._departed.setdefault(leaf, (parent, noticed))
+        self._departed = {
+            leaf: (parent, noticed)
+            for leaf, (parent, noticed) in self._departed.items()
+            if leaf not in names and noticed > window.done
+        }
+        return {leaf: parent for leaf, (parent, _) in self._departed.items()}
 
     def _refresh_leaves(self) -> None:
         assert self.window.slot is not None
