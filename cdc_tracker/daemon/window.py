@@ -135,8 +135,9 @@ class Window:
             self._confirm()  # a stop: keep what was acknowledged before it
             return
         if self.refresh_sources is not None and self._missed_partitions():
-            # Nothing of this window is confirmed: read it again.
+            # Nothing of this window is confirmed (nor recorded): read it again.
             self.done = self.completed = before
+            self.shipped = None
             stream.reopen(self.tables, self.schemas)
             return
         # Every row the server sent is handled: so is what it says it sent.
