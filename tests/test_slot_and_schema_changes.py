@@ -270,11 +270,8 @@ def _partitioned_events(db: str) -> None:
     )
 
 
-def test_a_partitioned_table_is_read_through_its_partitions_new_ones_too(
-    db: str, receiver: FakeRudderStack, tmp_path: Path
-) -> None:
-    """wal2json names the leaves; calls come from the parent's rules, and a
-    partition created while the daemon runs is read from its first row on."""
+def _events_2025_2026(db: str, tmp_path: Path) -> Path:
+    """``events`` with partitions for 2025 and 2026, and its rulebook."""
     _partitioned_events(db)
     sql(
         db,
@@ -283,6 +280,15 @@ def test_a_partitioned_table_is_read_through_its_partitions_new_ones_too(
     )
     rulebook = tmp_path / "rulebook.yaml"
     rulebook.write_text(PARTITIONED_RULEBOOK)
+    return rulebook
+
+
+def test_a_partitioned_table_is_read_through_its_partitions_new_ones_too(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """wal2json names the leaves; calls come from the parent's rules, and a
+    partition created while the daemon runs is read from its first row on."""
+    rulebook = _events_2025_2026(db, tmp_path)
     with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
         sql(
             db,
@@ -375,14 +381,7 @@ def test_rows_of_a_partition_detached_before_they_are_read_still_count(
 ) -> None:
     """A partition archived (detached) while the daemon lags behind an outage:
     the row it took while attached is still its table's change."""
-    _partitioned_events(db)
-    sql(
-        db,
-        "create table events_2026 partition of events "
-        "for values from ('2026-01-01') to ('2027-01-01')",
-    )
-    rulebook = tmp_path / "rulebook.yaml"
-    rulebook.write_text(PARTITIONED_RULEBOOK)
+    rulebook = _events_2025_2026(db, tmp_path)
     with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
         receiver.fail_for(3.0)
         sql(db, "insert into events values (1, '2025-05-01', 'a', 'before')")

@@ -41,9 +41,16 @@ class GoesDownAfter(FakeRudderStack):
         return super().receive(path, headers, raw)
 
 
+@pytest.mark.parametrize("stream_closed", [False, True], ids=["open", "closed"])
 def test_stop_during_outage_advances_to_what_was_acknowledged(
-    db: str, example_rulebook: Path
+    db: str,
+    example_rulebook: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stream_closed: bool,
 ) -> None:
+    """The stream confirms the position; when a long outage has closed it first
+    (after RELEASE_SECONDS, 0.5 s here) the slot is moved through SQL."""
+    monkeypatch.setattr(window, "RELEASE_SECONDS", 0.5 if stream_closed else 60.0)
     receiver = GoesDownAfter(3, write_keys=[WRITE_KEY])
     with receiver:
         settings = replace(settings_for(db, receiver, example_rulebook), batch_calls=20)
@@ -53,6 +60,9 @@ def test_stop_during_outage_advances_to_what_was_acknowledged(
         insert_merchants(db, 400, per_transaction=10)
         with running_daemon(settings) as running:
             wait_until(lambda: receiver.seen > 5, 20)  # 3 accepted, now retrying
+            stream = running.daemon.window.stream
+            assert stream is not None
+            wait_until(lambda: stream.is_open != stream_closed, 10)
             running.stop()
         acknowledged = running.daemon.done
         assert len(receiver.calls) == 60
@@ -99,24 +109,3 @@ def test_nothing_is_sent_after_a_batch_whose_delivery_a_stop_interrupted(
         assert receiver.seen == 4
         assert len(receiver.calls) == 60
         assert slot_position(db, settings.slot) == running.daemon.done
-
-
-def test_a_stop_while_the_stream_is_closed_for_an_outage_still_moves_the_slot(
-    db: str, example_rulebook: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A long outage closes the stream (RELEASE_SECONDS, 0.5 s here); a stop then
-    moves the slot through SQL to what was acknowledged."""
-    monkeypatch.setattr(window, "RELEASE_SECONDS", 0.5)
-    receiver = GoesDownAfter(3, write_keys=[WRITE_KEY])
-    with receiver:
-        settings = replace(settings_for(db, receiver, example_rulebook), batch_calls=20)
-        create_slot(settings)
-        start = slot_position(db, settings.slot)
-        insert_merchants(db, 400, per_transaction=10)
-        with running_daemon(settings) as running:
-            wait_until(lambda: receiver.seen > 5, 20)
-            wait_until(lambda: not running.daemon.window.stream.is_open, 10)
-            running.stop()
-        acknowledged = running.daemon.done
-        assert len(receiver.calls) == 60
-        assert start < slot_position(db, settings.slot) == acknowledged
