@@ -88,6 +88,7 @@ class Stream:
         self._pgconn: pq.abc.PGconn | None = None
         self._status_at = 0.0
         self._temporary = False
+        # How often our status must go out; set from the server's settings.
         self.status_seconds = STATUS_SECONDS
 
     @property
@@ -176,7 +177,7 @@ class Stream:
             self.send_status()
 
     def keep_alive(self, now: float | None = None) -> None:
-        """Send our status if none went out for ``STATUS_SECONDS``; call it while
+        """Send our status if none went out for ``status_seconds``; call it while
         waiting on anything else, or the server drops the connection."""
         if (now or time.monotonic()) - self._status_at >= self.status_seconds:
             self.send_status()
