@@ -400,3 +400,44 @@ def test_rows_of_a_partition_detached_before_they_are_read_still_count(
         daemon.caught_up(30)
     kinds = [c.payload["traits"]["kind"] for c in receiver.calls]
     assert kinds == ["before", "in-2026", "after", "last"]
+
+
+def _lagging_behind_a_2026_row(db: str, receiver: FakeRudderStack) -> None:
+    """An outage, and more batches than may wait for it: the reader stops short
+    of a row the 2026 partition takes meanwhile."""
+    receiver.fail_for(2.0)
+    for n in range(10, 18):
+        sql(db, f"insert into events values ({n}, '2025-05-01', 'q', 'q{n}')")
+    sql(db, "insert into events values (2, '2026-05-01', 'b', 'in-2026')")
+    time.sleep(0.3)
+
+
+@pytest.mark.parametrize("change", ["detach, then reconnect", "rename", "drop"])
+def test_rows_a_partition_took_before_it_left_its_table_still_count(
+    db: str, receiver: FakeRudderStack, tmp_path: Path, change: str
+) -> None:
+    """The partition leaves the tracked table (detached, or the table renamed or
+    dropped) while its row is still ahead in the stream, even across a lost
+    connection: the row was the table's when it was written, so it is sent."""
+    rulebook = _events_2025_2026(db, tmp_path)
+    settings = settings_for(db, receiver, rulebook, batch_calls=1)
+    with running_daemon(settings) as daemon:
+        sql(db, "insert into events values (1, '2025-05-01', 'a', 'before')")
+        daemon.caught_up()
+        _lagging_behind_a_2026_row(db, receiver)
+        if change == "rename":
+            sql(db, "alter table events rename to events_old")
+        elif change == "drop":
+            sql(db, "drop table events")
+        else:
+            sql(db, "alter table events detach partition events_2026")
+            time.sleep(0.2)
+            sql(
+                db,
+                "select pg_terminate_backend(pid) from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid() "
+                "and application_name = 'cdc-tracker'",
+            )
+        daemon.caught_up(30)
+    kinds = [c.payload["traits"]["kind"] for c in receiver.calls]
+    assert "in-2026" in kinds

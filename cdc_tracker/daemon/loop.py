@@ -150,7 +150,7 @@ class Daemon:
         state_conn = self._open_state(slot.name)
         catalog = self._check_schema(conn)
         state, temporary = self._ensure_slot(slot)
-        self._track(catalog)
+        self._track(catalog, slot)
         self._resume_from(state.confirmed)
         self._dbname, self._state_conn = conn.info.dbname, state_conn
         self.window.mapper = self._mapper(self._dbname, catalog, state_conn)
@@ -225,7 +225,7 @@ class Daemon:
                 )
             self.counters.missing_tables = missing
 
-    def _track(self, catalog: dict[str, TableInfo]) -> None:
+    def _track(self, catalog: dict[str, TableInfo], slot: Slot) -> None:
         """Point the stream at the tables' names in the WAL: a partitioned
         table's changes carry the names of its leaves, and new leaves appear at
         any time, so the schemas of its leaves are streamed whole."""
@@ -234,47 +234,46 @@ class Daemon:
         self._partitioned = [
             t for t in tracked if t in catalog and catalog[t].partitioned
         ]
+        names.update(self._departed_leaves(names, tracked, slot))
+        leaves = {leaf for leaf, table in names.items() if leaf != table}
         window = self.window
-        names.update(self._departed_leaves(names))
-        window.parents = names if self._partitioned else {}
+        window.parents = names if leaves or self._partitioned else {}
         window.tables = sorted(names)
         window.schemas = sorted(
-            {
-                name.partition(".")[0]
-                for name, parent in names.items()
-                if parent in self._partitioned
-            }
+            {name.partition(".")[0] for name in leaves}
+            | {table.partition(".")[0] for table in self._partitioned}
         )
-        window.refresh_sources = self._refresh_leaves if self._partitioned else None
+        reading_leaves = bool(self._partitioned or self._departed)
+        window.refresh_sources = self._refresh_leaves if reading_leaves else None
 
-    def _departed_leaves(self, names: dict[str, str]) -> dict[str, str]:
-        """Partitions detached (or dropped) since the last look, still mapped to
-        their table: rows they took while attached may be ahead in the stream.
-        Each is kept until the WAL position at which it was missed is handled."""
+    def _departed_leaves(
+        self, names: dict[str, str], tracked: list[str], slot: Slot
+    ) -> dict[str, str]:
+        """Partitions that left their table since the last look (detached or
+        dropped, or their table renamed or dropped), still mapped to it: rows
+        they took before may be ahead in the stream. Each is kept until the WAL
+        position at which it was missed is handled, across reconnects."""
         window = self.window
-        if window.slot is None:  # starting: nothing was being read
-            self._departed = {}
-            return {}
         gone = {
-            leaf: parent
-            for leaf, parent in window.parents.items()
-            if leaf != parent and leaf not in names and parent in self._partitioned
+            leaf: table
+            for leaf, table in window.parents.items()
+            if leaf != table and leaf not in names and table in tracked
         }
         if gone.keys() - self._departed.keys():
-            noticed = window.slot.flush_lsn()
-            for leaf, parent in gone.items():
-                self._departed.setdefault(leaf, (parent, noticed))
+            noticed = slot.flush_lsn()
+            for leaf, table in gone.items():
+                self._departed.setdefault(leaf, (table, noticed))
         self._departed = {
-            leaf: (parent, noticed)
-            for leaf, (parent, noticed) in self._departed.items()
-            if leaf not in names and noticed > window.done
+            leaf: (table, noticed)
+            for leaf, (table, noticed) in self._departed.items()
+            if leaf not in names and table in tracked and noticed > window.done
         }
-        return {leaf: parent for leaf, (parent, _) in self._departed.items()}
+        return {leaf: table for leaf, (table, _) in self._departed.items()}
 
     def _refresh_leaves(self) -> None:
-        assert self.window.slot is not None
-        catalog = read_catalog(self.window.slot.conn, self._partitioned)
-        self._track(catalog)
+        slot = self.window.slot
+        assert slot is not None
+        self._track(read_catalog(slot.conn, self._partitioned), slot)
 
     def _reload(self) -> None:
         """Swap in the edited rulebook between windows, or keep the old one."""
@@ -293,7 +292,7 @@ class Daemon:
             )
             return
         self.rulebook = rulebook
-        self._track(catalog)
+        self._track(catalog, self.window.slot)
         self.window.mapper = self._mapper(self._dbname, catalog, self._state_conn)
         self.counters.reloads += 1
         log.info(
