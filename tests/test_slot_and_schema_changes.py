@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cdc_tracker.daemon import window
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import PrintShipper
 from cdc_tracker.errors import SlotLost
@@ -441,3 +442,27 @@ def test_rows_a_partition_took_before_it_left_its_table_still_count(
         daemon.caught_up(30)
     kinds = [c.payload["traits"]["kind"] for c in receiver.calls]
     assert "in-2026" in kinds
+
+
+def test_rows_written_to_a_detached_partition_once_noticed_are_not_its_tables(
+    db: str, receiver: FakeRudderStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During an outage the daemon keeps looking at the partitions: rows written
+    to a partition after its detach was noticed belong to no tracked table."""
+    monkeypatch.setattr(window, "RELEASE_SECONDS", 0.5)  # looks every 0.5 s
+    rulebook = _events_2025_2026(db, tmp_path)
+    settings = settings_for(db, receiver, rulebook, batch_calls=1)
+    with running_daemon(settings) as daemon:
+        sql(db, "insert into events values (1, '2025-05-01', 'a', 'before')")
+        daemon.caught_up()
+        receiver.fail_for(4.0)
+        for n in range(10, 18):
+            sql(db, f"insert into events values ({n}, '2025-05-01', 'q', 'q{n}')")
+        sql(db, "alter table events detach partition events_2026")
+        time.sleep(1.5)
+        for n in range(20, 25):
+            sql(db, f"insert into events_2026 values ({n}, '2026-05-01', 's', 'alone')")
+        daemon.caught_up(30)
+    kinds = [c.payload["traits"]["kind"] for c in receiver.calls]
+    assert "q17" in kinds
+    assert "alone" not in kinds

@@ -238,6 +238,9 @@ class Daemon:
         leaves = {leaf for leaf, table in names.items() if leaf != table}
         window = self.window
         window.parents = names if leaves or self._partitioned else {}
+        window.departed = {
+            leaf: noticed for leaf, (_, noticed) in self._departed.items()
+        }
         window.tables = sorted(names)
         window.schemas = sorted(
             {name.partition(".")[0] for name in leaves}

@@ -96,6 +96,9 @@ class Window:
         # With partitioned tables: the name of every streamed table that is
         # tracked (a leaf, or the table itself) -> the tracked table.
         self.parents: dict[str, str] = {}
+        # Partitions that left their table -> the position that was noticed at:
+        # a row committed after it is no longer the table's.
+        self.departed: dict[str, Lsn] = {}
         self._untracked: set[str] = set()  # other tables of the schemas streamed
         self._dropped: set[str] = set()  # their names seen in this window
         self.refresh_sources: Callable[[], None] | None = None
@@ -212,6 +215,9 @@ class Window:
                     if table is None:
                         self._dropped.add(event.table)
                         continue  # another table of a schema streamed whole
+                    left = self.departed.get(event.table)
+                    if left is not None and event.commit_lsn > left:
+                        continue  # written after its partition left the table
                     event.table = table
                 if not skipping:
                     self.counters.changes += 1
@@ -327,6 +333,10 @@ class Window:
             try:
                 return future.result(timeout=every)
             except concurrent.futures.TimeoutError:
+                if self.refresh_sources is not None:
+                    # Notice partitions leaving meanwhile, so that rows written
+                    # to them after are not taken for their table's.
+                    self.refresh_sources()
                 if stream is None or not stream.is_open:
                     continue
                 if time.monotonic() < released:
