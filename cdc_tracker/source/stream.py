@@ -183,9 +183,11 @@ class Stream:
             self.send_status()
 
     def send_status(self) -> None:
-        pgconn = self._pgconn
-        if pgconn is None:
-            return
+        """Tell the server the confirmed position now (nothing while closed)."""
+        if self._pgconn is not None:
+            self._send_status(self._pgconn)
+
+    def _send_status(self, pgconn: pq.abc.PGconn) -> None:
         position = self.confirmed if self.confirm_positions else 0
         sent_at = int((time.time() - _POSTGRES_EPOCH) * 1_000_000)
         message = _STATUS.pack(b"r", position, position, position, sent_at, 0)
@@ -202,9 +204,7 @@ class Stream:
             return
         try:
             if pgconn.status == pq.ConnStatus.OK:
-                self._pgconn = pgconn
-                self.send_status()
-                self._pgconn = None
+                self._send_status(pgconn)
                 pgconn.put_copy_end()
                 pgconn.flush()
                 _drain(pgconn, time.monotonic() + CLOSE_SECONDS)
