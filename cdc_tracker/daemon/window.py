@@ -222,10 +222,12 @@ class Window:
                 if not skipping:
                     self.counters.changes += 1
                     self.mapper.map(event, self.calls, self.dead)
-                    if len(self.calls) >= flush_at and not self._ship():
+                    # A delivery that waited out an outage may have closed the
+                    # stream: then the rest is read on later.
+                    if len(self.calls) >= flush_at and not (
+                        self._ship() and stream.is_open
+                    ):
                         return False
-                    if not stream.is_open:
-                        return False  # closed during an outage: read on later
             elif type(event) is Begin:
                 # Handled before a lost connection, or a dry run's: skip it.
                 if self.stop.is_set():
