@@ -13,9 +13,9 @@ import psycopg
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper, Outcome
 from cdc_tracker.destination.backoff import Backoff
+from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.mapping import ids
-from cdc_tracker.model import Call
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import (
@@ -67,7 +67,7 @@ class _CrashAfterShipping:
         self.inner = inner
         self.shipped = threading.Event()
 
-    def ship(self, calls: list[Call], stop: threading.Event) -> Outcome:
+    def ship(self, calls: list[EncodedCall], stop: threading.Event) -> Outcome:
         outcome = self.inner.ship(calls, stop)
         if calls:
             self.shipped.set()
@@ -136,7 +136,7 @@ def test_commit_between_peek_and_advance_is_not_lost(
     class CommitWhileShipping(DestinationShipper):
         done = False
 
-        def ship(self, calls: list[Call], stop: threading.Event) -> Outcome:
+        def ship(self, calls: list[EncodedCall], stop: threading.Event) -> Outcome:
             if calls and not self.done:
                 self.done = True
                 sql(db, _merchants(1, start=900))

@@ -1,6 +1,7 @@
 """Where the daemon's calls go: the destination, or standard output for a dry run.
 
-A ``Shipper`` takes calls in order and says which were acknowledged, which are dead
+Calls are encoded by ``encode_calls`` as soon as they are mapped. A ``Shipper``
+takes encoded calls in order and says which were acknowledged, which are dead
 letters and whether a stop interrupted it. The daemon advances the slot on that
 answer alone.
 """
@@ -27,7 +28,7 @@ class Outcome:
 
 
 class Shipper(Protocol):
-    def ship(self, calls: list[Call], stop: threading.Event) -> Outcome: ...
+    def ship(self, calls: list[EncodedCall], stop: threading.Event) -> Outcome: ...
 
 
 class DestinationShipper:
@@ -36,18 +37,17 @@ class DestinationShipper:
     def __init__(self, client: RudderStackClient) -> None:
         self.client = client
 
-    def ship(self, calls: list[Call], stop: threading.Event) -> Outcome:
+    def ship(self, calls: list[EncodedCall], stop: threading.Event) -> Outcome:
         outcome = Outcome()
-        encoded = _encode(calls, outcome)
-        if not encoded:
+        if not calls:
             return outcome
         sent_before = self.client.stats.bytes_sent
-        result = self.client.deliver(encoded, stop)
+        result = self.client.deliver(calls, stop)
         outcome.delivered = result.delivered
         outcome.bytes = self.client.stats.bytes_sent - sent_before
         outcome.interrupted = result.interrupted
         outcome.dead_letters += [
-            _undeliverable(item.call, reason) for item, reason in result.dead_letters
+            _undeliverable(call, reason) for call, reason in result.dead_letters
         ]
         return outcome
 
@@ -58,9 +58,9 @@ class PrintShipper:
     def __init__(self, out: IO[str]) -> None:
         self.out = out
 
-    def ship(self, calls: list[Call], stop: threading.Event) -> Outcome:
+    def ship(self, calls: list[EncodedCall], stop: threading.Event) -> Outcome:
         outcome = Outcome()
-        for item in _encode(calls, outcome):
+        for item in calls:
             self.out.write(item.body.decode() + "\n")
             outcome.delivered += 1
             outcome.bytes += len(item.body) + 1
@@ -68,22 +68,33 @@ class PrintShipper:
         return outcome
 
 
-def _encode(calls: list[Call], outcome: Outcome) -> list[EncodedCall]:
-    encoded: list[EncodedCall] = []
+def encode_calls(
+    calls: list[Call], encoded: list[EncodedCall], dead: list[DeadLetter]
+) -> None:
+    """Append each call, encoded, to ``encoded``; one that cannot be encoded (a
+    NaN, a value JSON cannot carry) is a dead letter instead."""
     for call in calls:
         try:
             encoded.append(EncodedCall.of(call))
         except ValueError as exc:
-            outcome.dead_letters.append(_undeliverable(call, f"cannot encode: {exc}"))
-    return encoded
+            dead.append(
+                DeadLetter(
+                    table=call.table,
+                    rule=call.rule,
+                    reason=f"cannot encode: {exc}",
+                    commit_lsn=call.commit_lsn,
+                    ordinal=call.ordinal,
+                    call=call.payload,
+                )
+            )
 
 
-def _undeliverable(call: Call, reason: str) -> DeadLetter:
+def _undeliverable(call: EncodedCall, reason: str) -> DeadLetter:
     return DeadLetter(
         table=call.table,
         rule=call.rule,
         reason=reason,
         commit_lsn=call.commit_lsn,
         ordinal=call.ordinal,
-        call=call.payload,
+        call=call.payload(),
     )

@@ -33,8 +33,9 @@ import structlog
 
 from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.daemon.counters import Counters
-from cdc_tracker.daemon.shipping import Outcome, Shipper
+from cdc_tracker.daemon.shipping import Outcome, Shipper, encode_calls
 from cdc_tracker.deadletters.store import DeadLetterStore
+from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Call, Change, DeadLetter, Lsn
 from cdc_tracker.settings import Settings
@@ -82,7 +83,8 @@ class Window:
         self.settled = Lsn(0)
         self.completed = Lsn(0)  # the last transaction read to its C row
         self.completed_at = datetime.min.replace(tzinfo=UTC)
-        self.calls: list[Call] = []
+        self.calls: list[EncodedCall] = []
+        self._mapped: list[Call] = []  # one change's calls, before encoding
         self.dead: list[DeadLetter] = []
         self.shipped: Checkpoint | None = None  # to record after the next advance
         self._commit_times: list[float] = []  # of transactions with calls, unshipped
@@ -220,8 +222,7 @@ class Window:
                         continue  # written after its partition left the table
                     event.table = table
                 if not skipping:
-                    self.counters.changes += 1
-                    self.mapper.map(event, self.calls, self.dead)
+                    self._map(event)
                     # A delivery that waited out an outage may have closed the
                     # stream: then the rest is read on later.
                     if len(self.calls) >= flush_at and not (
@@ -250,6 +251,15 @@ class Window:
                 self.counters.truncates += 1
                 log.warning("table truncated; no calls made for it", table=event.table)
 
+    def _map(self, change: Change) -> None:
+        """Map a change and encode its calls at once (see ``EncodedCall``)."""
+        self.counters.changes += 1
+        mapped = self._mapped
+        self.mapper.map(change, mapped, self.dead)
+        if mapped:
+            encode_calls(mapped, self.calls, self.dead)
+            mapped.clear()
+
     def _ship(self) -> bool:
         """Hand the pending calls to the shipping thread, once fewer than
         ``PENDING_BATCHES`` wait there (settling the oldest if not).
@@ -273,7 +283,7 @@ class Window:
         self._in_flight.append(batch)
         return True
 
-    def _deliver(self, calls: list[Call]) -> Outcome:
+    def _deliver(self, calls: list[EncodedCall]) -> Outcome:
         """On the shipping thread: deliver, unless an earlier batch was interrupted."""
         if self._interrupted:
             return Outcome(interrupted=True)
@@ -369,7 +379,7 @@ class Window:
         counters.count_calls(
             Counter(
                 [
-                    (call.payload["type"], call.payload.get("event", ""))
+                    (call.kind, call.event)
                     for call in calls
                     if call.message_id not in refused
                 ]
@@ -420,7 +430,7 @@ class Window:
 class _Batch:
     """Calls handed to the shipping thread, and what they complete once delivered."""
 
-    calls: list[Call]
+    calls: list[EncodedCall]
     dead: list[DeadLetter]
     completed: Lsn
     completed_at: datetime

@@ -22,8 +22,9 @@ from datetime import datetime
 import psycopg
 import structlog
 
-from cdc_tracker.daemon.shipping import Outcome, Shipper
+from cdc_tracker.daemon.shipping import Outcome, Shipper, encode_calls
 from cdc_tracker.deadletters.store import DeadLetterStore, Selection, StoredLetter
+from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Action, Call, Change, DeadLetter
@@ -138,18 +139,23 @@ class Redrive:
         return plans
 
     def _ship(self, calls: list[Call]) -> Outcome:
-        if not calls:
-            return Outcome()
+        encoded: list[EncodedCall] = []
+        unencodable: list[DeadLetter] = []
+        encode_calls(calls, encoded, unencodable)
+        if not encoded:
+            return Outcome(dead_letters=unencodable)
         timer = None
         if self.wait is not None:
             timer = threading.Timer(self.wait, self.stop.set)
             timer.daemon = True
             timer.start()
         try:
-            return self.shipper.ship(calls, self.stop)
+            outcome = self.shipper.ship(encoded, self.stop)
         finally:
             if timer is not None:
                 timer.cancel()
+        outcome.dead_letters += unencodable
+        return outcome
 
     def _plan(self, stored: StoredLetter) -> _Plan:
         letter = stored.letter

@@ -4,34 +4,64 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import msgspec
 
 from cdc_tracker.destination.encode import encode_call, with_sent_at
-from cdc_tracker.model import Call
+from cdc_tracker.model import Call, Lsn
 
 _ENVELOPE_OPEN = b'{"batch":['
 _ENVELOPE_CLOSE = b"]}"
 ENVELOPE_BYTES = len(_ENVELOPE_OPEN) + len(_ENVELOPE_CLOSE)
 # What with_sent_at adds to a call: ,"sentAt":"2026-12-04T16:42:12.123Z"
 SENT_AT_BYTES = len(b',"sentAt":""') + len("2026-12-04T16:42:12.123Z")
+_decode_payload = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal).decode
 
 
 # Not frozen: a frozen dataclass costs microseconds per call to build, on the hot path.
 @dataclass(slots=True)
 class EncodedCall:
-    """A call and its JSON bytes (without ``sentAt``), encoded once for every send.
+    """A call as JSON bytes (without ``sentAt``), encoded once for every send, and
+    what names it in counts, logs and dead letters.
 
-    Treat it as immutable: resends must carry the same bytes.
+    The daemon encodes each call right after mapping it, while its payload is still
+    in the processor's cache, and keeps only these bytes: the payload dict is freed
+    at once instead of living until its batch is acknowledged. Treat it as
+    immutable: resends must carry the same bytes.
     """
 
     message_id: str
     user_id: str
     body: bytes
-    call: Call
+    rule: str
+    table: str
+    commit_lsn: Lsn
+    ordinal: int
+    kind: str  # identify or track
+    event: str  # a track's event name; empty for an identify
 
     @classmethod
     def of(cls, call: Call) -> EncodedCall:
         """Encode ``call``; raises ``ValueError`` as ``encode_call`` does."""
-        return cls(call.message_id, call.user_id, encode_call(call), call)
+        payload = call.payload
+        return cls(
+            call.message_id,
+            call.user_id,
+            encode_call(call),
+            call.rule,
+            call.table,
+            call.commit_lsn,
+            call.ordinal,
+            payload.get("type", ""),
+            payload.get("event", ""),
+        )
+
+    def payload(self) -> dict[str, Any]:
+        """The call as a dict again (for a dead letter), numerics exact."""
+        decoded: dict[str, Any] = _decode_payload(self.body)
+        return decoded
 
     @property
     def sent_size(self) -> int:

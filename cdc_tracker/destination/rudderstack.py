@@ -275,8 +275,8 @@ class RudderStackClient:
         log.error(
             "call dead-lettered",
             message_id=call.message_id,
-            rule=call.call.rule,
-            lsn=str(call.call.commit_lsn),
+            rule=call.rule,
+            lsn=str(call.commit_lsn),
             reason=reason,
         )
 

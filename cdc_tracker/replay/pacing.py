@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from cdc_tracker.model import Call
+from cdc_tracker.destination.batching import EncodedCall
 
 # Chunks of a tenth of a second's worth of calls keep the flow even.
 CHUNKS_PER_SECOND = 10
@@ -36,7 +36,7 @@ class Pacer:
             self.chunk = max(1, min(max_chunk, math.ceil(rate / CHUNKS_PER_SECOND)))
         self._due: float | None = None
 
-    def chunks(self, calls: list[Call]) -> Iterator[list[Call]]:
+    def chunks(self, calls: list[EncodedCall]) -> Iterator[list[EncodedCall]]:
         """The calls in order, in chunks released no faster than the rate."""
         if self.rate is None:
             if calls:

@@ -22,8 +22,9 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
-from cdc_tracker.daemon.shipping import Outcome, Shipper
+from cdc_tracker.daemon.shipping import Outcome, Shipper, encode_calls
 from cdc_tracker.deadletters.store import DeadLetterStore
+from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.errors import ConfigError
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
@@ -72,7 +73,7 @@ class _Page:
     table: str
     rows: int
     position: Position
-    calls: list[Call] = field(default_factory=list)
+    calls: list[EncodedCall] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     sent: Future[Outcome] | None = None
 
@@ -312,8 +313,12 @@ class Replay:
     def _map(self, maker: ChangeMaker, reader: TableReader, rows: list[Row]) -> _Page:
         assert self.mapper is not None
         page = _Page(reader.info.name, len(rows), reader.position(rows[-1]))
+        mapped: list[Call] = []
         for ordinal, row in enumerate(rows, start=self._ordinal + 1):
-            self.mapper.map(maker.change(row, ordinal), page.calls, page.dead)
+            self.mapper.map(maker.change(row, ordinal), mapped, page.dead)
+            # Encoded at once, while the payload is fresh (see EncodedCall).
+            encode_calls(mapped, page.calls, page.dead)
+            mapped.clear()
         self._ordinal += len(rows)
         return page
 
@@ -337,7 +342,7 @@ class Replay:
         result.per_table[page.table] = result.per_table.get(page.table, 0) + page.rows
         return True
 
-    def _ship(self, calls: list[Call]) -> Outcome:
+    def _ship(self, calls: list[EncodedCall]) -> Outcome:
         """Ship ``calls`` paced by ``--rate``; ``interrupted`` unless all handled."""
         total = Outcome()
         handled = 0

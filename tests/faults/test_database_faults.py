@@ -22,9 +22,9 @@ from psycopg.conninfo import conninfo_to_dict
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper, Outcome
 from cdc_tracker.destination.backoff import Backoff
+from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.mapping import ids
-from cdc_tracker.model import Call
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
@@ -190,7 +190,7 @@ class _CutAfterFirstShipment(DestinationShipper):
         self.dsn = dsn
         self.cut = 0
 
-    def ship(self, calls: list[Call], stop: threading.Event) -> Outcome:
+    def ship(self, calls: list[EncodedCall], stop: threading.Event) -> Outcome:
         outcome = super().ship(calls, stop)
         if calls and not self.cut:
             self.cut = _terminate_daemon_backends(self.dsn)
