@@ -229,3 +229,56 @@ def test_lookup_connection_cut_holds_the_window_and_is_retried(
     with psycopg.connect(db) as conn:
         count = conn.execute("select count(*) from cdc_tracker.dead_letters")
         assert count.fetchone() == (0,)
+
+
+# A rule without a lookup runs before the one with it: its call is made before the
+# lookup's outage cuts the change short.
+SEEN_FIRST = """\
+version: 1
+tables:
+  public.payouts:
+    user_id: merchant_id
+    lookups:
+      merchant:
+        table: public.merchants
+        key: {id: merchant_id}
+        missing: dead_letter
+track:
+  - event: Payout Seen
+    table: public.payouts
+    on: insert
+  - event: Payout Fetched
+    table: public.payouts
+    on: insert
+    properties:
+      plan: merchant.plan_name
+"""
+
+
+def test_a_change_cut_short_by_a_lookup_outage_leaves_no_call_behind(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """Its calls are made once, when it is read again after reconnecting."""
+    sql(db, MERCHANT.format(id=7), MERCHANT.format(id=8))
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(SEEN_FIRST)
+    with capture_logs() as logs, running_daemon(settings_for(db, receiver, path)) as d:
+        sql(db, payout(7))
+        d.caught_up()
+        sql(
+            db,
+            "select pg_terminate_backend(pid) from pg_stat_activity "
+            "where application_name = 'cdc-tracker-lookups'",
+        )
+        sql(db, payout(8))
+        d.caught_up()
+        counted = dict(d.daemon.counters.calls_by_event)
+    assert [log for log in logs if log["event"] == "source unavailable"]
+    sent = [(call.event, call.user_id) for call in receiver.calls]
+    assert sent == [
+        ("Payout Seen", "7"),
+        ("Payout Fetched", "7"),
+        ("Payout Seen", "8"),
+        ("Payout Fetched", "8"),
+    ]
+    assert counted == {("track", "Payout Seen"): 2, ("track", "Payout Fetched"): 2}

@@ -84,7 +84,6 @@ class Window:
         self.completed = Lsn(0)  # the last transaction read to its C row
         self.completed_at = datetime.min.replace(tzinfo=UTC)
         self.calls: list[EncodedCall] = []
-        self._mapped: list[Call] = []  # one change's calls, before encoding
         self.dead: list[DeadLetter] = []
         self.shipped: Checkpoint | None = None  # to record after the next advance
         self._commit_times: list[float] = []  # of transactions with calls, unshipped
@@ -254,11 +253,12 @@ class Window:
     def _map(self, change: Change) -> None:
         """Map a change and encode its calls at once (see ``EncodedCall``)."""
         self.counters.changes += 1
-        mapped = self._mapped
+        # A list of its own: a lookup outage that cuts the change short leaves
+        # nothing behind to be sent with its next reading.
+        mapped: list[Call] = []
         self.mapper.map(change, mapped, self.dead)
         if mapped:
             encode_calls(mapped, self.calls, self.dead)
-            mapped.clear()
 
     def _ship(self) -> bool:
         """Hand the pending calls to the shipping thread, once fewer than

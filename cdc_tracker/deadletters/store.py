@@ -10,7 +10,6 @@ letter is written before the slot advances past its change: none is lost.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,7 @@ import psycopg
 
 from cdc_tracker.destination.encode import widen_big_ints
 from cdc_tracker.errors import CdcTrackerError, SourceError
+from cdc_tracker.exact_json import loads
 from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.source.catalog import ensure_state_schema, has_column
 from cdc_tracker.source.slot import translate_errors
@@ -65,8 +65,6 @@ _SELECT_SQL = (
 # The two-key advisory lock space is apart from the slot's (one bigint key).
 _RETRY_LOCK_CLASS = 0x63647472  # "cdtr"
 
-# A JSON decoder that keeps numerics exact, as the wal2json parser does.
-_decode = json.JSONDecoder(parse_float=Decimal).decode
 # An escaped NUL (\u0000) that is not itself the tail of an escaped backslash.
 _NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
@@ -295,8 +293,8 @@ def _stored(row: tuple[Any, ...]) -> StoredLetter:
         reason=reason,
         commit_lsn=Lsn.parse(lsn),
         ordinal=ordinal,
-        change={} if change is None else _decode(change),
-        call=None if call is None else _decode(call),
+        change={} if change is None else loads(change),
+        call=None if call is None else loads(call),
     )
     return StoredLetter(
         letter_id, created, slot, letter, attempts, last_attempt, from_delivery

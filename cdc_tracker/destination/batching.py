@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-import msgspec
-
 from cdc_tracker.destination.encode import encode_call, with_sent_at
+from cdc_tracker.exact_json import loads
 from cdc_tracker.model import Call, Lsn
 
 _ENVELOPE_OPEN = b'{"batch":['
@@ -17,7 +15,6 @@ _ENVELOPE_CLOSE = b"]}"
 ENVELOPE_BYTES = len(_ENVELOPE_OPEN) + len(_ENVELOPE_CLOSE)
 # What with_sent_at adds to a call: ,"sentAt":"2026-12-04T16:42:12.123Z"
 SENT_AT_BYTES = len(b',"sentAt":""') + len("2026-12-04T16:42:12.123Z")
-_decode_payload = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal).decode
 
 
 # Not frozen: a frozen dataclass costs microseconds per call to build, on the hot path.
@@ -60,7 +57,7 @@ class EncodedCall:
 
     def payload(self) -> dict[str, Any]:
         """The call as a dict again (for a dead letter), numerics exact."""
-        decoded: dict[str, Any] = _decode_payload(self.body)
+        decoded: dict[str, Any] = loads(self.body)
         return decoded
 
     @property

@@ -25,7 +25,6 @@ strings, exactly as the server printed them, rather than failing the change.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -33,6 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from cdc_tracker.destination.encode import exact_number
+from cdc_tracker.exact_json import loads
 from cdc_tracker.rules.expr import Kind
 
 Converter = Callable[[Any], Any]
@@ -41,8 +41,6 @@ Converter = Callable[[Any], Any]
 class ConversionError(ValueError):
     """A value that cannot be converted, for a reason that names no value."""
 
-
-_decode_json = json.JSONDecoder(parse_float=Decimal).decode
 
 _INTEGERS = frozenset({"smallint", "integer", "bigint", "oid"})
 _DECIMALS = frozenset({"numeric", "real", "double precision", "decimal"})
@@ -99,7 +97,7 @@ def _json(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        document = _decode_json(value)
+        document = loads(value)
         # json (unlike jsonb) keeps \u0000, which jsonb columns downstream refuse.
         return _without_nul(document) if "\\u0000" in value else document
     except RecursionError:

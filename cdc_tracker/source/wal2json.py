@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from cdc_tracker.errors import DecodeError
+from cdc_tracker.exact_json import loads
 from cdc_tracker.model import Action, Change, Lsn
 
 # wal2json options cdc-tracker streams with (add-tables is appended).
@@ -116,7 +117,12 @@ def parse_row(data: str | bytes | memoryview, tx: Transaction) -> Event:
     skipped, the pipeline stops and names the position instead.
     """
     try:
-        row = _decode(data)
+        try:
+            row = _decode(data)
+        except msgspec.ValidationError:
+            # msgspec refuses integers over Python's digit limit, which a numeric
+            # may exceed: such a row takes the slower path, as exact.
+            row = msgspec.convert(loads(data), _Row)
         action = row.action
         kind = _ACTIONS.get(action)
         if kind is not None:

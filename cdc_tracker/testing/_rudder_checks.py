@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import orjson
 
+from cdc_tracker.exact_json import integer
+
 GzipMode = Literal["accept", "require", "refuse"]
 
 # Far above any limit the fake enforces; only guards memory against a gzip bomb.
@@ -127,7 +129,7 @@ def _load_json(data: bytes) -> Any:
         pass
     # orjson refuses some valid JSON (integers past 64 bits, lone surrogates).
     try:
-        return json.loads(data, parse_constant=_refuse_constant)
+        return json.loads(data, parse_constant=_refuse_constant, parse_int=integer)
     except (ValueError, RecursionError):
         return _INVALID
 

@@ -11,10 +11,10 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from email.message import Message
 from typing import Any
 
+from cdc_tracker.exact_json import integer, loads
 from cdc_tracker.testing._rudder_checks import Answer, parse_calls
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -88,7 +88,7 @@ def batch_spans(text: str) -> list[tuple[int, int]]:
     ``text`` must already be known to be valid JSON holding an object. When the
     key repeats, the last one wins, as it does for the parsed dict.
     """
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(parse_int=integer)
     pos = _skip(text, 0) + 1  # past "{"
     spans: list[tuple[int, int]] = []
     while True:
@@ -168,7 +168,7 @@ class ReceivedCall:
 
     def exact_payload(self) -> dict[str, Any]:
         """The call parsed again from ``raw``, with every float as a ``Decimal``."""
-        parsed: dict[str, Any] = json.loads(self.raw, parse_float=Decimal)
+        parsed: dict[str, Any] = loads(self.raw)
         return parsed
 
 

@@ -1,0 +1,128 @@
+"""Numerics past Python's 4,300-digit limit on integers travel exactly.
+
+A PostgreSQL numeric holds up to 131,072 digits before the point. Such an integer
+value must reach the destination, a dead letter and a retry with every digit, and
+never stop the pipeline.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+import structlog
+
+from cdc_tracker import cli
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.harness import WRITE_KEY, running_daemon, settings_for, sql
+
+HUGE = "1" + "0" * 5000 + "7"  # 5,002 digits
+
+RULEBOOK = """\
+version: 1
+tables:
+  public.amounts:
+    user_id: id
+track:
+  - event: Amount Seen
+    table: public.amounts
+    on: insert
+    properties:
+      plain: plain
+      listed: listed
+      doc: doc
+"""
+
+
+def _setup(db: str, receiver: FakeRudderStack, tmp_path: Path) -> Path:
+    sql(
+        db,
+        "create table amounts "
+        "(id bigint primary key, plain numeric, listed numeric[], doc jsonb)",
+    )
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(RULEBOOK)
+    return path
+
+
+def test_a_huge_integer_numeric_is_sent_with_every_digit(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    path = _setup(empty_db, receiver, tmp_path)
+    with running_daemon(settings_for(empty_db, receiver, path)) as daemon:
+        sql(
+            empty_db,
+            f"insert into amounts values (1, {HUGE}, '{{{HUGE}, 2.50}}', "
+            f"'{{\"n\": {HUGE}}}')",
+            "insert into amounts values (2, 3, null, null)",
+        )
+        daemon.caught_up()
+    first, second = receiver.calls
+    sent = f'"plain":{HUGE},"listed":[{HUGE},2.50],"doc":{{"n":{HUGE}}}'
+    assert sent.encode() in first.raw
+    assert second.user_id == "2"
+
+
+def test_a_refused_call_with_a_huge_integer_is_a_dead_letter_and_retried_whole(
+    empty_db: str,
+    receiver: FakeRudderStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = _setup(empty_db, receiver, tmp_path)
+    settings = settings_for(empty_db, receiver, path)
+    with running_daemon(settings) as daemon:
+        receiver.fail_next(1, status=400)
+        sql(empty_db, f"insert into amounts values (1, {HUGE}, null, null)")
+        daemon.caught_up()
+        sql(empty_db, "insert into amounts values (2, 3, null, null)")
+        daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 1
+    assert [call.user_id for call in receiver.calls] == ["2"]
+    with psycopg.connect(empty_db) as conn:
+        stored = conn.execute(
+            "select call->'properties'->>'plain' from cdc_tracker.dead_letters"
+        ).fetchall()
+    assert stored == [(HUGE,)]
+
+    monkeypatch.setenv("RUDDERSTACK_DATA_PLANE_URL", receiver.url)
+    monkeypatch.setenv("RUDDERSTACK_WRITE_KEY", WRITE_KEY)
+    flags = ["--dsn", empty_db, "--slot", settings.slot, "--rulebook", str(path)]
+    assert _cli(["deadletters", "retry", "--all", *flags]) == 0
+    retried = receiver.calls[-1]
+    assert retried.user_id == "1"
+    assert f'"plain":{HUGE}'.encode() in retried.raw
+
+
+def _cli(args: list[str]) -> int:
+    """cli.main, leaving structlog as it was (main points it at stderr)."""
+    saved = structlog.get_config()
+    try:
+        return cli.main(args)
+    finally:
+        structlog.configure(**saved)
+
+
+def test_an_oversize_call_of_huge_integers_is_a_dead_letter_and_the_next_goes_on(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    path = _setup(empty_db, receiver, tmp_path)
+    listed = ",".join([HUGE] * 8)  # over the 32 KB per-call limit
+    with running_daemon(settings_for(empty_db, receiver, path)) as daemon:
+        sql(
+            empty_db,
+            f"insert into amounts values (1, 1, '{{{listed}}}', null)",
+            "insert into amounts values (2, 3, null, null)",
+        )
+        daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 1
+    assert [call.user_id for call in receiver.calls] == ["2"]
+    with psycopg.connect(empty_db) as conn:
+        (reason, last), *_ = conn.execute(
+            "select reason, call->'properties'->'listed'->>7 "
+            "from cdc_tracker.dead_letters"
+        ).fetchall()
+    assert "per-call limit" in reason
+    assert Decimal(last) == Decimal(HUGE)
