@@ -1,12 +1,14 @@
 """Numerics past Python's 4,300-digit limit on integers travel exactly.
 
 A PostgreSQL numeric holds up to 131,072 digits before the point. Such an integer
-value must reach the destination, a dead letter and a retry with every digit, and
-never stop the pipeline.
+value must reach the destination, a dead letter, a retry and a backfill with every
+digit, and never stop the pipeline.
 """
 
 from __future__ import annotations
 
+import io
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import pytest
 import structlog
 
 from cdc_tracker import cli
+from cdc_tracker.exact_json import loads
+from cdc_tracker.replay.main import run_replay
+from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import WRITE_KEY, running_daemon, settings_for, sql
 
@@ -126,3 +131,59 @@ def test_an_oversize_call_of_huge_integers_is_a_dead_letter_and_the_next_goes_on
         ).fetchall()
     assert "per-call limit" in reason
     assert Decimal(last) == Decimal(HUGE)
+
+
+def test_replay_sends_a_huge_integer_key_with_the_live_daemons_ids(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """A backfill of such rows runs, and names their calls as the daemon did."""
+    sql(
+        empty_db,
+        "create table amounts (id numeric primary key, plain numeric, "
+        "listed numeric[], doc jsonb, at timestamptz not null default now())",
+    )
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(
+        RULEBOOK.replace("    user_id: id\n", "    user_id: id\n    cursor: at\n")
+    )
+    settings = settings_for(empty_db, receiver, path)
+    with running_daemon(settings) as daemon:
+        sql(empty_db, f"insert into amounts values ({HUGE}, -{HUGE}, null, null)")
+        daemon.caught_up()
+    [live] = receiver.calls
+    out, err = io.StringIO(), io.StringIO()
+    options = ReplayOptions(since="1d", dry_run=True)
+    assert run_replay(settings, options, threading.Event(), out=out, err=err) == 0
+    [replayed] = [loads(line) for line in out.getvalue().splitlines()]
+    assert (replayed["userId"], replayed["messageId"]) == (HUGE, live.message_id)
+    assert f'"plain":-{HUGE}' in out.getvalue()
+
+
+def test_a_rule_may_compare_with_a_huge_literal(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    path = _setup(empty_db, receiver, tmp_path)
+    path.write_text(
+        RULEBOOK.replace(
+            "    on: insert\n", f"    on: insert\n    when: plain > {HUGE}\n"
+        )
+    )
+    with running_daemon(settings_for(empty_db, receiver, path)) as daemon:
+        sql(
+            empty_db,
+            f"insert into amounts values (1, {HUGE}, null, null)",
+            f"insert into amounts values (2, {HUGE}1, null, null)",
+        )
+        daemon.caught_up()
+    assert [call.user_id for call in receiver.calls] == ["2"]
+
+
+def test_a_rulebook_number_too_long_to_read_is_a_problem_at_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(RULEBOOK + f"      big: {HUGE}\n")
+    assert _cli(["check", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"{path}:13: invalid YAML: a number of 5002 digits is too long\n"
+    )

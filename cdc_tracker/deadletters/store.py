@@ -19,7 +19,11 @@ from typing import Any
 import orjson
 import psycopg
 
-from cdc_tracker.destination.encode import widen_big_ints
+from cdc_tracker.destination.encode import (
+    NUMERIC_MAX_INTEGER_DIGITS,
+    NUMERIC_MAX_SCALE,
+    widen_big_ints,
+)
 from cdc_tracker.errors import CdcTrackerError, SourceError
 from cdc_tracker.exact_json import loads
 from cdc_tracker.model import DeadLetter, Lsn
@@ -302,17 +306,44 @@ def _stored(row: tuple[Any, ...]) -> StoredLetter:
 
 
 def to_json(value: Any, option: int = 0) -> str:
-    """JSON text with exact decimals, as stored in jsonb (NUL cannot be)."""
-    # The reason column already says what went wrong with a value.
+    """JSON text with exact decimals that jsonb takes, whatever the letter holds.
+
+    A letter must always be storable, or the daemon would stop on it at every
+    start. NUL is dropped and a lone surrogate (a json value's ``\\ud800``) becomes
+    U+FFFD, since jsonb holds neither; a number beyond what jsonb's numeric holds
+    is stored as a string of its exact text. The reason column already says what
+    went wrong with a value.
+    """
     try:
         encoded = orjson.dumps(value, default=_exact, option=option)
     except orjson.JSONEncodeError:
-        # A numeric without a fraction decoded to an int beyond 64 bits.
-        encoded = orjson.dumps(widen_big_ints(value), default=_exact, option=option)
+        # An int beyond 64 bits (a numeric without a fraction), or a surrogate.
+        encoded = orjson.dumps(_storable(value), default=_exact, option=option)
     return _NUL.sub(r"\1", encoded.decode())
 
 
 def _exact(value: object) -> orjson.Fragment | str:
     if isinstance(value, Decimal):
-        return orjson.Fragment(str(value)) if value.is_finite() else str(value)
+        if not value.is_finite() or not _fits_numeric(value):
+            return str(value)
+        return orjson.Fragment(str(value))
     raise TypeError(f"cannot store a value of type {type(value).__name__}")
+
+
+def _fits_numeric(value: Decimal) -> bool:
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    return (
+        -exponent <= NUMERIC_MAX_SCALE and value.adjusted() < NUMERIC_MAX_INTEGER_DIGITS
+    )
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with big ints as exact fragments and lone surrogates replaced."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    return widen_big_ints(value)

@@ -17,6 +17,9 @@ import orjson
 from cdc_tracker.model import Call
 
 _OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+# The most digits a PostgreSQL numeric holds after the point, and before it.
+NUMERIC_MAX_SCALE = 16_383
+NUMERIC_MAX_INTEGER_DIGITS = 131_072
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
 
@@ -97,9 +100,15 @@ def _decimal_text(value: Decimal) -> str:
     if not value.is_finite():
         raise ValueError("a decimal value is NaN or infinite")
     text = str(value)
-    # str() goes scientific for tiny values (1E-7); "f" writes those as stored.
-    # Large exponents (1E+3) stay as str() wrote them: "f" would invent zeros.
-    return format(value, "f") if "E-" in text else text
+    # str() goes scientific for tiny values (1E-7); "f" writes those as stored, as
+    # PostgreSQL does. Beyond a numeric's scale (a json number such as 1e-100000)
+    # the scientific form stays: "f" would write every zero. Large exponents (1E+3)
+    # stay as str() wrote them: "f" would invent zeros.
+    if "E-" not in text:
+        return text
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    return format(value, "f") if exponent >= -NUMERIC_MAX_SCALE else text
 
 
 def _reason(exc: orjson.JSONEncodeError) -> str:

@@ -20,6 +20,7 @@ from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from cdc_tracker.exact_json import integer
 from cdc_tracker.mapping.values import converter_for
 from cdc_tracker.model import Action, Change, Lsn, TableInfo
 from cdc_tracker.replay.reader import Row
@@ -38,7 +39,7 @@ def _number(text: str) -> Any:
         return None
     if "." in text or "e" in text or "E" in text:
         return Decimal(text)
-    return int(text)
+    return integer(text)
 
 
 def _boolean(text: str) -> Any:

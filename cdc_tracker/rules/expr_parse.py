@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 from cdc_tracker.errors import ConfigError
+from cdc_tracker.exact_json import integer
 
 Image = Literal["new", "old", "row"]
 
@@ -412,7 +413,7 @@ def _column_name(token: Token) -> str:
 
 
 def _number(text: str) -> int | Decimal:
-    return Decimal(text) if "." in text else int(text)
+    return Decimal(text) if "." in text else integer(text)
 
 
 def _check_arity(name: str, args: tuple[Node, ...], offset: int) -> None:

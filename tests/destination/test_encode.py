@@ -26,6 +26,9 @@ def call_with(payload: dict[str, Any]) -> Call:
         (Decimal("0E-5"), b"0.00000"),
         (Decimal("7"), b"7"),
         (Decimal("1E+3"), b"1E+3"),
+        (Decimal("1E-16383"), b"0." + b"0" * 16382 + b"1"),  # a numeric's scale
+        (Decimal("1E-16384"), b"1E-16384"),  # beyond: a json number, not expanded
+        (Decimal("-2.5E-20000000"), b"-2.5E-20000000"),
     ],
 )
 def test_decimal_is_written_with_its_exact_digits(value: Decimal, text: bytes) -> None:
