@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.conninfo import conninfo_to_dict
 
+from cdc_tracker import cli
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper
 from cdc_tracker.destination.backoff import Backoff
@@ -135,6 +137,16 @@ def slot_position(dsn: str, slot: str | None = None) -> Lsn:
         ).fetchone()
     assert row is not None, f"slot {slot} does not exist"
     return Lsn.parse(str(row[0]))
+
+
+def cli_main(args: list[str]) -> int:
+    """``cdc-tracker`` in-process, leaving structlog as it was (the CLI points it
+    at the stderr of the moment, which pytest swaps per test)."""
+    saved = structlog.get_config()
+    try:
+        return cli.main(args)
+    finally:
+        structlog.configure(**saved)
 
 
 def sql(dsn: str, *statements: str) -> None:

@@ -13,15 +13,20 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import structlog
 from psycopg.conninfo import conninfo_to_dict
 
-from cdc_tracker import cli
 from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.mapping import ids
 from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import WRITE_KEY, insert_name, running_daemon, settings_for, sql
+from tests.harness import (
+    WRITE_KEY,
+    cli_main,
+    insert_name,
+    running_daemon,
+    settings_for,
+    sql,
+)
 
 RULE = "identify public.merchants"
 NULL_USER = "user_id (email) is null or empty"
@@ -63,7 +68,7 @@ class Letters:
     def main(self, *args: str, rulebook: Path | None = None) -> int:
         flags = ["--dsn", self.db, "--slot", self.slot]
         flags += ["--rulebook", str(rulebook or self.broken)]
-        return _cli(["deadletters", *args, *flags])
+        return cli_main(["deadletters", *args, *flags])
 
     def rows(self) -> list[tuple[int, str, int]]:
         with psycopg.connect(self.db) as conn:
@@ -112,15 +117,6 @@ def letters(
         assert daemon.daemon.counters.dead_letters == 3
     receiver.reset()
     return Letters(db, settings.slot, broken, fixed, receiver)
-
-
-def _cli(args: list[str]) -> int:
-    """cli.main, leaving structlog as it was (main points it at capsys's stderr)."""
-    saved = structlog.get_config()
-    try:
-        return cli.main(args)
-    finally:
-        structlog.configure(**saved)
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:
@@ -379,14 +375,14 @@ def test_unclear_selections_are_usage_errors_before_any_database_work(
     db: str, args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Exit 2, not the missing-table failure (1) that reaching the database gives."""
-    assert _cli(["deadletters", *args, "--dsn", db]) == 2
+    assert cli_main(["deadletters", *args, "--dsn", db]) == 2
     assert capsys.readouterr().err.startswith("cdc-tracker: ")
 
 
 def test_a_database_without_dead_letters_is_told_so(
     db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _cli(["deadletters", "list", "--dsn", db]) == 1
+    assert cli_main(["deadletters", "list", "--dsn", db]) == 1
     err = capsys.readouterr().err
     assert "no dead letters: the table cdc_tracker.dead_letters does not exist yet" in (
         err
@@ -423,7 +419,8 @@ def test_a_second_retry_of_the_same_slot_is_refused_while_one_runs(
 def test_list_of_another_slot_points_at_the_slots_that_have_letters(
     letters: Letters, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _cli(["deadletters", "list", "--dsn", letters.db, "--slot", "other"]) == 0
+    args = ["deadletters", "list", "--dsn", letters.db, "--slot", "other"]
+    assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert (
         f"no dead letters for slot 'other'; other slots have some: {letters.slot}"

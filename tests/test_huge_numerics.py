@@ -14,14 +14,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import structlog
 
-from cdc_tracker import cli
 from cdc_tracker.exact_json import loads
 from cdc_tracker.replay.main import run_replay
 from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import WRITE_KEY, running_daemon, settings_for, sql
+from tests.harness import WRITE_KEY, cli_main, running_daemon, settings_for, sql
 
 HUGE = "1" + "0" * 5000 + "7"  # 5,002 digits
 
@@ -41,7 +39,7 @@ track:
 """
 
 
-def _setup(db: str, receiver: FakeRudderStack, tmp_path: Path) -> Path:
+def _setup(db: str, tmp_path: Path) -> Path:
     sql(
         db,
         "create table amounts "
@@ -55,7 +53,7 @@ def _setup(db: str, receiver: FakeRudderStack, tmp_path: Path) -> Path:
 def test_a_huge_integer_numeric_is_sent_with_every_digit(
     empty_db: str, receiver: FakeRudderStack, tmp_path: Path
 ) -> None:
-    path = _setup(empty_db, receiver, tmp_path)
+    path = _setup(empty_db, tmp_path)
     with running_daemon(settings_for(empty_db, receiver, path)) as daemon:
         sql(
             empty_db,
@@ -76,7 +74,7 @@ def test_a_refused_call_with_a_huge_integer_is_a_dead_letter_and_retried_whole(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = _setup(empty_db, receiver, tmp_path)
+    path = _setup(empty_db, tmp_path)
     settings = settings_for(empty_db, receiver, path)
     with running_daemon(settings) as daemon:
         receiver.fail_next(1, status=400)
@@ -95,25 +93,16 @@ def test_a_refused_call_with_a_huge_integer_is_a_dead_letter_and_retried_whole(
     monkeypatch.setenv("RUDDERSTACK_DATA_PLANE_URL", receiver.url)
     monkeypatch.setenv("RUDDERSTACK_WRITE_KEY", WRITE_KEY)
     flags = ["--dsn", empty_db, "--slot", settings.slot, "--rulebook", str(path)]
-    assert _cli(["deadletters", "retry", "--all", *flags]) == 0
+    assert cli_main(["deadletters", "retry", "--all", *flags]) == 0
     retried = receiver.calls[-1]
     assert retried.user_id == "1"
     assert f'"plain":{HUGE}'.encode() in retried.raw
 
 
-def _cli(args: list[str]) -> int:
-    """cli.main, leaving structlog as it was (main points it at stderr)."""
-    saved = structlog.get_config()
-    try:
-        return cli.main(args)
-    finally:
-        structlog.configure(**saved)
-
-
 def test_an_oversize_call_of_huge_integers_is_a_dead_letter_and_the_next_goes_on(
     empty_db: str, receiver: FakeRudderStack, tmp_path: Path
 ) -> None:
-    path = _setup(empty_db, receiver, tmp_path)
+    path = _setup(empty_db, tmp_path)
     listed = ",".join([HUGE] * 8)  # over the 32 KB per-call limit
     with running_daemon(settings_for(empty_db, receiver, path)) as daemon:
         sql(
@@ -162,7 +151,7 @@ def test_replay_sends_a_huge_integer_key_with_the_live_daemons_ids(
 def test_a_rule_may_compare_with_a_huge_literal(
     empty_db: str, receiver: FakeRudderStack, tmp_path: Path
 ) -> None:
-    path = _setup(empty_db, receiver, tmp_path)
+    path = _setup(empty_db, tmp_path)
     path.write_text(
         RULEBOOK.replace(
             "    on: insert\n", f"    on: insert\n    when: plain > {HUGE}\n"
@@ -183,7 +172,7 @@ def test_a_rulebook_number_too_long_to_read_is_a_problem_at_its_line(
 ) -> None:
     path = tmp_path / "rulebook.yaml"
     path.write_text(RULEBOOK + f"      big: {HUGE}\n")
-    assert _cli(["check", str(path)]) == 2
+    assert cli_main(["check", str(path)]) == 2
     assert capsys.readouterr().err == (
         f"{path}:13: invalid YAML: a number of 5002 digits is too long\n"
     )
