@@ -5,6 +5,9 @@ integer stays an ``int`` up to Python's limit on converting digits (4,300 by
 default); beyond it, where a PostgreSQL numeric can still go (131,072 digits before
 the point), it becomes a ``Decimal`` too, as exact.
 
+A number whose exponent no ``Decimal`` can hold (the json type takes
+``1e9999999999999999999``) raises ``NumberOutOfRange``.
+
 This is the general path: the wal2json parser decodes with msgspec, which is several
 times faster but refuses such integers, and falls back to ``loads`` for the rare
 row it refuses.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 _INT_DIGITS = sys.get_int_max_str_digits()  # 0: no limit
@@ -27,10 +30,22 @@ def integer(text: str) -> int | Decimal:
     return int(text)
 
 
-_decoder = json.JSONDecoder(parse_float=Decimal, parse_int=integer)
+class NumberOutOfRange(ValueError):
+    """A JSON number beyond what a ``Decimal`` holds."""
+
+
+def _fraction(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise NumberOutOfRange("a number whose exponent no decimal can hold") from None
+
+
+_decoder = json.JSONDecoder(parse_float=_fraction, parse_int=integer)
 
 
 def loads(data: str | bytes | bytearray | memoryview) -> Any:
-    """Decode one JSON document; raises ``ValueError`` when it is not one."""
+    """Decode one JSON document; raises ``ValueError`` when it is not one, or
+    ``NumberOutOfRange``."""
     text = data if isinstance(data, str) else bytes(data).decode()
     return _decoder.decode(text)

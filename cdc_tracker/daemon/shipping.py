@@ -14,7 +14,8 @@ from typing import IO, Protocol
 
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.destination.rudderstack import RudderStackClient
-from cdc_tracker.model import Call, DeadLetter
+from cdc_tracker.mapping.mapper import change_letter
+from cdc_tracker.model import Call, Change, DeadLetter
 
 
 @dataclass(slots=True)
@@ -69,19 +70,28 @@ class PrintShipper:
 
 
 def encode_calls(
-    calls: list[Call], encoded: list[EncodedCall], dead: list[DeadLetter]
+    calls: list[Call],
+    encoded: list[EncodedCall],
+    dead: list[DeadLetter],
+    change: Change | None = None,
 ) -> None:
     """Append each call, encoded, to ``encoded``; one that cannot be encoded (a
-    NaN, a value JSON cannot carry) is a dead letter instead."""
+    NaN, a value JSON cannot carry, nesting past the encoder's limit) is a dead
+    letter instead. It holds ``change`` when given (a retry maps it again, as for
+    any other mapping problem), else the call itself."""
     for call in calls:
         try:
             encoded.append(EncodedCall.of(call))
         except ValueError as exc:
+            reason = f"cannot encode: {exc}"
+            if change is not None:
+                dead.append(change_letter(change, call.rule, reason))
+                continue
             dead.append(
                 DeadLetter(
                     table=call.table,
                     rule=call.rule,
-                    reason=f"cannot encode: {exc}",
+                    reason=reason,
                     commit_lsn=call.commit_lsn,
                     ordinal=call.ordinal,
                     call=call.payload,

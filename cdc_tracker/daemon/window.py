@@ -258,7 +258,7 @@ class Window:
         mapped: list[Call] = []
         self.mapper.map(change, mapped, self.dead)
         if mapped:
-            encode_calls(mapped, self.calls, self.dead)
+            encode_calls(mapped, self.calls, self.dead, change)
 
     def _ship(self) -> bool:
         """Hand the pending calls to the shipping thread, once fewer than

@@ -23,7 +23,12 @@ import psycopg
 import structlog
 
 from cdc_tracker.daemon.shipping import Outcome, Shipper, encode_calls
-from cdc_tracker.deadletters.store import DeadLetterStore, Selection, StoredLetter
+from cdc_tracker.deadletters.store import (
+    ALTERED,
+    DeadLetterStore,
+    Selection,
+    StoredLetter,
+)
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
@@ -159,6 +164,13 @@ class Redrive:
 
     def _plan(self, stored: StoredLetter) -> _Plan:
         letter = stored.letter
+        altered = (letter.call or letter.change).get(ALTERED)
+        if altered:
+            reason = (
+                f"stored altered ({'; '.join(map(str, altered))}), so it cannot be "
+                "sent as it was made; replay its row instead"
+            )
+            return _Plan(stored, reason=reason)
         if letter.call is not None:
             return _Plan(stored, [call_of(stored)])
         if letter.rule not in self.rule_ids:

@@ -66,6 +66,10 @@ _SELECT_SQL = (
     "FROM cdc_tracker.dead_letters WHERE {where} ORDER BY id{limit}"
 )
 
+# Set in a stored change or call whose values had to change to be stored: what
+# changed. A retry refuses to send such a letter, which is no longer what was made.
+ALTERED = "cdc_tracker_altered"
+
 # The two-key advisory lock space is apart from the slot's (one bigint key).
 _RETRY_LOCK_CLASS = 0x63647472  # "cdtr"
 
@@ -158,8 +162,8 @@ class DeadLetterStore:
             letter.reason,
             str(letter.commit_lsn),
             letter.ordinal,
-            to_json(letter.change),
-            None if letter.call is None else to_json(letter.call),
+            _stored_json(letter.change),
+            None if letter.call is None else _stored_json(letter.call),
         )
 
     # -- reading and curing (cdc-tracker deadletters) ---------------------------
@@ -306,28 +310,72 @@ def _stored(row: tuple[Any, ...]) -> StoredLetter:
 
 
 def to_json(value: Any, option: int = 0) -> str:
-    """JSON text with exact decimals that jsonb takes, whatever the letter holds.
+    """JSON text with exact decimals that jsonb takes (see ``_Storing``)."""
+    return _Storing().text(value, option)
 
-    A letter must always be storable, or the daemon would stop on it at every
-    start. NUL is dropped and a lone surrogate (a json value's ``\\ud800``) becomes
-    U+FFFD, since jsonb holds neither; a number beyond what jsonb's numeric holds
-    is stored as a string of its exact text. The reason column already says what
-    went wrong with a value.
+
+def _stored_json(document: dict[str, Any]) -> str:
+    """A letter's change or call as stored, marked with ``ALTERED`` when a value
+    had to change to be stored."""
+    storing = _Storing()
+    text = storing.text(document)
+    if not storing.altered:
+        return text
+    return to_json({**document, ALTERED: sorted(storing.altered)})
+
+
+class _Storing:
+    """Writes JSON that jsonb takes, whatever a letter holds, and says what that
+    changed: a letter must always be storable, or the daemon would stop on it at
+    every start.
+
+    NUL is dropped and a lone surrogate (a json value's ``\\ud800``) becomes
+    U+FFFD, since jsonb holds neither; a number beyond jsonb's numeric is stored as
+    a string of its exact text. The reason column says what went wrong.
     """
-    try:
-        encoded = orjson.dumps(value, default=_exact, option=option)
-    except orjson.JSONEncodeError:
-        # An int beyond 64 bits (a numeric without a fraction), or a surrogate.
-        encoded = orjson.dumps(_storable(value), default=_exact, option=option)
-    return _NUL.sub(r"\1", encoded.decode())
 
+    def __init__(self) -> None:
+        self.altered: set[str] = set()
 
-def _exact(value: object) -> orjson.Fragment | str:
-    if isinstance(value, Decimal):
-        if not value.is_finite() or not _fits_numeric(value):
-            return str(value)
-        return orjson.Fragment(str(value))
-    raise TypeError(f"cannot store a value of type {type(value).__name__}")
+    def text(self, value: Any, option: int = 0) -> str:
+        try:
+            encoded = orjson.dumps(value, default=self._exact, option=option)
+        except orjson.JSONEncodeError:
+            # An int beyond 64 bits (a numeric without a fraction), or a surrogate.
+            cleaned = self._storable(value)
+            try:
+                encoded = orjson.dumps(cleaned, default=self._exact, option=option)
+            except orjson.JSONEncodeError as exc:
+                # Nothing else is known to reach here: keep the letter, not its value.
+                self.altered.add("the value could not be stored")
+                encoded = orjson.dumps({"unstorable": str(exc)})
+        return _NUL.sub(r"\1", encoded.decode())
+
+    def _exact(self, value: object) -> orjson.Fragment | str:
+        if isinstance(value, Decimal):
+            if not value.is_finite():
+                return str(value)
+            if not _fits_numeric(value):
+                self.altered.add("numbers beyond numeric are stored as text")
+                return str(value)
+            return orjson.Fragment(str(value))
+        raise TypeError(f"cannot store a value of type {type(value).__name__}")
+
+    def _storable(self, value: Any) -> Any:
+        """``value`` with big ints as exact fragments, lone surrogates replaced."""
+        if isinstance(value, str):
+            utf16 = value.encode("utf-16", "surrogatepass")
+            cleaned = utf16.decode("utf-16", "replace")
+            if cleaned != value:
+                self.altered.add("lone surrogates are stored as U+FFFD")
+            return cleaned
+        if isinstance(value, dict):
+            return {
+                self._storable(key): self._storable(item) for key, item in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self._storable(item) for item in value]
+        return widen_big_ints(value)
 
 
 def _fits_numeric(value: Decimal) -> bool:
@@ -336,14 +384,3 @@ def _fits_numeric(value: Decimal) -> bool:
     return (
         -exponent <= NUMERIC_MAX_SCALE and value.adjusted() < NUMERIC_MAX_INTEGER_DIGITS
     )
-
-
-def _storable(value: Any) -> Any:
-    """``value`` with big ints as exact fragments and lone surrogates replaced."""
-    if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, dict):
-        return {_storable(key): _storable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_storable(item) for item in value]
-    return widen_big_ints(value)

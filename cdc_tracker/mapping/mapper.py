@@ -205,13 +205,13 @@ class Mapper:
                 if exc.spec.missing == "skip":
                     self._skipped(rule, exc.spec)
                 else:
-                    dead.append(_dead_letter(change, rule, str(exc)))
+                    dead.append(change_letter(change, rule.id, str(exc)))
                 continue
             except EvaluationError as exc:
-                dead.append(_dead_letter(change, rule, str(exc)))
+                dead.append(change_letter(change, rule.id, str(exc)))
                 continue
             if isinstance(call, str):
-                dead.append(_dead_letter(change, rule, call))
+                dead.append(change_letter(change, rule.id, call))
             elif call is not None:
                 calls.append(call)
 
@@ -436,10 +436,12 @@ def _user_id(value: Any) -> str | None:
     return text or None
 
 
-def _dead_letter(change: Change, rule: Rule, reason: str) -> DeadLetter:
+def change_letter(change: Change, rule_id: str, reason: str) -> DeadLetter:
+    """The dead letter of a change a rule could not make a call of: it holds the
+    change, for a retry to map again once the cause is fixed."""
     return DeadLetter(
         table=change.table,
-        rule=rule.id,
+        rule=rule_id,
         reason=reason,
         commit_lsn=change.commit_lsn,
         ordinal=change.ordinal,

@@ -32,7 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from cdc_tracker.destination.encode import exact_number
-from cdc_tracker.exact_json import loads
+from cdc_tracker.exact_json import NumberOutOfRange, loads
 from cdc_tracker.rules.expr import Kind
 
 Converter = Callable[[Any], Any]
@@ -103,6 +103,8 @@ def _json(value: Any) -> Any:
     except RecursionError:
         # PostgreSQL takes documents nested thousands deep; no destination does.
         raise ConversionError("the json document is nested too deeply") from None
+    except NumberOutOfRange as exc:  # the json type checks only the syntax
+        raise ConversionError(f"the json document holds {exc}") from None
 
 
 def _without_nul(value: Any) -> Any:

@@ -315,9 +315,10 @@ class Replay:
         page = _Page(reader.info.name, len(rows), reader.position(rows[-1]))
         mapped: list[Call] = []
         for ordinal, row in enumerate(rows, start=self._ordinal + 1):
-            self.mapper.map(maker.change(row, ordinal), mapped, page.dead)
+            change = maker.change(row, ordinal)
+            self.mapper.map(change, mapped, page.dead)
             # Encoded at once, while the payload is fresh (see EncodedCall).
-            encode_calls(mapped, page.calls, page.dead)
+            encode_calls(mapped, page.calls, page.dead, change)
             mapped.clear()
         self._ordinal += len(rows)
         return page
