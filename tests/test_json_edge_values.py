@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc_tracker.deadletters.store import ALTERED
+from cdc_tracker.deadletters.store import ALTERED, DeadLetterStore
+from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.replay.main import run_replay
 from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.settings import Settings
@@ -103,16 +104,27 @@ def test_a_value_no_call_can_carry_is_a_dead_letter_and_a_restart_goes_on(
     assert still.startswith(why)
 
 
-@pytest.mark.parametrize("number", ["1e-100000", "-2.5E+200000"])
-def test_a_number_beyond_numeric_is_sent_as_written_and_never_resent_altered(
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("1e-100000", "1E-100000"),  # beyond numeric
+        ("-2.5E+200000", "-2.5E+200000"),
+        ("1e40000", "1E+40000"),  # jsonb would write 40,001 digits
+        ("1E+2", "1E+2"),  # jsonb would write 100
+        ("-0.0", "-0.0"),  # jsonb would write 0.0
+    ],
+    ids=["tiny", "huge", "expanded", "exponent", "negative zero"],
+)
+def test_a_number_jsonb_cannot_keep_is_sent_as_written_and_never_resent_altered(
     empty_db: str,
     receiver: FakeRudderStack,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    number: str,
+    case: tuple[str, str],
 ) -> None:
     """Not written out as 100,000 zeros. Refused, its letter keeps it as text
-    (jsonb cannot hold it) and says so; a retry refuses to send it so altered."""
+    (jsonb cannot hold it as written) and says so; a retry refuses to send it."""
+    number, sent = case
     settings = settings_for(empty_db, receiver, _setup(empty_db, tmp_path))
     with running_daemon(settings) as daemon:
         sql(empty_db, f"""insert into docs values (1, '{{"v": {number}}}')""")
@@ -122,20 +134,20 @@ def test_a_number_beyond_numeric_is_sent_as_written_and_never_resent_altered(
         daemon.caught_up()
         sql(empty_db, """insert into docs values (3, '{"v": 3}')""")
         daemon.caught_up()
-    sent, after = receiver.calls
-    assert f'"doc":{{"v":{number.upper()}}}'.encode() in sent.raw
+    first, after = receiver.calls
+    assert f'"doc":{{"v":{sent}}}'.encode() in first.raw
     assert after.user_id == "3"
     [(reason, _, call)] = _letters(empty_db)
     assert reason == "refused by the destination with status 400"
-    assert call["properties"]["doc"] == {"v": number.upper()}
-    assert call[ALTERED] == ["numbers beyond numeric are stored as text"]
+    assert call["properties"]["doc"] == {"v": sent}
+    assert call[ALTERED] == ["numbers jsonb cannot keep as written are text"]
 
     assert _retry_all(settings, monkeypatch) == 1
     assert len(receiver.calls) == 2
     [(still, _, _)] = _letters(empty_db)
     assert still == (
-        "stored altered (numbers beyond numeric are stored as text), so it cannot "
-        "be sent as it was made; replay its row instead"
+        "stored altered (numbers jsonb cannot keep as written are text), so it "
+        "cannot be sent as it was made; replay its row instead"
     )
 
 
@@ -160,3 +172,61 @@ def test_replay_of_such_values_goes_on_past_them(
     [line] = out.getvalue().splitlines()
     assert '"userId":"3"' in line
     assert "2 dead letters" in err.getvalue()
+
+
+def test_a_change_letter_keeps_its_numbers_as_jsonb_writes_them_and_is_retried(
+    empty_db: str,
+    receiver: FakeRudderStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mapped again on a retry, a change needs its values, not their text."""
+    path = _setup(empty_db, tmp_path)
+    sql(empty_db, "alter table docs add column x double precision, add column u text")
+    path.write_text(RULEBOOK.replace("user_id: id", "user_id: u"))
+    settings = settings_for(empty_db, receiver, path)
+    with running_daemon(settings) as daemon:
+        sql(empty_db, "insert into docs values (1, '{}', 1e30, null)")
+        daemon.caught_up()
+    [(reason, new, _)] = _letters(empty_db)
+    assert reason.startswith("user_id (u) is null")
+    assert ALTERED not in new
+    sql(empty_db, "update docs set u = 'one'")  # the letter's change keeps null
+    path.write_text(RULEBOOK.replace("user_id: id", "user_id: \"coalesce(u, 'x')\""))
+    assert _retry_all(settings, monkeypatch) == 0
+    [call] = receiver.calls
+    assert call.user_id == "x"
+
+
+def test_a_letter_that_cannot_be_stored_keeps_its_place_and_is_never_sent(
+    empty_db: str,
+    receiver: FakeRudderStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No input is known to reach this; the store must still not stop on it."""
+    settings = settings_for(empty_db, receiver, _setup(empty_db, tmp_path))
+    nested: Any = []
+    for _ in range(300):  # past what orjson writes
+        nested = [nested]
+    letter = DeadLetter(
+        "public.docs", "Doc Seen", "why", Lsn(7), 0, call=nested_call(nested)
+    )
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        store = DeadLetterStore(conn, settings.slot)
+        store.ensure_schema()
+        store.save([letter])
+    [(_, _, call)] = _letters(empty_db)
+    assert call[ALTERED] == ["the value could not be stored"]
+    assert "unstorable" in call
+    assert _retry_all(settings, monkeypatch) == 1
+    assert receiver.requests == []
+
+
+def nested_call(value: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "messageId": "m1",
+        "userId": "1",
+        "properties": {"v": value},
+    }

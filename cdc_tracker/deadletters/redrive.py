@@ -254,7 +254,7 @@ def _chunks(
 
 def _refusals(dead: list[DeadLetter]) -> dict[str, str]:
     return {
-        str(letter.call.get("messageId")): letter.reason
+        str(letter.call.get("messageId", "")): letter.reason
         for letter in dead
         if letter.call is not None
     }

@@ -163,7 +163,7 @@ class DeadLetterStore:
             str(letter.commit_lsn),
             letter.ordinal,
             _stored_json(letter.change),
-            None if letter.call is None else _stored_json(letter.call),
+            None if letter.call is None else _stored_json(letter.call, as_sent=True),
         )
 
     # -- reading and curing (cdc-tracker deadletters) ---------------------------
@@ -314,14 +314,19 @@ def to_json(value: Any, option: int = 0) -> str:
     return _Storing().text(value, option)
 
 
-def _stored_json(document: dict[str, Any]) -> str:
+def _stored_json(document: dict[str, Any], *, as_sent: bool = False) -> str:
     """A letter's change or call as stored, marked with ``ALTERED`` when a value
-    had to change to be stored."""
-    storing = _Storing()
+    had to change to be stored.
+
+    ``as_sent`` is for a call, which a retry resends as it is stored: a number
+    whose text jsonb would rewrite (``1E+2`` as ``100``, ``-0.0`` as ``0.0``) is
+    kept as text too. A change is mapped again: its numbers' values are enough.
+    """
+    storing = _Storing(as_sent)
     text = storing.text(document)
     if not storing.altered:
         return text
-    return to_json({**document, ALTERED: sorted(storing.altered)})
+    return _Storing(as_sent).text({**document, ALTERED: sorted(storing.altered)})
 
 
 class _Storing:
@@ -334,7 +339,8 @@ class _Storing:
     a string of its exact text. The reason column says what went wrong.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, as_sent: bool = False) -> None:
+        self.as_sent = as_sent
         self.altered: set[str] = set()
 
     def text(self, value: Any, option: int = 0) -> str:
@@ -348,15 +354,17 @@ class _Storing:
             except orjson.JSONEncodeError as exc:
                 # Nothing else is known to reach here: keep the letter, not its value.
                 self.altered.add("the value could not be stored")
-                encoded = orjson.dumps({"unstorable": str(exc)})
+                encoded = orjson.dumps(
+                    {"unstorable": str(exc), ALTERED: sorted(self.altered)}
+                )
         return _NUL.sub(r"\1", encoded.decode())
 
     def _exact(self, value: object) -> orjson.Fragment | str:
         if isinstance(value, Decimal):
             if not value.is_finite():
                 return str(value)
-            if not _fits_numeric(value):
-                self.altered.add("numbers beyond numeric are stored as text")
+            if not _fits_numeric(value) or (self.as_sent and _rewritten(value)):
+                self.altered.add("numbers jsonb cannot keep as written are text")
                 return str(value)
             return orjson.Fragment(str(value))
         raise TypeError(f"cannot store a value of type {type(value).__name__}")
@@ -376,6 +384,13 @@ class _Storing:
         if isinstance(value, list | tuple):
             return [self._storable(item) for item in value]
         return widen_big_ints(value)
+
+
+def _rewritten(value: Decimal) -> bool:
+    """Whether jsonb would print the number otherwise than the call had it."""
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    return exponent > 0 or (value.is_zero() and value.is_signed())
 
 
 def _fits_numeric(value: Decimal) -> bool:
