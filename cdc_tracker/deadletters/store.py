@@ -69,6 +69,9 @@ _SELECT_SQL = (
 # Set in a stored change or call whose values had to change to be stored: what
 # changed. A retry refuses to send such a letter, which is no longer what was made.
 ALTERED = "cdc_tracker_altered"
+# The places of the numbers stored as text (jsonb would not keep them as written),
+# made numbers again when the letter is read.
+NUMBERS_AS_TEXT = "cdc_tracker_numbers_as_text"
 
 # The two-key advisory lock space is apart from the slot's (one bigint key).
 _RETRY_LOCK_CLASS = 0x63647472  # "cdtr"
@@ -163,7 +166,7 @@ class DeadLetterStore:
             str(letter.commit_lsn),
             letter.ordinal,
             _stored_json(letter.change),
-            None if letter.call is None else _stored_json(letter.call, as_sent=True),
+            None if letter.call is None else _stored_json(letter.call),
         )
 
     # -- reading and curing (cdc-tracker deadletters) ---------------------------
@@ -301,8 +304,8 @@ def _stored(row: tuple[Any, ...]) -> StoredLetter:
         reason=reason,
         commit_lsn=Lsn.parse(lsn),
         ordinal=ordinal,
-        change={} if change is None else loads(change),
-        call=None if call is None else loads(call),
+        change={} if change is None else _restored(loads(change)),
+        call=None if call is None else _restored(loads(call)),
     )
     return StoredLetter(
         letter_id, created, slot, letter, attempts, last_attempt, from_delivery
@@ -314,19 +317,56 @@ def to_json(value: Any, option: int = 0) -> str:
     return _Storing().text(value, option)
 
 
-def _stored_json(document: dict[str, Any], *, as_sent: bool = False) -> str:
-    """A letter's change or call as stored, marked with ``ALTERED`` when a value
-    had to change to be stored.
+def _stored_json(document: dict[str, Any]) -> str:
+    """A letter's change or call as stored, read back as it was by ``_restored``.
 
-    ``as_sent`` is for a call, which a retry resends as it is stored: a number
-    whose text jsonb would rewrite (``1E+2`` as ``100``, ``-0.0`` as ``0.0``) is
-    kept as text too. A change is mapped again: its numbers' values are enough.
+    A number jsonb cannot keep as written (beyond its numeric, or printed otherwise:
+    ``1E+30`` as 31 digits, ``-0.0`` as ``0.0``) is stored as its text, and its
+    place is listed under ``NUMBERS_AS_TEXT``. What cannot be restored (a lone
+    surrogate) is marked under ``ALTERED``.
     """
-    storing = _Storing(as_sent)
-    text = storing.text(document)
+    places: list[list[str | int]] = []
+    kept = _numbers_as_text(document, [], places)
+    if places:
+        kept[NUMBERS_AS_TEXT] = places
+    storing = _Storing()
+    text = storing.text(kept)
     if not storing.altered:
         return text
-    return _Storing(as_sent).text({**document, ALTERED: sorted(storing.altered)})
+    return _Storing().text({**kept, ALTERED: sorted(storing.altered)})
+
+
+def _numbers_as_text(value: Any, place: list[str | int], places: list[Any]) -> Any:
+    if isinstance(value, Decimal) and value.is_finite() and _rewritten(value):
+        places.append(place)
+        return str(value)
+    if isinstance(value, dict):
+        return {
+            key: _numbers_as_text(item, [*place, key], places)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [
+            _numbers_as_text(item, [*place, index], places)
+            for index, item in enumerate(value)
+        ]
+    return value
+
+
+def _restored(document: Any) -> Any:
+    """A stored change or call with its numbers stored as text made numbers again."""
+    if not isinstance(document, dict):
+        return document
+    for place in document.pop(NUMBERS_AS_TEXT, None) or []:
+        *path, last = place
+        try:
+            parent = document
+            for step in path:
+                parent = parent[step]
+            parent[last] = Decimal(parent[last])
+        except (LookupError, TypeError, ArithmeticError, ValueError):
+            continue  # edited by hand: leave it as it is
+    return document
 
 
 class _Storing:
@@ -335,12 +375,11 @@ class _Storing:
     every start.
 
     NUL is dropped and a lone surrogate (a json value's ``\\ud800``) becomes
-    U+FFFD, since jsonb holds neither; a number beyond jsonb's numeric is stored as
-    a string of its exact text. The reason column says what went wrong.
+    U+FFFD, since jsonb holds neither (numbers are ``_stored_json``'s concern). The
+    reason column says what went wrong.
     """
 
-    def __init__(self, as_sent: bool = False) -> None:
-        self.as_sent = as_sent
+    def __init__(self) -> None:
         self.altered: set[str] = set()
 
     def text(self, value: Any, option: int = 0) -> str:
@@ -363,9 +402,6 @@ class _Storing:
         if isinstance(value, Decimal):
             if not value.is_finite():
                 return str(value)
-            if not _fits_numeric(value) or (self.as_sent and _rewritten(value)):
-                self.altered.add("numbers jsonb cannot keep as written are text")
-                return str(value)
             return orjson.Fragment(str(value))
         raise TypeError(f"cannot store a value of type {type(value).__name__}")
 
@@ -387,10 +423,15 @@ class _Storing:
 
 
 def _rewritten(value: Decimal) -> bool:
-    """Whether jsonb would print the number otherwise than the call had it."""
+    """Whether jsonb would not keep the finite number as written: beyond its
+    numeric, or printed otherwise (a positive exponent, a negative zero)."""
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)  # finite
-    return exponent > 0 or (value.is_zero() and value.is_signed())
+    return (
+        exponent > 0
+        or (value.is_zero() and value.is_signed())
+        or not _fits_numeric(value)
+    )
 
 
 def _fits_numeric(value: Decimal) -> bool:
