@@ -24,7 +24,10 @@ _INT_DIGITS = sys.get_int_max_str_digits()  # 0: no limit
 
 
 def integer(text: str) -> int | Decimal:
-    """An integer literal as ``int``, or as ``Decimal`` past the digit limit."""
+    """An integer literal as ``int``, or as ``Decimal`` past the digit limit, or
+    for ``-0``, whose sign an ``int`` would drop."""
+    if text == "-0":
+        return Decimal(text)
     if _INT_DIGITS and len(text) > _INT_DIGITS:  # the sign counts: a bound, not exact
         return Decimal(text)
     return int(text)

@@ -223,3 +223,25 @@ def nested_call(value: Any) -> dict[str, Any]:
         "userId": "1",
         "properties": {"v": value},
     }
+
+
+def test_a_negative_zero_a_refused_call_held_is_retried_with_its_sign(
+    empty_db: str,
+    receiver: FakeRudderStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = _setup(empty_db, tmp_path)
+    sql(empty_db, "alter table docs add column da double precision[]")
+    path.write_text(RULEBOOK + "      da: da\n")
+    settings = settings_for(empty_db, receiver, path)
+    with running_daemon(settings) as daemon:
+        sql(empty_db, "insert into docs values (1, '{}', '{-0, 1.5}')")
+        daemon.caught_up()
+        receiver.fail_next(1, status=400)
+        sql(empty_db, "insert into docs values (2, '{}', '{-0, 1.5}')")
+        daemon.caught_up()
+    [sent] = receiver.calls
+    assert b'"da":[-0,1.5]' in sent.raw
+    assert _retry_all(settings, monkeypatch) == 0
+    assert b'"da":[-0,1.5]' in receiver.calls[-1].raw
