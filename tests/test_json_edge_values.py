@@ -245,3 +245,22 @@ def test_a_negative_zero_a_refused_call_held_is_retried_with_its_sign(
     assert b'"da":[-0,1.5]' in sent.raw
     assert _retry_all(settings, monkeypatch) == 0
     assert b'"da":[-0,1.5]' in receiver.calls[-1].raw
+
+
+def test_show_prints_a_letters_numbers_as_the_call_had_them(
+    empty_db: str,
+    receiver: FakeRudderStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = settings_for(empty_db, receiver, _setup(empty_db, tmp_path))
+    with running_daemon(settings) as daemon:
+        receiver.fail_next(1, status=400)
+        sql(empty_db, """insert into docs values (1, '{"v": 1.5e-7}')""")
+        daemon.caught_up()
+    capsys.readouterr()
+    monkeypatch.setenv("RUDDERSTACK_DATA_PLANE_URL", receiver.url)
+    flags = ["--dsn", empty_db, "--slot", settings.slot]
+    assert cli_main(["deadletters", "show", "1", "--json", *flags]) == 0
+    assert '"doc":{"v":0.00000015}' in capsys.readouterr().out

@@ -22,6 +22,7 @@ import psycopg
 from cdc_tracker.destination.encode import (
     NUMERIC_MAX_INTEGER_DIGITS,
     NUMERIC_MAX_SCALE,
+    exact_number,
     widen_big_ints,
 )
 from cdc_tracker.errors import CdcTrackerError, SourceError
@@ -402,7 +403,8 @@ class _Storing:
         if isinstance(value, Decimal):
             if not value.is_finite():
                 return str(value)
-            return orjson.Fragment(str(value))
+            written: orjson.Fragment = exact_number(value)  # 0.00000015, not 1.5E-7
+            return written
         raise TypeError(f"cannot store a value of type {type(value).__name__}")
 
     def _storable(self, value: Any) -> Any:
