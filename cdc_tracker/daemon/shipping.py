@@ -14,7 +14,7 @@ from typing import IO, Protocol
 
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.destination.rudderstack import RudderStackClient
-from cdc_tracker.mapping.mapper import change_letter
+from cdc_tracker.mapping.mapper import Mapper, change_letter
 from cdc_tracker.model import Call, Change, DeadLetter
 
 
@@ -67,6 +67,22 @@ class PrintShipper:
             outcome.bytes += len(item.body) + 1
         self.out.flush()
         return outcome
+
+
+def map_encoded(
+    mapper: Mapper,
+    change: Change,
+    encoded: list[EncodedCall],
+    dead: list[DeadLetter],
+) -> None:
+    """Map ``change`` and encode its calls at once, while their payloads are still
+    in the processor's cache (see ``EncodedCall``)."""
+    # A list of its own: a lookup outage that cuts the change short leaves
+    # nothing behind to be sent with its next reading.
+    mapped: list[Call] = []
+    mapper.map(change, mapped, dead)
+    if mapped:
+        encode_calls(mapped, encoded, dead, change)
 
 
 def encode_calls(

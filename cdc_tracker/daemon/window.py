@@ -33,11 +33,11 @@ import structlog
 
 from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.daemon.counters import Counters
-from cdc_tracker.daemon.shipping import Outcome, Shipper, encode_calls
+from cdc_tracker.daemon.shipping import Outcome, Shipper, map_encoded
 from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.mapping.mapper import Mapper
-from cdc_tracker.model import Call, Change, DeadLetter, Lsn
+from cdc_tracker.model import Change, DeadLetter, Lsn
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import Slot
 from cdc_tracker.source.stream import Stream
@@ -251,14 +251,9 @@ class Window:
                 log.warning("table truncated; no calls made for it", table=event.table)
 
     def _map(self, change: Change) -> None:
-        """Map a change and encode its calls at once (see ``EncodedCall``)."""
+        """Count a change, map it and encode its calls (see ``map_encoded``)."""
         self.counters.changes += 1
-        # A list of its own: a lookup outage that cuts the change short leaves
-        # nothing behind to be sent with its next reading.
-        mapped: list[Call] = []
-        self.mapper.map(change, mapped, self.dead)
-        if mapped:
-            encode_calls(mapped, self.calls, self.dead, change)
+        map_encoded(self.mapper, change, self.calls, self.dead)
 
     def _ship(self) -> bool:
         """Hand the pending calls to the shipping thread, once fewer than

@@ -432,13 +432,6 @@ def _rewritten(value: Decimal) -> bool:
     return (
         exponent > 0
         or (value.is_zero() and value.is_signed())
-        or not _fits_numeric(value)
-    )
-
-
-def _fits_numeric(value: Decimal) -> bool:
-    exponent = value.as_tuple().exponent
-    assert isinstance(exponent, int)  # finite
-    return (
-        -exponent <= NUMERIC_MAX_SCALE and value.adjusted() < NUMERIC_MAX_INTEGER_DIGITS
+        or -exponent > NUMERIC_MAX_SCALE
+        or value.adjusted() >= NUMERIC_MAX_INTEGER_DIGITS
     )

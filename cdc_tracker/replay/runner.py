@@ -22,13 +22,13 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
-from cdc_tracker.daemon.shipping import Outcome, Shipper, encode_calls
+from cdc_tracker.daemon.shipping import Outcome, Shipper, map_encoded
 from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.errors import ConfigError
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
-from cdc_tracker.model import Call, DeadLetter, TableInfo
+from cdc_tracker.model import DeadLetter, TableInfo
 from cdc_tracker.replay.changes import ChangeMaker
 from cdc_tracker.replay.pacing import Pacer
 from cdc_tracker.replay.plan import Plan, check_tables
@@ -313,13 +313,9 @@ class Replay:
     def _map(self, maker: ChangeMaker, reader: TableReader, rows: list[Row]) -> _Page:
         assert self.mapper is not None
         page = _Page(reader.info.name, len(rows), reader.position(rows[-1]))
-        mapped: list[Call] = []
         for ordinal, row in enumerate(rows, start=self._ordinal + 1):
             change = maker.change(row, ordinal)
-            self.mapper.map(change, mapped, page.dead)
-            # Encoded at once, while the payload is fresh (see EncodedCall).
-            encode_calls(mapped, page.calls, page.dead, change)
-            mapped.clear()
+            map_encoded(self.mapper, change, page.calls, page.dead)
         self._ordinal += len(rows)
         return page
 
