@@ -149,6 +149,16 @@ def cli_main(args: list[str]) -> int:
         structlog.configure(**saved)
 
 
+def retry_all_letters(settings: Settings, monkeypatch: Any) -> int:
+    """``cdc-tracker deadletters retry --all`` for ``settings``' slot, rulebook
+    and destination (``monkeypatch``: pytest's, to set the destination's env)."""
+    monkeypatch.setenv("RUDDERSTACK_DATA_PLANE_URL", settings.destination_url)
+    monkeypatch.setenv("RUDDERSTACK_WRITE_KEY", WRITE_KEY)
+    flags = ["--dsn", settings.dsn, "--slot", settings.slot]
+    flags += ["--rulebook", str(settings.rulebook)]
+    return cli_main(["deadletters", "retry", "--all", *flags])
+
+
 def sql(dsn: str, *statements: str) -> None:
     """Run each statement in its own autocommit transaction."""
     with psycopg.connect(dsn, autocommit=True) as conn:

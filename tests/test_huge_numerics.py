@@ -19,7 +19,13 @@ from cdc_tracker.exact_json import loads
 from cdc_tracker.replay.main import run_replay
 from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import WRITE_KEY, cli_main, running_daemon, settings_for, sql
+from tests.harness import (
+    cli_main,
+    retry_all_letters,
+    running_daemon,
+    settings_for,
+    sql,
+)
 
 HUGE = "1" + "0" * 5000 + "7"  # 5,002 digits
 
@@ -90,10 +96,7 @@ def test_a_refused_call_with_a_huge_integer_is_a_dead_letter_and_retried_whole(
         ).fetchall()
     assert stored == [(HUGE,)]
 
-    monkeypatch.setenv("RUDDERSTACK_DATA_PLANE_URL", receiver.url)
-    monkeypatch.setenv("RUDDERSTACK_WRITE_KEY", WRITE_KEY)
-    flags = ["--dsn", empty_db, "--slot", settings.slot, "--rulebook", str(path)]
-    assert cli_main(["deadletters", "retry", "--all", *flags]) == 0
+    assert retry_all_letters(settings, monkeypatch) == 0
     retried = receiver.calls[-1]
     assert retried.user_id == "1"
     assert f'"plain":{HUGE}'.encode() in retried.raw

@@ -17,9 +17,14 @@ from cdc_tracker.deadletters.store import ALTERED, NUMBERS_AS_TEXT, DeadLetterSt
 from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.replay.main import run_replay
 from cdc_tracker.replay.runner import ReplayOptions
-from cdc_tracker.settings import Settings
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import WRITE_KEY, cli_main, running_daemon, settings_for, sql
+from tests.harness import (
+    cli_main,
+    retry_all_letters,
+    running_daemon,
+    settings_for,
+    sql,
+)
 
 RULEBOOK = """\
 version: 1
@@ -40,15 +45,6 @@ def _setup(db: str, tmp_path: Path) -> Path:
     path = tmp_path / "rulebook.yaml"
     path.write_text(RULEBOOK)
     return path
-
-
-def _retry_all(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setenv("RUDDERSTACK_DATA_PLANE_URL", settings.destination_url)
-    monkeypatch.setenv("RUDDERSTACK_WRITE_KEY", WRITE_KEY)
-    flags = ["--dsn", settings.dsn, "--slot", settings.slot]
-    return cli_main(
-        ["deadletters", "retry", "--all", *flags, "--rulebook", str(settings.rulebook)]
-    )
 
 
 def _letters(db: str) -> list[tuple[str, Any, Any]]:
@@ -98,7 +94,7 @@ def test_a_value_no_call_can_carry_is_a_dead_letter_and_a_restart_goes_on(
     [(reason, new, call)] = _letters(empty_db)
     assert reason.startswith(why)
     assert (new["id"], new["doc"], call) == (1, doc, None)
-    assert _retry_all(settings, monkeypatch) == 1
+    assert retry_all_letters(settings, monkeypatch) == 1
     assert [call.user_id for call in receiver.calls] == ["2", "3"]
     [(still, _, _)] = _letters(empty_db)
     assert still.startswith(why)
@@ -136,7 +132,7 @@ def test_a_number_jsonb_cannot_keep_is_sent_and_retried_as_written(
     assert call["properties"]["doc"] == {"v": sent}
     assert call[NUMBERS_AS_TEXT] == [["properties", "doc", "v"]]
 
-    assert _retry_all(settings, monkeypatch) == 0
+    assert retry_all_letters(settings, monkeypatch) == 0
     [retried] = receiver.calls
     assert f'"doc":{{"v":{sent}}}'.encode() in retried.raw
     assert _letters(empty_db) == []
@@ -185,7 +181,7 @@ def test_a_change_letter_keeps_its_numbers_as_written_and_is_retried(
     assert ALTERED not in new
     sql(empty_db, "update docs set u = 'one'")  # the letter's change keeps null
     path.write_text(with_x.replace("user_id: id", "user_id: \"coalesce(u, 'x')\""))
-    assert _retry_all(settings, monkeypatch) == 0
+    assert retry_all_letters(settings, monkeypatch) == 0
     [call] = receiver.calls
     assert call.user_id == "x"
     assert b'"x":1E+30' in call.raw  # as the daemon writes it, not in 31 digits
@@ -212,7 +208,7 @@ def test_a_letter_that_cannot_be_stored_keeps_its_place_and_is_never_sent(
     [(_, _, call)] = _letters(empty_db)
     assert call[ALTERED] == ["the value could not be stored"]
     assert "unstorable" in call
-    assert _retry_all(settings, monkeypatch) == 1
+    assert retry_all_letters(settings, monkeypatch) == 1
     assert receiver.requests == []
 
 
@@ -243,7 +239,7 @@ def test_a_negative_zero_a_refused_call_held_is_retried_with_its_sign(
         daemon.caught_up()
     [sent] = receiver.calls
     assert b'"da":[-0,1.5]' in sent.raw
-    assert _retry_all(settings, monkeypatch) == 0
+    assert retry_all_letters(settings, monkeypatch) == 0
     assert b'"da":[-0,1.5]' in receiver.calls[-1].raw
 
 
