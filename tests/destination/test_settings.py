@@ -48,7 +48,7 @@ def test_endpoint_is_the_batch_route_of_the_data_plane(url: str) -> None:
         ({"url": "ftp://127.0.0.1/"}, "url"),
         ({"write_key": "  "}, "write_key"),
         ({"kind": "mixpanel"}, "kind"),
-        ({"gzip_level": 10}, "gzip_level"),
+        ({"gzip_level": 4}, "gzip_level"),
         ({"timeout": 0}, "timeout"),
         ({"max_calls": 0}, "batch_calls"),
         ({"kind": "segment", "max_calls": 3000}, "CDC_TRACKER_BATCH_CALLS"),
