@@ -79,10 +79,10 @@ def map_encoded(
     in the processor's cache (see ``EncodedCall``)."""
     # A list of its own: a lookup outage that cuts the change short leaves
     # nothing behind to be sent with its next reading.
-    mapped: list[Call] = []
-    mapper.map(change, mapped, dead)
+    mapped: list[EncodedCall] = []
+    mapper.map_encoded(change, mapped, dead)
     if mapped:
-        encode_calls(mapped, encoded, dead, change)
+        encoded += mapped
 
 
 def encode_calls(

@@ -16,7 +16,7 @@ import orjson
 
 from cdc_tracker.model import Call
 
-_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+ENCODE_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 # The most digits a PostgreSQL numeric holds after the point, and before it.
 NUMERIC_MAX_SCALE = 16_383
 NUMERIC_MAX_INTEGER_DIGITS = 131_072
@@ -87,10 +87,11 @@ def exact_number(value: Any) -> Any:
 
 
 def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=_encode_other, option=_OPTIONS)
+    return orjson.dumps(value, default=encode_other, option=ENCODE_OPTIONS)
 
 
-def _encode_other(value: object) -> orjson.Fragment:
+def encode_other(value: object) -> orjson.Fragment:
+    """orjson's ``default``: a ``Decimal`` as its exact text; nothing else."""
     if isinstance(value, Decimal):
         return orjson.Fragment(_decimal_text(value))
     raise TypeError(f"cannot encode a value of type {type(value).__name__}")

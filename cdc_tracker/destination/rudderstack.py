@@ -101,9 +101,8 @@ class RudderStackClient:
         use_gzip = self.settings.use_gzip
         # ISA-L's gzip: at its level 1, a seventh of zlib's CPU at level 1, and
         # smaller output. The shipping thread compresses without the GIL.
-        content = (
-            igzip.compress(body, self.settings.gzip_level, mtime=0) if use_gzip else body
-        )
+        level = self.settings.gzip_level
+        content = igzip.compress(body, level, mtime=0) if use_gzip else body
         self._count_request(len(batch), len(content))
         started = time.perf_counter()
         try:

@@ -15,10 +15,18 @@ from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import structlog
 
 from cdc_tracker import __version__
-from cdc_tracker.destination.encode import rfc3339_ms
+from cdc_tracker.destination.batching import EncodedCall
+from cdc_tracker.destination.encode import (
+    ENCODE_OPTIONS,
+    encode_call,
+    encode_other,
+    exact_number,
+    rfc3339_ms,
+)
 from cdc_tracker.mapping import ids
 from cdc_tracker.mapping.lookups import LookupMissing, Lookups
 from cdc_tracker.mapping.schema_view import SchemaView
@@ -62,20 +70,17 @@ class RowView:
     def __init__(
         self,
         change: Change,
-        zone: tzinfo,
+        converters: _Converters,
         schema: SchemaView | None = None,
         lookups: Lookups | None = None,
-        converters: _Converters | None = None,
     ) -> None:
         self.change = change
         self.schema = schema
         self.lookups = lookups
-        self.specs: dict[str, LookupSpec] = {}
-        self._related: dict[LookupSpec, dict[str, Any] | None] = {}
+        self.specs: dict[str, LookupSpec] = _NO_SPECS
+        self._related: dict[LookupSpec, dict[str, Any] | None] | None = None
         # Declared type -> converter, shared across changes by the mapper.
-        self._converters = (
-            _Converters(converter_for, zone) if converters is None else converters
-        )
+        self._converters = converters
         # What a bare column reads: the new row, or the old one of a delete.
         self._row_image: Image = "old" if change.new is None else "new"
 
@@ -83,6 +88,8 @@ class RowView:
         spec = self.specs.get(name)
         if spec is None or self.lookups is None:
             raise EvaluationError(f"lookup '{name}' is not available here")
+        if self._related is None:
+            self._related = {}
         if spec in self._related:
             related = self._related[spec]
         else:
@@ -148,6 +155,9 @@ class RowView:
         return MISSING
 
 
+_NO_SPECS: dict[str, LookupSpec] = {}
+
+
 class Mapper:
     """Applies a rulebook to changes; one instance per rulebook version.
 
@@ -183,63 +193,124 @@ class Mapper:
             rule.id: _Plan(rule, namespace, by_key.get(rule.table, True))
             for rule in rulebook.rules
         }
+        self._by_change: dict[tuple[str, Action], tuple[_Plan, ...]] = {}
 
     def map(self, change: Change, calls: list[Call], dead: list[DeadLetter]) -> None:
         """Append the change's calls to ``calls`` and its failures to ``dead``."""
-        rules = self.rulebook.rules_for(change.table, change.action)
-        if not rules:
+        self._map(change, dead, calls, None)
+
+    def map_encoded(
+        self, change: Change, encoded: list[EncodedCall], dead: list[DeadLetter]
+    ) -> None:
+        """As ``map``, with each call encoded at once, while its payload is still
+        in the processor's cache (see ``EncodedCall``). A call that cannot be
+        encoded dead-letters the change, as any other mapping failure does."""
+        self._map(change, dead, None, encoded)
+
+    def _map(
+        self,
+        change: Change,
+        dead: list[DeadLetter],
+        calls: list[Call] | None,
+        encoded: list[EncodedCall] | None,
+    ) -> None:
+        plans = self._by_change.get((change.table, change.action))
+        if plans is None:
+            plans = self._plans_for(change.table, change.action)
+        if not plans:
             return
-        row = RowView(
-            change,
-            self.rulebook.timezone,
-            self.schema,
-            self.lookups,
-            self._converters,
-        )
+        # The general reader, made when a rule first needs it (most need none).
+        row: RowView | None = None
         timestamp = self._timestamp(change.commit_time)
-        for rule in rules:
-            row.specs = rule.lookups
+        for plan in plans:
+            if plan.needs_row and row is None:
+                row = self._row(change)
             try:
-                call = self._apply(self._plans[rule.id], change, row, timestamp)
-            except LookupMissing as exc:
-                if exc.spec.missing == "skip":
-                    self._skipped(rule, exc.spec)
-                else:
-                    dead.append(change_letter(change, rule.id, str(exc)))
+                call = self._apply(plan, change, row, timestamp)
+            except _NeedsRow:
+                row = self._row(change)
+                try:
+                    call = self._apply(plan, change, row, timestamp)
+                except (LookupMissing, EvaluationError) as exc:
+                    self._failed(plan, change, exc, dead)
+                    continue
+            except (LookupMissing, EvaluationError) as exc:
+                self._failed(plan, change, exc, dead)
                 continue
-            except EvaluationError as exc:
-                dead.append(change_letter(change, rule.id, str(exc)))
+            if call is None:
                 continue
             if isinstance(call, str):
-                dead.append(change_letter(change, rule.id, call))
-            elif call is not None:
-                calls.append(call)
+                dead.append(change_letter(change, plan.rule.id, call))
+            elif encoded is not None:
+                self._encode(plan, change, call, encoded, dead)
+            else:
+                assert calls is not None
+                message_id, user_id, payload = call
+                calls.append(
+                    Call(
+                        message_id,
+                        user_id,
+                        payload,
+                        plan.rule.id,
+                        change.commit_lsn,
+                        change.ordinal,
+                        change.table,
+                    )
+                )
+
+    def _plans_for(self, table: str, action: Action) -> tuple[_Plan, ...]:
+        plans = tuple(
+            self._plans[rule.id] for rule in self.rulebook.rules_for(table, action)
+        )
+        self._by_change[(table, action)] = plans
+        return plans
+
+    def _row(self, change: Change) -> RowView:
+        return RowView(change, self._converters, self.schema, self.lookups)
+
+    def _failed(
+        self,
+        plan: _Plan,
+        change: Change,
+        exc: LookupMissing | EvaluationError,
+        dead: list[DeadLetter],
+    ) -> None:
+        if isinstance(exc, LookupMissing) and exc.spec.missing == "skip":
+            self._skipped(plan.rule, exc.spec)
+        else:
+            dead.append(change_letter(change, plan.rule.id, str(exc)))
 
     def _apply(
-        self, plan: _Plan, change: Change, row: RowView, timestamp: str
-    ) -> Call | str | None:
-        if plan.when is not None and plan.when(row) is not True:
-            return None
+        self, plan: _Plan, change: Change, row: RowView | None, timestamp: str
+    ) -> _Payload | str | None:
+        """The rule's (messageId, userId, payload) for the change; None when its
+        condition does not hold, the reason when its userId is null. Raises
+        ``_NeedsRow`` when ``row`` is None and a value needs the general reader."""
+        if row is not None:
+            row.specs = plan.rule.lookups
+            if plan.when is not None and plan.when(row) is not True:
+                return None
         value = _SLOW
         if plan.user_column is not None:
             value = _read_new(
                 plan.user_column, change.new, change.types, self._converters
             )
-        user_id = _user_id(plan.user_id(row) if value is _SLOW else value)
+        if value is _SLOW:
+            if row is None:
+                raise _NeedsRow
+            value = plan.user_id(row)
+        user_id = _user_id(value)
         if user_id is None:
             return plan.null_user_id
         message_id = self._message_id(plan, change)
         fields = _fields(plan.fields, row, change.new, change.types, self._outputs)
-        context = dict(plan.context)
-        payload: dict[str, Any]
         if plan.identify:
-            context["traits"] = fields
             payload = {
                 "type": "identify",
                 "messageId": message_id,
                 "userId": user_id,
                 "traits": fields,
-                "context": context,
+                "context": {**plan.context, "traits": fields},
                 "timestamp": timestamp,
                 "originalTimestamp": timestamp,
             }
@@ -250,20 +321,56 @@ class Mapper:
                 "userId": user_id,
                 "event": plan.event,
                 "properties": fields,
-                "context": context,
+                "context": dict(plan.context),
                 "timestamp": timestamp,
                 "originalTimestamp": timestamp,
             }
         if plan.integrations is not None:
             payload["integrations"] = plan.integrations
-        return Call(
-            message_id,
-            user_id,
-            payload,
-            plan.rule.id,
-            change.commit_lsn,
-            change.ordinal,
-            change.table,
+        return message_id, user_id, payload
+
+    def _encode(
+        self,
+        plan: _Plan,
+        change: Change,
+        call: _Payload,
+        encoded: list[EncodedCall],
+        dead: list[DeadLetter],
+    ) -> None:
+        message_id, user_id, payload = call
+        try:
+            body = orjson.dumps(payload, default=encode_other, option=ENCODE_OPTIONS)
+        except orjson.JSONEncodeError:
+            # Rare (an integer past 64 bits, a value JSON cannot carry): the
+            # general encoder widens what it can and names what it cannot.
+            whole = Call(
+                message_id,
+                user_id,
+                payload,
+                plan.rule.id,
+                change.commit_lsn,
+                change.ordinal,
+                change.table,
+            )
+            try:
+                body = encode_call(whole)
+            except ValueError as exc:
+                dead.append(
+                    change_letter(change, plan.rule.id, f"cannot encode: {exc}")
+                )
+                return
+        encoded.append(
+            EncodedCall(
+                message_id,
+                user_id,
+                body,
+                plan.rule.id,
+                change.table,
+                change.commit_lsn,
+                change.ordinal,
+                plan.kind,
+                plan.event,
+            )
         )
 
     def _skipped(self, rule: Rule, spec: LookupSpec) -> None:
@@ -300,10 +407,17 @@ class Mapper:
         return self._stamp[1]
 
 
-# One field of a plan: (name, column, expression, nested). ``column`` is set when
-# the field is a bare column of the new row (read by _read_new first); ``nested``
-# when the field is an object of fields.
-_Field = tuple[str, "str | None", "Expression | None", "tuple[_Field, ...] | None"]
+# One field of a plan: (name, column, expression, nested, constant). ``column`` is
+# set when the field is a bare column of the new row (read inline first);
+# ``nested`` when the field is an object of fields; ``constant`` holds a literal's
+# value (``_SLOW`` for any other field).
+_Field = tuple[str, "str | None", "Expression | None", "tuple[_Field, ...] | None", Any]
+# A rule's call before it is a ``Call``: messageId, userId, payload.
+_Payload = tuple[str, str, dict[str, Any]]
+
+
+class _NeedsRow(Exception):
+    """A rule met a value only ``RowView`` reads: apply it again with one."""
 
 
 class _Plan:
@@ -319,6 +433,8 @@ class _Plan:
         "identify",
         "insert_prefix",
         "integrations",
+        "kind",
+        "needs_row",
         "null_user_id",
         "rule",
         "user_column",
@@ -328,8 +444,9 @@ class _Plan:
 
     def __init__(self, rule: Rule, namespace: str, by_key: bool) -> None:
         self.rule = rule
+        self.kind = rule.kind
         self.identify = rule.kind == "identify"
-        self.event = rule.event
+        self.event = rule.event or ""
         self.integrations = rule.integrations
         self.when = None if rule.when is None else rule.when.evaluate
         self.user_id = rule.user_id.evaluate
@@ -340,16 +457,33 @@ class _Plan:
         self.by_key = by_key
         self.definition = ids.definition(rule)
         self.insert_prefix = ids.insert_prefix(namespace, ids.insert_name(rule))
+        # Whether the rule reads anything but bare columns of the new row and
+        # literals; if not, its calls are made without a RowView.
+        self.needs_row = bool(
+            rule.when is not None
+            or rule.lookups
+            or self.user_column is None
+            or not _all_inline(self.fields)
+        )
 
 
 def _plan_fields(fields: Fields) -> tuple[_Field, ...]:
     planned: list[_Field] = []
     for name, item in fields.items():
         if isinstance(item, dict):
-            planned.append((name, None, None, _plan_fields(item)))
-            continue
-        planned.append((name, _new_column(item), item, None))
+            planned.append((name, None, None, _plan_fields(item), _SLOW))
+        elif item.is_literal:
+            planned.append((name, None, None, None, exact_number(item.constant)))
+        else:
+            planned.append((name, _new_column(item), item, None, _SLOW))
     return tuple(planned)
+
+
+def _all_inline(fields: tuple[_Field, ...]) -> bool:
+    return all(
+        _all_inline(nested) if nested is not None else expr is None or column
+        for _, column, expr, nested, _ in fields
+    )
 
 
 def _new_column(expr: Expression) -> str | None:
@@ -398,16 +532,15 @@ class _Converters(dict[str, Converter]):
 
 def _fields(
     plan: tuple[_Field, ...],
-    row: RowView,
+    row: RowView | None,
     new: dict[str, Any] | None,
     types: dict[str, str],
     outputs: _Converters,
 ) -> dict[str, Any]:
+    """The fields' values; raises ``_NeedsRow`` when ``row`` is None and one of
+    them needs it."""
     out: dict[str, Any] = {}
-    for name, column, expr, nested in plan:
-        if nested is not None:
-            out[name] = _fields(nested, row, new, types, outputs)
-            continue
+    for name, column, expr, nested, constant in plan:
         if column is not None and new is not None:
             # The common case inline (a call per field costs): the new row carries
             # the column; numerics come out as exact JSON text.
@@ -422,6 +555,14 @@ def _fields(
                     continue
                 except (ValueError, KeyError, IndexError):
                     pass  # RowView reads it again and names the failure
+        elif nested is not None:
+            out[name] = _fields(nested, row, new, types, outputs)
+            continue
+        elif constant is not _SLOW:
+            out[name] = constant
+            continue
+        if row is None:
+            raise _NeedsRow
         assert expr is not None
         value = expr.evaluate(row)
         if value is not MISSING:  # null would wipe the trait downstream

@@ -103,6 +103,13 @@ class Expression:
     def __repr__(self) -> str:
         return f"Expression({self.text!r})"
 
+    @property
+    def constant(self) -> Any:
+        """The value of a literal (``is_literal``): what ``evaluate`` always gives."""
+        if not isinstance(self._node, Lit):
+            raise TypeError(f"{self.text!r} is not a literal")
+        return self._node.value
+
     def evaluate(self, row: Row) -> Any:
         """The value for ``row``: None, bool, int, Decimal, str, ... or ``MISSING``.
 

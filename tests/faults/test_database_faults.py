@@ -145,7 +145,7 @@ class _CutOnFirstChange:
     window is mapped, so the connection dies in the middle of that window."""
 
     def __init__(self, running: Running, dsn: str) -> None:
-        self.inner = running.daemon.mapper.map
+        self.inner = running.daemon.mapper.map_encoded
         self.dsn = dsn
         self.cut = 0
 
@@ -164,7 +164,7 @@ def test_connection_lost_mid_window_maps_the_window_once(
     settings = settings_for(db, receiver, rulebook, namespace=NS)
     with running_daemon(settings) as daemon:
         cutter = _CutOnFirstChange(daemon, db)
-        daemon.daemon.mapper.map = cutter  # type: ignore[method-assign]
+        daemon.daemon.mapper.map_encoded = cutter  # type: ignore[method-assign]
         sql(
             db,
             "insert into merchants (shop_domain, email) values "
