@@ -1,6 +1,6 @@
 """Where the daemon's calls go: the destination, or standard output for a dry run.
 
-Calls are encoded by ``encode_calls`` as soon as they are mapped. A ``Shipper``
+Calls are encoded as soon as they are mapped (``Mapper.map_encoded``). A ``Shipper``
 takes encoded calls in order and says which were acknowledged, which are dead
 letters and whether a stop interrupted it. The daemon advances the slot on that
 answer alone.
@@ -14,8 +14,7 @@ from typing import IO, Protocol
 
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.destination.rudderstack import RudderStackClient
-from cdc_tracker.mapping.mapper import Mapper, change_letter
-from cdc_tracker.model import Call, Change, DeadLetter
+from cdc_tracker.model import Call, DeadLetter
 
 
 @dataclass(slots=True)
@@ -69,40 +68,18 @@ class PrintShipper:
         return outcome
 
 
-def map_encoded(
-    mapper: Mapper,
-    change: Change,
-    encoded: list[EncodedCall],
-    dead: list[DeadLetter],
-) -> None:
-    """Map ``change`` and encode its calls at once, while their payloads are still
-    in the processor's cache (see ``EncodedCall``)."""
-    # A list of its own: a lookup outage that cuts the change short leaves
-    # nothing behind to be sent with its next reading.
-    mapped: list[EncodedCall] = []
-    mapper.map_encoded(change, mapped, dead)
-    if mapped:
-        encoded += mapped
-
-
 def encode_calls(
-    calls: list[Call],
-    encoded: list[EncodedCall],
-    dead: list[DeadLetter],
-    change: Change | None = None,
+    calls: list[Call], encoded: list[EncodedCall], dead: list[DeadLetter]
 ) -> None:
     """Append each call, encoded, to ``encoded``; one that cannot be encoded (a
     NaN, a value JSON cannot carry, nesting past the encoder's limit) is a dead
-    letter instead. It holds ``change`` when given (a retry maps it again, as for
-    any other mapping problem), else the call itself."""
+    letter holding the call instead. (The daemon and replay encode as they map:
+    ``Mapper.map_encoded``.)"""
     for call in calls:
         try:
             encoded.append(EncodedCall.of(call))
         except ValueError as exc:
             reason = f"cannot encode: {exc}"
-            if change is not None:
-                dead.append(change_letter(change, call.rule, reason))
-                continue
             dead.append(
                 DeadLetter(
                     table=call.table,

@@ -33,7 +33,7 @@ import structlog
 
 from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.daemon.counters import Counters
-from cdc_tracker.daemon.shipping import Outcome, Shipper, map_encoded
+from cdc_tracker.daemon.shipping import Outcome, Shipper
 from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.mapping.mapper import Mapper
@@ -251,9 +251,11 @@ class Window:
                 log.warning("table truncated; no calls made for it", table=event.table)
 
     def _map(self, change: Change) -> None:
-        """Count a change, map it and encode its calls (see ``map_encoded``)."""
+        """Count a change, map it and encode its calls (see ``map_encoded``). A
+        lookup outage that cuts it short leaves calls behind: the window is read
+        again from its start (``forget_unacknowledged``)."""
         self.counters.changes += 1
-        map_encoded(self.mapper, change, self.calls, self.dead)
+        self.mapper.map_encoded(change, self.calls, self.dead)
 
     def _ship(self) -> bool:
         """Hand the pending calls to the shipping thread, once fewer than

@@ -22,7 +22,7 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
-from cdc_tracker.daemon.shipping import Outcome, Shipper, map_encoded
+from cdc_tracker.daemon.shipping import Outcome, Shipper
 from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.errors import ConfigError
@@ -315,7 +315,7 @@ class Replay:
         page = _Page(reader.info.name, len(rows), reader.position(rows[-1]))
         for ordinal, row in enumerate(rows, start=self._ordinal + 1):
             change = maker.change(row, ordinal)
-            map_encoded(self.mapper, change, page.calls, page.dead)
+            self.mapper.map_encoded(change, page.calls, page.dead)
         self._ordinal += len(rows)
         return page
 

@@ -127,7 +127,7 @@ def test_map_encoded_makes_what_map_then_encode_make(
         # A fresh mapper each way: nothing cached by one may serve the other.
         calls: list[Call] = []
         Mapper(rulebook, "ns").map(change, calls, expected_dead)
-        encode_calls(calls, expected, expected_dead, change)
+        encode_calls(calls, expected, expected_dead)
         Mapper(rulebook, "ns").map_encoded(change, made, made_dead)
 
     assert [_encoded(call) for call in made] == [_encoded(c) for c in expected]
