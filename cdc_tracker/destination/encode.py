@@ -29,7 +29,8 @@ def encode_call(call: Call) -> bytes:
 
     Raises ``ValueError`` when the payload already holds ``sentAt``, holds a
     NaN or infinite ``Decimal``, or holds a value JSON cannot carry. The message
-    names the call and the type, never the value.
+    names the problem, never the value; nor the call, which its dead letter
+    names, so that letters with one cause share one reason in counts.
     """
     payload = call.payload
     if "sentAt" in payload:
@@ -40,12 +41,12 @@ def encode_call(call: Call) -> bytes:
         return _dumps(payload)
     except orjson.JSONEncodeError as exc:
         if str(exc) != "Integer exceeds 64-bit range":
-            raise ValueError(f"call {call.message_id}: {_reason(exc)}") from exc
+            raise ValueError(_reason(exc)) from exc
     # Rare: a numeric without a fraction decoded to an int beyond 64 bits.
     try:
         return _dumps(widen_big_ints(payload))
     except orjson.JSONEncodeError as exc:
-        raise ValueError(f"call {call.message_id}: {_reason(exc)}") from exc
+        raise ValueError(_reason(exc)) from exc
 
 
 def with_sent_at(encoded: bytes, sent_at: str) -> bytes:

@@ -23,8 +23,8 @@ class SchemaView:
     """Tables as last read from the catalog; re-read a table at most every few seconds.
 
     ``reload(table)`` returns the table's current description (``None`` when it is
-    gone); it is called only when an update lacks a column on a table without
-    REPLICA IDENTITY FULL, where the change alone cannot tell.
+    gone); it is called only when an update or delete lacks a column and carries
+    no whole old row (REPLICA IDENTITY FULL), so that the change alone cannot tell.
     """
 
     def __init__(
@@ -41,11 +41,13 @@ class SchemaView:
 
     def column_gone(self, change: Change, column: str) -> bool:
         """Whether ``column``, absent from ``change``, no longer exists in its table."""
-        info = self._tables.get(change.table)
+        old = change.old
         if change.action is Action.INSERT:
             gone = True  # an insert carries every column
-        elif info is not None and info.full_identity:
-            gone = change.old is None or column not in change.old
+        elif old is not None and not old.keys() <= set(change.key):
+            # A whole old row (the table had REPLICA IDENTITY FULL when the change
+            # was logged; what it has now does not tell) carries every column.
+            gone = column not in old
         else:
             info = self._fresh(change.table)
             gone = info is None or column not in info.columns

@@ -35,7 +35,7 @@ def test_a_call_that_cannot_be_encoded_is_a_dead_letter_and_the_rest_go_on() -> 
 
     assert [call.message_id for call in encoded] == ["m1", "m3"]
     [letter] = dead
-    assert letter.reason == "cannot encode: call m2: a decimal value is NaN or infinite"
+    assert letter.reason == "cannot encode: a decimal value is NaN or infinite"
     assert (letter.rule, letter.ordinal) == ("users", 2)
     assert letter.call is calls[1].payload
 

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import running_daemon, settings_for, sql
+from tests.harness import create_slot, running_daemon, settings_for, sql
 
 BIG_NOTES = "(select string_agg(md5(random()::text), '') from generate_series(1, 3200))"
 
@@ -143,6 +143,25 @@ def test_toasted_value_that_changes_is_sent_whole(
         daemon.caught_up()
     [traits] = identify_traits(receiver)
     assert traits == {"name": "Ada", "notes_sha": notes_sha(empty_db)}
+
+
+def test_update_logged_before_identity_full_still_leaves_the_value_out(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """The table is switched to REPLICA IDENTITY FULL (as the README says to do for
+    old.x rules) while an update logged without it waits in the slot: that change
+    carries no old row, and its missing value is still TOAST, not a gone column."""
+    make_people(empty_db, full=False)
+    rulebook = write_rulebook(tmp_path, RULEBOOK)
+    settings = settings_for(empty_db, receiver, rulebook)
+    create_slot(settings)
+    sql(empty_db, "update people set name = 'Ada L.'")
+    sql(empty_db, "alter table people replica identity full")
+    with running_daemon(settings) as daemon:
+        daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 0
+    [traits] = identify_traits(receiver)
+    assert traits == {"name": "Ada L."}
 
 
 def test_full_identity_fills_the_unchanged_value_from_the_old_row(
