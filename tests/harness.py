@@ -20,11 +20,12 @@ from cdc_tracker.daemon.shipping import DestinationShipper
 from cdc_tracker.destination.backoff import Backoff
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.mapping import ids
-from cdc_tracker.model import Lsn
+from cdc_tracker.model import Change, Lsn
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import Slot, connect
 from cdc_tracker.source.stream import Stream
+from cdc_tracker.source.wal2json import Transaction, parse_row
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "cdc_tracker" / "examples"
@@ -201,6 +202,20 @@ def read_slot(dsn: str, slot: str, tables: list[str]) -> list[str]:
     finally:
         stream.close()
     return rows
+
+
+def live_changes(dsn: str, statements: list[str], tables: list[str]) -> list[Change]:
+    """The changes the server writes for ``statements`` on ``tables``, parsed as
+    the daemon parses them (through a slot of their own, dropped after)."""
+    slot = "live_changes"
+    with connect(dsn) as conn:
+        Slot(conn, slot).ensure(create=True)
+        sql(dsn, *statements)
+        rows = read_slot(dsn, slot, tables)
+        conn.execute("select pg_drop_replication_slot(%s)", [slot])
+    tx = Transaction()
+    events = [parse_row(data, tx) for data in rows]
+    return [event for event in events if isinstance(event, Change)]
 
 
 def slot_exists(dsn: str, slot: str | None = None) -> bool:

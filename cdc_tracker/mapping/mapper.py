@@ -245,18 +245,7 @@ class Mapper:
                 self._encode(plan, change, call, encoded, dead)
             else:
                 assert calls is not None
-                message_id, user_id, payload = call
-                calls.append(
-                    Call(
-                        message_id,
-                        user_id,
-                        payload,
-                        plan.rule.id,
-                        change.commit_lsn,
-                        change.ordinal,
-                        change.table,
-                    )
-                )
+                calls.append(_as_call(plan, change, call))
 
     def _plans_for(self, table: str, action: Action) -> tuple[_Plan, ...]:
         plans = tuple(
@@ -343,17 +332,8 @@ class Mapper:
         except orjson.JSONEncodeError:
             # Rare (an integer past 64 bits, a value JSON cannot carry): the
             # general encoder widens what it can and names what it cannot.
-            whole = Call(
-                message_id,
-                user_id,
-                payload,
-                plan.rule.id,
-                change.commit_lsn,
-                change.ordinal,
-                change.table,
-            )
             try:
-                body = encode_call(whole)
+                body = encode_call(_as_call(plan, change, call))
             except ValueError as exc:
                 dead.append(
                     change_letter(change, plan.rule.id, f"cannot encode: {exc}")
@@ -477,6 +457,19 @@ def _plan_fields(fields: Fields) -> tuple[_Field, ...]:
         else:
             planned.append((name, _new_column(item), item, None, _SLOW))
     return tuple(planned)
+
+
+def _as_call(plan: _Plan, change: Change, made: _Payload) -> Call:
+    message_id, user_id, payload = made
+    return Call(
+        message_id,
+        user_id,
+        payload,
+        plan.rule.id,
+        change.commit_lsn,
+        change.ordinal,
+        change.table,
+    )
 
 
 def _all_inline(fields: tuple[_Field, ...]) -> bool:

@@ -13,11 +13,9 @@ from pathlib import Path
 from cdc_tracker.daemon.shipping import encode_calls
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.mapping.mapper import Mapper
-from cdc_tracker.model import Call, Change, DeadLetter
+from cdc_tracker.model import Call, DeadLetter
 from cdc_tracker.rules.rulebook import load_rulebook
-from cdc_tracker.source.slot import Slot, connect
-from cdc_tracker.source.wal2json import Transaction, parse_row
-from tests.harness import read_slot, sql
+from tests.harness import live_changes
 from tests.replay.test_values_match_live import ROWS, TYPES_TABLE
 
 COLUMNS = [
@@ -79,19 +77,6 @@ MORE_ROWS = [
 ]
 
 
-def _changes(dsn: str) -> list[Change]:
-    with connect(dsn) as conn:
-        Slot(conn, "map_encoded").ensure(create=True)
-        sql(dsn, TYPES_TABLE)
-        for statement in ROWS + MORE_ROWS:
-            sql(dsn, statement)
-        rows = read_slot(dsn, "map_encoded", ["public.kinds"])
-        conn.execute("select pg_drop_replication_slot('map_encoded')")
-    tx = Transaction()
-    events = [parse_row(data, tx) for data in rows]
-    return [event for event in events if isinstance(event, Change)]
-
-
 def _letter(letter: DeadLetter) -> tuple[object, ...]:
     return (letter.commit_lsn, letter.ordinal, letter.rule, letter.reason)
 
@@ -116,7 +101,8 @@ def test_map_encoded_makes_what_map_then_encode_make(
     path = tmp_path / "rulebook.yaml"
     path.write_text(RULEBOOK)
     rulebook = load_rulebook(path)
-    changes = _changes(empty_db)
+    statements = [TYPES_TABLE, *ROWS, *MORE_ROWS]
+    changes = live_changes(empty_db, statements, ["public.kinds"])
     assert len(changes) == len(ROWS) + 2 + 3 + 1 + 1
 
     made: list[EncodedCall] = []

@@ -14,9 +14,8 @@ from cdc_tracker.model import Change
 from cdc_tracker.replay.changes import ChangeMaker
 from cdc_tracker.replay.reader import TableReader, open_pool
 from cdc_tracker.source.catalog import read_catalog
-from cdc_tracker.source.slot import Slot, connect
-from cdc_tracker.source.wal2json import Transaction, parse_row
-from tests.harness import read_slot, sql
+from cdc_tracker.source.slot import connect
+from tests.harness import live_changes, sql
 
 TYPES_TABLE = """
 create domain money_amount as numeric(12,2);
@@ -49,18 +48,6 @@ ROWS = [
 ]
 
 
-def _live_changes(dsn: str) -> list[Change]:
-    with connect(dsn) as conn:
-        Slot(conn, "replay_values").ensure(create=True)
-        for statement in ROWS:
-            sql(dsn, statement)
-        tx = Transaction()
-        rows = read_slot(dsn, "replay_values", ["public.kinds"])
-        events = [parse_row(data, tx) for data in rows]
-        conn.execute("select pg_drop_replication_slot('replay_values')")
-    return [event for event in events if isinstance(event, Change)]
-
-
 def _replayed_changes(dsn: str) -> list[Change]:
     with connect(dsn) as conn:
         info = read_catalog(conn, ["public.kinds"])["public.kinds"]
@@ -82,7 +69,7 @@ def _converted(change: Change) -> dict[str, Any]:
 
 def test_replayed_values_equal_the_live_ones_raw_and_converted(empty_db: str) -> None:
     sql(empty_db, TYPES_TABLE)
-    live = _live_changes(empty_db)
+    live = live_changes(empty_db, ROWS, ["public.kinds"])
     replayed = sorted(_replayed_changes(empty_db), key=lambda c: c.new["id"])  # type: ignore[index]
 
     assert len(live) == len(ROWS) == len(replayed)
