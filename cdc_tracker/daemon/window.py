@@ -252,8 +252,9 @@ class Window:
 
     def _map(self, change: Change) -> None:
         """Count a change, map it and encode its calls (see ``map_encoded``). A
-        lookup outage that cuts it short leaves calls behind: the window is read
-        again from its start (``forget_unacknowledged``)."""
+        lookup outage that cuts it short may leave some of its calls here: the
+        daemon then starts over, and ``forget_unacknowledged`` drops them before
+        the window is read again."""
         self.counters.changes += 1
         self.mapper.map_encoded(change, self.calls, self.dead)
 

@@ -279,6 +279,8 @@ class Mapper:
             row.specs = plan.rule.lookups
             if plan.when is not None and plan.when(row) is not True:
                 return None
+        elif plan.needs_row:
+            raise _NeedsRow
         value = _SLOW
         if plan.user_column is not None:
             value = _read_new(
