@@ -23,8 +23,7 @@ class SchemaView:
     """Tables as last read from the catalog; re-read a table at most every few seconds.
 
     ``reload(table)`` returns the table's current description (``None`` when it is
-    gone); it is called only when an update or delete lacks a column and carries
-    no whole old row (REPLICA IDENTITY FULL), so that the change alone cannot tell.
+    gone); it is called when an update or delete lacks a column a rule reads.
     """
 
     def __init__(
@@ -41,14 +40,13 @@ class SchemaView:
 
     def column_gone(self, change: Change, column: str) -> bool:
         """Whether ``column``, absent from ``change``, no longer exists in its table."""
-        old = change.old
         if change.action is Action.INSERT:
             gone = True  # an insert carries every column
-        elif old is not None and not old.keys() <= set(change.key):
-            # A whole old row (the table had REPLICA IDENTITY FULL when the change
-            # was logged; what it has now does not tell) carries every column.
-            gone = column not in old
         else:
+            # An update or delete lacks columns for other reasons too: an
+            # unchanged TOASTed value, an old image holding only the replica
+            # identity as it was when the change was logged (the key, an index's
+            # columns, or the whole row). Only the table itself can tell.
             info = self._fresh(change.table)
             gone = info is None or column not in info.columns
         if gone and (change.table, column) not in self._reported:

@@ -164,6 +164,27 @@ def test_update_logged_before_identity_full_still_leaves_the_value_out(
     assert traits == {"name": "Ada L."}
 
 
+def test_identity_using_an_index_leaves_the_unchanged_value_out(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """The old image holds the index's columns, not the primary key's: still not
+    a whole row, so the missing value is TOAST, not a gone column."""
+    make_people(empty_db, full=False)
+    sql(
+        empty_db,
+        "alter table people alter column name set not null",
+        "create unique index people_name on people (name)",
+        "alter table people replica identity using index people_name",
+    )
+    rulebook = write_rulebook(tmp_path, RULEBOOK)
+    with running_daemon(settings_for(empty_db, receiver, rulebook)) as daemon:
+        sql(empty_db, "update people set name = 'Ada L.'")
+        daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 0
+    [traits] = identify_traits(receiver)
+    assert traits == {"name": "Ada L."}
+
+
 def test_full_identity_fills_the_unchanged_value_from_the_old_row(
     empty_db: str, receiver: FakeRudderStack, tmp_path: Path
 ) -> None:
