@@ -52,7 +52,8 @@ STORY: list[tuple[str, list[str]]] = [
         ],
     ),
     (
-        "Payouts are fetched for Alpaca Socks (one paid, one pending)",
+        "Payouts are fetched for Alpaca Socks: one paid, one pending "
+        "(the rule tracks paid ones only)",
         [
             "insert into payouts (merchant_id, amount, currency, status) "
             "select id, 1234.56, 'EUR', 'paid' from merchants "
