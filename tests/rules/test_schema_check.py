@@ -12,7 +12,8 @@ from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import check_schema, toast_risks
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect
-from tests.harness import sql
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.harness import running_daemon, settings_for, sql
 
 TABLES = """\
 version: 1
@@ -267,6 +268,36 @@ def test_table_without_key_but_full_identity_is_accepted(
         "    when: changed(kind)\n",
     )
     assert found == []
+
+
+def test_table_without_key_but_an_identity_index_is_accepted_for_updates(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """PostgreSQL logs the index's columns as the old key: updates decode, and
+    the daemon makes their calls."""
+    sql(
+        empty_db,
+        "create table events (user_id text not null, kind text)",
+        "create unique index events_user on events (user_id)",
+        "alter table events replica identity using index events_user",
+    )
+    rulebook = (
+        "version: 1\ntables:\n  events:\n    user_id: user_id\n"
+        "track:\n  - event: E\n    table: events\n    on: update\n"
+        "    properties:\n      kind: kind\n"
+    )
+    assert check(empty_db, tmp_path, rulebook) == []
+    settings = settings_for(empty_db, receiver, tmp_path / "rulebook.yaml")
+    with running_daemon(settings) as daemon:
+        sql(
+            empty_db,
+            "insert into events values ('u1', 'a')",
+            "update events set kind = 'b'",
+        )
+        daemon.caught_up()
+    assert [(c.user_id, c.payload["properties"]) for c in receiver.calls] == [
+        ("u1", {"kind": "b"})
+    ]
 
 
 def test_missing_cursor_column_and_user_id_column_are_named(
