@@ -121,7 +121,22 @@ class TableInfo:
     key: tuple[str, ...]
     partitioned: bool = False  # a partitioned parent: wal2json names its leaves
     leaves: tuple[str, ...] = ()
+    identity_index: tuple[str, ...] = ()  # REPLICA IDENTITY USING INDEX's columns
 
     @property
     def full_identity(self) -> bool:
         return self.replica_identity == "full"
+
+    @property
+    def old_key(self) -> tuple[str, ...]:
+        """The columns an update's or a delete's old image carries (every column
+        under FULL); none when PostgreSQL logs no old key, and wal2json then
+        skips the table's updates and deletes."""
+        identity = self.replica_identity
+        if identity == "full":
+            return tuple(self.columns)
+        if identity == "index":
+            # A partitioned table's leaves have their own indexes: its key stands
+            # in. Otherwise none when the index was dropped since.
+            return self.key if self.partitioned else self.identity_index
+        return self.key if identity == "default" else ()

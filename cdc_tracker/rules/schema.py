@@ -140,23 +140,24 @@ def _rule_problems(
         problems.append((path, rule.line, _needs_full(rule, info, "reads old values")))
     if info.full_identity:
         return problems
-    # Without a primary key, only an identity index gives updates and deletes an
-    # old key; PostgreSQL drops them otherwise.
-    if rule.on - {Action.INSERT} and not info.key and info.replica_identity != "index":
-        problems.append(
-            (
-                path,
-                rule.line,
-                f"table {info.name} has no primary key and REPLICA IDENTITY "
-                f"{info.replica_identity.upper()}: PostgreSQL does not decode its "
-                f"updates and deletes; fix: ALTER TABLE {info.name} "
-                "REPLICA IDENTITY FULL;",
-            )
-        )
-    elif Action.DELETE in rule.on and (beyond_key := _non_key_columns(rule, info)):
-        reason = f"reads {', '.join(beyond_key)} of deleted rows"
+    old_key = info.old_key
+    if rule.on - {Action.INSERT} and not old_key:
+        problems.append((path, rule.line, _no_old_key(info)))
+    elif Action.DELETE in rule.on and (beyond := _beyond(rule, old_key)):
+        reason = f"reads {', '.join(beyond)} of deleted rows"
         problems.append((path, rule.line, _needs_full(rule, info, reason)))
     return problems
+
+
+def _no_old_key(info: TableInfo) -> str:
+    why = {
+        "default": "has no primary key and REPLICA IDENTITY DEFAULT",
+        "index": "has REPLICA IDENTITY USING INDEX, and that index was dropped",
+    }.get(info.replica_identity, "has REPLICA IDENTITY NOTHING")
+    return (
+        f"table {info.name} {why}: PostgreSQL does not decode its updates and "
+        f"deletes; fix: ALTER TABLE {info.name} REPLICA IDENTITY FULL;"
+    )
 
 
 def _typed(
@@ -196,14 +197,15 @@ def _needs_full(rule: Rule, info: TableInfo, reason: str) -> str:
     )
 
 
-def _non_key_columns(rule: Rule, info: TableInfo) -> list[str]:
+def _beyond(rule: Rule, old_key: tuple[str, ...]) -> list[str]:
+    """The columns ``rule`` reads of a deleted row that its old image lacks."""
     columns: set[str] = set()
     for _, expr in rule.expressions():
         columns.update(ref.column for ref in expr.columns if ref.image != "new")
         for ref in expr.lookups:  # a lookup of a deleted row reads its key columns
             if (spec := rule.lookups.get(ref.lookup)) is not None:
                 columns.update(spec.own_columns)
-    return sorted(columns - set(info.key))
+    return sorted(columns - set(old_key))
 
 
 # Types whose large values PostgreSQL may store out of line (TOAST).

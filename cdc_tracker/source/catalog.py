@@ -14,7 +14,10 @@ SELECT n.nspname || '.' || c.relname, c.relreplident, a.attname,
        EXISTS (SELECT 1 FROM pg_index i
                WHERE i.indrelid = c.oid AND i.indisprimary AND i.indimmediate
                  AND a.attnum = ANY (i.indkey)),
-       c.relkind = 'p'
+       c.relkind = 'p',
+       EXISTS (SELECT 1 FROM pg_index i
+               WHERE i.indrelid = c.oid AND i.indisreplident
+                 AND a.attnum = ANY (i.indkey))
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -43,7 +46,7 @@ def read_catalog(
     found: dict[str, TableInfo] = {}
     with translate_errors("-"):
         rows = conn.execute(_COLUMNS_SQL, (tables,)).fetchall()
-    for table, identity, column, declared, in_key, partitioned in rows:
+    for table, identity, column, declared, in_key, partitioned, in_index in rows:
         info = found.setdefault(
             str(table),
             TableInfo(
@@ -57,6 +60,8 @@ def read_catalog(
         info.columns[str(column)] = str(declared)
         if in_key:
             info.key = (*info.key, str(column))
+        if in_index:
+            info.identity_index = (*info.identity_index, str(column))
     for info in found.values():
         if info.partitioned:
             _read_leaves(conn, info)

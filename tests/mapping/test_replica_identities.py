@@ -1,0 +1,174 @@
+"""A column a rule reads, absent from an update: gone (a dead letter) or only left
+out (an unchanged TOASTed value), under each replica identity, and what ``check``
+says of update and delete rules under each.
+
+``people.notes`` holds about 6 kB of random hex: stored out of line (TOAST), yet
+small enough for a call. ``email`` has a unique index, the identity of the
+``index`` tables; ``keyless`` has no primary key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from cdc_tracker.testing.rudderstack import FakeRudderStack
+from tests.harness import create_slot, running_daemon, settings_for, sql
+from tests.rules.test_schema_check import check
+
+IDENTITIES = ["default", "full", "index", "keyless index"]
+NOTES = "(select string_agg(md5(random()::text), '') from generate_series(1, 190))"
+
+IDENTIFY = """\
+version: 1
+tables:
+  public.people:
+    user_id: id
+identify:
+  - table: people
+    traits:
+      name: name
+      email: email
+"""
+
+
+def make_people(dsn: str, identity: str) -> None:
+    key = "not null" if identity == "keyless index" else "primary key"
+    sql(
+        dsn,
+        f"create table people (id int {key}, email text not null, name text, "
+        "notes text)",
+        "create unique index people_email on people (email)",
+    )
+    if identity == "full":
+        sql(dsn, "alter table people replica identity full")
+    elif identity.endswith("index"):
+        sql(dsn, "alter table people replica identity using index people_email")
+    sql(dsn, f"insert into people values (1, 'a@x', 'Ada', {NOTES})")
+
+
+def sent(receiver: FakeRudderStack) -> list[dict[str, Any]]:
+    return [call.payload.get("traits") or call.payload for call in receiver.calls]
+
+
+def reasons(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("select reason from cdc_tracker.dead_letters order by id")
+        return [str(reason) for (reason,) in rows]
+
+
+def rulebook(tmp_path: Path, text: str = IDENTIFY) -> Path:
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("identity", IDENTITIES)
+@pytest.mark.parametrize(
+    "change", ["rename column name to full_name", "drop column name"]
+)
+def test_a_gone_column_is_a_dead_letter(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path, identity: str, change: str
+) -> None:
+    make_people(empty_db, identity)
+    with running_daemon(settings_for(empty_db, receiver, rulebook(tmp_path))) as d:
+        sql(empty_db, "update people set name = 'Ada L.'")
+        d.caught_up()
+        sql(
+            empty_db,
+            f"alter table people {change}",
+            "update people set email = 'b@x'",  # the identity index's column
+            "update people set notes = 'short'",
+        )
+        d.caught_up()
+    assert sent(receiver) == [{"name": "Ada L.", "email": "a@x"}]
+    gone = "column 'name' is not in public.people any more (dropped or renamed?)"
+    assert reasons(empty_db) == [gone, gone]
+
+
+@pytest.mark.parametrize("identity", IDENTITIES)
+@pytest.mark.parametrize("column", ["name", "email"])
+def test_an_unchanged_toasted_value_is_left_out(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path, identity: str, column: str
+) -> None:
+    """Under FULL the old row fills it in; under any other identity it is left
+    out (a null would wipe the trait downstream)."""
+    make_people(empty_db, identity)
+    path = rulebook(tmp_path, IDENTIFY + "      notes: notes\n")
+    with running_daemon(settings_for(empty_db, receiver, path)) as daemon:
+        sql(empty_db, f"update people set {column} = 'z'")
+        daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 0
+    [traits] = sent(receiver)
+    assert (len(traits.pop("notes", "")) == 6080) is (identity == "full")
+    assert traits == {"name": "Ada", "email": "a@x", column: "z"}
+
+
+def test_under_full_the_old_row_tells_a_gone_column_at_once(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """Renamed, then another column added under the name, before the daemon reads
+    the update: the table has a 'name' again, the change's whole row had none.
+    (Under any other identity only the table can be asked, and it says 'name'
+    exists: the trait is left out.)"""
+    make_people(empty_db, "full")
+    settings = settings_for(empty_db, receiver, rulebook(tmp_path))
+    create_slot(settings)
+    sql(
+        empty_db,
+        "alter table people rename column name to full_name",
+        "update people set email = 'b@x'",
+        "alter table people add column name text",
+    )
+    with running_daemon(settings) as daemon:
+        daemon.caught_up()
+    assert sent(receiver) == []
+    assert "column 'name' is not in public.people any more" in reasons(empty_db)[-1]
+
+
+UPDATES = IDENTIFY.replace("traits:\n      name: name\n      email: email\n", "")
+DELETES = """\
+version: 1
+tables:
+  public.people:
+    user_id: {user}
+track:
+  - event: Person Deleted
+    table: people
+    on: delete
+"""
+
+
+@pytest.mark.parametrize("identity", ["index", "keyless index"])
+def test_an_identity_index_dropped_is_no_identity(
+    empty_db: str, tmp_path: Path, identity: str
+) -> None:
+    """PostgreSQL then logs no old key (the table still says USING INDEX), and
+    wal2json skips its updates and deletes."""
+    make_people(empty_db, identity)
+    sql(empty_db, "drop index people_email")
+    assert check(empty_db, tmp_path, UPDATES) == [
+        "6: table public.people has REPLICA IDENTITY USING INDEX, and that index "
+        "was dropped: PostgreSQL does not decode its updates and deletes; "
+        "fix: ALTER TABLE public.people REPLICA IDENTITY FULL;"
+    ]
+
+
+def test_a_delete_rule_may_read_the_identity_index_not_the_primary_key(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    make_people(empty_db, "index")
+    assert check(empty_db, tmp_path, DELETES.format(user="id")) == [
+        "6: rule 'Person Deleted' reads id of deleted rows, but table public.people "
+        "has REPLICA IDENTITY INDEX; fix: ALTER TABLE public.people REPLICA "
+        "IDENTITY FULL;"
+    ]
+    assert check(empty_db, tmp_path, DELETES.format(user="email")) == []
+    settings = settings_for(empty_db, receiver, tmp_path / "rulebook.yaml")
+    with running_daemon(settings) as daemon:
+        sql(empty_db, "delete from people")
+        daemon.caught_up()
+    assert [(c.event, c.user_id) for c in receiver.calls] == [("Person Deleted", "a@x")]
