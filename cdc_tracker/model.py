@@ -122,6 +122,8 @@ class TableInfo:
     partitioned: bool = False  # a partitioned parent: wal2json names its leaves
     leaves: tuple[str, ...] = ()
     identity_index: tuple[str, ...] = ()  # REPLICA IDENTITY USING INDEX's columns
+    # A partitioned table's: the columns every leaf's old image carries.
+    leaf_old_key: tuple[str, ...] | None = None
 
     @property
     def full_identity(self) -> bool:
@@ -135,8 +137,8 @@ class TableInfo:
         identity = self.replica_identity
         if identity == "full":
             return tuple(self.columns)
+        if self.leaf_old_key is not None:
+            return self.leaf_old_key
         if identity == "index":
-            # A partitioned table's leaves have their own indexes: its key stands
-            # in. Otherwise none when the index was dropped since.
-            return self.key if self.partitioned else self.identity_index
+            return self.identity_index  # none when the index was dropped since
         return self.key if identity == "default" else ()

@@ -23,8 +23,7 @@ class SchemaView:
     """Tables as last read from the catalog; re-read a table at most every few seconds.
 
     ``reload(table)`` returns the table's current description (``None`` when it is
-    gone); it is called when an update or delete lacks a column a rule reads and
-    does not carry its whole old row, so that the change alone cannot tell.
+    gone); it is called when an update or delete lacks a column a rule reads.
     """
 
     def __init__(
@@ -43,13 +42,11 @@ class SchemaView:
         """Whether ``column``, absent from ``change``, no longer exists in its table."""
         if change.action is Action.INSERT:
             gone = True  # an insert carries every column
-        elif self._whole_old_row(change):
-            # Written under REPLICA IDENTITY FULL: the old row has every column.
-            gone = change.old is None or column not in change.old
         else:
-            # Otherwise a column is also absent when its TOASTed value did not
-            # change, or when the old image holds only the replica identity as it
-            # was when the change was written. Only the table can tell.
+            # An update or delete lacks columns for other reasons too: an
+            # unchanged TOASTed value, an old image holding only the replica
+            # identity as it was when the change was logged (the key, an index's
+            # columns, or the whole row). Only the table itself can tell.
             info = self._fresh(change.table)
             gone = info is None or column not in info.columns
         if gone and (change.table, column) not in self._reported:
@@ -61,17 +58,6 @@ class SchemaView:
                 hint="the column was dropped or renamed: update the rulebook",
             )
         return gone
-
-    def _whole_old_row(self, change: Change) -> bool:
-        """Whether an update's old image is its whole row, whatever the table's
-        identity is now: it holds every column of the new image, and more than
-        the primary key or the identity index could. (A delete's cannot be told.)"""
-        old, new = change.old, change.new
-        if old is None or new is None or not old.keys() >= new.keys():
-            return False
-        info = self._tables.get(change.table)
-        index = info.identity_index if info is not None else ()
-        return not (old.keys() <= set(change.key) or old.keys() <= set(index))
 
     def _fresh(self, table: str) -> TableInfo | None:
         now = self._clock()

@@ -28,15 +28,25 @@ ORDER BY 1, a.attnum
 
 _IDENTITY = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
 
-# The leaf partitions of a partitioned table, with their replica identity.
+# The leaf partitions of a partitioned table, with their replica identity and the
+# columns of their primary key and of their identity index.
 _LEAVES_SQL = """
-SELECT n.nspname || '.' || c.relname, c.relreplident
+SELECT n.nspname || '.' || c.relname, c.relreplident,
+       ARRAY(SELECT a.attname FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+             WHERE i.indrelid = c.oid AND i.indisprimary AND i.indimmediate),
+       ARRAY(SELECT a.attname FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+             WHERE i.indrelid = c.oid AND i.indisreplident)
 FROM pg_partition_tree(%s::regclass) t
 JOIN pg_class c ON c.oid = t.relid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE t.isleaf
 ORDER BY 1
 """
+# From the weakest replica identity to the strongest, to name a partitioned
+# table's by its weakest leaf's.
+_STRENGTH = ("nothing", "default", "index", "full")
 
 
 def read_catalog(
@@ -69,20 +79,32 @@ def read_catalog(
 
 
 def _read_leaves(conn: psycopg.Connection[tuple[object, ...]], info: TableInfo) -> None:
-    """wal2json names a partitioned table's changes by leaf: list the leaves, and
-    take the weakest replica identity among them as the table's."""
+    """wal2json names a partitioned table's changes by leaf: list the leaves, name
+    the table's replica identity by its weakest leaf's, and take as its old key
+    the columns every leaf's old image carries."""
     schema, _, table = info.name.partition(".")
     qualified = f'"{schema}"."{table}"'
     with translate_errors("-"):
         rows = conn.execute(_LEAVES_SQL, (qualified,)).fetchall()
-    info.leaves = tuple(str(leaf) for leaf, _ in rows)
-    identities = {_IDENTITY[str(identity)] for _, identity in rows}
-    if identities and identities != {"full"}:
-        info.replica_identity = (
-            "default" if "default" in identities else min(identities)
-        )
-    elif identities:
-        info.replica_identity = "full"
+    info.leaves = tuple(str(leaf) for leaf, *_ in rows)
+    if not rows:
+        return
+    identities = [_IDENTITY[str(identity)] for _, identity, _, _ in rows]
+    info.replica_identity = min(identities, key=_STRENGTH.index)
+    carried = set(info.columns)
+    for (_, _, key, index), identity in zip(rows, identities, strict=True):
+        if identity == "default":
+            carried &= set(_names(key))
+        elif identity == "index":
+            carried &= set(_names(index))
+        elif identity == "nothing":
+            carried = set()
+    info.leaf_old_key = tuple(column for column in info.columns if column in carried)
+
+
+def _names(array: object) -> list[str]:
+    assert isinstance(array, list)
+    return [str(name) for name in array]
 
 
 def source_tables(tables: list[str], catalog: dict[str, TableInfo]) -> dict[str, str]:
