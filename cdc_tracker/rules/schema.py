@@ -150,10 +150,17 @@ def _rule_problems(
 
 
 def _no_old_key(info: TableInfo) -> str:
-    why = {
-        "default": "has no primary key and REPLICA IDENTITY DEFAULT",
-        "index": "has REPLICA IDENTITY USING INDEX, and that index was dropped",
-    }.get(info.replica_identity, "has REPLICA IDENTITY NOTHING")
+    if info.partitioned:
+        why = (
+            "has a partition with REPLICA IDENTITY NOTHING"
+            if info.replica_identity == "nothing"
+            else "has partitions whose old keys share no column"
+        )
+    else:
+        why = {
+            "default": "has no primary key and REPLICA IDENTITY DEFAULT",
+            "index": "has REPLICA IDENTITY USING INDEX, and that index was dropped",
+        }.get(info.replica_identity, "has REPLICA IDENTITY NOTHING")
     return (
         f"table {info.name} {why}: PostgreSQL does not decode its updates and "
         f"deletes; fix: ALTER TABLE {info.name} REPLICA IDENTITY FULL;"
