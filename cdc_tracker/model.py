@@ -122,12 +122,30 @@ class TableInfo:
     partitioned: bool = False  # a partitioned parent: wal2json names its leaves
     leaves: tuple[str, ...] = ()
     identity_index: tuple[str, ...] = ()  # REPLICA IDENTITY USING INDEX's columns
-    # A partitioned table's: the columns every leaf's old image carries.
+    # A partitioned table's: the columns every leaf's old image carries, the
+    # leaves whose old image has no column at all, and those without FULL.
     leaf_old_key: tuple[str, ...] | None = None
+    keyless_leaves: tuple[str, ...] = ()
+    weak_leaves: tuple[str, ...] = ()
 
     @property
     def full_identity(self) -> bool:
         return self.replica_identity == "full"
+
+    @property
+    def decodes_updates(self) -> bool:
+        """Whether PostgreSQL logs an old key with every update and delete (else
+        wal2json skips them): for a partitioned table, on every leaf."""
+        if self.leaf_old_key is not None:
+            return not self.keyless_leaves
+        return bool(self.old_key)
+
+    @property
+    def full_fix(self) -> str:
+        """The statements that give the table REPLICA IDENTITY FULL (a partitioned
+        table's leaves each need their own)."""
+        tables = self.weak_leaves if self.leaf_old_key is not None else (self.name,)
+        return " ".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL;" for t in tables)
 
     @property
     def old_key(self) -> tuple[str, ...]:

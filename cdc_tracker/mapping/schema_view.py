@@ -17,6 +17,9 @@ from cdc_tracker.model import Action, Change, TableInfo
 log = structlog.get_logger(__name__)
 
 REFRESH_SECONDS = 5.0
+# An update's whole old row (REPLICA IDENTITY FULL) lacks a column only when the
+# column is gone, or new since the change: the table is read again sooner then.
+WHOLE_ROW_REFRESH_SECONDS = 0.2
 
 
 class SchemaView:
@@ -47,7 +50,9 @@ class SchemaView:
             # unchanged TOASTed value, an old image holding only the replica
             # identity as it was when the change was logged (the key, an index's
             # columns, or the whole row). Only the table itself can tell.
-            info = self._fresh(change.table)
+            whole = _whole_old_row(change)
+            age = WHOLE_ROW_REFRESH_SECONDS if whole else REFRESH_SECONDS
+            info = self._fresh(change.table, age)
             gone = info is None or column not in info.columns
         if gone and (change.table, column) not in self._reported:
             self._reported.add((change.table, column))
@@ -59,9 +64,10 @@ class SchemaView:
             )
         return gone
 
-    def _fresh(self, table: str) -> TableInfo | None:
+    def _fresh(self, table: str, age: float) -> TableInfo | None:
+        """The table as read at most ``age`` seconds ago."""
         now = self._clock()
-        if now - self._read_at.get(table, float("-inf")) >= REFRESH_SECONDS:
+        if now - self._read_at.get(table, float("-inf")) >= age:
             self._read_at[table] = now
             info = self._reload(table)
             if info is None:
@@ -69,3 +75,13 @@ class SchemaView:
             else:
                 self._tables[table] = info
         return self._tables.get(table)
+
+
+def _whole_old_row(change: Change) -> bool:
+    """Whether an update's old image looks like its whole row: every column of
+    the new image, and more than the primary key. (A covering identity index can
+    look so too: that only makes the table be read again sooner.)"""
+    old, new = change.old, change.new
+    if old is None or new is None:
+        return False
+    return old.keys() >= new.keys() and not old.keys() <= set(change.key)

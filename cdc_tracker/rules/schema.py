@@ -140,10 +140,9 @@ def _rule_problems(
         problems.append((path, rule.line, _needs_full(rule, info, "reads old values")))
     if info.full_identity:
         return problems
-    old_key = info.old_key
-    if rule.on - {Action.INSERT} and not old_key:
+    if rule.on - {Action.INSERT} and not info.decodes_updates:
         problems.append((path, rule.line, _no_old_key(info)))
-    elif Action.DELETE in rule.on and (beyond := _beyond(rule, old_key)):
+    elif Action.DELETE in rule.on and (beyond := _beyond(rule, info.old_key)):
         reason = f"reads {', '.join(beyond)} of deleted rows"
         problems.append((path, rule.line, _needs_full(rule, info, reason)))
     return problems
@@ -151,11 +150,8 @@ def _rule_problems(
 
 def _no_old_key(info: TableInfo) -> str:
     if info.partitioned:
-        why = (
-            "has a partition with REPLICA IDENTITY NOTHING"
-            if info.replica_identity == "nothing"
-            else "has partitions whose old keys share no column"
-        )
+        leaves = ", ".join(info.keyless_leaves)
+        why = f"has partitions without an old key ({leaves})"
     else:
         why = {
             "default": "has no primary key and REPLICA IDENTITY DEFAULT",
@@ -163,7 +159,7 @@ def _no_old_key(info: TableInfo) -> str:
         }.get(info.replica_identity, "has REPLICA IDENTITY NOTHING")
     return (
         f"table {info.name} {why}: PostgreSQL does not decode its updates and "
-        f"deletes; fix: ALTER TABLE {info.name} REPLICA IDENTITY FULL;"
+        f"deletes; fix: {info.full_fix}"
     )
 
 
@@ -199,8 +195,7 @@ def _typed(
 def _needs_full(rule: Rule, info: TableInfo, reason: str) -> str:
     return (
         f"rule '{rule.id}' {reason}, but table {info.name} has REPLICA IDENTITY "
-        f"{info.replica_identity.upper()}; fix: ALTER TABLE {info.name} "
-        "REPLICA IDENTITY FULL;"
+        f"{info.replica_identity.upper()}; fix: {info.full_fix}"
     )
 
 

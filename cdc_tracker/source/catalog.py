@@ -13,11 +13,11 @@ SELECT n.nspname || '.' || c.relname, c.relreplident, a.attname,
             ELSE format_type(a.atttypid, a.atttypmod) END,
        EXISTS (SELECT 1 FROM pg_index i
                WHERE i.indrelid = c.oid AND i.indisprimary AND i.indimmediate
-                 AND a.attnum = ANY (i.indkey)),
+                 AND a.attnum = ANY (KEY_COLUMNS)),
        c.relkind = 'p',
        EXISTS (SELECT 1 FROM pg_index i
                WHERE i.indrelid = c.oid AND i.indisreplident
-                 AND a.attnum = ANY (i.indkey))
+                 AND a.attnum = ANY (KEY_COLUMNS))
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -33,10 +33,10 @@ _IDENTITY = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
 _LEAVES_SQL = """
 SELECT n.nspname || '.' || c.relname, c.relreplident,
        ARRAY(SELECT a.attname FROM pg_index i
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (KEY_COLUMNS)
              WHERE i.indrelid = c.oid AND i.indisprimary AND i.indimmediate),
        ARRAY(SELECT a.attname FROM pg_index i
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (KEY_COLUMNS)
              WHERE i.indrelid = c.oid AND i.indisreplident)
 FROM pg_partition_tree(%s::regclass) t
 JOIN pg_class c ON c.oid = t.relid
@@ -44,6 +44,11 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE t.isleaf
 ORDER BY 1
 """
+# An index's key columns, without its INCLUDE ones: only those are logged as the
+# old key.
+_KEYS = "(i.indkey::int2[])[0:i.indnkeyatts - 1]"
+_COLUMNS_SQL = _COLUMNS_SQL.replace("KEY_COLUMNS", _KEYS)
+_LEAVES_SQL = _LEAVES_SQL.replace("KEY_COLUMNS", _KEYS)
 # From the weakest replica identity to the strongest, to name a partitioned
 # table's by its weakest leaf's.
 _STRENGTH = ("nothing", "default", "index", "full")
@@ -91,15 +96,22 @@ def _read_leaves(conn: psycopg.Connection[tuple[object, ...]], info: TableInfo) 
         return
     identities = [_IDENTITY[str(identity)] for _, identity, _, _ in rows]
     info.replica_identity = min(identities, key=_STRENGTH.index)
-    carried = set(info.columns)
-    for (_, _, key, index), identity in zip(rows, identities, strict=True):
-        if identity == "default":
-            carried &= set(_names(key))
+    carried: set[str] | None = None  # what every leaf's old image carries
+    keyless = []
+    for (leaf, _, key, index), identity in zip(rows, identities, strict=True):
+        if identity == "full":
+            own = set(info.columns)
         elif identity == "index":
-            carried &= set(_names(index))
-        elif identity == "nothing":
-            carried = set()
-    info.leaf_old_key = tuple(column for column in info.columns if column in carried)
+            own = set(_names(index))
+        else:
+            own = set(_names(key)) if identity == "default" else set()
+        if identity != "full":
+            info.weak_leaves = (*info.weak_leaves, str(leaf))
+        if not own:
+            keyless.append(str(leaf))
+        carried = own if carried is None else carried & own
+    info.leaf_old_key = tuple(c for c in info.columns if c in (carried or ()))
+    info.keyless_leaves = tuple(keyless)
 
 
 def _names(array: object) -> list[str]:

@@ -9,6 +9,7 @@ small enough for a call. ``email`` has a unique index, the identity of the
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,41 @@ def test_a_column_added_after_a_waiting_update_is_left_out_of_it(
     assert sent(receiver) == [{"name": "Ada L.", "email": "a@x"}]
 
 
+def test_under_full_a_rename_soon_after_a_catalog_read_is_still_seen(
+    empty_db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """The first rename makes the daemon read the table; the second comes within
+    seconds. A whole old row lacking the column makes it read the table again."""
+    make_people(empty_db, "full")
+    path = rulebook(
+        tmp_path,
+        "version: 1\ntables:\n  public.people:\n    user_id: id\n"
+        "identify:\n  - table: people\n    traits:\n      name: name\n"
+        "track:\n  - event: Mail Changed\n    table: people\n    on: update\n"
+        "    properties:\n      email: email\n",
+    )
+    with running_daemon(settings_for(empty_db, receiver, path)) as daemon:
+        sql(
+            empty_db,
+            "alter table people rename column name to full_name",
+            "update people set full_name = 'B'",
+        )
+        daemon.caught_up()
+        time.sleep(0.3)
+        sql(
+            empty_db,
+            "alter table people rename column email to mail",
+            "update people set full_name = 'C'",
+        )
+        daemon.caught_up()
+    assert [c.payload["properties"] for c in receiver.calls] == [{"email": "a@x"}]
+    assert sorted(why.split(" is not")[0] for why in reasons(empty_db)) == [
+        "column 'email'",
+        "column 'name'",
+        "column 'name'",
+    ]
+
+
 UPDATES = IDENTIFY.replace("traits:\n      name: name\n      email: email\n", "")
 DELETES = """\
 version: 1
@@ -214,10 +250,18 @@ track:
         # Every leaf's old image carries email: updates and deletes by email.
         ((False, "index", "index"), ("email", "update"), None),
         ((False, "index", "full"), ("email", "delete"), None),
-        # A leaf logs no old key: the table's updates are partly lost.
-        ((True, "full", "nothing"), ("id", "update"), "a partition with REPLICA"),
-        # One leaf's old image holds email, the other's its key: nothing in common.
-        ((True, "index", "default"), ("id", "update"), "share no column"),
+        # A leaf logs no old key: its updates would be lost. The fix names it.
+        (
+            (True, "full", "nothing"),
+            ("id", "update"),
+            "has partitions without an old key (public.parts_1): PostgreSQL does "
+            "not decode its updates and deletes; fix: ALTER TABLE public.parts_1 "
+            "REPLICA IDENTITY FULL;",
+        ),
+        # One leaf's old image holds email, the other's its key: updates decode
+        # on both, a delete rule may read neither.
+        ((True, "index", "default"), ("id", "update"), None),
+        ((True, "index", "default"), ("id", "delete"), "reads id of deleted rows"),
         # The index leaf's old image lacks the key and the name.
         ((True, "full", "index"), ("name", "delete"), "reads name of deleted rows"),
         ((True, "index"), ("id", "delete"), "reads id of deleted rows"),
@@ -239,3 +283,26 @@ def test_a_partitioned_tables_old_key_is_what_every_leaf_carries(
     else:
         [problem] = found
         assert refused in problem
+
+
+def test_an_indexs_included_columns_are_not_in_the_old_key(
+    empty_db: str, tmp_path: Path
+) -> None:
+    """PostgreSQL logs an index's key columns as the old key, not its INCLUDE
+    ones."""
+    sql(
+        empty_db,
+        "create table people (id int, email text not null, name text, "
+        "primary key (id) include (email))",
+        "create unique index people_email on people (email) include (name)",
+    )
+    deleted = DELETES.format(user="email")
+    assert check(empty_db, tmp_path, deleted) == [
+        "6: rule 'Person Deleted' reads email of deleted rows, but table "
+        "public.people has REPLICA IDENTITY DEFAULT; fix: ALTER TABLE "
+        "public.people REPLICA IDENTITY FULL;"
+    ]
+    sql(empty_db, "alter table people replica identity using index people_email")
+    assert check(empty_db, tmp_path, deleted) == []
+    named = DELETES.format(user="name")
+    assert "reads name of deleted rows" in check(empty_db, tmp_path, named)[0]
