@@ -5,6 +5,7 @@ This module imports neither psycopg nor httpx: every stage speaks in these types
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -122,11 +123,8 @@ class TableInfo:
     partitioned: bool = False  # a partitioned parent: wal2json names its leaves
     leaves: tuple[str, ...] = ()
     identity_index: tuple[str, ...] = ()  # REPLICA IDENTITY USING INDEX's columns
-    # A partitioned table's: the columns every leaf's old image carries, the
-    # leaves whose old image has no column at all, and those without FULL.
-    leaf_old_key: tuple[str, ...] | None = None
-    keyless_leaves: tuple[str, ...] = ()
-    weak_leaves: tuple[str, ...] = ()
+    # A partitioned table's leaves, each with the columns its old image carries.
+    leaf_keys: dict[str, tuple[str, ...]] | None = None
 
     @property
     def full_identity(self) -> bool:
@@ -136,16 +134,21 @@ class TableInfo:
     def decodes_updates(self) -> bool:
         """Whether PostgreSQL logs an old key with every update and delete (else
         wal2json skips them): for a partitioned table, on every leaf."""
-        if self.leaf_old_key is not None:
-            return not self.keyless_leaves
+        if self.leaf_keys:
+            return all(self.leaf_keys.values())
         return bool(self.old_key)
 
-    @property
-    def full_fix(self) -> str:
-        """The statements that give the table REPLICA IDENTITY FULL (a partitioned
-        table's leaves each need their own)."""
-        tables = self.weak_leaves if self.leaf_old_key is not None else (self.name,)
-        return " ".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL;" for t in tables)
+    def lacking(self, columns: Iterable[str]) -> list[str]:
+        """The tables (this one, or those of its leaves) whose old image lacks one
+        of ``columns``: those to give REPLICA IDENTITY FULL."""
+        wanted = set(columns)
+        if not self.leaf_keys:
+            return [] if wanted <= set(self.old_key) and self.old_key else [self.name]
+        return [
+            leaf
+            for leaf, key in self.leaf_keys.items()
+            if not key or not wanted <= set(key)
+        ]
 
     @property
     def old_key(self) -> tuple[str, ...]:
@@ -155,8 +158,9 @@ class TableInfo:
         identity = self.replica_identity
         if identity == "full":
             return tuple(self.columns)
-        if self.leaf_old_key is not None:
-            return self.leaf_old_key
+        if self.leaf_keys:
+            carried = set.intersection(*(set(k) for k in self.leaf_keys.values()))
+            return tuple(column for column in self.columns if column in carried)
         if identity == "index":
             return self.identity_index  # none when the index was dropped since
         return self.key if identity == "default" else ()

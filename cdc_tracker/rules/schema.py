@@ -9,6 +9,7 @@ lookups read.
 from __future__ import annotations
 
 import difflib
+import re
 
 from cdc_tracker.errors import RulebookError
 from cdc_tracker.mapping.values import kind_of
@@ -144,14 +145,15 @@ def _rule_problems(
         problems.append((path, rule.line, _no_old_key(info)))
     elif Action.DELETE in rule.on and (beyond := _beyond(rule, info.old_key)):
         reason = f"reads {', '.join(beyond)} of deleted rows"
-        problems.append((path, rule.line, _needs_full(rule, info, reason)))
+        fix = _full_fix(info.lacking(beyond))
+        problems.append((path, rule.line, _needs_full(rule, info, reason, fix)))
     return problems
 
 
 def _no_old_key(info: TableInfo) -> str:
-    if info.partitioned:
-        leaves = ", ".join(info.keyless_leaves)
-        why = f"has partitions without an old key ({leaves})"
+    lacking = info.lacking(())
+    if info.leaf_keys:
+        why = f"has partitions without an old key ({', '.join(lacking)})"
     else:
         why = {
             "default": "has no primary key and REPLICA IDENTITY DEFAULT",
@@ -159,7 +161,25 @@ def _no_old_key(info: TableInfo) -> str:
         }.get(info.replica_identity, "has REPLICA IDENTITY NOTHING")
     return (
         f"table {info.name} {why}: PostgreSQL does not decode its updates and "
-        f"deletes; fix: {info.full_fix}"
+        f"deletes; fix: {_full_fix(lacking)}"
+    )
+
+
+_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def _sql_name(table: str) -> str:
+    """``schema.name`` as SQL: a part that is not plain lower case is quoted."""
+    return ".".join(
+        part if _PLAIN.fullmatch(part) else '"' + part.replace('"', '""') + '"'
+        for part in table.split(".", 1)
+    )
+
+
+def _full_fix(tables: list[str]) -> str:
+    """The statements giving ``tables`` (``schema.name``) REPLICA IDENTITY FULL."""
+    return " ".join(
+        f"ALTER TABLE {_sql_name(table)} REPLICA IDENTITY FULL;" for table in tables
     )
 
 
@@ -192,10 +212,12 @@ def _typed(
     return []
 
 
-def _needs_full(rule: Rule, info: TableInfo, reason: str) -> str:
+def _needs_full(
+    rule: Rule, info: TableInfo, reason: str, fix: str | None = None
+) -> str:
     return (
         f"rule '{rule.id}' {reason}, but table {info.name} has REPLICA IDENTITY "
-        f"{info.replica_identity.upper()}; fix: {info.full_fix}"
+        f"{info.replica_identity.upper()}; fix: {fix or _full_fix([info.name])}"
     )
 
 

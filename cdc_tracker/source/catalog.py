@@ -96,22 +96,15 @@ def _read_leaves(conn: psycopg.Connection[tuple[object, ...]], info: TableInfo) 
         return
     identities = [_IDENTITY[str(identity)] for _, identity, _, _ in rows]
     info.replica_identity = min(identities, key=_STRENGTH.index)
-    carried: set[str] | None = None  # what every leaf's old image carries
-    keyless = []
+    info.leaf_keys = {}
     for (leaf, _, key, index), identity in zip(rows, identities, strict=True):
         if identity == "full":
-            own = set(info.columns)
+            own = tuple(info.columns)
         elif identity == "index":
-            own = set(_names(index))
+            own = tuple(_names(index))
         else:
-            own = set(_names(key)) if identity == "default" else set()
-        if identity != "full":
-            info.weak_leaves = (*info.weak_leaves, str(leaf))
-        if not own:
-            keyless.append(str(leaf))
-        carried = own if carried is None else carried & own
-    info.leaf_old_key = tuple(c for c in info.columns if c in (carried or ()))
-    info.keyless_leaves = tuple(keyless)
+            own = tuple(_names(key)) if identity == "default" else ()
+        info.leaf_keys[str(leaf)] = own
 
 
 def _names(array: object) -> list[str]:

@@ -306,3 +306,41 @@ def test_an_indexs_included_columns_are_not_in_the_old_key(
     assert check(empty_db, tmp_path, deleted) == []
     named = DELETES.format(user="name")
     assert "reads name of deleted rows" in check(empty_db, tmp_path, named)[0]
+
+
+def test_a_fix_names_the_partitions_lacking_what_the_rule_reads(
+    empty_db: str, tmp_path: Path
+) -> None:
+    partitioned(empty_db, True, "default", "index")
+    sql(
+        empty_db,
+        "create table \"P-2\" partition of parts for values in ('r9')",
+        'alter table "P-2" replica identity nothing',
+    )
+
+    def fix(user: str, action: str) -> str:
+        [problem] = check(empty_db, tmp_path, PARTS.format(user=user, action=action))
+        return problem.split("fix: ")[1]
+
+    # parts_0 (its primary key) carries id, parts_1 (its index) carries email.
+    assert fix("id", "update") == 'ALTER TABLE public."P-2" REPLICA IDENTITY FULL;'
+    sql(empty_db, 'alter table "P-2" replica identity full')
+    assert fix("id", "delete") == "ALTER TABLE public.parts_1 REPLICA IDENTITY FULL;"
+    assert fix("email", "delete") == (
+        "ALTER TABLE public.parts_0 REPLICA IDENTITY FULL;"
+    )
+
+
+def test_a_partitioned_table_without_partitions_is_judged_by_its_own_key(
+    empty_db: str, tmp_path: Path
+) -> None:
+    sql(
+        empty_db,
+        "create table parts (id int not null, region text not null, "
+        "email text not null, name text) partition by list (region)",
+    )
+    assert check(empty_db, tmp_path, PARTS.format(user="id", action="update")) == [
+        "6: table public.parts has no primary key and REPLICA IDENTITY DEFAULT: "
+        "PostgreSQL does not decode its updates and deletes; "
+        "fix: ALTER TABLE public.parts REPLICA IDENTITY FULL;"
+    ]
