@@ -155,12 +155,25 @@ class TableInfo:
         """The columns an update's or a delete's old image carries (every column
         under FULL); none when PostgreSQL logs no old key, and wal2json then
         skips the table's updates and deletes."""
-        identity = self.replica_identity
-        if identity == "full":
-            return tuple(self.columns)
-        if self.leaf_keys:
+        if self.leaf_keys and not self.full_identity:
             carried = set.intersection(*(set(k) for k in self.leaf_keys.values()))
             return tuple(column for column in self.columns if column in carried)
-        if identity == "index":
-            return self.identity_index  # none when the index was dropped since
-        return self.key if identity == "default" else ()
+        return old_key_of(
+            self.replica_identity, tuple(self.columns), self.key, self.identity_index
+        )
+
+
+def old_key_of(
+    identity: str,
+    columns: tuple[str, ...],
+    key: tuple[str, ...],
+    index: tuple[str, ...],
+) -> tuple[str, ...]:
+    """The columns an old image carries under REPLICA IDENTITY ``identity``, for a
+    table of ``columns`` with primary ``key`` and identity ``index`` (none when the
+    index was dropped since)."""
+    if identity == "full":
+        return columns
+    if identity == "index":
+        return index
+    return key if identity == "default" else ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from cdc_tracker.model import TableInfo
+from cdc_tracker.model import TableInfo, old_key_of
 from cdc_tracker.source.slot import translate_errors
 
 _COLUMNS_SQL = """
@@ -96,20 +96,16 @@ def _read_leaves(conn: psycopg.Connection[tuple[object, ...]], info: TableInfo) 
         return
     identities = [_IDENTITY[str(identity)] for _, identity, _, _ in rows]
     info.replica_identity = min(identities, key=_STRENGTH.index)
-    info.leaf_keys = {}
-    for (leaf, _, key, index), identity in zip(rows, identities, strict=True):
-        if identity == "full":
-            own = tuple(info.columns)
-        elif identity == "index":
-            own = tuple(_names(index))
-        else:
-            own = tuple(_names(key)) if identity == "default" else ()
-        info.leaf_keys[str(leaf)] = own
+    columns = tuple(info.columns)
+    info.leaf_keys = {
+        str(leaf): old_key_of(identity, columns, _names(key), _names(index))
+        for (leaf, _, key, index), identity in zip(rows, identities, strict=True)
+    }
 
 
-def _names(array: object) -> list[str]:
+def _names(array: object) -> tuple[str, ...]:
     assert isinstance(array, list)
-    return [str(name) for name in array]
+    return tuple(str(name) for name in array)
 
 
 def source_tables(tables: list[str], catalog: dict[str, TableInfo]) -> dict[str, str]:
