@@ -52,10 +52,11 @@ class RulebookError(ConfigError):
 
     def __init__(self, problems: list[tuple[str, int | None, str]]) -> None:
         self.problems = problems
-        super().__init__("\n".join(_locate(*problem) for problem in problems))
+        super().__init__("\n".join(locate(*problem) for problem in problems))
 
 
-def _locate(path: str, line: int | None, problem: str) -> str:
+def locate(path: str, line: int | None, problem: str) -> str:
+    """A problem as ``file:line: what``."""
     return f"{path}:{line}: {problem}" if line else f"{path}: {problem}"
 
 

@@ -12,10 +12,12 @@ import psycopg
 import pytest
 
 from cdc_tracker.daemon import window
+from cdc_tracker.daemon.counters import Counters
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import PrintShipper
 from cdc_tracker.errors import SlotLost
 from cdc_tracker.ops.health import Probe
+from cdc_tracker.ops.metrics import DaemonCollector
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
@@ -218,6 +220,42 @@ def test_a_renamed_tracked_table_is_reported_and_fails_readiness(
         sql(db, "alter table payouts_archive rename to payouts")
         wait_until(lambda: counters.missing_tables == [], 10)
         assert probe.not_ready() is None
+
+
+def test_identity_without_old_key_while_running_is_reported_and_fails_readiness(
+    db: str,
+    receiver: FakeRudderStack,
+    example_rulebook: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL drops the updates of a table that logs no old key before they
+    reach the slot: the start-up check refuses that, and so does the running one,
+    as loudly as a table gone."""
+    monkeypatch.setattr("cdc_tracker.daemon.loop.TABLE_CHECK_SECONDS", 0.05)
+    with running_daemon(settings_for(db, receiver, example_rulebook)) as daemon:
+        counters = daemon.daemon.counters
+        assert daemon.client is not None
+        probe = Probe(counters, daemon.client.stats, lambda: True, stall_seconds=60)
+        assert counters.schema_problems == []
+        sql(db, "alter table merchants replica identity nothing")
+        wait_until(lambda: bool(counters.schema_problems), 10)
+        problems = counters.schema_problems
+        # The table's update rules, and the rules that read old values.
+        assert len(problems) == 5
+        for problem in problems:
+            assert problem.startswith(f"{example_rulebook}:")
+            assert "REPLICA IDENTITY NOTHING" in problem
+            assert problem.endswith(
+                "fix: ALTER TABLE public.merchants REPLICA IDENTITY FULL;"
+            )
+        assert probe.not_ready() == (
+            f"the rulebook does not fit the schema: {problems[0]} (and 4 more)"
+        )
+        assert _gauge(counters, "cdc_tracker_schema_problems") == 5
+        sql(db, "alter table merchants replica identity full")
+        wait_until(lambda: counters.schema_problems == [], 10)
+        assert probe.not_ready() is None
+        assert _gauge(counters, "cdc_tracker_schema_problems") == 0
 
 
 def test_replica_identity_dropped_while_running_names_the_fix(
@@ -466,3 +504,10 @@ def test_rows_written_to_a_detached_partition_once_noticed_are_not_its_tables(
     kinds = [c.payload["traits"]["kind"] for c in receiver.calls]
     assert "q17" in kinds
     assert "alone" not in kinds
+
+
+def _gauge(counters: Counters, name: str) -> float:
+    for metric in DaemonCollector(counters, None).collect():
+        if metric.name == name:
+            return float(metric.samples[0].value)
+    raise AssertionError(f"no metric {name}")

@@ -44,6 +44,8 @@ class Counters:
     reload_failures: int = 0
     lag_bytes: int = 0
     missing_tables: list[str] = field(default_factory=list)
+    # Where the rulebook stopped fitting the schema while running (file:line: why).
+    schema_problems: list[str] = field(default_factory=list)
     delay: DelayHistogram = field(default_factory=DelayHistogram)
     started_at: float = field(default_factory=time.monotonic)
     last_progress: float = field(default_factory=time.monotonic)

@@ -26,13 +26,14 @@ from cdc_tracker.errors import (
     SlotBusy,
     SlotLost,
     SourceUnavailable,
+    locate,
 )
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.model import Lsn, TableInfo
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
-from cdc_tracker.rules.schema import require_fit, toast_risks
+from cdc_tracker.rules.schema import check_schema, require_fit, toast_risks
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog, source_tables
 from cdc_tracker.source.slot import Slot, SlotState, connect
@@ -210,12 +211,33 @@ class Daemon:
         self.window.done = self.window.settled = done
 
     def _check_tables(self) -> None:
-        """Say loudly when a tracked table is gone: its changes no longer arrive."""
+        """Say loudly when the rulebook stops fitting the schema while running:
+
+        - a tracked table is gone: its changes no longer arrive;
+        - a table no longer logs an old key for its updates (REPLICA IDENTITY
+          NOTHING, say): PostgreSQL drops those changes before we can see them;
+        - a column a rule reads is gone: its changes become dead letters.
+        """
         assert self.window.slot is not None
-        tracked = sorted(self.rulebook.tables)
-        missing = sorted(
-            set(tracked) - set(read_catalog(self.window.slot.conn, tracked))
-        )
+        rulebook = self.rulebook
+        catalog = read_catalog(self.window.slot.conn, rulebook.schema_tables)
+        missing = sorted(set(rulebook.tables) - set(catalog))
+        self._report_missing(missing)
+        problems = check_schema(rulebook, catalog, missing_tables=False)
+        described = [locate(*problem) for problem in problems]
+        counters = self.counters
+        for problem in described:
+            if problem not in counters.schema_problems:
+                log.error(
+                    "the rulebook no longer fits the schema",
+                    problem=problem,
+                    hint="put the table right, or edit the rulebook",
+                )
+        if counters.schema_problems and not described:
+            log.info("the rulebook fits the schema again")
+        counters.schema_problems = described
+
+    def _report_missing(self, missing: list[str]) -> None:
         if missing != self.counters.missing_tables:
             for table in sorted(set(missing) - set(self.counters.missing_tables)):
                 log.error(
@@ -295,6 +317,7 @@ class Daemon:
             )
             return
         self.rulebook = rulebook
+        self.counters.schema_problems = []  # it fits, or it was refused above
         self._track(catalog, self.window.slot)
         self.window.mapper = self._mapper(self._dbname, catalog, self._state_conn)
         self.counters.reloads += 1

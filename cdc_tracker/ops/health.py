@@ -45,6 +45,9 @@ class Probe:
             return "not reading the slot (starting, standing by or reconnecting)"
         if self.counters.missing_tables:
             return f"tracked tables are gone: {', '.join(self.counters.missing_tables)}"
+        if problems := self.counters.schema_problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            return f"the rulebook does not fit the schema: {problems[0]}{more}"
         if self.delivery is not None and self.delivery.paused:
             return "destination refuses the write key or URL"
         idle = time.monotonic() - self.counters.last_progress

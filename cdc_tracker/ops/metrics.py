@@ -74,6 +74,11 @@ class DaemonCollector(Collector):
             "Tracked tables the catalog no longer has (renamed or dropped).",
             value=len(c.missing_tables),
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_schema_problems",
+            "Ways the rulebook stopped fitting the schema while running.",
+            value=len(c.schema_problems),
+        )
         yield _delay_histogram(c)
 
     def _destination(self) -> Iterator[Metric]:

@@ -28,14 +28,22 @@ def require_fit(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> None:
         raise RulebookError(problems)
 
 
-def check_schema(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[Problem]:
-    """Every way the rulebook does not fit the database; empty when it fits."""
+def check_schema(
+    rulebook: Rulebook, catalog: dict[str, TableInfo], *, missing_tables: bool = True
+) -> list[Problem]:
+    """Every way the rulebook does not fit the database; empty when it fits.
+
+    With ``missing_tables`` False, a tracked table the catalog lacks is left for
+    the caller to report (the running daemon counts those apart).
+    """
     path = str(rulebook.path)
     problems: list[Problem] = []
     for spec in rulebook.tables.values():
         info = catalog.get(spec.name)
         if info is None:
-            problems.append((path, spec.line, f"table '{spec.name}' does not exist"))
+            if missing_tables:
+                message = f"table '{spec.name}' does not exist"
+                problems.append((path, spec.line, message))
             continue
         for lookup in spec.lookups.values():
             problems += _lookup_problems(path, lookup, info, catalog)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from cdc_tracker.errors import CdcTrackerError, RulebookError
+from cdc_tracker.errors import CdcTrackerError, RulebookError, locate
 from cdc_tracker.ops.doctor.context import Context
 from cdc_tracker.ops.doctor.result import Finding, failed, passed
 from cdc_tracker.rules.rulebook import load_rulebook
@@ -44,7 +44,7 @@ def schema_fit(ctx: Context) -> Finding:
     if problems:
         return failed(
             "rulebook schema",
-            "\n".join(_located(problem) for problem in problems),
+            "\n".join(locate(*problem) for problem in problems),
             "change the rulebook or the schema so that they agree",
         )
     return passed("rulebook schema", "tables, columns and types fit")
@@ -60,8 +60,7 @@ def replica_identity(ctx: Context) -> Finding:
         return failed(
             name,
             "\n".join(
-                _located((path, line, _FIX.sub("", text)))
-                for path, line, text in problems
+                locate(path, line, _FIX.sub("", text)) for path, line, text in problems
             ),
             "\n".join(fixes) or "ALTER TABLE ... REPLICA IDENTITY FULL;",
         )
@@ -74,8 +73,3 @@ def _problems(ctx: Context) -> list[Problem]:
     rules = ctx.rules()
     ctx.db()
     return check_schema(rules, ctx.catalog)
-
-
-def _located(problem: Problem) -> str:
-    path, line, text = problem
-    return f"{path}:{line}: {text}" if line else f"{path}: {text}"
