@@ -134,29 +134,39 @@ def check_tables(plan: Plan, catalog: dict[str, TableInfo]) -> None:
     primary key (the second half of the page order, and the insert messageIds).
     """
     problems = []
+    hints = []
     book = plan.rulebook
     for name in plan.tables:
         spec = book.tables[name]
         where = f"{book.path}:{spec.line}"
         info = catalog.get(name)
+        hint = _CURSOR_HINT
         if spec.cursor is None:
-            problems.append(f"{where}: table {name} has no 'cursor' to replay by")
+            problem = f"table {name} has no 'cursor' to replay by"
         elif info is None:
-            problems.append(f"{where}: table {name} does not exist in the database")
+            problem, hint = f"table {name} does not exist in the database", ""
         elif spec.cursor not in info.columns:
-            problems.append(
-                f"{where}: cursor column '{spec.cursor}' is not in table {name}"
-            )
+            problem = f"cursor column '{spec.cursor}' is not in table {name}"
         elif not is_cursor_type(info.columns[spec.cursor]):
-            problems.append(
-                f"{where}: cursor column '{spec.cursor}' of {name} is "
+            problem = (
+                f"cursor column '{spec.cursor}' of {name} is "
                 f"{info.columns[spec.cursor]}, not a timestamp"
             )
         elif not info.key:
-            problems.append(f"{where}: table {name} has no primary key to page by")
+            problem = f"table {name} has no primary key to page by"
+            hint = f"give {name} a primary key"
+        else:
+            continue
+        problems.append(f"{where}: {problem}")
+        hints.append(hint)
     if problems:
+        fixes = [hint for hint in dict.fromkeys(hints) if hint]
         raise ConfigError(
             "cannot replay:\n" + "\n".join(problems),
-            hint="set 'cursor: <timestamp column>' under the table in the rulebook "
-            "(e.g. updated_at), or leave the table out with --table",
+            hint="; ".join([*fixes, "or leave the table out with --table"]),
         )
+
+
+_CURSOR_HINT = (
+    "set 'cursor: <timestamp column>' under the table in the rulebook (e.g. updated_at)"
+)

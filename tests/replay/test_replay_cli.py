@@ -143,6 +143,24 @@ def test_bad_usage_exits_2_with_a_clear_message(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("default_logging")
+def test_a_table_without_primary_key_is_refused_with_its_own_fix(
+    db: str, example_rulebook: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pages are ordered by cursor and key: a keyless table cannot be paged, and
+    setting a cursor (the fix for the other refusals) would not help it."""
+    sql(db, "alter table payouts drop constraint payouts_pkey")
+
+    args = ["--dsn", db, "--rulebook", str(example_rulebook), "--since", "1d"]
+    code = main(["replay", *args, "--dry-run"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "table public.payouts has no primary key to page by" in err
+    assert "give public.payouts a primary key; or leave the table out with" in err
+    assert "cursor:" not in err
+
+
 def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
