@@ -58,10 +58,15 @@ def run_replay(
 
 
 def _report_plan(plan: Plan, err: IO[str]) -> None:
+    """The plan in words for the operator (each table read, each rule skipped
+    and why), and in one log line, without the reasons the words already give."""
     for line in plan.report():
         err.write(line + "\n")
-    for item in plan.skipped:
-        log.info("rule skipped", rule=item.rule, table=item.table, reason=item.reason)
+    log.info(
+        "replay planned",
+        tables=plan.tables,
+        skipped_rules=[item.rule for item in plan.skipped],
+    )
 
 
 def summary(result: ReplayResult) -> str:
