@@ -8,6 +8,7 @@ key is never part of a message or a ``repr``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -183,6 +184,8 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
             raise bad(
                 f"a positive {'integer' if kind == 'int' else 'number'}"
             ) from None
+        if not math.isfinite(number):
+            raise bad("a finite number")
         if name in _POSITIVE and not number > 0:
             raise bad("a positive number")
         return number

@@ -165,6 +165,8 @@ def test_a_new_replay_does_not_silently_discard_an_interrupted_one(
         ["replay", "--since", "1h", "--rate", "1e-300", "--dry-run"],
         ["replay", "--resume", "--discard-interrupted"],
         ["deadletters", "purge", "--before", "10000000d", "--yes"],
+        ["run", "--poll-interval", "inf"],
+        ["run", "--poll-interval", "1e400"],
     ],
 )
 def test_odd_arguments_get_a_message_not_a_traceback(
@@ -173,6 +175,18 @@ def test_odd_arguments_get_a_message_not_a_traceback(
     result = _cli(_env(db, receiver, example_rulebook), *args)
     assert "Traceback" not in result.stderr, result.stderr[-600:]
     assert result.returncode == 2
+
+
+def test_an_infinite_number_setting_is_refused_by_name(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    env = {**_env(db, receiver, example_rulebook), "CDC_TRACKER_HTTP_TIMEOUT": "inf"}
+    result = _cli(env, "run")
+    assert result.returncode == 2
+    assert "setting http_timeout from CDC_TRACKER_HTTP_TIMEOUT is 'inf'" in (
+        result.stderr
+    )
+    assert "expected a finite number" in result.stderr
 
 
 def test_interrupted_replay_progress_names_the_table_it_was_reading(

@@ -136,7 +136,8 @@ class Stream:
         self.open(temporary=self._temporary)
 
     def read(self, timeout: float) -> memoryview | None:
-        """The next wal2json row, or None when none arrived within ``timeout``."""
+        """The next wal2json row, or None when none arrived within ``timeout`` (or
+        a stop came first)."""
         pgconn = self._pgconn
         assert pgconn is not None
         deadline = 0.0
@@ -163,9 +164,11 @@ class Stream:
             if not deadline:
                 deadline = now + timeout
                 self.keep_alive(now)
-            if now >= deadline:
+            if now >= deadline or (self.stop is not None and self.stop.is_set()):
                 return None
-            ready, _, _ = select.select([pgconn.socket], [], [], deadline - now)
+            # A long wait (a large poll_interval) still notices a stop soon.
+            wait = min(deadline - now, _WAIT_SECONDS)
+            ready, _, _ = select.select([pgconn.socket], [], [], wait)
             if ready:
                 with translate_errors(self.slot, self.dsn):
                     pgconn.consume_input()

@@ -3,6 +3,7 @@ slot moves only when told, and the walsender is ours alone."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from email.message import Message
@@ -113,6 +114,23 @@ def test_reading_moves_nothing_until_confirmed(db: str) -> None:
     assert read_all(confirm=True) == first
     assert slot_position(db, "stream_confirm") > start
     assert read_all(confirm=False) == []
+
+
+def test_a_long_wait_for_rows_ends_soon_after_a_stop(db: str) -> None:
+    """A large poll_interval must not hold up a SIGTERM: the wait looks at the
+    stop while no row comes."""
+    with connect(db) as conn:
+        Slot(conn, "stream_stop").ensure(create=True)
+    stop = threading.Event()
+    stream = Stream(db, "stream_stop", ["public.merchants"], [], stop=stop)
+    stream.open()
+    try:
+        threading.Timer(0.3, stop.set).start()
+        started = time.monotonic()
+        assert stream.read(3600.0) is None
+        assert time.monotonic() - started < 2.0
+    finally:
+        stream.close()
 
 
 def test_a_second_stream_on_the_slot_is_refused_as_busy(db: str) -> None:
