@@ -11,7 +11,7 @@ query that could not run: the caller retries the window.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -292,7 +292,7 @@ class Mapper:
             value = plan.user_id(row)
         user_id = _user_id(value)
         if user_id is None:
-            return plan.null_user_id
+            return plan.null_user_id if _nothing(value) else plan.not_a_user_id(value)
         message_id = self._message_id(plan, change)
         fields = _fields(plan.fields, row, change.new, change.types, self._outputs)
         if plan.identify:
@@ -448,6 +448,13 @@ class _Plan:
             or not _all_inline(self.fields)
         )
 
+    def not_a_user_id(self, value: Any) -> str:
+        """The reason a value that is neither text nor a number makes no call."""
+        return (
+            f"user_id ({self.rule.user_id.text}) is {_kind_of_value(value)}, "
+            "not text or a number"
+        )
+
 
 def _plan_fields(fields: Fields) -> tuple[_Field, ...]:
     planned: list[_Field] = []
@@ -566,10 +573,34 @@ def _fields(
 
 
 def _user_id(value: Any) -> str | None:
-    if value is None or value is MISSING or isinstance(value, bool):
+    """The userId of a text (stripped) or a number; None for anything else."""
+    if isinstance(value, str):
+        text = value.strip()
+    elif isinstance(value, Decimal):
+        text = format(value, "f")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    else:
         return None
-    text = format(value, "f") if isinstance(value, Decimal) else str(value).strip()
     return text or None
+
+
+def _nothing(value: Any) -> bool:
+    return value is None or value is MISSING or isinstance(value, str)
+
+
+def _kind_of_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, datetime):
+        return "a timestamp"
+    if isinstance(value, date):
+        return "a date"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a json object"
+    return f"a value of type {type(value).__name__}"
 
 
 def change_letter(change: Change, rule_id: str, reason: str) -> DeadLetter:

@@ -217,7 +217,17 @@ def _typed(
         # Only true fires a rule: a number or a text would silently never fire.
         message = f"'when' expects a boolean, got {kind.value}"
         return [(path, line, f"when: {message} (table {info.name})")]
+    if key == "user_id" and kind in _NOT_USER_IDS:
+        message = (
+            f"user_id ({expr.text}) is {kind.value}: a userId is text or a number; "
+            "fix: string(...) of it, if that is really the user's id"
+        )
+        return [(path, line, f"{message} (table {info.name})")]
     return []
+
+
+# What a userId cannot be: a json value may hold text or a number, so it passes.
+_NOT_USER_IDS = frozenset({Kind.BOOL, Kind.TIMESTAMP, Kind.DATE, Kind.ARRAY})
 
 
 def _needs_full(

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import check_schema, toast_risks
@@ -374,3 +375,36 @@ def test_toast_risks_name_large_columns_update_rules_read_without_full_identity(
     with connect(empty_db) as conn:
         catalog = read_catalog(conn, ["public.notes", "public.kept"])
     assert toast_risks(rulebook, catalog) == {"public.notes": ["body", "tags"]}
+
+
+@pytest.mark.parametrize(
+    ("user_id", "kind"),
+    [
+        ("last_payout_fetch", "timestamp"),
+        ("can_backdate", "boolean"),
+        ("email is null", "boolean"),
+    ],
+)
+def test_a_user_id_that_is_not_text_or_a_number_is_refused(
+    db: str, tmp_path: Path, user_id: str, kind: str
+) -> None:
+    """It would be sent as some rendering of the value; ``string()`` says which."""
+    found = check(
+        db,
+        tmp_path,
+        TABLES + "track:\n  - event: E\n    table: merchants\n    on: insert\n"
+        f"    user_id: {user_id}\n",
+    )
+    assert found == [
+        f"13: user_id ({user_id}) is {kind}: a userId is text or a number; fix: "
+        "string(...) of it, if that is really the user's id (table public.merchants)"
+    ]
+    assert (
+        check(
+            db,
+            tmp_path,
+            TABLES + "track:\n  - event: E\n    table: merchants\n    on: insert\n"
+            f"    user_id: string({user_id})\n",
+        )
+        == []
+    )
