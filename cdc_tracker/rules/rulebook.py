@@ -308,11 +308,14 @@ class _Builder:
         if isinstance(value, (LineDict, LineList)):
             self.problem(line, "expected an expression or a literal, got a collection")
             return None
-        if not isinstance(value, str):
-            return literal(value)
         try:
+            if not isinstance(value, str):
+                return literal(value)
             return parse_expression(value)
         except ExpressionError as exc:
+            if not isinstance(value, str):  # a literal: no column to point at
+                self.problem(line, f"literal {value!r}: {exc.message}")
+                return None
             self.problem(line, f"in expression {value!r}: {exc}")
             return None
 

@@ -4,11 +4,14 @@ Aliases (``*name``) are refused: expanded, a few lines can make an exponential
 document. The loader follows YAML 1.2's booleans (only ``true``/``false``): under
 YAML 1.1, PyYAML reads the rulebook's ``on:`` key as ``True`` and ``yes`` as a boolean.
 Duplicate keys are an error, where PyYAML would silently keep the last one.
+Numbers are YAML 1.2's too: a fraction is an exact ``Decimal``, and YAML 1.1's
+octal, hex and sexagesimal forms are refused rather than silently converted.
 """
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +86,48 @@ def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
 
 def _integer(loader: _Loader, node: yaml.ScalarNode) -> int:
     try:
-        return int(loader.construct_yaml_int(node))
+        number = int(loader.construct_yaml_int(node))
     except ValueError as exc:  # past Python's limit on converting digits
-        raise yaml.MarkedYAMLError(
-            None,
-            None,
-            f"a number of {len(node.value)} digits is too long",
-            node.start_mark,
+        raise _problem(
+            node, f"a number of {len(node.value)} digits is too long"
         ) from exc
+    if not _DECIMAL_INTEGER.fullmatch(node.value):
+        # YAML 1.1 reads 017 as octal, 0x1F as hex, 1:30 as minutes: a zip code
+        # or a time of day would silently change.
+        raise _problem(
+            node,
+            f"{node.value} is read by YAML as the number {number}; write {number} "
+            f"for the number, or quote it (\"'{node.value}'\") for the text",
+        )
+    return number
 
 
+def _decimal(loader: _Loader, node: yaml.ScalarNode) -> Decimal:
+    """A number with a fraction or an exponent, exactly as written (``4.10`` keeps
+    its zero: a float would drop it)."""
+    text = node.value.replace("_", "")
+    if not _DECIMAL_FRACTION.fullmatch(text):
+        raise _problem(node, f"{node.value} is not a finite decimal number")
+    return Decimal(text)
+
+
+def _problem(node: yaml.Node, problem: str) -> yaml.MarkedYAMLError:
+    return yaml.MarkedYAMLError(None, None, problem, node.start_mark)
+
+
+_DECIMAL_INTEGER = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
+_DECIMAL_FRACTION = re.compile(
+    r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+)
+
+# Numbers with an exponent and no point (1e3) are numbers, as in YAML 1.2.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 _Loader.add_constructor("tag:yaml.org,2002:int", _integer)
+_Loader.add_constructor("tag:yaml.org,2002:float", _decimal)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
 

@@ -395,6 +395,27 @@ PROBLEMS = [
         id="unknown-function",
     ),
     pytest.param(
+        TABLES + "identify:\n  - table: t\n    traits:\n      a: !!binary aGk=\n",
+        "8: literal b'hi': expected a scalar, got bytes",
+        id="binary-literal",
+    ),
+    pytest.param(
+        TABLES + "identify:\n  - table: t\n    traits:\n      zip: 017\n",
+        "8: invalid YAML: 017 is read by YAML as the number 15; write 15 for the "
+        "number, or quote it (\"'017'\") for the text",
+        id="yaml-octal",
+    ),
+    pytest.param(
+        TABLES + "identify:\n  - table: t\n    traits:\n      at: 1:30\n",
+        "8: invalid YAML: 1:30 is read by YAML as the number 90",
+        id="yaml-sexagesimal",
+    ),
+    pytest.param(
+        TABLES + "identify:\n  - table: t\n    traits:\n      x: .nan\n",
+        "8: invalid YAML: .nan is not a finite decimal number",
+        id="yaml-nan",
+    ),
+    pytest.param(
         TABLES + "identify:\n  - table: t\n    traits:\n      a: [1, 2]\n",
         "8: expected an expression or a literal, got a collection",
         id="list-as-expression",
@@ -549,3 +570,20 @@ def test_insert_ids_takes_key_or_position(tmp_path: Path) -> None:
     assert load(tmp_path, text).tables["public.t"].insert_ids == "position"
     bad = TABLE_ONLY.format(user_id="id", extra="    insert_ids: row\n")
     assert problems(tmp_path, bad) == ["5: 'insert_ids' is key or position, not 'row'"]
+
+
+def test_a_number_literal_keeps_the_digits_it_was_written_with(tmp_path: Path) -> None:
+    """A YAML float would drop 4.10's zero and round 0.1 + 0.2; a literal is exact."""
+    rulebook = load(
+        tmp_path,
+        TABLES + "identify:\n  - table: t\n    traits:\n"
+        "      price: 4.10\n      big: 1e400\n      small: -0.000000000000000001\n",
+    )
+    [rule] = rulebook.rules
+    constants = {name: item.constant for name, item in rule.fields.items()}
+    assert constants == {
+        "price": Decimal("4.10"),
+        "big": Decimal("1e400"),
+        "small": Decimal("-0.000000000000000001"),
+    }
+    assert str(constants["price"]) == "4.10"
