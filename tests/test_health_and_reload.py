@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from structlog.testing import capture_logs
 
 from cdc_tracker.daemon.reload import RulebookWatcher
@@ -139,6 +140,33 @@ def test_edited_rulebook_applies_from_the_next_change(
         c for c in receiver.calls if c.payload.get("event") == "Merchant Renamed"
     ]
     assert len(renamed) == 2  # Cy and Di, not Bea (before the edit)
+
+
+def test_a_reload_that_drops_a_gone_table_is_ready_at_once(
+    db: str,
+    receiver: FakeRudderStack,
+    example_rulebook: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rulebook put right clears readiness with the reload, not at the next
+    periodic look at the tables."""
+    rulebook = _copy_rulebook(example_rulebook, tmp_path)
+    monkeypatch.setattr("cdc_tracker.daemon.loop.TABLE_CHECK_SECONDS", 0.05)
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        counters = daemon.daemon.counters
+        sql(db, "alter table payouts rename to payouts_archive")
+        wait_until(lambda: counters.missing_tables == ["public.payouts"], 10)
+        monkeypatch.setattr("cdc_tracker.daemon.loop.TABLE_CHECK_SECONDS", 3600.0)
+        text = rulebook.read_text()
+        without_payouts = text[: text.index("  - event: Payout Fetched")]
+        without_payouts = without_payouts.replace(
+            "  public.payouts:\n    user_id: merchant_id\n    cursor: created_at\n", ""
+        )
+        rulebook.write_text(without_payouts)
+        wait_until(lambda: counters.reloads == 1, 10)
+        assert counters.missing_tables == []
+        assert counters.schema_problems == []
 
 
 def test_configmap_style_symlink_swap_reloads(

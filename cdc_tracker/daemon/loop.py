@@ -317,10 +317,10 @@ class Daemon:
             )
             return
         self.rulebook = rulebook
-        self.counters.schema_problems = []  # it fits, or it was refused above
         self._track(catalog, self.window.slot)
         self.window.mapper = self._mapper(self._dbname, catalog, self._state_conn)
         self.counters.reloads += 1
+        self._check_tables()  # what was reported of the old rules may be over
         log.info(
             "rulebook reloaded",
             path=str(path),
