@@ -8,6 +8,7 @@ key is never part of a message or a ``repr``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -136,6 +137,31 @@ def load_settings(
         if value is not None:
             values[name] = (value, f"--{name.replace('_', '-')}")
     return _build(values)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``CDC_TRACKER_*`` variables that name no setting (a typo is otherwise
+    silently ignored), each with the closest known name when there is one."""
+    environ = os.environ if environ is None else environ
+    known = [name for name in ENVIRONMENT if name.startswith(_PREFIX)]
+    found = []
+    for variable in sorted(environ):
+        if variable.startswith(_PREFIX) and variable not in (*known, *_OTHERS):
+            close = difflib.get_close_matches(variable, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            found.append(variable + hint)
+    return found
+
+
+_PREFIX = "CDC_TRACKER_"
+# Read elsewhere: where the throwaway server's binaries are (the demo, the tests),
+# and the test suite's own switches.
+_OTHERS = (
+    "CDC_TRACKER_PG_BINDIR",
+    "CDC_TRACKER_TEST_DOCKER",
+    "CDC_TRACKER_TEST_IMAGE",
+    "CDC_TRACKER_UPDATE_GOLDEN",
+)
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -269,3 +269,33 @@ def test_resume_is_refused_while_the_replay_it_would_continue_still_runs(
         first.communicate(timeout=20)
     assert second.returncode == 2, second.stderr[-600:]
     assert "a replay of this selection is running in another process" in (second.stderr)
+
+
+def test_a_misspelt_environment_variable_is_named_with_the_right_one(
+    example_rulebook: Path,
+) -> None:
+    """A settings file refuses an unknown key; the environment cannot refuse what
+    others may set, but says what it ignores."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CDC_TRACKER")},
+        "CDC_TRACKER_RULEBOOK": str(example_rulebook),
+        "CDC_TRACKER_POLL_INTERVALL": "5",
+        "CDC_TRACKER_SOMETHING_ELSE": "1",
+        "CDC_TRACKER_PG_BINDIR": "/nowhere",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "no database to read from" in result.stderr
+    assert "unknown environment variable ignored" in result.stderr
+    assert (
+        "CDC_TRACKER_POLL_INTERVALL (did you mean CDC_TRACKER_POLL_INTERVAL?)"
+        in result.stderr
+    )
+    assert "CDC_TRACKER_SOMETHING_ELSE" in result.stderr
+    assert "CDC_TRACKER_PG_BINDIR" not in result.stderr

@@ -17,7 +17,7 @@ import structlog
 
 from cdc_tracker import logs
 from cdc_tracker.errors import ConfigError
-from cdc_tracker.settings import Settings, load_settings
+from cdc_tracker.settings import Settings, load_settings, unknown_variables
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,8 @@ def settings_from(
     }
     settings = load_settings(getattr(args, "config", None), overrides=flags)
     logs.configure(settings.log_format, settings.log_level)
+    for variable in unknown_variables():
+        log.warning("unknown environment variable ignored", variable=variable)
     return settings
 
 
