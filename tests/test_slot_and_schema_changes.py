@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from cdc_tracker.daemon import window
 from cdc_tracker.daemon.counters import Counters
@@ -511,3 +512,29 @@ def _gauge(counters: Counters, name: str) -> float:
         if metric.name == name:
             return float(metric.samples[0].value)
     raise AssertionError(f"no metric {name}")
+
+
+def test_a_truncate_is_counted_and_warns_about_keys_that_start_over(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """No rows come with a TRUNCATE, so no calls; a table named by its keys is
+    told what a RESTART IDENTITY would do to the insert ids of its new rows."""
+    with (
+        capture_logs() as logs,
+        running_daemon(settings_for(db, receiver, example_rulebook)) as daemon,
+    ):
+        sql(db, INSERT)
+        daemon.caught_up()
+        calls = len(receiver.calls)
+        sql(db, "truncate payouts, merchants restart identity")
+        daemon.caught_up()
+        assert daemon.daemon.counters.truncates == 2
+    assert len(receiver.calls) == calls
+    warnings = [
+        e for e in logs if e["event"] == "table truncated; no calls made for it"
+    ]
+    assert sorted(e["table"] for e in warnings) == [
+        "public.merchants",
+        "public.payouts",
+    ]
+    assert all("insert_ids: position" in e["hint"] for e in warnings)

@@ -247,8 +247,19 @@ class Window:
                 if rows >= limit or self.stop.is_set() or time.monotonic() > closes:
                     return False
             elif type(event) is Truncate and not skipping:
-                self.counters.truncates += 1
-                log.warning("table truncated; no calls made for it", table=event.table)
+                self._truncated(event.table)
+
+    def _truncated(self, table: str) -> None:
+        self.counters.truncates += 1
+        spec = self.mapper.rulebook.tables.get(self.parents.get(table, table))
+        hint = None
+        if spec is not None and spec.insert_ids == "key":
+            hint = (
+                "if its keys start over (RESTART IDENTITY), the insert calls of "
+                "new rows get the messageIds of the old rows' and RudderStack "
+                "drops them: set 'insert_ids: position' for the table"
+            )
+        log.warning("table truncated; no calls made for it", table=table, hint=hint)
 
     def _map(self, change: Change) -> None:
         """Count a change, map it and encode its calls (see ``map_encoded``). A
