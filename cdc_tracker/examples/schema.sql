@@ -10,3 +10,6 @@ create table payouts (
   id bigserial primary key, merchant_id bigint not null references merchants,
   amount numeric(12,2) not null, currency char(3) not null, status text not null,
   created_at timestamptz default now());
+-- What `replay --since` pages by (the rulebook's cursor, then the key).
+create index on merchants (updated_at, id);
+create index on payouts (created_at, id);
