@@ -99,7 +99,7 @@ def _replay(args: argparse.Namespace) -> int:
     )
     from cdc_tracker.replay.main import run_replay  # noqa: PLC0415
     from cdc_tracker.replay.runner import ReplayOptions  # noqa: PLC0415
-    from cdc_tracker.rules.plan import qualify  # noqa: PLC0415
+    from cdc_tracker.rules.names import qualify  # noqa: PLC0415
 
     if args.rate is not None and not MIN_RATE <= args.rate <= MAX_RATE:
         raise ConfigError(

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from cdc_tracker.rules.expr import Expression
 from cdc_tracker.rules.expr_parse import KEYWORDS
+from cdc_tracker.rules.names import qualify
 from cdc_tracker.rules.yamlfile import LineDict
 
 MissingPolicy = Literal["skip", "dead_letter"]
@@ -114,9 +115,7 @@ def _lookup(
     if table is None or key is None:
         return None
     table = table.strip()
-    return LookupSpec(
-        name, table if "." in table else f"public.{table}", key, missing, line
-    )
+    return LookupSpec(name, qualify(table), key, missing, line)
 
 
 def _key(

@@ -113,8 +113,3 @@ class Rulebook:
         declared += [rule.lookups for rule in self.rules]
         lookups = {lookup.table for found in declared for lookup in found.values()}
         return sorted(lookups | set(self.tables))
-
-
-def qualify(table: str) -> str:
-    """``merchants`` -> ``public.merchants``."""
-    return table if "." in table else f"public.{table}"

@@ -23,7 +23,8 @@ from cdc_tracker.rules.expr import (
     parse_expression,
 )
 from cdc_tracker.rules.lookup_spec import LookupSpec, read_lookups, unknown_references
-from cdc_tracker.rules.plan import Fields, Rule, Rulebook, TableSpec, qualify
+from cdc_tracker.rules.names import qualify
+from cdc_tracker.rules.plan import Fields, Rule, Rulebook, TableSpec
 from cdc_tracker.rules.yamlfile import LineDict, LineList, YamlProblem, load_yaml
 
 _TOP_KEYS = {"version", "timezone", "tables", "identify", "track"}

@@ -13,6 +13,7 @@ import pytest
 
 from cdc_tracker.errors import ConfigError, RulebookError
 from cdc_tracker.model import MISSING, Action
+from cdc_tracker.rules.names import qualify
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from tests.harness import EXAMPLES
 
@@ -587,3 +588,30 @@ def test_a_number_literal_keeps_the_digits_it_was_written_with(tmp_path: Path) -
         "small": Decimal("-0.000000000000000001"),
     }
     assert str(constants["price"]) == "4.10"
+
+
+@pytest.mark.parametrize(
+    ("written", "name"),
+    [
+        ("merchants", "public.merchants"),
+        ("sales.orders", "sales.orders"),
+        ('public."Weird Name"', "public.Weird Name"),
+        ('"Weird Name"', "public.Weird Name"),
+        ('"Sales"."Q""4"', 'Sales.Q"4'),
+        ("public.Weird Name", "public.Weird Name"),
+        ('public."unclosed', 'public."unclosed'),
+    ],
+)
+def test_a_table_may_be_named_as_sql_quotes_it(written: str, name: str) -> None:
+    """Fixes print names quoted as SQL wants them; the rulebook takes them so."""
+    assert qualify(written) == name
+
+
+def test_a_quoted_table_name_is_the_same_table(tmp_path: Path) -> None:
+    rulebook = load(
+        tmp_path,
+        'version: 1\ntables:\n  public."Weird Name":\n    user_id: id\n'
+        "track:\n  - event: E\n    table: '\"Weird Name\"'\n    on: insert\n",
+    )
+    assert list(rulebook.tables) == ["public.Weird Name"]
+    assert [rule.table for rule in rulebook.rules] == ["public.Weird Name"]
