@@ -23,6 +23,7 @@ class Outcome:
 
     delivered: int = 0
     bytes: int = 0
+    requests: int = 0  # HTTP requests it took, retries included
     dead_letters: list[DeadLetter] = field(default_factory=list)
     interrupted: bool = False
 
@@ -45,6 +46,7 @@ class DestinationShipper:
         result = self.client.deliver(calls, stop)
         outcome.delivered = result.delivered
         outcome.bytes = self.client.stats.bytes_sent - sent_before
+        outcome.requests = result.requests
         outcome.interrupted = result.interrupted
         outcome.dead_letters += [
             _undeliverable(call, reason) for call, reason in result.dead_letters

@@ -328,6 +328,7 @@ class Window:
             log.info(
                 "batch shipped" if self.advance_slot else "batch printed (dry run)",
                 calls=outcome.delivered,
+                requests=outcome.requests,
                 dead_letters=len(dead),
                 bytes=outcome.bytes,
                 lsn=str(self.done),
