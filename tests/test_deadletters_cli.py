@@ -261,8 +261,13 @@ def test_retry_of_a_call_the_destination_refuses_keeps_that_letter_only(
 
 
 def test_retry_dry_run_prints_the_calls_and_changes_nothing(
-    letters: Letters, capsys: pytest.CaptureFixture[str]
+    letters: Letters,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """It needs no destination: nothing is sent."""
+    monkeypatch.delenv("RUDDERSTACK_DATA_PLANE_URL")
+    monkeypatch.delenv("RUDDERSTACK_WRITE_KEY")
     assert letters.main("retry", "--all", "--dry-run", rulebook=letters.fixed) == 0
     captured = capsys.readouterr()
     calls = _json_lines(captured.out)
@@ -271,6 +276,42 @@ def test_retry_dry_run_prints_the_calls_and_changes_nothing(
     assert "dry run: retried 3: 3 would be delivered" in captured.err
     assert letters.receiver.requests == []
     assert [row[1:] for row in letters.rows()] == [(NULL_USER, 0)] * 3
+
+
+def test_retry_dry_run_finds_a_call_over_the_size_limit_still_dead_as_retry_does(
+    letters: Letters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dry run refuses what delivery refuses before sending, with its reason."""
+    payload = {
+        "type": "track",
+        "event": "Notes Saved",
+        "userId": "u-1",
+        "messageId": "cdct-00000000000000000000000000000big",
+        "properties": {"notes": "n" * 80_000},
+        "timestamp": "2026-01-02T03:04:05.000Z",
+    }
+    with psycopg.connect(letters.db, autocommit=True) as conn:
+        DeadLetterStore(conn, letters.slot).save(
+            [DeadLetter("", "track Notes Saved", "refused", Lsn(5), 0, call=payload)]
+        )
+    big = letters.rows()[-1][0]
+
+    assert letters.main("retry", "--all", "--dry-run", rulebook=letters.fixed) == 1
+    dry = capsys.readouterr()
+    assert letters.main("retry", str(big), rulebook=letters.fixed) == 1
+    real = capsys.readouterr()
+
+    [dead] = [line for line in real.out.splitlines() if line.startswith("still dead")]
+    assert dead.startswith(f"still dead: {big} ")
+    assert dead.endswith("bytes, over the 32000-byte per-call limit")
+    assert dead in dry.err.splitlines()
+    assert "dry run: retried 4: 3 would be delivered (3 calls), 1 still dead" in (
+        dry.err
+    )
+    printed = [call["messageId"] for call in _json_lines(dry.out)]
+    assert len(printed) == 3
+    assert payload["messageId"] not in printed
+    assert letters.receiver.requests == []
 
 
 def test_retry_of_a_letter_stored_without_its_key_takes_it_from_the_catalog(

@@ -19,14 +19,20 @@ from typing import IO, Any
 
 import orjson
 
-from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper, Shipper
-from cdc_tracker.deadletters.redrive import CatalogKeys, Redrive, RetryReport
+from cdc_tracker.daemon.shipping import DestinationShipper, Shipper
+from cdc_tracker.deadletters.redrive import (
+    CatalogKeys,
+    DryRunShipper,
+    Redrive,
+    RetryReport,
+)
 from cdc_tracker.deadletters.store import (
     DeadLetterStore,
     Selection,
     StoredLetter,
     to_json,
 )
+from cdc_tracker.destination.batching import BatchLimits
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.destination.settings import DestinationSettings
 from cdc_tracker.errors import ConfigError, SourceError
@@ -198,7 +204,9 @@ def retry_letters(
     seconds, before the destination acknowledged them.
     """
     rulebook = load_rulebook(settings.rulebook)
-    destination = None if dry_run else settings.destination_settings()
+    destination = (
+        _dry_run_limits(settings) if dry_run else settings.destination_settings()
+    )
     report = _retry(
         settings, chosen, rulebook, destination, stop=stop, timeout=timeout, out=out
     )
@@ -210,7 +218,7 @@ def _retry(
     settings: Settings,
     chosen: Selection,
     rulebook: Rulebook,
-    destination: DestinationSettings | None,
+    destination: DestinationSettings | BatchLimits,
     *,
     stop: threading.Event,
     timeout: float,
@@ -227,8 +235,8 @@ def _retry(
         keys = CatalogKeys(store.conn)
         lookups = Lookups.for_rulebook(rulebook, settings.require_dsn())
         with lookups or contextlib.nullcontext():
-            if destination is None:
-                shipper: Shipper = PrintShipper(out)
+            if isinstance(destination, BatchLimits):
+                shipper: Shipper = DryRunShipper(out, destination)
                 redrive = Redrive(
                     rulebook, namespace, shipper, stop, keys, lookups=lookups
                 )
@@ -245,6 +253,18 @@ def _retry(
                     lookups=lookups,
                 )
                 return redrive.run(store, chosen)
+
+
+def _dry_run_limits(settings: Settings) -> BatchLimits:
+    """The limits a real retry delivers within, checked as it checks them. A dry
+    run sends nothing, so a missing URL or write key is stood in for: the limits
+    do not depend on them."""
+    stand_ins = replace(
+        settings,
+        destination_url=settings.destination_url or "http://dry-run.invalid",
+        write_key=settings.write_key or "dry-run",
+    )
+    return stand_ins.destination_settings().limits
 
 
 def _retry_report(report: RetryReport, slot: str, dry_run: bool) -> str:
