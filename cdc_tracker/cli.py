@@ -168,7 +168,8 @@ def _add_demo(commands: Any) -> None:
             "as it arrives."
         ),
         epilog="exit codes:\n  0    every change of the story was shipped and "
-        "acknowledged\n  1    it could not run (PostgreSQL or wal2json missing)",
+        "acknowledged\n  1    it could not run (PostgreSQL or wal2json missing)\n"
+        "  2    the rulebook cannot be read, or does not fit the example schema",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub.add_argument("--rulebook", type=Path, default=None, metavar="PATH")
@@ -306,7 +307,7 @@ def _demo(args: argparse.Namespace) -> int:
     from cdc_tracker.demo import run_demo
 
     logs.configure("console" if sys.stderr.isatty() else "json", "info")
-    return run_demo(args.rulebook)
+    return run_demo(args.rulebook, out=sys.stdout)
 
 
 def _deadletters_list(args: argparse.Namespace) -> int:

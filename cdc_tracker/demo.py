@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -24,7 +25,7 @@ from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.model import Lsn
-from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.settings import Settings
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack, ReceivedCall
@@ -78,8 +79,14 @@ STORY: list[tuple[str, list[str]]] = [
 
 
 def run_demo(rulebook: Path | None = None, out: IO[str] = sys.stdout) -> int:
-    """Run the demo; returns 0 when every change was shipped and acknowledged."""
+    """Run the demo; returns 0 when every change was shipped and acknowledged.
+
+    Raises ``RulebookError`` for a rulebook that cannot be read, before anything
+    starts, or that does not fit the example schema, as soon as the daemon finds
+    it; any other error that stops the daemon is raised likewise.
+    """
     rulebook_path = Path(str(rulebook or EXAMPLES / "rulebook.yaml"))
+    rules = load_rulebook(rulebook_path)
     say = _Printer(out)
     say.step("Starting a throwaway PostgreSQL with wal2json")
     with ThrowawayPostgres() as server:
@@ -96,32 +103,61 @@ def run_demo(rulebook: Path | None = None, out: IO[str] = sys.stdout) -> int:
                 write_key=WRITE_KEY,
                 poll_interval=0.2,
             )
-            calls = _play(settings, dsn, say)
+            calls = _play(settings, rules, dsn, say)
         say.step(f"Done: {calls} calls received; PostgreSQL and receiver stopped")
     return 0
 
 
-def _play(settings: Settings, dsn: str, say: _Printer) -> int:
+def _play(settings: Settings, rulebook: Rulebook, dsn: str, say: _Printer) -> int:
     stop = threading.Event()
     client = RudderStackClient(settings.destination_settings())
-    daemon = Daemon(
-        settings, load_rulebook(settings.rulebook), DestinationShipper(client), stop
-    )
-    thread = threading.Thread(target=daemon.run, name="cdc-tracker", daemon=True)
-    thread.start()
+    running = _Running(Daemon(settings, rulebook, DestinationShipper(client), stop))
     try:
-        _wait_until(lambda: daemon.slot is not None, "the daemon to start")
+        running.wait_until(
+            lambda: running.daemon.slot is not None, "the daemon to start"
+        )
         with psycopg.connect(dsn, autocommit=True) as conn:
             for title, statements in STORY:
                 say.step(title)
                 for statement in statements:
                     conn.execute(statement)
-                _wait_until_done(daemon, _flushed(conn), title)
+                _wait_until_done(running, _flushed(conn), title)
     finally:
         stop.set()
-        thread.join(timeout=30)
+        running.thread.join(timeout=30)
         client.close()
-    return daemon.counters.calls
+    return running.daemon.counters.calls
+
+
+class _Running:
+    """The daemon in a thread of its own. An error that stops it is kept, to be
+    raised in the demo's thread at once (and reported once), not printed there."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._run, name="cdc-tracker")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def wait_until(
+        self, predicate: Callable[[], bool], what: str, timeout: float = 30.0
+    ) -> None:
+        """Return once ``predicate`` holds; raise the daemon's error as soon as it
+        stops on one, or ``TimeoutError`` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.error is not None:
+                raise self.error
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def _run(self) -> None:
+        try:
+            self.daemon.run()
+        except Exception as exc:  # for wait_until to raise
+            self.error = exc
 
 
 def _flushed(conn: psycopg.Connection[Any]) -> Lsn:
@@ -130,17 +166,9 @@ def _flushed(conn: psycopg.Connection[Any]) -> Lsn:
     return Lsn.parse(str(row[0]))
 
 
-def _wait_until_done(daemon: Daemon, lsn: Lsn, what: str) -> None:
+def _wait_until_done(running: _Running, lsn: Lsn, what: str) -> None:
     """Wait until the daemon has shipped and acknowledged everything up to ``lsn``."""
-    _wait_until(lambda: daemon.done >= lsn, what)
-
-
-def _wait_until(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    running.wait_until(lambda: running.daemon.done >= lsn, what)
 
 
 class _Printer:
