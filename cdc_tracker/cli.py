@@ -172,7 +172,14 @@ def _add_demo(commands: Any) -> None:
         "  2    the rulebook cannot be read, or does not fit the example schema",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub.add_argument("--rulebook", type=Path, default=None, metavar="PATH")
+    sub.add_argument(
+        "--rulebook",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a rulebook to run instead of the example one; it must fit the example "
+        "schema (tables public.merchants and public.payouts)",
+    )
     sub.set_defaults(handler=_demo)
 
 

@@ -58,3 +58,12 @@ def test_a_rulebook_that_does_not_fit_the_example_schema_exits_2_at_once(
     assert err.count(problem) == 1
     assert "Traceback" not in err
     assert "timed out" not in err
+
+
+def test_demo_help_describes_the_rulebook_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--rulebook PATH a rulebook to run instead of the example one" in help_text
