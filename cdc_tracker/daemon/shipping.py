@@ -19,13 +19,18 @@ from cdc_tracker.model import Call, DeadLetter
 
 @dataclass(slots=True)
 class Outcome:
-    """What happened to the calls handed to ``Shipper.ship``."""
+    """What happened to the calls handed to ``Shipper.ship``.
+
+    When a stop ``interrupted`` it, ``pending`` holds, in order, the calls neither
+    delivered nor dead-lettered (every other call was one or the other).
+    """
 
     delivered: int = 0
     bytes: int = 0
     requests: int = 0  # HTTP requests it took, retries included
     dead_letters: list[DeadLetter] = field(default_factory=list)
     interrupted: bool = False
+    pending: list[EncodedCall] = field(default_factory=list)
 
 
 class Shipper(Protocol):
@@ -48,6 +53,7 @@ class DestinationShipper:
         outcome.bytes = self.client.stats.bytes_sent - sent_before
         outcome.requests = result.requests
         outcome.interrupted = result.interrupted
+        outcome.pending = result.pending
         outcome.dead_letters += [
             _undeliverable(call, reason) for call, reason in result.dead_letters
         ]

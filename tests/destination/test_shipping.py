@@ -9,7 +9,7 @@ from decimal import Decimal
 from cdc_tracker.daemon.shipping import DestinationShipper, encode_calls
 from cdc_tracker.destination import EncodedCall
 from cdc_tracker.model import Call, DeadLetter
-from tests.destination.conftest import Harness, make_call
+from tests.destination.conftest import Harness, encoded, make_call
 
 
 def test_encoding_keeps_what_names_the_call_and_not_its_payload() -> None:
@@ -76,3 +76,19 @@ def _resent(letter: DeadLetter) -> bytes:
     assert letter.call is not None
     call = Call("m1", "u1", letter.call, "users", letter.commit_lsn, 1)
     return EncodedCall.of(call).body
+
+
+def test_a_stop_during_a_retry_wait_names_the_calls_left_pending(
+    harness: Harness,
+) -> None:
+    """A replay resumes after the last row whose calls were all handled: the
+    shipper says which calls were not."""
+    harness.plane.script = [503]
+    stop = threading.Event()
+    stop.set()
+
+    outcome = DestinationShipper(harness.client).ship(encoded(3), stop)
+
+    assert outcome.interrupted
+    assert outcome.delivered == 0
+    assert [call.message_id for call in outcome.pending] == ["m0", "m1", "m2"]
