@@ -8,5 +8,6 @@ keyset page at a time, and treats every row as it is now as an insert:
 - ``reader``: keyset pages on (cursor, primary key) over a pooled connection;
 - ``changes``: a row read as text becomes the ``Change`` wal2json would have made;
 - ``pacing``, ``progress``, ``resume``: ``--rate``, the progress display, ``--resume``;
+- ``page``: which rows of a page in delivery are done, and so where a resume starts;
 - ``runner``: the loop: read a page, map it, ship it, remember the position.
 """

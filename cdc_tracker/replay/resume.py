@@ -8,9 +8,10 @@ reads that schema, so writing there is invisible to the daemon.
 
 A job is named by the namespace and the ``--table``/``--rule`` selection; its
 window (``since``, ``until``) is fixed when it starts, so a resumed ``--since 7d``
-means the same seven days. A position is recorded only after every call of its
-page was acknowledged (and its dead letters stored): resuming sends at most one
-page again, with the same messageIds.
+means the same seven days. A table's position is that of its last row done:
+every call of it and of the rows before it acknowledged or dead-lettered, and
+their dead letters stored. It is recorded after each delivery, so resuming sends
+again at most the calls that were in flight, with the same messageIds.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ def job_id(namespace: str, tables: tuple[str, ...], rules: tuple[str, ...]) -> s
 
 @dataclass(slots=True)
 class JobState:
-    """A job's window and, per table, the position after the last shipped page.
+    """A job's window and, per table, the position after the last row done.
 
-    ``finished`` holds the tables read to their end.
+    ``finished`` holds the tables read to their end; ``rows`` counts the rows
+    done and ``calls`` the calls acknowledged.
     """
 
     job: str

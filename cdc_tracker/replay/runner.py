@@ -1,10 +1,11 @@
 """The replay loop: read a page, map it, ship it, remember where it stopped.
 
 ``Replay.run`` reads each planned table through its cursor, one keyset page at a
-time, maps every row as an insert and ships the calls (paced by ``--rate``). Only
-once a page's calls are acknowledged and its dead letters stored is its last row
-recorded for ``--resume``: an interruption costs at most one page sent twice, with
-the same messageIds. No replication slot is read, advanced or locked.
+time, maps every row as an insert and ships the calls (paced by ``--rate``). After
+each acknowledged delivery, the rows it finished (``page``) have their dead letters
+stored, then the last of them is recorded for ``--resume``: an interruption costs
+at most the calls in flight sent twice, with the same messageIds. No replication
+slot is read, advanced or locked.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
-from cdc_tracker.daemon.shipping import Outcome, Shipper
+from cdc_tracker.daemon.shipping import Shipper
 from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.errors import ConfigError
@@ -31,9 +32,10 @@ from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import DeadLetter, TableInfo
 from cdc_tracker.replay.changes import ChangeMaker
 from cdc_tracker.replay.pacing import Pacer
+from cdc_tracker.replay.page import Page
 from cdc_tracker.replay.plan import Plan, check_tables
 from cdc_tracker.replay.progress import Progress
-from cdc_tracker.replay.reader import Position, Row, TableReader, open_pool
+from cdc_tracker.replay.reader import Row, TableReader, open_pool
 from cdc_tracker.replay.resume import JobState, StateStore, job_id
 from cdc_tracker.replay.window import Window, make_window
 from cdc_tracker.rules.schema import require_fit
@@ -67,20 +69,10 @@ REPLAY_LOCK_CLASS = 0x0CDD
 
 
 @dataclass(slots=True)
-class _Page:
-    """A mapped page: its calls and dead letters, and the position after it."""
-
-    table: str
-    rows: int
-    position: Position
-    calls: list[EncodedCall] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
-    sent: Future[Outcome] | None = None
-
-
-@dataclass(slots=True)
 class ReplayResult:
-    """What a replay did. ``interrupted``: stopped early, resumable."""
+    """What a replay did. ``rows`` counts the rows done (every call acknowledged or
+    dead-lettered), ``calls`` the calls acknowledged. ``interrupted``: stopped
+    early, resumable."""
 
     window: Window | None = None
     rows: int = 0
@@ -291,68 +283,81 @@ class Replay:
         """Replay one table from its saved position; False when stopped.
 
         One page is shipped (on a worker thread) while the next one is mapped;
-        a page's position is recorded only once its calls were acknowledged.
+        the worker records the rows done after each delivery (``_ship``).
         """
         maker = ChangeMaker(
             reader.info, reader.type_oids(), reader.cursor, self.plan.rulebook.timezone
         )
-        pending: _Page | None = None
+        sent: Future[bool] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="replay-ship") as sender:
             for rows in reader.pages(*bounds, state.positions.get(reader.info.name)):
                 page = self._map(maker, reader, rows)
-                if pending is not None and not self._settle(pending, state, progress):
+                if sent is not None and not sent.result():
                     return False
-                page.sent = sender.submit(self._ship, page.calls)
-                pending = page
+                sent = sender.submit(self._ship, page, state, progress)
                 if self.stop.is_set():
                     break
-            if pending is not None and not self._settle(pending, state, progress):
+            if sent is not None and not sent.result():
                 return False
         return not self.stop.is_set()
 
-    def _map(self, maker: ChangeMaker, reader: TableReader, rows: list[Row]) -> _Page:
+    def _map(self, maker: ChangeMaker, reader: TableReader, rows: list[Row]) -> Page:
         assert self.mapper is not None
-        page = _Page(reader.info.name, len(rows), reader.position(rows[-1]))
-        for ordinal, row in enumerate(rows, start=self._ordinal + 1):
+        page = Page(reader.info.name, rows, self._ordinal + 1, reader.position)
+        for ordinal, row in enumerate(rows, start=page.first):
             change = maker.change(row, ordinal)
             self.mapper.map_encoded(change, page.calls, page.dead)
         self._ordinal += len(rows)
         return page
 
-    def _settle(self, page: _Page, state: JobState, progress: Progress) -> bool:
-        """Wait for a page's delivery, then store its dead letters and position."""
-        assert page.sent is not None
-        outcome = page.sent.result()
-        if outcome.interrupted:
+    def _ship(self, page: Page, state: JobState, progress: Progress) -> bool:
+        """Ship a page's calls paced by ``--rate``, settling the rows each delivery
+        finished; returns whether every call was handled (False when stopped)."""
+        handled = 0
+        for chunk in self.pacer.chunks(page.calls):
+            outcome = self.shipper.ship(chunk, self.stop)
+            page.dead += outcome.dead_letters
+            if outcome.interrupted:
+                # A shipper that names no call left is taken to have handled none.
+                waiting = outcome.pending[0] if outcome.pending else chunk[0]
+                self._settle(page, waiting, outcome.delivered, state, progress)
+                return False
+            handled += len(chunk)
+            self._settle(
+                page, page.waiting(handled), outcome.delivered, state, progress
+            )
+        if handled < len(page.calls):  # stopped before the rest was released
             return False
-        self._store_dead(page.dead + outcome.dead_letters)
-        state.positions[page.table] = page.position
-        state.rows += page.rows
-        state.calls += outcome.delivered
-        if self.store is not None:
-            self.store.save(state)
-        progress.advance(page.rows, page.table)
-        result = self.result
-        result.rows += page.rows
-        result.calls += outcome.delivered
-        result.dead_letters += len(page.dead) + len(outcome.dead_letters)
-        result.per_table[page.table] = result.per_table.get(page.table, 0) + page.rows
+        if not page.calls:
+            self._settle(page, None, 0, state, progress)
         return True
 
-    def _ship(self, calls: list[EncodedCall]) -> Outcome:
-        """Ship ``calls`` paced by ``--rate``; ``interrupted`` unless all handled."""
-        total = Outcome()
-        handled = 0
-        for chunk in self.pacer.chunks(calls):
-            outcome = self.shipper.ship(chunk, self.stop)
-            total.delivered += outcome.delivered
-            total.bytes += outcome.bytes
-            total.dead_letters += outcome.dead_letters
-            if outcome.interrupted:
-                break
-            handled += len(chunk)
-        total.interrupted = handled < len(calls)
-        return total
+    def _settle(
+        self,
+        page: Page,
+        waiting: EncodedCall | None,
+        delivered: int,
+        state: JobState,
+        progress: Progress,
+    ) -> None:
+        """Count ``delivered`` calls; store the dead letters, then the position, of
+        the rows finished before the one ``waiting`` (the first call not handled)."""
+        done = page.finish(waiting)
+        self._store_dead(done.dead)
+        if done.position is not None:
+            state.positions[page.table] = done.position
+        state.rows += done.rows
+        state.calls += delivered
+        if self.store is not None and (done.rows or delivered):
+            self.store.save(state)
+        progress.advance(done.rows, page.table)
+        result = self.result
+        result.rows += done.rows
+        result.calls += delivered
+        result.dead_letters += len(done.dead)
+        if done.rows:
+            table_rows = result.per_table.get(page.table, 0)
+            result.per_table[page.table] = table_rows + done.rows
 
     def _store_dead(self, dead: list[DeadLetter]) -> None:
         for letter in dead:

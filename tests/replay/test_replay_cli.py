@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,9 +164,14 @@ def test_a_table_without_primary_key_is_refused_with_its_own_fix(
     assert "cursor:" not in err
 
 
-def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
-    db: str, receiver: FakeRudderStack, example_rulebook: Path
-) -> None:
+def _summary(err: str) -> tuple[int, int]:
+    """The rows and calls the summary line says were replayed."""
+    match = re.search(r"replayed ([\d,]+) rows?: ([\d,]+) calls?", err)
+    assert match, err[-800:]
+    return int(match[1].replace(",", "")), int(match[2].replace(",", ""))
+
+
+def _payouts(db: str) -> None:
     sql(
         db,
         MERCHANTS,
@@ -173,8 +179,23 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
         " select g, 1.50, 'EUR', 'paid', now() - interval '1 second' * g"
         " from generate_series(1, 3000) g",
     )
+
+
+def _payout_ids(db: str, env: dict[str, str]) -> set[str]:
+    namespace = f"{db.rsplit('dbname=', 1)[1]}/{env['CDC_TRACKER_SLOT']}"
+    return {ids.insert_id(namespace, "Payout Fetched", [n]) for n in range(1, 3001)}
+
+
+@pytest.mark.parametrize("page_rows", ["100", "5000"])
+def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, page_rows: str
+) -> None:
+    """Ctrl-C lets the delivery in flight finish: the summary counts every call
+    the receiver took and the rows they came from, and --resume sends each other
+    call once, whether the stop came between pages or inside one."""
+    _payouts(db)
     env = _env(db, receiver, example_rulebook)
-    args = ["--since", "1d", "--table", "payouts", "--page-rows", "100"]
+    args = ["--since", "1d", "--table", "payouts", "--page-rows", page_rows]
     proc = subprocess.Popen(
         [sys.executable, "-m", "cdc_tracker", "replay", *args, "--rate", "1500"],
         env=env,
@@ -193,13 +214,12 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
     assert proc.returncode == 130, err
     assert "continue with the same command and --resume" in err
     assert 600 <= len(first) < 3000
+    assert _summary(err) == (len(first), len(first))  # one call per payout
     assert resumed.returncode == 0, resumed.stderr
+    assert _summary(resumed.stderr) == (3000 - len(first), 3000 - len(first))
     every = receiver.message_ids()
-    namespace = f"{db.rsplit('dbname=', 1)[1]}/{env['CDC_TRACKER_SLOT']}"
-    assert set(every) == {
-        ids.insert_id(namespace, "Payout Fetched", [n]) for n in range(1, 3001)
-    }
-    assert len(every) - 3000 <= 100  # at most the page in flight is sent again
+    assert set(every) == _payout_ids(db, env)
+    assert len(every) == 3000  # nothing was in flight: nothing is sent twice
     assert again.returncode == 2
     assert "nothing to resume" in again.stderr
     with psycopg.connect(db) as conn:
@@ -207,6 +227,35 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
             "select rows_done, finished_at is not null from cdc_tracker.replay_state"
         ).fetchone()
     assert row == (3000, True)
+
+
+def test_a_replay_killed_inside_a_page_resends_at_most_the_delivery_in_flight(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """The resume position is saved after each acknowledged delivery (100 calls
+    at --rate 1000), not only after each page of 5,000 rows: a replay killed
+    without a chance to stop cleanly sends again only what it had in flight."""
+    _payouts(db)
+    env = _env(db, receiver, example_rulebook)
+    args = ["--since", "1d", "--table", "payouts"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc_tracker", "replay", *args, "--rate", "1000"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: len(receiver.calls) >= 600, 20)
+    proc.kill()
+    proc.wait(timeout=20)
+    first = len(receiver.calls)
+
+    resumed = _cli(env, *args, "--resume")
+
+    assert resumed.returncode == 0, resumed.stderr
+    every = receiver.message_ids()
+    assert set(every) == _payout_ids(db, env)
+    assert 600 <= first < 3000
+    assert len(every) - 3000 <= 100
 
 
 def test_rate_caps_the_calls_per_second(
