@@ -10,7 +10,7 @@ import structlog
 
 from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
-from cdc_tracker.replay.plan import Plan, make_plan
+from cdc_tracker.replay.plan import Plan, check_rules, make_plan
 from cdc_tracker.replay.runner import Replay, ReplayOptions, ReplayResult, window_of
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.runtime import tune_gc
@@ -41,6 +41,7 @@ def run_replay(
     plan = make_plan(load_rulebook(settings.rulebook), options.tables, options.rules)
     tune_gc()
     _report_plan(plan, err)
+    check_rules(plan)
     settings.require_dsn()
     progress = err if err.isatty() else None
     if options.dry_run:

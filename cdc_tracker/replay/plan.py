@@ -72,7 +72,8 @@ def make_plan(
     """Select rules by ``--table`` and ``--rule``; raise ``ConfigError`` on a bad pick.
 
     Naming an unknown table or rule, or a rule that cannot be replayed, is an
-    error; so is a selection that leaves nothing to run.
+    error. A selection that leaves nothing to run makes a plan without rules:
+    ``check_rules`` refuses it, once the plan's report has listed what was skipped.
     """
     wanted = {qualify(name) for name in tables}
     unknown = sorted(wanted - set(rulebook.tables))
@@ -91,11 +92,6 @@ def make_plan(
             runnable.append(rule)
         else:
             skipped.append(Skipped(rule.id, rule.table, reason))
-    if not runnable:
-        raise ConfigError(
-            "nothing to replay: no selected rule fires on insert from the new row",
-            hint="see the skipped rules above, or choose others with --table/--rule",
-        )
     read = sorted({rule.table for rule in runnable})
     subset = Rulebook(
         rulebook.path,
@@ -105,6 +101,20 @@ def make_plan(
         runnable,
     )
     return Plan(subset, read, skipped)
+
+
+def check_rules(plan: Plan) -> None:
+    """Raise ``ConfigError`` when the plan runs no rule. Call it after showing
+    ``plan.report()``: the hint points at the skipped rules listed there."""
+    if plan.rulebook.rules:
+        return
+    hint = "choose others with --table/--rule"
+    if plan.skipped:
+        hint = f"see the skipped rules above, or {hint}"
+    raise ConfigError(
+        "nothing to replay: no selected rule fires on insert from the new row",
+        hint=hint,
+    )
 
 
 def _picked(

@@ -146,6 +146,66 @@ def test_bad_usage_exits_2_with_a_clear_message(
     assert message in capsys.readouterr().err
 
 
+OLD_ROW_ONLY = """\
+version: 1
+tables:
+  public.merchants:
+    user_id: id
+    cursor: updated_at
+  public.payouts:
+    user_id: merchant_id
+    cursor: created_at
+track:
+  - event: Plan Set
+    table: public.merchants
+    on: [insert, update]
+    properties:
+      from: old.plan_name
+"""
+
+
+@pytest.mark.usefixtures("default_logging")
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_nothing_to_replay_lists_the_skipped_rules_before_the_error(
+    db: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    dry_run: list[str],
+) -> None:
+    """When every selected rule is skipped, the error's hint points at the skipped
+    rules above it: each is there, with its reason."""
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(OLD_ROW_ONLY)
+
+    args = ["--dsn", db, "--rulebook", str(rulebook), "--since", "1h"]
+    code = main(["replay", *args, "--table", "merchants", *dry_run])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    skipped = err.find("skipped rule 'Plan Set' (public.merchants): reads the old row")
+    assert 0 <= skipped < err.index("nothing to replay"), err
+    assert "hint: see the skipped rules above" in err
+
+
+@pytest.mark.usefixtures("default_logging")
+def test_nothing_to_replay_without_skipped_rules_points_at_no_list(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A table that has no rule at all skips none: the hint does not send the
+    operator to look for a list that is not there."""
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(OLD_ROW_ONLY)
+
+    args = ["--dsn", db, "--rulebook", str(rulebook), "--since", "1h"]
+    code = main(["replay", *args, "--table", "payouts", "--dry-run"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "nothing to replay" in err
+    assert "skipped rule '" not in err
+    assert "above" not in err
+
+
 @pytest.mark.usefixtures("default_logging")
 def test_a_table_without_primary_key_is_refused_with_its_own_fix(
     db: str, example_rulebook: Path, capsys: pytest.CaptureFixture[str]
