@@ -20,7 +20,9 @@ class Progress:
 
     On a terminal (``out`` given) one line is redrawn in place at most ten times
     a second; without one, a ``replay progress`` log line goes out every
-    ``log_every`` seconds. ``finish`` leaves the final state visible.
+    ``log_every`` seconds, with the rows done in the table being read
+    (``table_rows_done``) and in every table (``rows_done`` of ``rows_total``).
+    ``finish`` leaves the final state visible.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class Progress:
     ) -> None:
         self.total = total
         self.done = 0
+        self.per_table: dict[str, int] = {}
         self.out = out
         self.log_every = log_every
         self.clock = clock
@@ -42,6 +45,7 @@ class Progress:
     def advance(self, rows: int, table: str) -> None:
         """Count ``rows`` more rows done, reading ``table``."""
         self.done += rows
+        self.per_table[table] = self.per_table.get(table, 0) + rows
         now = self.clock()
         every = REDRAW_SECONDS if self.out is not None else self.log_every
         if now - self._shown >= every:
@@ -85,8 +89,9 @@ class Progress:
         log.info(
             "replay progress",
             table=table,
-            rows=self.done,
-            total=self.total,
+            table_rows_done=self.per_table.get(table, 0),
+            rows_done=self.done,
+            rows_total=self.total,
             rows_per_s=round(self.rate(now)),
             eta_s=None if eta is None else round(eta),
         )

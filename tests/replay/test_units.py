@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from cdc_tracker.errors import ConfigError
 from cdc_tracker.model import Call, Lsn
@@ -121,6 +122,24 @@ def test_progress_bar_shows_rows_total_rate_and_eta() -> None:
     assert line.startswith("\rpublic.payouts")
     assert "25% 250/1,000 rows 125 rows/s ETA 0:06" in line
     assert "[######------------------]" in line
+
+
+def test_progress_log_line_tells_the_tables_rows_from_those_of_every_table() -> None:
+    clock = _Clock()
+    progress = Progress(1000, None, log_every=1.0, clock=clock)
+
+    with capture_logs() as logs:
+        clock.now = 1.0
+        progress.advance(300, "public.merchants")
+        clock.now = 2.0
+        progress.advance(200, "public.payouts")
+
+    assert [log["event"] for log in logs] == ["replay progress"] * 2
+    last = logs[-1]
+    assert last["table"] == "public.payouts"
+    assert (last["table_rows_done"], last["rows_done"]) == (200, 500)
+    assert last["rows_total"] == 1000
+    assert "rows" not in last
 
 
 def test_plan_skips_update_only_and_old_row_rules_with_reasons() -> None:
