@@ -55,7 +55,7 @@ class DestinationShipper:
         outcome.interrupted = result.interrupted
         outcome.pending = result.pending
         outcome.dead_letters += [
-            _undeliverable(call, reason) for call, reason in result.dead_letters
+            undeliverable(call, reason) for call, reason in result.dead_letters
         ]
         return outcome
 
@@ -100,7 +100,8 @@ def encode_calls(
             )
 
 
-def _undeliverable(call: EncodedCall, reason: str) -> DeadLetter:
+def undeliverable(call: EncodedCall, reason: str) -> DeadLetter:
+    """The dead letter of a call the destination will not take, holding it."""
     return DeadLetter(
         table=call.table,
         rule=call.rule,

@@ -23,7 +23,13 @@ from typing import IO
 import psycopg
 import structlog
 
-from cdc_tracker.daemon.shipping import Outcome, PrintShipper, Shipper, encode_calls
+from cdc_tracker.daemon.shipping import (
+    Outcome,
+    PrintShipper,
+    Shipper,
+    encode_calls,
+    undeliverable,
+)
 from cdc_tracker.deadletters.store import (
     ALTERED,
     DeadLetterStore,
@@ -205,15 +211,7 @@ class DryRunShipper:
         sendable = [call for request in batches.requests for call in request]
         outcome = self.printer.ship(sendable, stop)
         outcome.dead_letters += [
-            DeadLetter(
-                table=call.table,
-                rule=call.rule,
-                reason=reason,
-                commit_lsn=call.commit_lsn,
-                ordinal=call.ordinal,
-                call=call.payload(),
-            )
-            for call, reason in batches.oversize
+            undeliverable(call, reason) for call, reason in batches.oversize
         ]
         return outcome
 
