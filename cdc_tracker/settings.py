@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from cdc_tracker.destination.batching import BatchLimits
 from cdc_tracker.destination.settings import DestinationSettings
 from cdc_tracker.errors import ConfigError
 from cdc_tracker.rules.yamlfile import LineDict, YamlProblem, load_yaml
@@ -93,6 +94,17 @@ class Settings:
             max_calls=self.batch_calls,
             max_bytes=self.batch_bytes,
         )
+
+    def dry_run_limits(self) -> BatchLimits:
+        """The limits a delivery would keep to, checked as it checks them. A dry
+        run sends nothing, so a missing URL or write key is stood in for: the
+        limits do not depend on them."""
+        stand_ins = replace(
+            self,
+            destination_url=self.destination_url or "http://dry-run.invalid",
+            write_key=self.write_key or "dry-run",
+        )
+        return stand_ins.destination_settings().limits
 
     def require_dsn(self) -> str:
         if not self.dsn:

@@ -139,6 +139,25 @@ def test_dry_run_prints_calls_as_json_lines_and_advances_nothing(
     assert not slot_exists(db)
 
 
+def test_dry_run_tells_a_call_over_the_size_limit_as_delivery_would(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
+) -> None:
+    """A call the destination client would refuse (over 32 KB) is not printed as
+    if it would go: it is the dead letter a real run makes, logged."""
+    process = Process(["run", "--dry-run"], _env(db, receiver, example_rulebook))
+    processes.append(process)
+    process.wait_for_log("reading slot")
+    long_name = "x" * 20_000  # twice in an identify: traits and context.traits
+    sql(db, INSERT.replace("'Ada'", f"'{long_name}'"))
+    process.wait_for_log("dead letter")
+    process.proc.send_signal(signal.SIGTERM)
+    assert process.proc.wait(timeout=20) == 0
+    printed = [json.loads(line) for line in process.stdout]
+    assert [c.get("event", c["type"]) for c in printed] == ["Merchant Installed"]
+    letter = next(e for e in process.log_events() if e["event"] == "dead letter")
+    assert letter["reason"].endswith("bytes, over the 32000-byte per-call limit")
+
+
 def test_dry_run_reads_an_existing_slot_without_advancing_it(
     db: str, receiver: FakeRudderStack, example_rulebook: Path, processes: list[Process]
 ) -> None:

@@ -34,7 +34,7 @@ def run_daemon(
     settings.require_dsn()
     tune_gc()
     if dry_run:
-        shipper: Shipper = PrintShipper(out)
+        shipper: Shipper = PrintShipper(out, settings.dry_run_limits())
         daemon = Daemon(settings, rulebook, shipper, stop, advance=False)
         _reload_on_sighup(daemon)
         daemon.run()

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
-from cdc_tracker.destination.batching import EncodedCall
+from cdc_tracker.destination.batching import BatchLimits, EncodedCall, make_batches
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.model import Call, DeadLetter
 
@@ -61,13 +61,25 @@ class DestinationShipper:
 
 
 class PrintShipper:
-    """Writes each call as one JSON line and acknowledges it (``run --dry-run``)."""
+    """Writes each call as one JSON line and acknowledges it (the dry runs).
 
-    def __init__(self, out: IO[str]) -> None:
+    With ``limits``, a call that delivery would refuse before any request (one
+    over the per-call limit) is not written but made a dead letter with the
+    reason delivery gives, so that a dry run tells what a real run would.
+    """
+
+    def __init__(self, out: IO[str], limits: BatchLimits | None = None) -> None:
         self.out = out
+        self.limits = limits
 
     def ship(self, calls: list[EncodedCall], stop: threading.Event) -> Outcome:
         outcome = Outcome()
+        if self.limits is not None:
+            batches = make_batches(calls, self.limits)
+            calls = [call for request in batches.requests for call in request]
+            outcome.dead_letters += [
+                undeliverable(call, reason) for call, reason in batches.oversize
+            ]
         for item in calls:
             self.out.write(item.body.decode() + "\n")
             outcome.delivered += 1

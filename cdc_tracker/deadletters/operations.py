@@ -19,13 +19,8 @@ from typing import IO, Any
 
 import orjson
 
-from cdc_tracker.daemon.shipping import DestinationShipper, Shipper
-from cdc_tracker.deadletters.redrive import (
-    CatalogKeys,
-    DryRunShipper,
-    Redrive,
-    RetryReport,
-)
+from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper, Shipper
+from cdc_tracker.deadletters.redrive import CatalogKeys, Redrive, RetryReport
 from cdc_tracker.deadletters.store import (
     DeadLetterStore,
     Selection,
@@ -205,7 +200,7 @@ def retry_letters(
     """
     rulebook = load_rulebook(settings.rulebook)
     destination = (
-        _dry_run_limits(settings) if dry_run else settings.destination_settings()
+        settings.dry_run_limits() if dry_run else settings.destination_settings()
     )
     report = _retry(
         settings, chosen, rulebook, destination, stop=stop, timeout=timeout, out=out
@@ -236,7 +231,7 @@ def _retry(
         lookups = Lookups.for_rulebook(rulebook, settings.require_dsn())
         with lookups or contextlib.nullcontext():
             if isinstance(destination, BatchLimits):
-                shipper: Shipper = DryRunShipper(out, destination)
+                shipper: Shipper = PrintShipper(out, destination)
                 redrive = Redrive(
                     rulebook, namespace, shipper, stop, keys, lookups=lookups
                 )
@@ -253,18 +248,6 @@ def _retry(
                     lookups=lookups,
                 )
                 return redrive.run(store, chosen)
-
-
-def _dry_run_limits(settings: Settings) -> BatchLimits:
-    """The limits a real retry delivers within, checked as it checks them. A dry
-    run sends nothing, so a missing URL or write key is stood in for: the limits
-    do not depend on them."""
-    stand_ins = replace(
-        settings,
-        destination_url=settings.destination_url or "http://dry-run.invalid",
-        write_key=settings.write_key or "dry-run",
-    )
-    return stand_ins.destination_settings().limits
 
 
 def _retry_report(report: RetryReport, slot: str, dry_run: bool) -> str:

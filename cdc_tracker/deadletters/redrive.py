@@ -18,17 +18,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO
 
 import psycopg
 import structlog
 
 from cdc_tracker.daemon.shipping import (
     Outcome,
-    PrintShipper,
     Shipper,
     encode_calls,
-    undeliverable,
 )
 from cdc_tracker.deadletters.store import (
     ALTERED,
@@ -36,7 +33,7 @@ from cdc_tracker.deadletters.store import (
     Selection,
     StoredLetter,
 )
-from cdc_tracker.destination.batching import BatchLimits, EncodedCall, make_batches
+from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Action, Call, Change, DeadLetter
@@ -194,26 +191,6 @@ class Redrive:
         if failures:
             return _Plan(stored, reason=failures[0])
         return _Plan(stored, [call for call in calls if call.rule == letter.rule])
-
-
-class DryRunShipper:
-    """Prints the calls a delivery within ``limits`` would send, as
-    ``PrintShipper`` does, and refuses those the destination client refuses
-    before any request (a call over the per-call limit), with its reason.
-    Sends nothing."""
-
-    def __init__(self, out: IO[str], limits: BatchLimits) -> None:
-        self.printer = PrintShipper(out)
-        self.limits = limits
-
-    def ship(self, calls: list[EncodedCall], stop: threading.Event) -> Outcome:
-        batches = make_batches(calls, self.limits)
-        sendable = [call for request in batches.requests for call in request]
-        outcome = self.printer.ship(sendable, stop)
-        outcome.dead_letters += [
-            undeliverable(call, reason) for call, reason in batches.oversize
-        ]
-        return outcome
 
 
 def change_of(stored: StoredLetter, keys: KeyLookup) -> Change:

@@ -45,7 +45,8 @@ def run_replay(
     settings.require_dsn()
     progress = err if err.isatty() else None
     if options.dry_run:
-        replay = Replay(settings, plan, PrintShipper(out), stop, options)
+        printer = PrintShipper(out, settings.dry_run_limits())
+        replay = Replay(settings, plan, printer, stop, options)
         result = replay.run()
     else:
         with RudderStackClient(settings.destination_settings()) as client:

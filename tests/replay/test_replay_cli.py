@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -90,6 +91,25 @@ def test_run_time_report_names_each_skipped_rule_with_its_reason(
     assert "skipped rule 'Plan Changed' (public.merchants)" in result.stderr
     # The example schema indexes its cursors: no page scans a whole table.
     assert "no index leads with the cursor column" not in result.stderr
+
+
+def test_dry_run_tells_a_call_over_the_size_limit_as_delivery_would(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    long_name = "x" * 20_000  # twice in an identify: traits and context.traits
+    sql(
+        db,
+        "insert into merchants (shop_domain, owner_name, plan_name) "
+        f"values ('a.myshopify.com', '{long_name}', 'basic')",
+    )
+
+    result = _cli(_env(db, receiver, example_rulebook), "--since", "1h", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [c.get("event", c["type"]) for c in printed] == ["Merchant Installed"]
+    assert "replayed 1 row: 1 call, 1 dead letter" in result.stderr
+    assert receiver.requests == []
 
 
 @pytest.fixture
