@@ -113,6 +113,20 @@ def _decimal_text(value: Decimal) -> str:
     return format(value, "f") if exponent >= -NUMERIC_MAX_SCALE else text
 
 
+def plain_text(value: Decimal) -> str:
+    """A decimal as plain digits, every one kept (``1E+3`` -> ``1000``, ``4.10``
+    stays), as PostgreSQL writes a numeric; past what a numeric holds (131,072
+    digits before the point, 16,383 after: a json number can go further) its
+    scientific form, which stays short where the digits would fill the memory."""
+    if not value.is_finite():
+        return str(value)
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    if exponent >= -NUMERIC_MAX_SCALE and value.adjusted() < NUMERIC_MAX_INTEGER_DIGITS:
+        return format(value, "f")
+    return str(value)
+
+
 def _reason(exc: orjson.JSONEncodeError) -> str:
     cause = exc.__cause__
     return str(cause) if isinstance(cause, ValueError | TypeError) else str(exc)

@@ -25,6 +25,7 @@ from cdc_tracker.destination.encode import (
     encode_call,
     encode_other,
     exact_number,
+    plain_text,
     rfc3339_ms,
 )
 from cdc_tracker.mapping import ids
@@ -577,7 +578,7 @@ def _user_id(value: Any) -> str | None:
     if isinstance(value, str):
         text = value.strip()
     elif isinstance(value, Decimal):
-        text = format(value, "f")
+        text = plain_text(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         text = str(value)
     else:

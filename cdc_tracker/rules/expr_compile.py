@@ -16,6 +16,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Protocol
 
+from cdc_tracker.destination.encode import plain_text
 from cdc_tracker.errors import CdcTrackerError
 from cdc_tracker.model import MISSING
 from cdc_tracker.rules.expr_check import ANY, KINDS, Kind, describe, kind_of
@@ -377,7 +378,7 @@ def text_of(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Decimal):
-        return format(value, "f")  # keeps every digit and the scale: never 1E-9
+        return plain_text(value)  # keeps every digit and the scale: never 1E-9
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, list | tuple | dict):

@@ -47,3 +47,28 @@ def test_only_text_and_numbers_make_user_ids(empty_db: str, tmp_path: Path) -> N
         "By seen": "user_id (seen) is a timestamp, not text or a number",
         "By flag": "user_id (flag) is a boolean, not text or a number",
     }
+
+
+def test_a_number_past_any_numeric_makes_a_short_user_id(
+    empty_db: str, tmp_path: Path
+) -> None:
+    """Written out in full, 1e999999999999 would fill the memory: past what a
+    numeric holds, a number keeps its scientific form."""
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(
+        "version: 1\ntables:\n  public.docs:\n    user_id: doc\n"
+        "track:\n  - event: E\n    table: docs\n    on: insert\n"
+        "    properties:\n      text: string(doc)\n"
+    )
+    table = "create table docs (id serial primary key, doc json)"
+    row = "insert into docs (doc) values ('1e999999999999')"
+    [change] = live_changes(empty_db, [table, row], ["public.docs"])
+    calls: list[EncodedCall] = []
+    dead: list[DeadLetter] = []
+
+    Mapper(load_rulebook(path), "ns").map_encoded(change, calls, dead)
+
+    assert dead == []
+    [call] = calls
+    assert call.user_id == "1E+999999999999"
+    assert call.payload()["properties"] == {"text": "1E+999999999999"}

@@ -615,3 +615,14 @@ def test_a_quoted_table_name_is_the_same_table(tmp_path: Path) -> None:
     )
     assert list(rulebook.tables) == ["public.Weird Name"]
     assert [rule.table for rule in rulebook.rules] == ["public.Weird Name"]
+
+
+def test_a_literal_past_any_numeric_loads_without_writing_out_its_zeros(
+    tmp_path: Path,
+) -> None:
+    rulebook = load(
+        tmp_path,
+        TABLES + "identify:\n  - table: t\n    traits:\n      v: 1e99999999999\n",
+    )
+    [rule] = rulebook.rules
+    assert rule.fields["v"].text == "1E+99999999999"
