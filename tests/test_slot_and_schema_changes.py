@@ -259,6 +259,36 @@ def test_identity_without_old_key_while_running_is_reported_and_fails_readiness(
         assert _gauge(counters, "cdc_tracker_schema_problems") == 0
 
 
+def test_a_reconnect_with_a_schema_problem_open_goes_on_reading(
+    db: str,
+    receiver: FakeRudderStack,
+    example_rulebook: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server restart or failover while one table is wrong must not stop the
+    others: the start-up check refuses only at start-up."""
+    monkeypatch.setattr("cdc_tracker.daemon.loop.TABLE_CHECK_SECONDS", 0.05)
+    with running_daemon(settings_for(db, receiver, example_rulebook)) as daemon:
+        counters = daemon.daemon.counters
+        sql(db, "alter table merchants replica identity nothing")
+        wait_until(lambda: bool(counters.schema_problems), 10)
+        sql(
+            db,
+            "select pg_terminate_backend(active_pid) from pg_replication_slots "
+            "where active_pid is not null",
+        )
+        sql(
+            db,
+            INSERT,
+            "insert into payouts (merchant_id, amount, currency, status) "
+            "select id, 10.00, 'EUR', 'paid' from merchants",
+        )
+        wait_until(lambda: any(c.event == "Payout Fetched" for c in receiver.calls), 20)
+        assert len(counters.schema_problems) == 5
+        sql(db, "alter table merchants replica identity full")
+        wait_until(lambda: counters.schema_problems == [], 10)
+
+
 def test_replica_identity_dropped_while_running_names_the_fix(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:

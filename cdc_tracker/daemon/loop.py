@@ -72,6 +72,8 @@ class Daemon:
         self._connections: list[psycopg.Connection[tuple[object, ...]]] = []
         # Detached partitions still mapped: leaf -> (table, position noticed at).
         self._departed: dict[str, tuple[str, Lsn]] = {}
+        # Once it has read the slot, a reconnect reports what does not fit.
+        self._has_read = False
 
     # What the window keeps is what callers (probes, status, tests) read.
     @property
@@ -157,6 +159,7 @@ class Daemon:
         self.window.mapper = self._mapper(self._dbname, catalog, state_conn)
         self.window.stream = self._open_stream(slot, temporary)
         self.window.slot = slot  # last: the daemon is reading from now on
+        self._has_read = True
         log.info(
             "reading slot",
             slot=slot.name,
@@ -190,9 +193,16 @@ class Daemon:
     def _check_schema(
         self, conn: psycopg.Connection[tuple[object, ...]]
     ) -> dict[str, TableInfo]:
-        """The catalog of the rulebook's tables; raises when the rules do not fit."""
+        """The catalog of the rulebook's tables; raises when the rules do not fit
+        at start-up. On a reconnect (a failover, a restarted server), what does
+        not fit is reported as the running check reports it, and the tables that
+        are fine go on being read: a table put wrong while running must not stop
+        every other table when the connection drops."""
         catalog = read_catalog(conn, self.rulebook.schema_tables)
-        require_fit(self.rulebook, catalog)
+        if self._has_read:
+            self._report_fit(catalog)
+        else:
+            require_fit(self.rulebook, catalog)
         for table, columns in toast_risks(self.rulebook, catalog).items():
             log.warning(
                 "large values may be left out of update calls",
@@ -219,8 +229,12 @@ class Daemon:
         - a column a rule reads is gone: its changes become dead letters.
         """
         assert self.window.slot is not None
+        self._report_fit(
+            read_catalog(self.window.slot.conn, self.rulebook.schema_tables)
+        )
+
+    def _report_fit(self, catalog: dict[str, TableInfo]) -> None:
         rulebook = self.rulebook
-        catalog = read_catalog(self.window.slot.conn, rulebook.schema_tables)
         missing = sorted(set(rulebook.tables) - set(catalog))
         self._report_missing(missing)
         problems = check_schema(rulebook, catalog, missing_tables=False)
