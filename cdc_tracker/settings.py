@@ -155,13 +155,17 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """``CDC_TRACKER_*`` variables that name no setting (a typo is otherwise
     silently ignored), each with the closest known name when there is one."""
     environ = os.environ if environ is None else environ
-    known = [name for name in ENVIRONMENT if name.startswith(_PREFIX)]
+    by_setting = {setting: variable for variable, setting in ENVIRONMENT.items()}
     found = []
     for variable in sorted(environ):
-        if variable.startswith(_PREFIX) and variable not in (*known, *_OTHERS):
-            close = difflib.get_close_matches(variable, known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            found.append(variable + hint)
+        if not variable.startswith(_PREFIX) or variable in (*ENVIRONMENT, *_OTHERS):
+            continue
+        # Matched by the setting it names: CDC_TRACKER_WRITE_KEY means write_key,
+        # which RUDDERSTACK_WRITE_KEY sets.
+        meant = variable.removeprefix(_PREFIX).lower()
+        close = difflib.get_close_matches(meant, by_setting, n=1, cutoff=0.8)
+        hint = f" (did you mean {by_setting[close[0]]}?)" if close else ""
+        found.append(variable + hint)
     return found
 
 
@@ -206,7 +210,9 @@ def _build(values: dict[str, tuple[Any, str]]) -> Settings:
 
 def _convert(name: str, kind: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigError:
-        shown = "<hidden>" if "key" in name or name == "dsn" else repr(value)
+        shown = repr(value) if isinstance(value, str) else str(value)
+        if "key" in name or name == "dsn":
+            shown = "<hidden>"
         return ConfigError(
             f"setting {name} from {source} is {shown}; expected {expected}"
         )
@@ -215,13 +221,15 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
         if str(value) not in _CHOICES[name]:
             raise bad(" or ".join(_CHOICES[name]))
         return str(value)
-    if kind in ("int", "float"):
+    if kind == "int":
+        return _whole_number(name, value, bad)
+    if kind == "float":
         try:
-            number = int(value) if kind == "int" else float(value)
-        except (TypeError, ValueError):
-            raise bad(
-                f"a positive {'integer' if kind == 'int' else 'number'}"
-            ) from None
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise bad("a number") from None
+        if isinstance(value, bool):
+            raise bad("a number")
         if not math.isfinite(number):
             raise bad("a finite number")
         if name in _POSITIVE and not number > 0:
@@ -234,6 +242,23 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
     if kind == "Path":
         return Path(str(value))
     return str(value)
+
+
+def _whole_number(name: str, value: Any, bad: Any) -> int:
+    """An integer setting: a whole number as written, never a fraction cut off
+    (``4.10`` is refused, not read as 4)."""
+    if isinstance(value, bool):
+        raise bad("a whole number")
+    if isinstance(value, int):
+        number = value
+    else:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise bad("a whole number") from None
+    if name in _POSITIVE and not number > 0:
+        raise bad("a positive whole number")
+    return number
 
 
 def _boolean(value: Any, bad: Any) -> bool:

@@ -1,0 +1,70 @@
+"""Settings from a file and the environment: every bad value is refused by name,
+with what was written, never cut down to something else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdc_tracker.errors import ConfigError
+from cdc_tracker.settings import load_settings, unknown_variables
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("batch_calls: 4.10", "batch_calls is 4.10; expected a whole number"),
+        ("batch_calls: 0.5", "batch_calls is 0.5; expected a whole number"),
+        ("batch_calls: 0", "batch_calls is 0; expected a positive whole number"),
+        ("batch_bytes: 1e400", "batch_bytes is 1E+400; expected a whole number"),
+        ("window_changes: true", "window_changes is True; expected a whole number"),
+        ("poll_interval: 1e400", "poll_interval is 1E+400; expected a finite number"),
+        ("poll_interval: 2026-01-01", "poll_interval is 2026-01-01; expected a number"),
+        ("poll_interval: -1", "poll_interval is -1; expected a positive number"),
+        ("http_timeout: abc", "http_timeout is 'abc'; expected a number"),
+    ],
+)
+def test_a_bad_number_in_the_file_is_refused_as_written(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert str(caught.value) == f"setting {message}".replace(
+        "setting ", f"setting {line.split(':', maxsplit=1)[0]} from {path}: ", 1
+    )
+
+
+def test_good_numbers_keep_their_value(tmp_path: Path) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_text("batch_calls: 400\npoll_interval: 0.05\nhttp_timeout: 2\n")
+    settings = load_settings(path, environ={"CDC_TRACKER_WINDOW_CHANGES": "5000"})
+    assert (settings.batch_calls, settings.poll_interval) == (400, 0.05)
+    assert (settings.http_timeout, settings.window_changes) == (2.0, 5000)
+
+
+def test_an_infinite_value_in_the_environment_is_refused() -> None:
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        load_settings(None, environ={"CDC_TRACKER_POLL_INTERVAL": "inf"})
+    with pytest.raises(ConfigError, match="expected a whole number"):
+        load_settings(None, environ={"CDC_TRACKER_BATCH_CALLS": "4.10"})
+
+
+def test_unknown_variables_name_the_setting_meant() -> None:
+    found = unknown_variables(
+        {
+            "CDC_TRACKER_POLL_INTERVALL": "1",
+            "CDC_TRACKER_WRITE_KEY": "k",
+            "CDC_TRACKER_X": "1",
+            "CDC_TRACKER_PG_BINDIR": "/usr/lib/postgresql/15/bin",
+            "CDC_TRACKER_DSN": "postgresql://",
+            "HOME": "/root",
+        }
+    )
+    assert found == [
+        "CDC_TRACKER_POLL_INTERVALL (did you mean CDC_TRACKER_POLL_INTERVAL?)",
+        "CDC_TRACKER_WRITE_KEY (did you mean RUDDERSTACK_WRITE_KEY?)",
+        "CDC_TRACKER_X",
+    ]
