@@ -32,9 +32,8 @@ def test_a_bad_number_in_the_file_is_refused_as_written(
     path.write_text(line + "\n")
     with pytest.raises(ConfigError) as caught:
         load_settings(path, environ={})
-    assert str(caught.value) == f"setting {message}".replace(
-        "setting ", f"setting {line.split(':', maxsplit=1)[0]} from {path}: ", 1
-    )
+    name = line.partition(":")[0]
+    assert str(caught.value) == f"setting {name} from {path}: {message}"
 
 
 def test_good_numbers_keep_their_value(tmp_path: Path) -> None:
