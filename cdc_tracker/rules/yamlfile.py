@@ -87,10 +87,12 @@ def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
 def _integer(loader: _Loader, node: yaml.ScalarNode) -> int:
     try:
         number = int(loader.construct_yaml_int(node))
-    except ValueError as exc:  # past Python's limit on converting digits
-        raise _problem(
-            node, f"a number of {len(node.value)} digits is too long"
-        ) from exc
+    except ValueError as exc:  # not an integer (!!int 3.5), or past Python's limit
+        if node.value.lstrip("+-").isdigit():
+            problem = f"a number of {len(node.value)} digits is too long"
+        else:
+            problem = f"{node.value} is not an integer"
+        raise _problem(node, problem) from exc
     if not _DECIMAL_INTEGER.fullmatch(node.value):
         # YAML 1.1 reads 017 as octal, 0x1F as hex, 1:30 as minutes: a zip code
         # or a time of day would silently change.
@@ -120,11 +122,12 @@ _DECIMAL_FRACTION = re.compile(
     r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 )
 
-# Numbers with an exponent and no point (1e3) are numbers, as in YAML 1.2.
+# Numbers with an exponent are numbers whether or not it has a sign (1e3, 2.9e3,
+# 1.5E-3), as in YAML 1.2; YAML 1.1 took those without a sign for text.
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 _Loader.add_constructor("tag:yaml.org,2002:int", _integer)
 _Loader.add_constructor("tag:yaml.org,2002:float", _decimal)

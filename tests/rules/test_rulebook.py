@@ -412,6 +412,11 @@ PROBLEMS = [
         id="yaml-sexagesimal",
     ),
     pytest.param(
+        TABLES + "identify:\n  - table: t\n    traits:\n      x: !!int 3.5\n",
+        "8: invalid YAML: 3.5 is not an integer",
+        id="yaml-int-tag-on-a-fraction",
+    ),
+    pytest.param(
         TABLES + "identify:\n  - table: t\n    traits:\n      x: .nan\n",
         "8: invalid YAML: .nan is not a finite decimal number",
         id="yaml-nan",
@@ -578,7 +583,8 @@ def test_a_number_literal_keeps_the_digits_it_was_written_with(tmp_path: Path) -
     rulebook = load(
         tmp_path,
         TABLES + "identify:\n  - table: t\n    traits:\n"
-        "      price: 4.10\n      big: 1e400\n      small: -0.000000000000000001\n",
+        "      price: 4.10\n      big: 1e400\n      small: -0.000000000000000001\n"
+        "      unsigned: 2.9e3\n",
     )
     [rule] = rulebook.rules
     constants = {name: item.constant for name, item in rule.fields.items()}
@@ -586,6 +592,7 @@ def test_a_number_literal_keeps_the_digits_it_was_written_with(tmp_path: Path) -
         "price": Decimal("4.10"),
         "big": Decimal("1e400"),
         "small": Decimal("-0.000000000000000001"),
+        "unsigned": Decimal("2.9e3"),
     }
     assert str(constants["price"]) == "4.10"
 
