@@ -169,6 +169,30 @@ def test_a_reload_that_drops_a_gone_table_is_ready_at_once(
         assert counters.schema_problems == []
 
 
+def test_an_edit_refused_for_the_schema_is_taken_once_the_schema_is_put_right(
+    db: str,
+    receiver: FakeRudderStack,
+    example_rulebook: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The file is not edited again: the daemon tries the refused edit again."""
+    rulebook = _copy_rulebook(example_rulebook, tmp_path)
+    monkeypatch.setattr("cdc_tracker.daemon.loop.TABLE_CHECK_SECONDS", 0.05)
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        counters = daemon.daemon.counters
+        sql(db, "alter table merchants replica identity nothing")
+        rulebook.write_text(rulebook.read_text() + EXTRA_RULE)
+        wait_until(lambda: counters.reload_failures >= 1, 10)
+        assert counters.reloads == 0
+        sql(db, "alter table merchants replica identity full")
+        wait_until(lambda: counters.reloads == 1, 10)
+        sql(db, INSERT.format("a"), "update merchants set owner_name = 'Bea'")
+        daemon.caught_up()
+    events = [c.payload.get("event") for c in receiver.calls]
+    assert "Merchant Renamed" in events
+
+
 def test_configmap_style_symlink_swap_reloads(
     db: str, receiver: FakeRudderStack, example_rulebook: Path, tmp_path: Path
 ) -> None:

@@ -74,6 +74,7 @@ class Daemon:
         self._departed: dict[str, tuple[str, Lsn]] = {}
         # Once it has read the slot, a reconnect reports what does not fit.
         self._has_read = False
+        self._refused_reload = False  # the file holds an edit not taken
 
     # What the window keeps is what callers (probes, status, tests) read.
     @property
@@ -140,7 +141,10 @@ class Daemon:
                 self._reload()
             if time.monotonic() - checked > TABLE_CHECK_SECONDS:
                 checked = time.monotonic()
-                self._check_tables()
+                # A refused edit is tried again: the schema may have been put
+                # right since (a reload looks at the tables itself).
+                if not (self._refused_reload and self._reload()):
+                    self._check_tables()
             self.window.step()  # waits up to poll_interval for a change
 
     def _start(self) -> bool:
@@ -314,8 +318,9 @@ class Daemon:
         assert slot is not None
         self._track(read_catalog(slot.conn, self._partitioned), slot)
 
-    def _reload(self) -> None:
-        """Swap in the edited rulebook between windows, or keep the old one."""
+    def _reload(self) -> bool:
+        """Swap in the edited rulebook between windows, or keep the old one;
+        returns whether the edit was taken."""
         assert self.window.slot is not None
         path = self.settings.rulebook
         try:
@@ -324,12 +329,15 @@ class Daemon:
             require_fit(rulebook, catalog)
         except ConfigError as exc:
             self.counters.reload_failures += 1
+            self._refused_reload = True
             log.error(
                 "rulebook reload refused; keeping the previous rules",
                 path=str(path),
                 problems=str(exc),
+                hint=f"tried again every {TABLE_CHECK_SECONDS:.0f} s, and on each edit",
             )
-            return
+            return False
+        self._refused_reload = False
         self.rulebook = rulebook
         self._track(catalog, self.window.slot)
         self.window.mapper = self._mapper(self._dbname, catalog, self._state_conn)
@@ -341,6 +349,7 @@ class Daemon:
             tables=len(rulebook.tables),
             rules=len(rulebook.rules),
         )
+        return True
 
     def _open_stream(self, slot: Slot, temporary: bool) -> Stream:
         stream = Stream(
