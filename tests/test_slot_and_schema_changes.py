@@ -568,3 +568,25 @@ def test_a_truncate_is_counted_and_warns_about_keys_that_start_over(
         "public.payouts",
     ]
     assert all("insert_ids: position" in e["hint"] for e in warnings)
+
+
+def test_the_large_values_warning_names_a_statement_that_runs(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """A table whose name needs quotes gets them in the fix it is told."""
+    sql(db, 'create table "Weird Name" (id int primary key, body text)')
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        'version: 1\ntables:\n  public."Weird Name":\n    user_id: id\n'
+        "identify:\n  - table: '\"Weird Name\"'\n    on: [insert, update]\n"
+        "    traits:\n      body: body\n"
+    )
+    with capture_logs() as logs, running_daemon(settings_for(db, receiver, rulebook)):
+        pass
+    [warning] = [
+        e for e in logs if e["event"] == "large values may be left out of update calls"
+    ]
+    assert warning["table"] == "public.Weird Name"
+    assert warning["hint"] == (
+        'keep them with ALTER TABLE public."Weird Name" REPLICA IDENTITY FULL;'
+    )

@@ -33,7 +33,12 @@ from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.model import Lsn, TableInfo
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
-from cdc_tracker.rules.schema import check_schema, require_fit, toast_risks
+from cdc_tracker.rules.schema import (
+    check_schema,
+    full_fix,
+    require_fit,
+    toast_risks,
+)
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog, source_tables
 from cdc_tracker.source.slot import Slot, SlotState, connect
@@ -212,7 +217,7 @@ class Daemon:
                 "large values may be left out of update calls",
                 table=table,
                 columns=columns,
-                hint=f"ALTER TABLE {table} REPLICA IDENTITY FULL keeps them",
+                hint=f"keep them with {full_fix([table])}",
             )
         return catalog
 

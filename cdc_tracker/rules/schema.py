@@ -153,7 +153,7 @@ def _rule_problems(
         problems.append((path, rule.line, _no_old_key(info)))
     elif Action.DELETE in rule.on and (beyond := _beyond(rule, info.old_key)):
         reason = f"reads {', '.join(beyond)} of deleted rows"
-        fix = _full_fix(info.lacking(beyond))
+        fix = full_fix(info.lacking(beyond))
         problems.append((path, rule.line, _needs_full(rule, info, reason, fix)))
     return problems
 
@@ -169,7 +169,7 @@ def _no_old_key(info: TableInfo) -> str:
         }.get(info.replica_identity, "has REPLICA IDENTITY NOTHING")
     return (
         f"table {info.name} {why}: PostgreSQL does not decode its updates and "
-        f"deletes; fix: {_full_fix(lacking)}"
+        f"deletes; fix: {full_fix(lacking)}"
     )
 
 
@@ -184,7 +184,7 @@ def _sql_name(table: str) -> str:
     )
 
 
-def _full_fix(tables: list[str]) -> str:
+def full_fix(tables: list[str]) -> str:
     """The statements giving ``tables`` (``schema.name``) REPLICA IDENTITY FULL."""
     return " ".join(
         f"ALTER TABLE {_sql_name(table)} REPLICA IDENTITY FULL;" for table in tables
@@ -235,7 +235,7 @@ def _needs_full(
 ) -> str:
     return (
         f"rule '{rule.id}' {reason}, but table {info.name} has REPLICA IDENTITY "
-        f"{info.replica_identity.upper()}; fix: {fix or _full_fix([info.name])}"
+        f"{info.replica_identity.upper()}; fix: {fix or full_fix([info.name])}"
     )
 
 
