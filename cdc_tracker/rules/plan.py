@@ -32,6 +32,7 @@ class TableSpec:
     # How insert-triggered calls are named: by primary key (a backfill makes the
     # same ids), or by WAL position (for tables whose keys are reused).
     insert_ids: Literal["key", "position"] = "key"
+    user_id_line: int | None = None  # where ``user_id`` is written
 
 
 @dataclass(slots=True)

@@ -160,7 +160,15 @@ class _Builder:
         self.not_constant(user_id, body.lines["user_id"])
         for message in unknown_references("user_id", user_id, lookups):
             self.problem(body.lines["user_id"], message)
-        return TableSpec(qualify(name), user_id, cursor, line, lookups, insert_ids)
+        return TableSpec(
+            qualify(name),
+            user_id,
+            cursor,
+            line,
+            lookups,
+            insert_ids,
+            user_id_line=body.lines["user_id"],
+        )
 
     def not_constant(self, user_id: Expression, line: int) -> None:
         if user_id.is_literal:

@@ -48,9 +48,8 @@ def check_schema(
         for lookup in spec.lookups.values():
             problems += _lookup_problems(path, lookup, info, catalog)
         lookups = _Lookups(spec.lookups, catalog)
-        problems += _typed(
-            path, spec.line, "user_id", spec.user_id, info, lookups=lookups
-        )
+        line = spec.user_id_line or spec.line
+        problems += _typed(path, line, "user_id", spec.user_id, info, lookups=lookups)
         if spec.cursor is not None and spec.cursor not in info.columns:
             problems.append(
                 (
@@ -67,7 +66,9 @@ def check_schema(
         for name, lookup in rule.lookups.items():
             if inherited.get(name) is not lookup:  # the table's are checked above
                 problems += _lookup_problems(path, lookup, info, catalog)
-        problems += _rule_problems(path, rule, info, _Lookups(rule.lookups, catalog))
+        table_user_id = rulebook.tables[rule.table].user_id
+        lookups = _Lookups(rule.lookups, catalog)
+        problems += _rule_problems(path, rule, info, lookups, table_user_id)
     return problems
 
 
@@ -139,10 +140,16 @@ def _did_you_mean(column: str, info: TableInfo) -> str:
 
 
 def _rule_problems(
-    path: str, rule: Rule, info: TableInfo, lookups: _Lookups
+    path: str,
+    rule: Rule,
+    info: TableInfo,
+    lookups: _Lookups,
+    table_user_id: Expression,
 ) -> list[Problem]:
     problems: list[Problem] = []
     for key, expr in rule.expressions():
+        if expr is table_user_id:
+            continue  # the table's own, checked (and told) at its line
         line = rule.lines.get(key, rule.lines.get(key.split(".")[0], rule.line))
         problems += _typed(path, line, key, expr, info, lookups=lookups)
     if rule.needs_old and not info.full_identity:

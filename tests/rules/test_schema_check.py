@@ -313,7 +313,8 @@ def test_missing_cursor_column_and_user_id_column_are_named(
     )
     assert found == [
         "3: cursor column 'modified_at' is not in public.merchants",
-        "6: user_id: unknown column 'merchant' at column 1; did you mean "
+        # At the user_id's own line, once (the rules inherit it, unchecked).
+        "7: user_id: unknown column 'merchant' at column 1; did you mean "
         "'merchant_id'? (table public.payouts)",
     ]
 
@@ -408,3 +409,15 @@ def test_a_user_id_that_is_not_text_or_a_number_is_refused(
         )
         == []
     )
+
+
+def test_a_table_user_id_of_the_wrong_kind_is_told_once_at_its_line(
+    db: str, tmp_path: Path
+) -> None:
+    text = TABLES.replace("user_id: id", "user_id: can_backdate") + (
+        "track:\n  - event: A\n    table: merchants\n    on: insert\n"
+        "  - event: B\n    table: merchants\n    on: insert\n"
+    )
+    found = check(db, tmp_path, text)
+    assert len(found) == 1
+    assert found[0].startswith("4: user_id (can_backdate) is boolean")
