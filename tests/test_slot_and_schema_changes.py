@@ -211,7 +211,10 @@ def test_a_renamed_tracked_table_is_reported_and_fails_readiness(
 ) -> None:
     """Its changes stop arriving under the old name: say so, do not look healthy."""
     monkeypatch.setattr("cdc_tracker.daemon.loop.TABLE_CHECK_SECONDS", 0.05)
-    with running_daemon(settings_for(db, receiver, example_rulebook)) as daemon:
+    with (
+        capture_logs() as logs,
+        running_daemon(settings_for(db, receiver, example_rulebook)) as daemon,
+    ):
         counters = daemon.daemon.counters
         assert daemon.client is not None
         probe = Probe(counters, daemon.client.stats, lambda: True, stall_seconds=60)
@@ -221,6 +224,11 @@ def test_a_renamed_tracked_table_is_reported_and_fails_readiness(
         sql(db, "alter table payouts_archive rename to payouts")
         wait_until(lambda: counters.missing_tables == [], 10)
         assert probe.not_ready() is None
+    said = [entry["event"] for entry in logs if entry.get("table") == "public.payouts"]
+    assert said == [
+        "tracked table is gone; its changes are not read",
+        "tracked table is back",
+    ]
 
 
 def test_identity_without_old_key_while_running_is_reported_and_fails_readiness(

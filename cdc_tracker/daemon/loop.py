@@ -268,6 +268,8 @@ class Daemon:
                     table=table,
                     hint="renamed or dropped? update the rulebook",
                 )
+            for table in sorted(set(self.counters.missing_tables) - set(missing)):
+                log.info("tracked table is back", table=table)
             self.counters.missing_tables = missing
 
     def _track(self, catalog: dict[str, TableInfo], slot: Slot) -> None:
