@@ -270,6 +270,12 @@ def _retry_report(report: RetryReport, slot: str, dry_run: bool) -> str:
         parts.append(f"{report.pending} not acknowledged in time (kept as they were)")
     prefix = "dry run: " if dry_run else ""
     lines.append(f"{prefix}retried {report.retried}: " + ", ".join(parts))
+    if any(stored.letter.call is not None for stored, _ in report.still_dead):
+        lines.append(
+            "hint: a letter the destination refused holds the call as it was made "
+            "and is sent as it is; if the rulebook changed what that call should "
+            "be, replay its row (cdc-tracker replay --table ...) and purge the letter"
+        )
     return "\n".join(lines) + "\n"
 
 
