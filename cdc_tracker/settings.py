@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,6 +171,8 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 _PREFIX = "CDC_TRACKER_"
+# Longer waits than this are mistakes, and some (a socket timeout) overflow.
+_MOST_SECONDS = 30 * 86_400.0
 # Read elsewhere: where the throwaway server's binaries are (the demo, the tests),
 # and the test suite's own switches.
 _OTHERS = (
@@ -211,6 +214,8 @@ def _build(values: dict[str, tuple[Any, str]]) -> Settings:
 def _convert(name: str, kind: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigError:
         shown = repr(value) if isinstance(value, str) else str(value)
+        if len(shown) > 40:
+            shown = shown[:40] + "..."
         if "key" in name or name == "dsn":
             shown = "<hidden>"
         return ConfigError(
@@ -234,6 +239,8 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
             raise bad("a finite number")
         if name in _POSITIVE and not number > 0:
             raise bad("a positive number")
+        if number > _MOST_SECONDS:
+            raise bad(f"at most {_MOST_SECONDS:.0f} seconds (30 days)")
         return number
     if kind == "bool | None":
         return _boolean(value, bad)
@@ -251,6 +258,12 @@ def _whole_number(name: str, value: Any, bad: Any) -> int:
         raise bad("a whole number")
     if isinstance(value, int):
         number = value
+    elif (
+        isinstance(value, Decimal)
+        and value.adjusted() < 18
+        and value == value.to_integral_value()
+    ):
+        number = int(value)  # 1e3, as YAML writes a thousand too
     else:
         try:
             number = int(str(value).strip())

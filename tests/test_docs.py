@@ -48,7 +48,7 @@ track:
     when: amount > 1000 or status in ('paid', 'a|b')
     user_id: concat('m-', merchant_id)
     integrations: {All: false, Mailchimp: true}
-    context: {app: {name: admin}}
+    context: {app: {name: admin, version: 4.10, since: 2026-01-01}}
     description: >
       Sent when a payout is
       large.
@@ -146,7 +146,10 @@ def test_docs_show_nested_traits_lookups_and_computed_types(
     assert "- **When:** `amount > 1000 or status in ('paid', 'a\\|b')`" in lines
     assert "- **userId:** `concat('m-', merchant_id)`" in lines
     assert "- **Integrations:** `All` off, `Mailchimp` on" in lines
-    assert '- **Context:** `{"app": {"name": "admin"}}`' in lines
+    assert (
+        '- **Context:** `{"app": {"name": "admin", "since": "2026-01-01", '
+        '"version": 4.10}}`'
+    ) in lines
     assert "- **Description:** Sent when a payout is large." in lines
     assert (
         "- **Lookup** `merchant`: the row of `public.merchants` where "

@@ -23,6 +23,10 @@ from cdc_tracker.settings import load_settings, unknown_variables
         ("poll_interval: 2026-01-01", "poll_interval is 2026-01-01; expected a number"),
         ("poll_interval: -1", "poll_interval is -1; expected a positive number"),
         ("http_timeout: abc", "http_timeout is 'abc'; expected a number"),
+        (
+            "http_timeout: 1e10",
+            "http_timeout is 1E+10; expected at most 2592000 seconds (30 days)",
+        ),
     ],
 )
 def test_a_bad_number_in_the_file_is_refused_as_written(
@@ -38,7 +42,7 @@ def test_a_bad_number_in_the_file_is_refused_as_written(
 
 def test_good_numbers_keep_their_value(tmp_path: Path) -> None:
     path = tmp_path / "settings.yaml"
-    path.write_text("batch_calls: 400\npoll_interval: 0.05\nhttp_timeout: 2\n")
+    path.write_text("batch_calls: 4e2\npoll_interval: 0.05\nhttp_timeout: 2\n")
     settings = load_settings(path, environ={"CDC_TRACKER_WINDOW_CHANGES": "5000"})
     assert (settings.batch_calls, settings.poll_interval) == (400, 0.05)
     assert (settings.http_timeout, settings.window_changes) == (2.0, 5000)

@@ -79,7 +79,8 @@ class Daemon:
         self._departed: dict[str, tuple[str, Lsn]] = {}
         # Once it has read the slot, a reconnect reports what does not fit.
         self._has_read = False
-        self._refused_reload = False  # the file holds an edit not taken
+        # Why the file's edit was not taken, while it is not.
+        self._refused: str | None = None
 
     # What the window keeps is what callers (probes, status, tests) read.
     @property
@@ -148,7 +149,7 @@ class Daemon:
                 checked = time.monotonic()
                 # A refused edit is tried again: the schema may have been put
                 # right since (a reload looks at the tables itself).
-                if not (self._refused_reload and self._reload()):
+                if not (self._refused is not None and self._reload(retry=True)):
                     self._check_tables()
             self.window.step()  # waits up to poll_interval for a change
 
@@ -325,9 +326,10 @@ class Daemon:
         assert slot is not None
         self._track(read_catalog(slot.conn, self._partitioned), slot)
 
-    def _reload(self) -> bool:
+    def _reload(self, *, retry: bool = False) -> bool:
         """Swap in the edited rulebook between windows, or keep the old one;
-        returns whether the edit was taken."""
+        returns whether the edit was taken. A ``retry`` of a refused edit that
+        is refused for the same reasons is not told again."""
         assert self.window.slot is not None
         path = self.settings.rulebook
         try:
@@ -335,8 +337,10 @@ class Daemon:
             catalog = read_catalog(self.window.slot.conn, rulebook.schema_tables)
             require_fit(rulebook, catalog)
         except ConfigError as exc:
+            refused, self._refused = self._refused, str(exc)
+            if retry and refused == self._refused:
+                return False
             self.counters.reload_failures += 1
-            self._refused_reload = True
             log.error(
                 "rulebook reload refused; keeping the previous rules",
                 path=str(path),
@@ -344,7 +348,7 @@ class Daemon:
                 hint=f"tried again every {TABLE_CHECK_SECONDS:.0f} s, and on each edit",
             )
             return False
-        self._refused_reload = False
+        self._refused = None
         self.rulebook = rulebook
         self._track(catalog, self.window.slot)
         self.window.mapper = self._mapper(self._dbname, catalog, self._state_conn)

@@ -113,6 +113,15 @@ def _decimal_text(value: Decimal) -> str:
     return format(value, "f") if exponent >= -NUMERIC_MAX_SCALE else text
 
 
+def encode_value(value: Any) -> bytes:
+    """One value as a payload writes it: numbers exact, dates in ISO 8601.
+    Raises ``ValueError`` for a value JSON cannot carry."""
+    try:
+        return _dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(_reason(exc)) from exc
+
+
 def plain_text(value: Decimal) -> str:
     """A decimal as plain digits, every one kept (``1E+3`` -> ``1000``, ``4.10``
     stays), as PostgreSQL writes a numeric; past what a numeric holds (131,072

@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from cdc_tracker.destination.encode import encode_value
 from cdc_tracker.mapping.values import kind_of
 from cdc_tracker.model import Action, TableInfo
 from cdc_tracker.rules.expr import ColumnRef, Expression, ExpressionError, Kind
@@ -103,7 +104,7 @@ def _rule(rule: Rule, types: _Types | None) -> Iterator[str]:
     yield f"- **Columns read:** {_columns(rule) or 'none'}"
     yield f"- **Integrations:** {_integrations(rule.integrations)}"
     if rule.context:
-        yield f"- **Context:** {_code(json.dumps(rule.context, sort_keys=True))}"
+        yield f"- **Context:** {_code(_json(rule.context))}"
     for lookup in sorted(rule.lookups.values(), key=lambda spec: spec.name):
         yield f"- **Lookup** {_lookup(lookup)}"
     if rule.description:
@@ -236,3 +237,14 @@ def _code(text: str) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _json(value: object) -> str:
+    """``value`` as JSON as the calls carry it (numbers exact, dates ISO), keys
+    sorted and spaced for reading."""
+    if isinstance(value, dict):
+        pairs = (f"{json.dumps(str(k))}: {_json(v)}" for k, v in sorted(value.items()))
+        return "{" + ", ".join(pairs) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_json(item) for item in value) + "]"
+    return encode_value(value).decode()

@@ -11,7 +11,7 @@ octal, hex and sexagesimal forms are refused rather than silently converted.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,10 @@ def _decimal(loader: _Loader, node: yaml.ScalarNode) -> Decimal:
     text = node.value.replace("_", "")
     if not _DECIMAL_FRACTION.fullmatch(text):
         raise _problem(node, f"{node.value} is not a finite decimal number")
-    return Decimal(text)
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent past what any decimal holds
+        raise _problem(node, f"{node.value} is beyond any decimal number") from None
 
 
 def _problem(node: yaml.Node, problem: str) -> yaml.MarkedYAMLError:

@@ -417,6 +417,12 @@ PROBLEMS = [
         id="yaml-int-tag-on-a-fraction",
     ),
     pytest.param(
+        TABLES
+        + "identify:\n  - table: t\n    traits:\n      x: 1e9999999999999999999\n",
+        "8: invalid YAML: 1e9999999999999999999 is beyond any decimal number",
+        id="yaml-beyond-any-decimal",
+    ),
+    pytest.param(
         TABLES + "identify:\n  - table: t\n    traits:\n      x: .nan\n",
         "8: invalid YAML: .nan is not a finite decimal number",
         id="yaml-nan",
