@@ -213,7 +213,7 @@ def _build(values: dict[str, tuple[Any, str]]) -> Settings:
 
 def _convert(name: str, kind: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigError:
-        shown = repr(value) if isinstance(value, str) else str(value)
+        shown = repr(value) if isinstance(value, str) else _as_written(value)
         if len(shown) > 40:
             shown = shown[:40] + "..."
         if "key" in name or name == "dsn":
@@ -249,6 +249,13 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
     if kind == "Path":
         return Path(str(value))
     return str(value)
+
+
+def _as_written(value: Any) -> str:
+    """A YAML value as YAML writes it: true, not True; null, not None."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
 
 
 def _whole_number(name: str, value: Any, bad: Any) -> int:

@@ -129,7 +129,7 @@ _DECIMAL_FRACTION = re.compile(
 # 1.5E-3), as in YAML 1.2; YAML 1.1 took those without a sign for text.
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
 )
 _Loader.add_constructor("tag:yaml.org,2002:int", _integer)

@@ -590,7 +590,7 @@ def test_a_number_literal_keeps_the_digits_it_was_written_with(tmp_path: Path) -
         tmp_path,
         TABLES + "identify:\n  - table: t\n    traits:\n"
         "      price: 4.10\n      big: 1e400\n      small: -0.000000000000000001\n"
-        "      unsigned: 2.9e3\n",
+        "      unsigned: 2.9e3\n      grouped: 1_000e3\n",
     )
     [rule] = rulebook.rules
     constants = {name: item.constant for name, item in rule.fields.items()}
@@ -599,6 +599,7 @@ def test_a_number_literal_keeps_the_digits_it_was_written_with(tmp_path: Path) -
         "big": Decimal("1e400"),
         "small": Decimal("-0.000000000000000001"),
         "unsigned": Decimal("2.9e3"),
+        "grouped": Decimal("1000e3"),
     }
     assert str(constants["price"]) == "4.10"
 
