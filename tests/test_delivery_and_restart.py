@@ -9,14 +9,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper, Outcome
+from cdc_tracker.daemon.window import Window
 from cdc_tracker.destination.backoff import Backoff
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.mapping import ids
+from cdc_tracker.model import Lsn
 from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.source.stream import Stream
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import (
     create_slot,
@@ -243,3 +247,43 @@ def test_segment_destination_uses_its_limits_and_no_gzip(
             d.caught_up()
         assert len(segment.calls) == 4
         assert not any(r.gzip for r in segment.requests)
+
+
+def test_the_slot_moves_while_a_long_window_is_still_being_read(
+    db: str,
+    receiver: FakeRudderStack,
+    example_rulebook: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batches delivered are confirmed as soon as they are settled, not at the
+    window's end: a crash then makes the next start read and send less again."""
+    settings = replace(
+        settings_for(db, receiver, example_rulebook),
+        batch_calls=10,
+        poll_interval=60.0,
+        window_changes=1_000_000,
+    )
+    create_slot(settings)
+    for start in range(300):  # 300 transactions waiting: one long window
+        sql(db, _merchants(1, start))
+    confirmed: list[Lsn] = []
+    steps: list[None] = []
+    confirm, step = Stream.confirm, Window.step
+
+    def recording_confirm(stream: Stream, lsn: Lsn) -> None:
+        confirmed.append(lsn)
+        confirm(stream, lsn)
+
+    def counting_step(window: Window) -> None:
+        steps.append(None)
+        step(window)
+
+    monkeypatch.setattr(Stream, "confirm", recording_confirm)
+    monkeypatch.setattr(Window, "step", counting_step)
+    with running_daemon(settings) as daemon:
+        daemon.caught_up()
+        windows = len(steps)
+    assert len(receiver.calls) == 600
+    positions = sorted(set(confirmed))
+    # Each window confirms once at its end; settled batches confirm within it.
+    assert len(positions) > windows + 10

@@ -244,6 +244,8 @@ class Window:
                 batch_full = len(self.calls) >= self.settings.batch_calls
                 if batch_full and not (self._ship() and stream.is_open):
                     return False
+                if not self._settle_delivered():
+                    return False
                 if rows >= limit or self.stop.is_set() or time.monotonic() > closes:
                     return False
             elif type(event) is Truncate and not skipping:
@@ -299,6 +301,28 @@ class Window:
         outcome = self.shipper.ship(calls, self.stop)
         self._interrupted = outcome.interrupted
         return outcome
+
+    def _settle_delivered(self) -> bool:
+        """Settle the batches whose delivery is over, oldest first, and confirm
+        to the slot what they complete, while the window is still being read:
+        after a crash, less is read and sent again. (Not with partitions: a
+        window may have to be read again, see ``_missed_partitions``.)
+
+        Returns False when a stop interrupted a delivery.
+        """
+        in_flight = self._in_flight
+        while in_flight and (in_flight[0].future is None or in_flight[0].future.done()):
+            if not self._settle_oldest():
+                return False
+        stream = self.stream
+        if (
+            self.advance_slot
+            and self.refresh_sources is None
+            and stream is not None
+            and stream.is_open
+        ):
+            stream.confirm(self.done)
+        return True
 
     def _settle(self) -> bool:
         """Wait for every batch handed over, in order (see ``_settle_oldest``).
