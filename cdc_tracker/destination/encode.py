@@ -37,16 +37,7 @@ def encode_call(call: Call) -> bytes:
         raise ValueError(
             f"call {call.message_id} carries sentAt; the shipper sets it per request"
         )
-    try:
-        return _dumps(payload)
-    except orjson.JSONEncodeError as exc:
-        if str(exc) != "Integer exceeds 64-bit range":
-            raise ValueError(_reason(exc)) from exc
-    # Rare: a numeric without a fraction decoded to an int beyond 64 bits.
-    try:
-        return _dumps(widen_big_ints(payload))
-    except orjson.JSONEncodeError as exc:
-        raise ValueError(_reason(exc)) from exc
+    return encode_value(payload)
 
 
 def with_sent_at(encoded: bytes, sent_at: str) -> bytes:
@@ -114,10 +105,16 @@ def _decimal_text(value: Decimal) -> str:
 
 
 def encode_value(value: Any) -> bytes:
-    """One value as a payload writes it: numbers exact, dates in ISO 8601.
-    Raises ``ValueError`` for a value JSON cannot carry."""
+    """``value`` as a payload writes it: numbers exact, dates in ISO 8601.
+    Raises ``ValueError`` for a value JSON cannot carry, naming the problem."""
     try:
         return _dumps(value)
+    except orjson.JSONEncodeError as exc:
+        if str(exc) != "Integer exceeds 64-bit range":
+            raise ValueError(_reason(exc)) from exc
+    # Rare: a numeric without a fraction decoded to an int beyond 64 bits.
+    try:
+        return _dumps(widen_big_ints(value))
     except orjson.JSONEncodeError as exc:
         raise ValueError(_reason(exc)) from exc
 
