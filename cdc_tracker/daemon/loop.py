@@ -352,7 +352,7 @@ class Daemon:
         self.rulebook = rulebook
         self._track(catalog, self.window.slot)
         self.window.mapper = self._mapper(self._dbname, catalog, self._state_conn)
-        self._check_tables()  # what was reported of the old rules may be over
+        self._report_fit(catalog)  # what was reported of the old rules may be over
         self.counters.reloads += 1
         log.info(
             "rulebook reloaded",

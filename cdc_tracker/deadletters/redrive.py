@@ -22,11 +22,7 @@ from datetime import datetime
 import psycopg
 import structlog
 
-from cdc_tracker.daemon.shipping import (
-    Outcome,
-    Shipper,
-    encode_calls,
-)
+from cdc_tracker.daemon.shipping import Outcome, Shipper, encode_calls
 from cdc_tracker.deadletters.store import (
     ALTERED,
     DeadLetterStore,
