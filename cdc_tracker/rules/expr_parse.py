@@ -11,6 +11,7 @@ loosest to tightest binding::
                        | 'is' ['not'] 'null' ]
     primary := literal | ['-'] number | column | name '(' [expr (',' expr)*] ')'
              | '(' expr ')'
+    number  := digits ['.' [digits]] [exponent] | '.' digits [exponent]
     column  := name | "quoted name" | ('new' | 'old') '.' (name | "quoted name")
              | lookup '.' (name | "quoted name")
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, NamedTuple
 
 from cdc_tracker.errors import ConfigError
@@ -163,7 +164,7 @@ class Token(NamedTuple):
 _TOKEN = re.compile(
     r"""
       (?P<space>\s+)
-    | (?P<number>[0-9]+(?:\.[0-9]+)?)
+    | (?P<number>(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)
     | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
     | (?P<string>'(?:[^']|'')*')
     | (?P<quoted>"(?:[^"]|"")*")
@@ -345,12 +346,12 @@ class _Parser:
                 sign.offset,
             )
         self.advance()
-        return Lit(-_number(token.text), sign.offset)
+        return Lit(-_number(token), sign.offset)
 
     def literal(self) -> Lit:
         token = self.advance()
         if token.kind == "number":
-            return Lit(_number(token.text), token.offset)
+            return Lit(_number(token), token.offset)
         if token.kind == "string":
             return Lit(token.text[1:-1].replace("''", "'"), token.offset)
         word = token.text.lower()
@@ -412,8 +413,18 @@ def _column_name(token: Token) -> str:
     return name
 
 
-def _number(text: str) -> int | Decimal:
-    return Decimal(text) if "." in text else integer(text)
+def _number(token: Token) -> int | Decimal:
+    """A number as written: ``int`` when it is whole digits, else ``Decimal``
+    (``2.50`` keeps its zero, ``1e3`` is ``Decimal('1E+3')``)."""
+    text = token.text
+    if text.isdigit():
+        return integer(text)
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise ExpressionError(
+            f"{text} is beyond any decimal number", token.offset
+        ) from None
 
 
 def _check_arity(name: str, args: tuple[Node, ...], offset: int) -> None:
