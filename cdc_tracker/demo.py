@@ -126,6 +126,7 @@ def _play(settings: Settings, rulebook: Rulebook, dsn: str, say: _Printer) -> in
         stop.set()
         running.thread.join(timeout=30)
         client.close()
+    running.check_stopped()
     return running.daemon.counters.calls
 
 
@@ -152,6 +153,15 @@ class _Running:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out waiting for {what}")
             time.sleep(0.05)
+
+    def check_stopped(self) -> None:
+        """After a stop: raise the error the daemon stopped on, if any, or
+        ``TimeoutError`` if it has not stopped. The story going through is not
+        enough for the demo to succeed."""
+        if self.error is not None:
+            raise self.error
+        if self.thread.is_alive():
+            raise TimeoutError("timed out waiting for the daemon to stop")
 
     def _run(self) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -67,3 +68,32 @@ def test_demo_help_describes_the_rulebook_option(
         cli_main(["demo", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--rulebook PATH a rulebook to run instead of the example one" in help_text
+
+
+class _DaemonFailingAtStop:
+    """Runs until stopped, then fails as it stops (e.g. its last status lost)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def run(self) -> None:
+        self.stop.wait(10)
+        raise RuntimeError("could not send the last status")
+
+
+def test_an_error_while_the_daemon_stops_fails_the_demo() -> None:
+    stop = threading.Event()
+    running = demo._Running(_DaemonFailingAtStop(stop))  # type: ignore[arg-type]
+    stop.set()
+    running.thread.join(timeout=10)
+    with pytest.raises(RuntimeError, match="last status"):
+        running.check_stopped()
+
+
+def test_a_daemon_that_does_not_stop_fails_the_demo() -> None:
+    stop = threading.Event()
+    running = demo._Running(_DaemonFailingAtStop(stop))  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError, match="daemon to stop"):
+        running.check_stopped()
+    stop.set()
+    running.thread.join(timeout=10)
