@@ -193,3 +193,41 @@ def test_idle_tracked_tables_still_advance_the_slot(
         daemon.stop()
     assert receiver.calls == []
     assert slot_position(db) >= reached > before
+
+
+def test_a_when_comparing_a_timestamp_with_a_date_written_as_text(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """``created_at >= '2026-06-01'`` fires for the rows from then on; a time
+    written without an offset is in UTC, the zone timestamptz values arrive in."""
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        "version: 1\n"
+        "tables:\n"
+        "  public.payouts: {user_id: merchant_id}\n"
+        "track:\n"
+        "  - event: Recent Payout\n"
+        "    table: public.payouts\n"
+        "    on: insert\n"
+        "    when: created_at >= '2026-06-01' and '2026-06-02 12:00' > created_at\n"
+        "    properties: {amount: amount}\n"
+    )
+    sql(
+        db,
+        "insert into merchants (shop_domain) values ('a.myshopify.com')",
+    )
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        sql(
+            db,
+            "insert into payouts (merchant_id, amount, currency, status, created_at) "
+            "select 1, n, 'EUR', 'paid', t from (values "
+            "(1, timestamptz '2026-05-31 23:59:59.999+00'), "
+            "(2, timestamptz '2026-06-01 00:00:00+00'), "
+            "(3, timestamptz '2026-06-02 13:59:59+02'), "
+            "(4, timestamptz '2026-06-02 12:00:00+00')) as v(n, t)",
+        )
+        daemon.caught_up()
+    amounts = sorted(
+        call.exact_payload()["properties"]["amount"] for call in receiver.calls
+    )
+    assert amounts == [Decimal(2), Decimal(3)]

@@ -3,7 +3,8 @@
 ``static_type(node, column_kind, known_columns, lookup_kind)`` works out the ``Kind``
 an expression yields given each column's kind (from the live schema), or raises
 ``ExpressionError`` at the offending node: an unknown column (with a "did you mean"),
-a comparison of text with a number, ``not`` of a text, ``lower()`` of a number.
+a comparison of text with a number, ``not`` of a text, ``lower()`` of a number. A
+text literal compared with a timestamp or a date is read as a time, as in SQL.
 ``lookup_kind(lookup, column)`` does the same for columns of related rows; without it
 they are ``ANY``. ``ANY`` is compatible with
 every kind and ``NULL`` (a null literal) with every kind too.
@@ -12,6 +13,7 @@ every kind and ``NULL`` (a null literal) with every kind too.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from decimal import Decimal
@@ -111,6 +113,46 @@ def describe(node: Node, kind: Kind) -> str:
     return kind.value
 
 
+def time_literal(text: str) -> datetime | date | None:
+    """A text literal read as a time, as SQL reads ``'2026-01-01'`` beside a
+    timestamp: an ISO 8601 date, or a date and time with or without an offset.
+    None when it is neither."""
+    try:
+        if _ISO_DATE.fullmatch(text):
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text) if len(text) > 10 else None
+    except ValueError:
+        return None
+
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+TIME_FORMS = "'2026-01-01' or '2026-01-01 09:30:00+02:00' (ISO 8601)"
+
+
+def _read_as_time(node: Compare, left: Kind, right: Kind) -> bool:
+    """Whether one side is a timestamp or a date and the other a text literal
+    that reads as one; raises when such a literal does not."""
+    for kind, other in ((left, node.right), (right, node.left)):
+        if kind not in (Kind.TIMESTAMP, Kind.DATE):
+            continue
+        if not (isinstance(other, Lit) and isinstance(other.value, str)):
+            continue
+        moment = time_literal(other.value)
+        if moment is None:
+            raise ExpressionError(
+                f"'{other.value}' is not a time; write one as {TIME_FORMS}",
+                other.offset,
+            )
+        if kind is Kind.DATE and isinstance(moment, datetime):
+            raise ExpressionError(
+                f"'{other.value}' has a time of day; a date compares with a date, "
+                "as '2026-01-01'",
+                other.offset,
+            )
+        return True
+    return False
+
+
 def _compatible(left: Kind, right: Kind) -> bool:
     return left is right or ANY in (left, right) or Kind.NULL in (left, right)
 
@@ -183,6 +225,8 @@ class _Typer:
         left = self.kind(subject)
         for other in others:
             right = self.kind(other)
+            if isinstance(node, Compare) and _read_as_time(node, left, right):
+                continue
             if not _compatible(left, right):
                 raise ExpressionError(
                     f"'{op}' cannot compare {describe(subject, left)} "

@@ -12,14 +12,21 @@ import hashlib
 import json
 import operator
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any, Protocol
 
 from cdc_tracker.destination.encode import plain_text
 from cdc_tracker.errors import CdcTrackerError
 from cdc_tracker.model import MISSING
-from cdc_tracker.rules.expr_check import ANY, KINDS, Kind, describe, kind_of
+from cdc_tracker.rules.expr_check import (
+    ANY,
+    KINDS,
+    Kind,
+    describe,
+    kind_of,
+    time_literal,
+)
 from cdc_tracker.rules.expr_parse import (
     BoolOp,
     Call,
@@ -147,9 +154,13 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
+_MIRRORED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
 def _compile_compare(node: Compare) -> Fn:
+    if isinstance(node.left, Lit) and isinstance(node.left.value, str):
+        # 'text' < x is x > 'text': the literal may be a time, read beside x.
+        node = Compare(_MIRRORED[node.op], node.right, node.left, node.offset)
     op = _OPERATORS[node.op]
     if isinstance(node.right, Lit) and node.right.value is not None:
         return _compare_with_literal(node, op, node.right.value)
@@ -176,11 +187,18 @@ def _compile_compare(node: Compare) -> Fn:
 def _compare_with_literal(
     node: Compare, op: Callable[[Any, Any], Any], value: Any
 ) -> Fn:
-    """``x <op> literal``, the commonest shape: the literal's kind is checked once."""
+    """``x <op> literal``, the commonest shape: the literal's kind is checked once.
+
+    A text literal that reads as a time is compared as one with a timestamp or a
+    date (``updated_at >= '2026-01-01'``).
+    """
     expected = kind_of(value)
+    moment = time_literal(value) if isinstance(value, str) else None
     if not isinstance(node.left, Col):
         left = _compile(node.left)
-        return lambda row: _compare_value(node, op, left(row), value, expected)
+        return lambda row: _compare_value(
+            node, op, left(row), value, expected, moment=moment
+        )
     image, column = node.left.ref.image, node.left.ref.column
 
     def compare(row: Row) -> Any:  # reads the row itself: one call less per change
@@ -188,6 +206,8 @@ def _compare_with_literal(
         if a is None:
             return None
         if KINDS.get(type(a)) is not expected:
+            if moment is not None and isinstance(a, date):
+                return _compare_time(node, op, a, moment)
             _check_kind(node, a, expected)
         try:
             return op(a, value)
@@ -198,15 +218,42 @@ def _compare_with_literal(
 
 
 def _compare_value(
-    node: Compare, op: Callable[[Any, Any], Any], a: Any, value: Any, expected: Kind
+    node: Compare,
+    op: Callable[[Any, Any], Any],
+    a: Any,
+    value: Any,
+    expected: Kind,
+    *,
+    moment: date | None,
 ) -> Any:
     if a is None:
         return None
+    if moment is not None and isinstance(a, date):
+        return _compare_time(node, op, a, moment)
     _check_kind(node, a, expected)
     try:
         return op(a, value)
     except (TypeError, ArithmeticError):
         raise _mismatch(node, kind_of(a), expected) from None
+
+
+def _compare_time(
+    node: Compare, op: Callable[[Any, Any], Any], value: date, moment: date
+) -> Any:
+    """A timestamp or a date compared with a text literal read as a time: a
+    time without an offset is in the value's own zone (the rulebook's timezone
+    for a timestamp column, UTC for timestamptz), a date alone is its midnight."""
+    if isinstance(value, datetime):
+        if not isinstance(moment, datetime):
+            moment = datetime.combine(moment, time(), value.tzinfo)
+        elif moment.tzinfo is None:
+            moment = moment.replace(tzinfo=value.tzinfo)
+    elif isinstance(moment, datetime):  # a date with a time of day
+        raise _mismatch(node, Kind.DATE, Kind.TIMESTAMP)
+    try:
+        return op(value, moment)
+    except TypeError:  # an offset beside a value without one
+        raise _mismatch(node, kind_of(value), Kind.TEXT) from None
 
 
 def _check_kind(node: Compare | InList, value: Any, expected: Kind) -> None:

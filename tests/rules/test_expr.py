@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -651,3 +651,90 @@ def _evaluate_and_type_randomly(expression: Any, rng: random.Random) -> None:
     kinds = {"a": rng.choice(list(Kind)), "b": rng.choice(list(Kind))}
     with contextlib.suppress(ExpressionError):
         assert isinstance(expression.static_type(kinds.get), Kind)
+
+
+PARIS = timezone(timedelta(hours=2))
+PAID_AT = {
+    "paid_at": datetime(2026, 3, 1, 9, 30, tzinfo=UTC),
+    "born": date(1990, 5, 17),
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "new", "expected"),
+    [
+        ("paid_at >= '2026-03-01'", PAID_AT, True),
+        ("paid_at < '2026-03-01'", PAID_AT, False),
+        ("paid_at > '2026-03-01 09:29:59'", PAID_AT, True),
+        ("paid_at == '2026-03-01T09:30:00Z'", PAID_AT, True),
+        ("paid_at == '2026-03-01T11:30:00+02:00'", PAID_AT, True),
+        ("paid_at != '2026-03-01T09:30:00+02:00'", PAID_AT, True),
+        ("'2026-03-02' > paid_at", PAID_AT, True),
+        ("'2026-03-02' <= paid_at", PAID_AT, False),
+        ("born == '1990-05-17'", PAID_AT, True),
+        ("born < '1990-05-18' and born > '1990-05-16'", PAID_AT, True),
+        ("coalesce(paid_at, null) > '2026-01-01'", PAID_AT, True),
+        # A time without an offset is read in the value's own zone.
+        (
+            "t == '2026-03-01 09:30'",
+            {"t": datetime(2026, 3, 1, 9, 30, tzinfo=PARIS)},
+            True,
+        ),
+        ("t > '2026-03-01'", {"t": datetime(2026, 3, 1, 0, 30, tzinfo=PARIS)}, True),
+        ("paid_at > '2026-01-01'", {"paid_at": None}, None),
+        # Beside text, such a literal is text.
+        ("status == '2026-03-01'", {"status": "2026-03-01"}, True),
+    ],
+)
+def test_text_literal_beside_a_time_reads_as_a_time(
+    text: str, new: dict[str, Any], expected: Any
+) -> None:
+    assert evaluate(text, new) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "new"),
+    [
+        ("born == '1990-05-17 10:00'", PAID_AT),
+        ("paid_at > 'soon'", PAID_AT),
+        ("paid_at in ('2026-03-01')", PAID_AT),
+    ],
+)
+def test_text_that_is_no_time_beside_a_time_is_an_evaluation_error(
+    text: str, new: dict[str, Any]
+) -> None:
+    with pytest.raises(EvaluationError, match="cannot compare"):
+        evaluate(text, new)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "paid_at > '2026-01-01'",
+        "paid_at <= '2026-01-01T23:59:59.5+05:30'",
+        "'2026-01-01' < paid_at",
+        "born >= '2000-02-29'",
+        "plan_name == '2026-01-01'",
+    ],
+)
+def test_static_type_accepts_a_time_written_as_text(text: str) -> None:
+    assert parse_expression(text).static_type(KINDS.get) is Kind.BOOL
+
+
+@pytest.mark.parametrize(
+    ("text", "offset", "message"),
+    [
+        ("paid_at > 'soon'", 10, "'soon' is not a time; write one as '2026-01-01' or"),
+        ("paid_at > '2026-02-30'", 10, "'2026-02-30' is not a time"),
+        ("'yesterday' < paid_at", 0, "'yesterday' is not a time"),
+        ("born == '1990-05-17 10:00'", 8, "'1990-05-17 10:00' has a time of day"),
+        ("paid_at in ('2026-01-01')", 8, "'in' cannot compare timestamp"),
+    ],
+)
+def test_static_type_refuses_text_that_is_no_time_beside_a_time(
+    text: str, offset: int, message: str
+) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        parse_expression(text).static_type(KINDS.get)
+    assert caught.value.message.startswith(message)
+    assert caught.value.offset == offset
