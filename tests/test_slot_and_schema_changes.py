@@ -578,6 +578,28 @@ def test_a_truncate_is_counted_and_warns_about_keys_that_start_over(
     assert all("insert_ids: position" in e["hint"] for e in warnings)
 
 
+def test_only_truncates_of_tracked_tables_count_where_a_schema_is_streamed_whole(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """A tracked partitioned table streams its schema whole: a TRUNCATE of another
+    table there is none of ours, one of a partition is."""
+    rulebook = _events_2025_2026(db, tmp_path)
+    with (
+        capture_logs() as logs,
+        running_daemon(settings_for(db, receiver, rulebook)) as daemon,
+    ):
+        sql(db, "truncate other")
+        daemon.caught_up()
+        assert daemon.daemon.counters.truncates == 0
+        sql(db, "truncate events_2025")
+        daemon.caught_up()
+        assert daemon.daemon.counters.truncates == 1
+    warnings = [
+        e for e in logs if e["event"] == "table truncated; no calls made for it"
+    ]
+    assert [e["table"] for e in warnings] == ["public.events_2025"]
+
+
 def test_the_large_values_warning_names_a_statement_that_runs(
     db: str, receiver: FakeRudderStack, tmp_path: Path
 ) -> None:

@@ -212,13 +212,9 @@ class Window:
             event = parse_row(data, tx)
             if type(event) is Change:
                 if self.parents:
-                    table = self.parents.get(event.table) or self._parent(event.table)
+                    table = self._tracked(event.table, event.commit_lsn)
                     if table is None:
-                        self._dropped.add(event.table)
-                        continue  # another table of a schema streamed whole
-                    left = self.departed.get(event.table)
-                    if left is not None and event.commit_lsn > left:
-                        continue  # written after its partition left the table
+                        continue
                     event.table = table
                 if not skipping:
                     self._map(event)
@@ -229,9 +225,9 @@ class Window:
                     ):
                         return False
             elif type(event) is Begin:
-                # Handled before a lost connection, or a dry run's: skip it.
                 if self.stop.is_set():
                     return False
+                # Handled before a lost connection, or a dry run's: skip it.
                 skipping = event.commit_lsn <= self.done
                 inside = True
             elif type(event) is Commit:
@@ -249,9 +245,24 @@ class Window:
                 if rows >= limit or self.stop.is_set() or time.monotonic() > closes:
                     return False
             elif type(event) is Truncate and not skipping:
-                self._truncated(event.table)
+                self._truncated(event.table, tx.commit_lsn)
 
-    def _truncated(self, table: str) -> None:
+    def _tracked(self, table: str, commit_lsn: Lsn) -> str | None:
+        """With partitioned tables tracked: the tracked table a row of ``table``
+        belongs to, or None for a row to leave out, of another table of a schema
+        streamed whole, or written after its partition left the table."""
+        tracked = self.parents.get(table) or self._parent(table)
+        if tracked is None:
+            self._dropped.add(table)
+            return None
+        left = self.departed.get(table)
+        if left is not None and commit_lsn > left:
+            return None
+        return tracked
+
+    def _truncated(self, table: str, commit_lsn: Lsn) -> None:
+        if self.parents and self._tracked(table, commit_lsn) is None:
+            return  # another table of a schema streamed whole
         self.counters.truncates += 1
         spec = self.mapper.rulebook.tables.get(self.parents.get(table, table))
         hint = None

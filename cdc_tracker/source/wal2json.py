@@ -83,7 +83,7 @@ class Commit:
 
 @dataclass(slots=True)
 class Truncate:
-    """A TRUNCATE of a tracked table: no rows, but the table was emptied."""
+    """A TRUNCATE of a streamed table: no rows, but the table was emptied."""
 
     table: str
 
