@@ -155,7 +155,7 @@ def test_dry_run_tells_a_call_over_the_size_limit_as_delivery_would(
     printed = [json.loads(line) for line in process.stdout]
     assert [c.get("event", c["type"]) for c in printed] == ["Merchant Installed"]
     letter = next(e for e in process.log_events() if e["event"] == "dead letter")
-    assert letter["reason"].endswith("bytes, over the 32000-byte per-call limit")
+    assert letter["reason"].startswith("over the 32000-byte per-call limit: the call")
 
 
 def test_dry_run_reads_an_existing_slot_without_advancing_it(

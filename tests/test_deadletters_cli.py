@@ -303,7 +303,7 @@ def test_retry_dry_run_finds_a_call_over_the_size_limit_still_dead_as_retry_does
 
     [dead] = [line for line in real.out.splitlines() if line.startswith("still dead")]
     assert dead.startswith(f"still dead: {big} ")
-    assert dead.endswith("bytes, over the 32000-byte per-call limit")
+    assert "over the 32000-byte per-call limit: the call is " in dead
     # Sent as it was made, it never fits: the way out is said.
     assert "replay its row (cdc-tracker replay --table ...)" in real.out
     assert dead in dry.err.splitlines()

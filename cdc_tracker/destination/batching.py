@@ -131,4 +131,7 @@ def request_body(batch: list[EncodedCall], sent_at: str) -> bytes:
 
 
 def _oversize_reason(size: int, limits: BatchLimits) -> str:
-    return f"call is {size} bytes, over the {limits.max_call_bytes}-byte per-call limit"
+    # What comes before the colon is the reason's kind, counted on /metrics: the
+    # call's own size comes after it, or each size would be a label of its own.
+    limit = limits.max_call_bytes
+    return f"over the {limit}-byte per-call limit: the call is {size} bytes"

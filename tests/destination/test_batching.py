@@ -62,7 +62,7 @@ def test_oversize_call_is_dead_lettered_with_its_size_and_never_batched() -> Non
 
     size = len(huge.body) + len(b',"sentAt":"2026-12-04T16:42:12.123Z"')
     assert batches.oversize == [
-        (huge, f"call is {size} bytes, over the 32000-byte per-call limit")
+        (huge, f"over the 32000-byte per-call limit: the call is {size} bytes")
     ]
     assert flat_ids(batches.requests) == ["m0", "m1", "m10", "m11"]
 

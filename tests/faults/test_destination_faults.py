@@ -246,6 +246,10 @@ def test_a_call_over_32_kb_is_a_dead_letter_and_the_rest_arrive(
         insert_merchants(db, 5, per_transaction=5)
         daemon.caught_up()
         assert daemon.daemon.counters.dead_letters == 1
+        # Counted on /metrics by its kind, not by its size.
+        assert daemon.daemon.counters.drops_by_reason == {
+            "over the 32000-byte per-call limit": 1
+        }
     too_big = ids.insert_id(NS, insert_name(IDENTIFY), [100])
     _exactly_once(receiver, merchant_insert_ids(db, NS) - {too_big})
     [(rule, reason, message_id)] = dead_letters(db)
