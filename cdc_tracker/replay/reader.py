@@ -18,17 +18,11 @@ from psycopg.adapt import AdaptersMap
 from psycopg_pool import ConnectionPool
 
 from cdc_tracker.model import TableInfo
+from cdc_tracker.source.connection import SESSION_SETTINGS
 from cdc_tracker.source.slot import translate_errors
 
 Row = tuple[str | None, ...]
 
-# The session settings the daemon reads wal2json output with (source.slot.connect).
-SESSION_SETTINGS = (
-    "SET TimeZone = 'UTC'",
-    "SET DateStyle = 'ISO, YMD'",
-    "SET IntervalStyle = 'iso_8601'",
-    "SET extra_float_digits = 3",
-)
 _TEXT_OID = 25
 _TEXT_LOADER = psycopg.adapters.get_loader(_TEXT_OID, pq.Format.TEXT)
 
@@ -51,7 +45,8 @@ SELECT EXISTS (
 
 
 def configure(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """Give a pooled connection the session settings values are printed in."""
+    """Give a pooled connection the session settings values are printed in: the
+    daemon's, so that a replayed value is written as the live one."""
     for statement in SESSION_SETTINGS:
         conn.execute(statement)
 
