@@ -22,8 +22,8 @@ from cdc_tracker import __version__
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.destination.encode import (
     ENCODE_OPTIONS,
-    encode_call,
     encode_other,
+    encode_value,
     exact_number,
     plain_text,
     rfc3339_ms,
@@ -331,12 +331,13 @@ class Mapper:
     ) -> None:
         message_id, user_id, payload = call
         try:
+            # encode_value's first attempt, inline: this runs once per call.
             body = orjson.dumps(payload, default=encode_other, option=ENCODE_OPTIONS)
         except orjson.JSONEncodeError:
             # Rare (an integer past 64 bits, a value JSON cannot carry): the
             # general encoder widens what it can and names what it cannot.
             try:
-                body = encode_call(_as_call(plan, change, call))
+                body = encode_value(payload)
             except ValueError as exc:
                 dead.append(
                     change_letter(change, plan.rule.id, f"cannot encode: {exc}")
