@@ -15,8 +15,9 @@
     |   +-- SlotLost                slot dropped or invalidated: stop, operator must act
     |   +-- DecodeError             a wal2json row we cannot parse: stop, never skip
     +-- DeliveryError               the destination did not take the calls
-        +-- RetryableDelivery       5xx, 429, timeout, dropped connection: wait, resend
-        +-- PermanentDelivery       4xx other than 429: the request itself is at fault
+        +-- RetryableDelivery       5xx, 408, 429, timeout, dropped connection: resend
+        +-- PermanentDelivery       other refusals (3xx, 4xx): 400/413/422 are split to
+        |                           the calls at fault, the rest pause as below
         +-- DestinationAuthError    401/403/404: configuration problem, pause and report
 
 A rule choosing not to fire is flow control, not an error. A change that cannot be
@@ -95,9 +96,10 @@ class RetryableDelivery(DeliveryError):
 class PermanentDelivery(DeliveryError):
     """The destination refused the request itself; resending it unchanged won't help."""
 
-    def __init__(self, message: str, *, status: int) -> None:
+    def __init__(self, message: str, *, status: int, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail  # the start of the answer: the destination's reason
 
 
 class DestinationAuthError(DeliveryError):

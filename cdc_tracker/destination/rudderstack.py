@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 
@@ -41,8 +42,42 @@ _RETRY_STATUSES = frozenset({408, 429})
 _SPLIT_STATUSES = frozenset({400, 413, 422})
 
 
+# How long a request whose every call is refused, one by one, is taken for the
+# destination's fault (a gateway answering 400 to all) and resent whole, before
+# its calls are narrowed down once more and those still refused dead-lettered.
+REFUSAL_PATIENCE_SECONDS = 600.0
+# How much of a refusal's answer a dead letter keeps: the destination's reason.
+_DETAIL_CHARS = 200
+
+
 class _Stopped(Enum):
     STOPPED = "stopped"
+
+
+class _Next(Enum):
+    """What becomes of a request once each of its calls is delivered or refused."""
+
+    SETTLED = "settled"  # the calls refused alone are dead letters
+    RESEND = "resend"  # sent again whole
+
+
+@dataclass(slots=True)
+class _Request:
+    """One request's calls, while a refusal is narrowed down to those at fault."""
+
+    calls: list[EncodedCall]
+    delivered: int = 0
+    refused: list[tuple[EncodedCall, str]] = field(default_factory=list)
+    refused_since: float | None = None  # every call refused, first seen then
+    narrowing: bool = False  # patience is out: the last narrowing, for good
+
+    @property
+    def settled(self) -> bool:
+        return self.delivered + len(self.refused) == len(self.calls)
+
+    @property
+    def resent_whole(self) -> bool:
+        return self.refused_since is not None and not self.narrowing
 
 
 class RudderStackClient:
@@ -62,11 +97,18 @@ class RudderStackClient:
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], float] = time.monotonic,
         log_interval: float = 30.0,
+        refusal_patience: float = REFUSAL_PATIENCE_SECONDS,
     ) -> None:
         self.settings = settings
         self.stats = DeliveryStats()
         self._backoff = backoff if backoff is not None else Backoff()
+        # Waits while every call is refused grow on their own: each refusal is
+        # an answer, which resets the backoff of failures.
+        self._refusal_backoff = replace(self._backoff, attempts=0)
+        self._clock = clock
+        self._refusal_patience = refusal_patience
         self._sleep = sleep
         self._now = now
         self._host = httpx.URL(settings.url).host
@@ -142,43 +184,107 @@ class RudderStackClient:
         for as long as it takes, resending the same call bytes (only ``sentAt``
         changes). A batch refused with 400, 413 or 422 is split in halves until the
         refused calls stand alone; those, and calls over the per-call limit, become
-        dead letters. Any other refusal (401/403/404, 3xx, other 4xx) is taken as a
-        configuration problem: delivery pauses, logs it loudly, retries with backoff
-        and drops nothing. When ``stop`` is set during a wait, returns at once with
-        the unacknowledged calls in ``pending``: nothing undelivered is counted as
-        delivered.
+        dead letters, with the start of the destination's answer as their reason.
+        A request refused to its last call is waited out first (see
+        ``_after_refusals``). Any other refusal (401/403/404, 3xx, other 4xx) is
+        taken as a configuration problem: delivery pauses, logs it loudly, retries
+        with backoff and drops nothing. When ``stop`` is set during a wait, returns
+        at once with the unacknowledged calls in ``pending``: nothing undelivered is
+        counted as delivered.
         """
         requests, retries = self.stats.requests, self.stats.retries
         batches = make_batches(calls, self.settings.limits)
         result = DeliveryResult()
         for call, reason in batches.oversize:
             self._dead_letter(result, call, reason)
-        queue = deque(batches.requests)
+        queue = deque((request, _Request(request)) for request in batches.requests)
         while queue:
-            batch = queue[0]
+            batch, request = queue[0]
             answer = self._send_until_answered(batch, stop)
             if answer is _Stopped.STOPPED:
-                result.pending = [call for waiting in queue for call in waiting]
+                result.pending = [call for waiting, _ in queue for call in waiting]
                 log.info("delivery interrupted", calls=len(result.pending))
                 break
             queue.popleft()
             if answer is None:
                 result.delivered += len(batch)
                 self.stats.calls_delivered += len(batch)
-            elif len(batch) > 1:
+                request.delivered += len(batch)
+                self._refusal_backoff.reset()
+            elif len(batch) > 1 and not request.resent_whole:
                 half = len(batch) // 2
-                queue.extendleft([batch[half:], batch[:half]])
+                queue.extendleft([(batch[half:], request), (batch[:half], request)])
+                continue
             else:
-                reason = f"refused by the destination with status {answer}"
-                self._dead_letter(result, batch[0], reason)
+                reason = _refusal_reason(answer)
+                request.refused.extend((call, reason) for call in batch)
+            if not request.settled:
+                continue
+            after = self._after_refusals(request, stop)
+            if after is _Stopped.STOPPED:
+                rest = [call for waiting, _ in queue for call in waiting]
+                result.pending = request.calls + rest
+                log.info("delivery interrupted", calls=len(result.pending))
+                break
+            if after is _Next.RESEND:
+                queue.appendleft((request.calls, request))
+                continue
+            for call, reason in request.refused:
+                self._dead_letter(result, call, reason)
         result.requests = self.stats.requests - requests
         result.retries = self.stats.retries - retries
         return result
 
+    def _after_refusals(
+        self, request: _Request, stop: threading.Event | None
+    ) -> _Next | _Stopped:
+        """What becomes of a request once each of its calls is delivered or was
+        refused alone.
+
+        A request of several calls refused to the last one points at the
+        destination, not at the calls: it is resent whole after a growing wait,
+        as an outage is waited out, for ``refusal_patience`` s; then narrowed
+        down once more, and what is still refused alone is settled for good.
+        """
+        if request.delivered or len(request.calls) < 2 or request.narrowing:
+            return _Next.SETTLED
+        now = self._clock()
+        first = request.refused_since is None
+        if request.refused_since is None:
+            request.refused_since = now
+        reason = request.refused[0][1]
+        request.refused = []
+        if now - request.refused_since >= self._refusal_patience:
+            request.narrowing = True
+            log.error(
+                "destination still refuses every call of a request: "
+                "dead-lettering those it refuses alone",
+                host=self._host,
+                calls=len(request.calls),
+                waited_s=round(now - request.refused_since),
+                reason=reason,
+            )
+            return _Next.RESEND
+        delay = self._refusal_backoff.next_delay()
+        self.stats.paused = True
+        if first:
+            log.error(
+                "destination refused every call of a request, one by one: "
+                "taken for its fault, resending them",
+                host=self._host,
+                calls=len(request.calls),
+                reason=reason,
+                patience_s=self._refusal_patience,
+            )
+        self.stats.retries += 1
+        if self._wait(delay, stop):
+            return _Stopped.STOPPED
+        return _Next.RESEND
+
     def _send_until_answered(
         self, batch: list[EncodedCall], stop: threading.Event | None
-    ) -> int | _Stopped | None:
-        """Post until answered: ``None`` on 2xx, the status of a splittable refusal."""
+    ) -> PermanentDelivery | _Stopped | None:
+        """Post until answered: ``None`` on 2xx, a splittable refusal's error."""
         while True:
             try:
                 self.post(batch)
@@ -188,7 +294,7 @@ class RudderStackClient:
             except PermanentDelivery as exc:
                 if exc.status in _SPLIT_STATUSES:
                     self._note_answered()
-                    return exc.status
+                    return exc
                 delay = self._backoff.next_delay()
                 self._note_paused(exc, delay, len(batch))
             except DestinationAuthError as exc:
@@ -219,7 +325,7 @@ class RudderStackClient:
         if status in _RETRY_STATUSES or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise RetryableDelivery(what, retry_after=retry_after)
-        raise PermanentDelivery(what, status=status)
+        raise PermanentDelivery(what, status=status, detail=_detail(response))
 
     def _count_request(self, calls: int, size: int) -> None:
         self.stats.requests += 1
@@ -280,6 +386,18 @@ class RudderStackClient:
             lsn=str(call.commit_lsn),
             reason=reason,
         )
+
+
+def _detail(response: httpx.Response) -> str:
+    """The start of a refusal's answer, on one line: the destination's reason."""
+    text = response.content[: _DETAIL_CHARS * 2].decode("utf-8", "replace")
+    return " ".join(text.split())[:_DETAIL_CHARS]
+
+
+def _refusal_reason(refusal: PermanentDelivery) -> str:
+    # Before the colon: the kind of reason, which /metrics counts.
+    reason = f"refused by the destination with status {refusal.status}"
+    return f"{reason}: {refusal.detail}" if refusal.detail else reason
 
 
 _GZIP_HEADERS = {"Content-Encoding": "gzip"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import threading
 import time
@@ -104,7 +105,7 @@ def test_bisection_dead_letters_exactly_the_refused_calls_among_37(
     dead = {call.message_id for call, _ in result.dead_letters}
     assert dead == harness.plane.refuse
     assert all(
-        reason == "refused by the destination with status 400"
+        reason == "refused by the destination with status 400: refused"
         for _, reason in result.dead_letters
     )
     expected = [i for i in ids(calls) if i not in harness.plane.refuse]
@@ -135,7 +136,7 @@ def test_413_on_a_single_call_dead_letters_it(harness: Harness) -> None:
     result = harness.client.deliver(encoded(3))
 
     assert [(c.message_id, r) for c, r in result.dead_letters] == [
-        ("m1", "refused by the destination with status 413")
+        ("m1", "refused by the destination with status 413: refused")
     ]
     assert harness.plane.stored_ids == ["m0", "m2"]
 
@@ -149,8 +150,8 @@ def test_400_on_a_single_call_dead_letters_it_with_the_status(
     result = harness.client.deliver(encoded(1))
 
     assert result.delivered == 0
-    assert (
-        result.dead_letters[0][1] == f"refused by the destination with status {status}"
+    assert result.dead_letters[0][1] == (
+        f"refused by the destination with status {status}: scripted"
     )
     assert harness.client.stats.calls_dead_lettered == 1
 
@@ -299,3 +300,82 @@ def test_every_retry_is_logged_when_the_log_interval_is_zero() -> None:
         ("500", 3),
     ]
     assert all(0 <= e["delay_s"] <= 0.01 for e in warnings)
+
+
+def test_a_request_refused_to_its_last_call_is_waited_out_not_dead_lettered(
+    harness: Harness,
+) -> None:
+    """A gateway answering 400 to everything for a while: the request is narrowed
+    down once, then resent whole after growing waits until it is taken."""
+    narrowing = 7  # 4 calls: 4, 2, 1, 1, 2, 1, 1
+    harness.plane.script = [400] * (narrowing + 2)
+    calls = encoded(4)
+
+    with capture_logs() as logs:
+        result = harness.client.deliver(calls)
+
+    assert result.dead_letters == []
+    assert result.delivered == 4
+    assert harness.plane.stored_ids == ids(calls)
+    assert result.requests == narrowing + 3  # then whole: 400, 400, 200
+    assert len(harness.sleeps) == 3
+    errors = [e["event"] for e in logs if e["log_level"] == "error"]
+    assert errors == [
+        "destination refused every call of a request, one by one: "
+        "taken for its fault, resending them"
+    ]
+
+
+def test_a_request_refused_past_the_patience_is_narrowed_and_dead_lettered() -> None:
+    plane = FakePlane(refuse={"m0", "m1", "m2"})
+    settings = DestinationSettings(url=URL, write_key=WRITE_KEY)
+    minutes = itertools.count()
+    client = RudderStackClient(
+        settings,
+        transport=httpx.MockTransport(plane),
+        backoff=Backoff(initial=0.01, cap=0.1),
+        sleep=lambda _: None,
+        clock=lambda: 60.0 * next(minutes),
+        refusal_patience=300.0,
+    )
+
+    with capture_logs() as logs:
+        result = client.deliver(encoded(3))
+    client.close()
+
+    assert [(c.message_id, r) for c, r in result.dead_letters] == [
+        (f"m{n}", "refused by the destination with status 400: refused")
+        for n in range(3)
+    ]
+    errors = [e["event"] for e in logs if e["log_level"] == "error"]
+    assert errors[:2] == [
+        "destination refused every call of a request, one by one: "
+        "taken for its fault, resending them",
+        "destination still refuses every call of a request: "
+        "dead-lettering those it refuses alone",
+    ]
+    assert errors.count("call dead-lettered") == 3
+    # Narrowed down twice (5 requests each); between, resent whole after the
+    # waits begun at 0, 60, 120, 180 and 240 s; at 300 s the patience is out.
+    assert len(plane.requests) == 5 + 5 + 5
+
+
+def test_stop_while_waiting_out_refusals_returns_the_request_pending() -> None:
+    plane = FakePlane(refuse={"m0", "m1"})
+    settings = DestinationSettings(url=URL, write_key=WRITE_KEY, max_calls=2)
+    stop = threading.Event()
+    client = RudderStackClient(
+        settings,
+        transport=httpx.MockTransport(plane),
+        backoff=Backoff(initial=30.0, cap=30.0),
+    )
+    threading.Timer(0.2, stop.set).start()
+
+    started = time.monotonic()
+    result = client.deliver(encoded(4), stop=stop)
+    client.close()
+
+    assert time.monotonic() - started < 5
+    assert ids(result.pending) == ["m0", "m1", "m2", "m3"]
+    assert result.dead_letters == []
+    assert result.delivered == 0

@@ -51,7 +51,7 @@ def test_a_refused_call_comes_back_as_sent_with_exact_numbers(
     )
 
     [letter] = outcome.dead_letters
-    assert letter.reason == "refused by the destination with status 400"
+    assert letter.reason == "refused by the destination with status 400: scripted"
     assert (letter.rule, letter.commit_lsn, letter.ordinal) == (
         "users",
         call.commit_lsn,

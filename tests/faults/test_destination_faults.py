@@ -117,6 +117,22 @@ def test_long_503_outage_stops_reading_and_holds_the_slot(
     assert slot_position(db) > floor
 
 
+def test_a_destination_answering_400_to_everything_is_waited_out(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """A gateway answering 400 to every request for a while is an outage, not
+    300 bad calls: nothing is dead-lettered, everything arrives once after it."""
+    with running_daemon(_settings(db, receiver, example_rulebook)) as daemon:
+        daemon.caught_up()
+        receiver.fail_for(2, status=400)
+        insert_merchants(db, 150, per_transaction=150)
+        daemon.caught_up(timeout=30)
+        assert daemon.daemon.counters.dead_letters == 0
+    _exactly_once(receiver, merchant_insert_ids(db, NS))
+    assert dead_letters(db) == []
+    assert any(request.status == 400 for request in receiver.requests)
+
+
 def test_429_with_retry_after_waits_that_long_between_requests(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
