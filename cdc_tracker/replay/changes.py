@@ -2,10 +2,11 @@
 
 wal2json writes the columns of the number types (integers, oid, real, double,
 numeric) as bare JSON numbers, NaN and Infinity as null, booleans as JSON
-booleans and every other value as the text the server prints, by the column's own
-type (a domain over numeric is text). Doing the same here, from the same text and
-with the same JSON number parsing, gives the mapping identical values, so the
-converters of ``cdc_tracker.mapping.values`` apply exactly as in the live path.
+booleans, a bytea as its hex digits without ``\\x``, and every other value as the
+text the server prints, by the column's own type (a domain over numeric is text).
+Doing the same here, from the same text and with the same JSON number parsing,
+gives the mapping identical values, so the converters of
+``cdc_tracker.mapping.values`` apply exactly as in the live path.
 
 A replayed change is an insert at its cursor value: ``commit_time`` is the row's
 cursor, ``commit_lsn`` is 0/0 and ``ordinal`` the row's number in the run. Only
@@ -28,22 +29,29 @@ from cdc_tracker.replay.reader import Row
 # int8, int2, int4, oid, float4, float8, numeric; bool.
 NUMBER_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})
 BOOL_OID = 16
+BYTEA_OID = 17
 
 _NOT_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
 _ZERO = Lsn(0)
 
 
 def _number(text: str) -> Any:
-    # What json's decoder makes of the bare number: int, or Decimal of its text.
+    # What the live path's decoder makes of the bare number: int, or Decimal of
+    # its text. It reads a double's -0 as the integer 0, and so does this.
     if text in _NOT_FINITE:
         return None
     if "." in text or "e" in text or "E" in text:
         return Decimal(text)
-    return integer(text)
+    return 0 if text == "-0" else integer(text)
 
 
 def _boolean(text: str) -> Any:
     return text == "t"
+
+
+def _bytes(text: str) -> Any:
+    # wal2json writes a bytea's hex digits without the "\x" the server prints.
+    return text[2:] if text.startswith("\\x") else text
 
 
 def _reviver(oid: int) -> Callable[[str], Any] | None:
@@ -51,6 +59,8 @@ def _reviver(oid: int) -> Callable[[str], Any] | None:
         return _number
     if oid == BOOL_OID:
         return _boolean
+    if oid == BYTEA_OID:
+        return _bytes
     return None
 
 

@@ -58,6 +58,7 @@ SESSION_SETTINGS = (
     "SET DateStyle = 'ISO, YMD'",
     "SET IntervalStyle = 'iso_8601'",
     "SET extra_float_digits = 3",
+    "SET bytea_output = 'hex'",  # wal2json cuts the "\\x" off: it assumes hex
 )
 
 

@@ -26,7 +26,7 @@ create table kinds (
   amount money_amount, flag boolean, word text, short varchar(8), code char(5),
   ident uuid, feeling mood, moment timestamptz, wall timestamp, day date,
   doc json, bin jsonb, tags text[], counts int[], amounts numeric(6,2)[],
-  grid int[][], span interval, addr inet,
+  grid int[][], span interval, addr inet, blob bytea,
   updated_at timestamptz not null default now())
 """
 
@@ -43,7 +43,9 @@ ROWS = [
     "insert into kinds (exact, loose, real_col, double_col, amount, flag, moment,"
     " wall, day) values ('NaN', 'Infinity', '-Infinity', 'NaN', 0, false,"
     " 'infinity', '-infinity', '4713-01-01 BC')",
-    "insert into kinds (loose, double_col, code) values (100, 1e100, '   ')",
+    "insert into kinds (loose, double_col, code, blob) values (100, 1e100, '   ',"
+    " '\\x00ff')",
+    "insert into kinds (real_col, double_col, blob) values ('-0', '-0', '')",
     "insert into kinds default values",
 ]
 
