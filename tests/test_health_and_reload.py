@@ -195,6 +195,36 @@ def test_an_edit_refused_for_the_schema_is_taken_once_the_schema_is_put_right(
     assert "Merchant Renamed" in events
 
 
+def test_a_reload_warns_of_large_values_a_new_update_rule_may_leave_out(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """The warning given at start is given for what an edit adds, once."""
+    sql(db, "create table notes (id bigint primary key, body text)")
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text("version: 1\ntables:\n  public.notes:\n    user_id: id\n")
+    with (
+        capture_logs() as logs,
+        running_daemon(settings_for(db, receiver, rulebook)) as daemon,
+    ):
+        rulebook.write_text(
+            rulebook.read_text()
+            + "identify:\n  - table: public.notes\n    on: update\n"
+            "    traits: {body: body}\n"
+        )
+        wait_until(lambda: daemon.daemon.counters.reloads == 1, 10)
+        rulebook.write_text(rulebook.read_text() + "# touched\n")
+        wait_until(lambda: daemon.daemon.counters.reloads == 2, 10)
+    warnings = [
+        e for e in logs if e["event"] == "large values may be left out of update calls"
+    ]
+    assert [(e["table"], e["columns"]) for e in warnings] == [
+        ("public.notes", ["body"])
+    ]
+    assert warnings[0]["hint"] == (
+        "keep them with ALTER TABLE public.notes REPLICA IDENTITY FULL;"
+    )
+
+
 def test_configmap_style_symlink_swap_reloads(
     db: str, receiver: FakeRudderStack, example_rulebook: Path, tmp_path: Path
 ) -> None:

@@ -81,6 +81,8 @@ class Daemon:
         self._has_read = False
         # Why the file's edit was not taken, while it is not.
         self._refused: str | None = None
+        # Columns already warned of as maybe left out, per table.
+        self._toast_told: dict[str, list[str]] = {}
 
     # What the window keeps is what callers (probes, status, tests) read.
     @property
@@ -213,14 +215,23 @@ class Daemon:
             self._report_fit(catalog)
         else:
             require_fit(self.rulebook, catalog)
-        for table, columns in toast_risks(self.rulebook, catalog).items():
+        self._warn_of_toast(self.rulebook, catalog)
+        return catalog
+
+    def _warn_of_toast(self, rulebook: Rulebook, catalog: dict[str, TableInfo]) -> None:
+        """Warn of columns update rules read that may be left out (see
+        ``toast_risks``): at start, and after a reload for what it adds."""
+        for table, columns in toast_risks(rulebook, catalog).items():
+            if self._toast_told.get(table) == columns:
+                continue
+            self._toast_told[table] = columns
+            info = catalog[table]
             log.warning(
                 "large values may be left out of update calls",
                 table=table,
                 columns=columns,
-                hint=f"keep them with {full_fix([table])}",
+                hint=f"keep them with {full_fix(info.lacking(info.columns))}",
             )
-        return catalog
 
     def _resume_from(self, confirmed: Lsn) -> None:
         done = max(self.window.done, confirmed)
@@ -350,6 +361,7 @@ class Daemon:
             return False
         self._refused = None
         self.rulebook = rulebook
+        self._warn_of_toast(rulebook, catalog)
         self._track(catalog, self.window.slot)
         self.window.mapper = self._mapper(self._dbname, catalog, self._state_conn)
         self._report_fit(catalog)  # what was reported of the old rules may be over

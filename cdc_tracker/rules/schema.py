@@ -264,14 +264,18 @@ _TOASTABLE = ("text", "character varying", "json", "jsonb", "bytea", "xml")
 def toast_risks(
     rulebook: Rulebook, catalog: dict[str, TableInfo]
 ) -> dict[str, list[str]]:
-    """Per table without REPLICA IDENTITY FULL, the columns update rules read that
-    may be TOASTed: an update leaving such a value unchanged does not carry it, so
-    the trait or property is left out of that call."""
+    """Per table without REPLICA IDENTITY FULL (for a partitioned table: with a
+    partition without it), the columns update rules read that may be TOASTed: an
+    update leaving such a value unchanged does not carry it, so the trait or
+    property is left out of that call. ``full_fix(info.lacking(info.columns))``
+    is the fix."""
     risks: dict[str, set[str]] = {}
     for rule in rulebook.rules:
         info = catalog.get(rule.table)
-        if info is None or info.full_identity or Action.UPDATE not in rule.on:
+        if info is None or Action.UPDATE not in rule.on:
             continue
+        if not info.lacking(info.columns):
+            continue  # every old image carries every column
         for _, expr in rule.expressions():
             for ref in expr.columns:
                 declared = info.columns.get(ref.column, "")

@@ -378,6 +378,36 @@ def test_toast_risks_name_large_columns_update_rules_read_without_full_identity(
     assert toast_risks(rulebook, catalog) == {"public.notes": ["body", "tags"]}
 
 
+def test_toast_risks_of_a_partitioned_table_are_its_partitions_without_full(
+    empty_db: str, tmp_path: Path
+) -> None:
+    """FULL on a partitioned table does not reach its partitions: the risk stays
+    until each partition has it, and the fix names those that lack it."""
+    sql(
+        empty_db,
+        "create table pt (id int, region text, body text, primary key (id, region))"
+        " partition by list (region)",
+        "create table pt_eu partition of pt for values in ('eu')",
+        "create table pt_us partition of pt for values in ('us')",
+        "alter table pt replica identity full",
+        "alter table pt_us replica identity full",
+    )
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(
+        "version: 1\ntables:\n  public.pt:\n    user_id: id\n"
+        "identify:\n  - table: public.pt\n    on: update\n    traits: {body: body}\n"
+    )
+    rulebook = load_rulebook(path)
+    with connect(empty_db) as conn:
+        info = read_catalog(conn, ["public.pt"])["public.pt"]
+    assert toast_risks(rulebook, {"public.pt": info}) == {"public.pt": ["body"]}
+    assert info.lacking(info.columns) == ["public.pt_eu"]
+    sql(empty_db, "alter table pt_eu replica identity full")
+    with connect(empty_db) as conn:
+        info = read_catalog(conn, ["public.pt"])["public.pt"]
+    assert toast_risks(rulebook, {"public.pt": info}) == {}
+
+
 @pytest.mark.parametrize(
     ("user_id", "kind"),
     [
