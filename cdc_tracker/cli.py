@@ -2,13 +2,14 @@
 
 Exit codes (also in ``--help``): 0 done or stopped cleanly; 1 the pipeline stopped on
 an error (slot lost, undecodable change, destination misconfigured); 2 bad usage,
-settings or rulebook; 130 interrupted twice.
+settings or rulebook; 130 interrupted twice; 141 the output's reader went away.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from cdc_tracker.commands.common import settings_from, stop_on_signals
 from cdc_tracker.errors import CdcTrackerError, ConfigError, RulebookError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # as a Unix tool killed by SIGPIPE
 
 # Subcommands living in cdc_tracker/commands/<name>.py, each with
 # register(commands, add_common_options); they import their machinery lazily.
@@ -30,6 +32,7 @@ exit codes:
   1    stopped on an error (slot lost, undecodable change, ...)
   2    bad usage, settings or rulebook
   130  interrupted a second time while draining
+  141  the reader of the output went away (| head)
 
 settings come from --config FILE, then the environment (CDC_TRACKER_DSN,
 CDC_TRACKER_SLOT, CDC_TRACKER_RULEBOOK, RUDDERSTACK_DATA_PLANE_URL,
@@ -59,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CdcTrackerError as exc:
         _report(exc)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # Whoever read our output has gone (`... | head`): stop as Unix tools do,
+        # quietly, and without a second error when Python flushes at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code
 
 

@@ -361,3 +361,27 @@ def test_rate_caps_the_calls_per_second(
         in_a_second = [c for c in calls if 0 <= c.arrived - call.arrived < 1.0]
         assert len(in_a_second) <= 300 + 30
     assert time.monotonic() - started < 15
+
+
+def test_a_dry_run_whose_reader_goes_away_stops_quietly(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """``replay --dry-run | head -1``: exit 141, as a Unix tool, no traceback."""
+    _payouts(db)
+    env = _env(db, receiver, example_rulebook)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d", "--dry-run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert '"messageId"' in proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 141, err
+    assert "Traceback" not in err
+    assert "BrokenPipeError" not in err
