@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cdc_tracker.destination.batching import BatchLimits
-from cdc_tracker.destination.settings import DestinationSettings
+from cdc_tracker.destination.settings import DestinationSettings, service_limits
 from cdc_tracker.errors import ConfigError
 from cdc_tracker.rules.yamlfile import LineDict, YamlProblem, load_yaml
 
@@ -208,7 +208,22 @@ def _build(values: dict[str, tuple[Any, str]]) -> Settings:
     converted: dict[str, Any] = {}
     for name, (value, source) in values.items():
         converted[name] = _convert(name, str(types[name]), value, source)
-    return replace(settings, **converted)
+    settings = replace(settings, **converted)
+    _check_batch_limits(settings, values)
+    return settings
+
+
+def _check_batch_limits(settings: Settings, values: dict[str, tuple[Any, str]]) -> None:
+    """Batch sizes past what the destination takes are refused here, where it is
+    known which setting gave them (the destination checks them too, later)."""
+    calls, request_bytes, _ = service_limits(settings.destination)
+    for name, ceiling in (("batch_calls", calls), ("batch_bytes", request_bytes)):
+        value = getattr(settings, name)
+        if name in values and value > ceiling:
+            raise ConfigError(
+                f"setting {name} from {values[name][1]} is {value}; expected at "
+                f"most {ceiling}, what {settings.destination} accepts"
+            )
 
 
 def _convert(name: str, kind: str, value: Any, source: str) -> Any:

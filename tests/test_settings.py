@@ -72,3 +72,28 @@ def test_unknown_variables_name_the_setting_meant() -> None:
         "CDC_TRACKER_WRITE_KEY (did you mean RUDDERSTACK_WRITE_KEY?)",
         "CDC_TRACKER_X",
     ]
+
+
+def test_a_batch_size_past_the_service_names_the_file_that_set_it(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("batch_bytes: 10000000\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    assert str(caught.value) == (
+        f"setting batch_bytes from {config}: batch_bytes is 10000000; expected at "
+        "most 4096000, what rudderstack accepts"
+    )
+
+
+def test_a_batch_size_past_the_service_names_the_variable_that_set_it() -> None:
+    with pytest.raises(ConfigError, match="from CDC_TRACKER_BATCH_BYTES is 10000000"):
+        load_settings(None, environ={"CDC_TRACKER_BATCH_BYTES": "10000000"})
+
+
+def test_segment_batch_calls_past_2500_are_refused_naming_the_flag() -> None:
+    with pytest.raises(ConfigError, match="batch_calls from --batch-calls is 3000"):
+        load_settings(
+            None, environ={}, overrides={"destination": "segment", "batch_calls": 3000}
+        )

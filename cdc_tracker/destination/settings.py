@@ -20,6 +20,12 @@ _SERVICE_LIMITS: dict[str, tuple[int, int, int]] = {
 }
 
 
+def service_limits(kind: str) -> tuple[int, int, int]:
+    """What ``kind`` accepts at most: calls per request, bytes per request, bytes
+    per call."""
+    return _SERVICE_LIMITS[kind]
+
+
 @dataclass(frozen=True, slots=True)
 class DestinationSettings:
     """The data plane to ship to, with its write key, limits and timeouts.
