@@ -33,6 +33,7 @@ class TableSpec:
     # same ids), or by WAL position (for tables whose keys are reused).
     insert_ids: Literal["key", "position"] = "key"
     user_id_line: int | None = None  # where ``user_id`` is written
+    cursor_line: int | None = None  # where ``cursor`` is written
 
 
 @dataclass(slots=True)

@@ -9,7 +9,8 @@ columns, types, replica identity) are in ``cdc_tracker.rules.schema``. Lookups
 from __future__ import annotations
 
 import difflib
-from datetime import UTC, tzinfo
+from datetime import UTC, date, datetime, tzinfo
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -168,6 +169,7 @@ class _Builder:
             lookups,
             insert_ids,
             user_id_line=body.lines["user_id"],
+            cursor_line=body.lines.get("cursor"),
         )
 
     def not_constant(self, user_id: Expression, line: int) -> None:
@@ -268,8 +270,19 @@ class _Builder:
 
     def event(self, body: LineDict) -> str | None:
         event = body.get("event")
-        if not isinstance(event, str) or not event.strip():
+        if event is None:
             self.problem(body.line, "a track rule needs 'event': a non-empty name")
+            return None
+        line = body.lines.get("event", body.line)
+        if not isinstance(event, str):
+            self.problem(
+                line,
+                f"'event' is a name (text), not {_kind_of_yaml(event)}; quote it "
+                "if that is the name",
+            )
+            return None
+        if not event.strip():
+            self.problem(line, "'event' is empty; a track rule needs a name")
             return None
         return event
 
@@ -430,3 +443,16 @@ def _closest(word: str, known: set[str]) -> str:
         if match
         else f"; expected one of {', '.join(sorted(known))}"
     )
+
+
+def _kind_of_yaml(value: Any) -> str:
+    """What YAML made of a value that was meant as text."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | Decimal):
+        return "a number"
+    if isinstance(value, datetime | date):
+        return "a date"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping" if isinstance(value, dict) else type(value).__name__

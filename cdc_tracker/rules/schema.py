@@ -54,7 +54,7 @@ def check_schema(
             problems.append(
                 (
                     path,
-                    spec.line,
+                    spec.cursor_line or spec.line,
                     f"cursor column '{spec.cursor}' is not in {spec.name}",
                 )
             )

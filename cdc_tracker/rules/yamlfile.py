@@ -159,8 +159,18 @@ def load_yaml(path: Path) -> Any:
     except RecursionError as exc:
         raise YamlProblem(None, "nested too deeply to be a rulebook") from exc
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise YamlProblem(line, str(exc.problem or exc.context)) from exc
+        raise YamlProblem(_line_of(exc, text), str(exc.problem or exc.context)) from exc
     except yaml.YAMLError as exc:
         raise YamlProblem(None, str(exc)) from exc
+
+
+def _line_of(exc: yaml.MarkedYAMLError, text: str) -> int | None:
+    """The line to point at: where the problem is, or, when it is found at the
+    end of the file, where the unfinished part began (an unclosed ``[``)."""
+    mark = exc.problem_mark or exc.context_mark
+    if mark is None:
+        return None
+    if exc.context_mark is not None and not text[mark.index :].strip():
+        mark = exc.context_mark
+    # A mark past the last line's end is on that line.
+    return min(mark.line + 1, max(len(text.splitlines()), 1))

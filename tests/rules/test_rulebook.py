@@ -295,7 +295,7 @@ track:
 PROBLEMS = [
     pytest.param(
         "version: 1\ntables:\n  t:\n    user_id: [id\n",
-        "5: invalid YAML: ",
+        "4: invalid YAML: ",  # where the '[' left open is, not past the end
         id="invalid-yaml",
     ),
     pytest.param(
@@ -339,6 +339,11 @@ PROBLEMS = [
         id="boolean-version",
     ),
     pytest.param(
+        "version: 1\ntables:\n  t:\n    user_id: id\n  [oops\n",
+        "5: invalid YAML: could not find expected ':'",  # the last line, not after
+        id="invalid-yaml-last-line",
+    ),
+    pytest.param(
         "version: 1\ntables: {}\n",
         "2: 'tables' must map each tracked table to its user_id",
         id="no-tables",
@@ -352,6 +357,16 @@ PROBLEMS = [
         TABLES + "track:\n  - table: t\n    on: insert\n",
         "6: a track rule needs 'event': a non-empty name",
         id="track-without-event",
+    ),
+    pytest.param(
+        TABLES + "track:\n  - table: t\n    on: insert\n    event: 123\n",
+        "8: 'event' is a name (text), not a number; quote it if that is the name",
+        id="track-event-a-number",
+    ),
+    pytest.param(
+        TABLES + "track:\n  - table: t\n    on: insert\n    event: ' '\n",
+        "8: 'event' is empty; a track rule needs a name",
+        id="track-event-blank",
     ),
     pytest.param(
         TABLES + "track:\n  - event: E\n    table: t\n",

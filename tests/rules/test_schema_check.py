@@ -312,7 +312,7 @@ def test_missing_cursor_column_and_user_id_column_are_named(
         ),
     )
     assert found == [
-        "3: cursor column 'modified_at' is not in public.merchants",
+        "5: cursor column 'modified_at' is not in public.merchants",
         # At the user_id's own line, once (the rules inherit it, unchecked).
         "7: user_id: unknown column 'merchant' at column 1; did you mean "
         "'merchant_id'? (table public.payouts)",
