@@ -16,7 +16,9 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any, Protocol
 
-from cdc_tracker.destination.encode import plain_text
+import orjson
+
+from cdc_tracker.destination.encode import ENCODE_OPTIONS, plain_text
 from cdc_tracker.errors import CdcTrackerError
 from cdc_tracker.model import MISSING
 from cdc_tracker.rules.expr_check import (
@@ -426,6 +428,9 @@ def text_of(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, Decimal):
         return plain_text(value)  # keeps every digit and the scale: never 1E-9
+    if isinstance(value, datetime):
+        # As a payload writes it: 2024-05-01T12:30:00Z, not +00:00.
+        return orjson.dumps(value, option=ENCODE_OPTIONS)[1:-1].decode()
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, list | tuple | dict):

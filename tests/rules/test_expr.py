@@ -342,7 +342,15 @@ def test_short_circuit_skips_operands_that_would_be_missing() -> None:
         (10**25, "10000000000000000000000000"),
         (True, "true"),
         ("é", "é"),
-        (datetime(2024, 5, 1, 12, 30, tzinfo=UTC), "2024-05-01T12:30:00+00:00"),
+        (datetime(2024, 5, 1, 12, 30, tzinfo=UTC), "2024-05-01T12:30:00Z"),
+        (
+            datetime(2024, 5, 1, 12, 30, 0, 1500, tzinfo=UTC),
+            "2024-05-01T12:30:00.001500Z",
+        ),
+        (
+            datetime(2024, 5, 1, 12, 30, tzinfo=timezone(timedelta(hours=2))),
+            "2024-05-01T12:30:00+02:00",
+        ),
         (date(2024, 5, 1), "2024-05-01"),
         ({"a": [1, Decimal("2.50"), None, 'x"y']}, '{"a":[1,2.50,null,"x\\"y"]}'),
         ([True, {"é": False}], '[true,{"é":false}]'),
