@@ -130,7 +130,9 @@ class Daemon:
                     self._close()
         finally:
             self.window.close()
-        log.info("daemon stopped", lsn=str(self.window.settled))
+        # Where it got to, once it has read the slot (0/0 would say nothing).
+        lsn = str(self.window.settled) if self._has_read else None
+        log.info("daemon stopped", lsn=lsn)
 
     def _lost(self, exc: SlotLost) -> SlotLost:
         if self.window.checkpoint is None or "shipped up to" in str(exc):

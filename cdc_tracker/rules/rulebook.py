@@ -319,6 +319,10 @@ class _Builder:
                 + (", ".join(map(str, bad)) or "nothing"),
             )
             return None
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            self.problem(line, f"'on' lists {', '.join(twice)} more than once")
+            return None
         return frozenset(_ACTIONS[name] for name in names)
 
     def optional_expression(self, body: LineDict, key: str) -> Expression | None:

@@ -369,6 +369,11 @@ PROBLEMS = [
         id="track-event-blank",
     ),
     pytest.param(
+        TABLES + "track:\n  - event: E\n    table: t\n    on: [insert, insert]\n",
+        "8: 'on' lists insert more than once",
+        id="on-twice",
+    ),
+    pytest.param(
         TABLES + "track:\n  - event: E\n    table: t\n",
         "6: a track rule needs 'on': insert, update or delete",
         id="track-without-on",
