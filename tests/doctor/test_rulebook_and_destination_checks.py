@@ -94,6 +94,20 @@ def test_a_bad_write_key_fails_and_no_call_is_sent(
     assert receiver.statuses() == [401]
 
 
+def test_a_url_with_a_wrong_path_is_blamed_not_the_write_key(
+    settings: Settings, receiver: FakeRudderStack
+) -> None:
+    """A 404 is a wrong path (or a disabled source), never the key."""
+    found = findings(replace(settings, destination_url=f"{receiver.url}/some/path"))
+
+    key = found["write key"]
+    assert key.status == "fail"
+    assert "404" in key.detail
+    assert f"{receiver.url}/some/path/v1/batch is the data plane's batch" in key.fix
+    assert "RUDDERSTACK_WRITE_KEY" not in key.fix
+    assert found["destination health"].status == "fail"
+
+
 def test_the_right_write_key_passes_with_an_empty_batch(
     settings: Settings, receiver: FakeRudderStack
 ) -> None:

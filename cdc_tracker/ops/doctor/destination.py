@@ -24,6 +24,7 @@ from cdc_tracker.ops.doctor.result import Finding, failed, failed_on, passed, wa
 
 _URL_FIX = "check RUDDERSTACK_DATA_PLANE_URL (the data plane, not the dashboard)"
 _EMPTY_BATCH_REFUSED = 400
+_NOT_FOUND = 404
 
 
 def destination(ctx: Context) -> Finding:
@@ -65,12 +66,15 @@ def write_key(ctx: Context) -> Finding:
         try:
             client.post([])
         except DestinationAuthError as exc:
-            return failed(
-                name,
-                f"refused: {exc.args[0]}",
-                "check RUDDERSTACK_WRITE_KEY (the source's write key), and that "
-                "the source is enabled",
-            )
+            if exc.status == _NOT_FOUND:  # not the key: the path, or the source
+                fix = (
+                    f"check that {settings.endpoint} is the data plane's batch "
+                    "endpoint (RUDDERSTACK_DATA_PLANE_URL), and that the source "
+                    "is enabled"
+                )
+            else:
+                fix = "check RUDDERSTACK_WRITE_KEY (the source's write key)"
+            return failed(name, f"refused: {exc.args[0]}", fix)
         except RetryableDelivery as exc:
             return failed(name, f"not verified: {exc.args[0]}", _URL_FIX)
         except PermanentDelivery as exc:
