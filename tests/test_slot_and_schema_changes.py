@@ -395,6 +395,7 @@ def test_a_partition_created_in_another_schema_is_read_from_its_first_row(
         receiver.wait_for_calls(1)
         transaction(
             db,
+            "insert into events values (2, '2025-07-01', null, 'nobody')",
             "create table archive.events_2027 partition of events "
             "for values from ('2027-01-01') to ('2028-01-01')",
             "insert into events values (3, '2027-05-01', 'c', 'future')",
@@ -403,8 +404,13 @@ def test_a_partition_created_in_another_schema_is_read_from_its_first_row(
         daemon.caught_up()
         sql(db, "insert into events values (5, '2027-06-01', 'e', 'later')")
         daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 1
     kinds = {c.payload["traits"]["kind"] for c in receiver.calls}
     assert kinds == {"before", "future", "after", "later"}
+    # The window was read twice; its dead letter (a null userId) is stored once.
+    with psycopg.connect(db) as conn:
+        stored = conn.execute("select reason from cdc_tracker.dead_letters").fetchall()
+    assert [reason for (reason,) in stored] == ["user_id (account) is null or empty"]
 
 
 def test_a_table_attached_as_a_partition_after_its_rows_were_skipped_is_read(

@@ -103,6 +103,11 @@ class Window:
         self._untracked: set[str] = set()  # other tables of the schemas streamed
         self._dropped: set[str] = set()  # their names seen in this window
         self.refresh_sources: Callable[[], None] | None = None
+        # The dead letters stored in this window, and in the window it reads
+        # again (after a lost connection, or partitions found late): a letter is
+        # stored once.
+        self._letters: set[tuple[Lsn, int, str | None]] = set()
+        self._letters_before: set[tuple[Lsn, int, str | None]] = set()
         self._shipping = ThreadPoolExecutor(1, thread_name_prefix="cdc-tracker-ship")
 
     def close(self) -> None:
@@ -115,6 +120,7 @@ class Window:
         # Let them end first: two requests in flight could reorder a user's calls.
         concurrent.futures.wait([b.future for b in batches if b.future is not None])
         self._interrupted = False
+        self._letters_before |= self._letters
         self.calls, self.dead, self._commit_times = [], [], []
         self._calls_before_commit = 0
         self.completed = self.done
@@ -142,8 +148,11 @@ class Window:
             # Nothing of this window is confirmed (nor recorded): read it again.
             self.done = self.completed = before
             self.shipped = None
+            self._letters_before |= self._letters
             stream.reopen(self.tables, self.schemas)
             return
+        self._letters.clear()
+        self._letters_before.clear()
         # Every row the server sent is handled: so is what it says it sent.
         self.done = max(self.done, self.stream.sent_upto)
         self._confirm()
@@ -437,8 +446,11 @@ class Window:
     def _store_dead(self, dead: list[DeadLetter]) -> None:
         # Stored before counted: a save the lost connection refused is counted
         # once, when the window is read again.
+        if self._letters_before:
+            dead = [d for d in dead if _key(d) not in self._letters_before]
         if self.advance_slot and self.store is not None:
             self.store.save(dead)
+        self._letters.update(map(_key, dead))
         for letter in dead:
             self.counters.count_drop(letter.reason)
             log.warning(
@@ -482,3 +494,8 @@ class _Batch:
     commit_times: list[float]
     started: float
     future: Future[Outcome] | None = None
+
+
+def _key(letter: DeadLetter) -> tuple[Lsn, int, str | None]:
+    """What a dead letter is of: a change, and the rule it failed."""
+    return letter.commit_lsn, letter.ordinal, letter.rule

@@ -379,7 +379,8 @@ class RudderStackClient:
     ) -> None:
         self.stats.calls_dead_lettered += 1
         result.dead_letters.append((call, reason))
-        log.error(
+        # The caller stores and logs each letter; this says which request's.
+        log.debug(
             "call dead-lettered",
             message_id=call.message_id,
             rule=call.rule,
