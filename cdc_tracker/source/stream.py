@@ -163,7 +163,7 @@ class Stream:
             now = time.monotonic()
             if not deadline:
                 deadline = now + timeout
-                self.keep_alive(now)
+            self.keep_alive(now)  # however long the wait
             if now >= deadline or (self.stop is not None and self.stop.is_set()):
                 return None
             # A long wait (a large poll_interval) still notices a stop soon.
@@ -182,7 +182,8 @@ class Stream:
     def keep_alive(self, now: float | None = None) -> None:
         """Send our status if none went out for ``status_seconds``; call it while
         waiting on anything else, or the server drops the connection."""
-        if (now or time.monotonic()) - self._status_at >= self.status_seconds:
+        now = time.monotonic() if now is None else now
+        if now - self._status_at >= self.status_seconds:
             self.send_status()
 
     def send_status(self) -> None:

@@ -3,6 +3,7 @@ slot moves only when told, and the walsender is ours alone."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import replace
@@ -131,6 +132,27 @@ def test_a_long_wait_for_rows_ends_soon_after_a_stop(db: str) -> None:
         assert time.monotonic() - started < 2.0
     finally:
         stream.close()
+
+
+def test_a_long_wait_for_rows_still_sends_our_status_as_often_as_due(
+    db: str,
+) -> None:
+    """However long one read waits, the status goes out every status_seconds."""
+    with connect(db) as conn:
+        Slot(conn, "stream_status").ensure(create=True)
+    stream = Stream(db, "stream_status", ["public.merchants"], [])
+    stream.open()
+    sent: list[float] = []
+    send = stream.send_status
+    stream.send_status = lambda: (sent.append(time.monotonic()), send())  # type: ignore[method-assign]
+    try:
+        stream.status_seconds = 0.25
+        assert stream.read(1.6) is None
+    finally:
+        stream.close()
+    # Looked at between waits of at most 0.2 s: due, then sent within that.
+    assert len(sent) >= 3
+    assert max(b - a for a, b in itertools.pairwise(sent)) < 0.5
 
 
 def test_a_second_stream_on_the_slot_is_refused_as_busy(db: str) -> None:
