@@ -240,9 +240,7 @@ class Mapper:
                 continue
             if call is None:
                 continue
-            if isinstance(call, str):
-                dead.append(change_letter(change, plan.rule.id, call))
-            elif encoded is not None:
+            if encoded is not None:
                 self._encode(plan, change, call, encoded, dead)
             else:
                 assert calls is not None
@@ -272,10 +270,11 @@ class Mapper:
 
     def _apply(
         self, plan: _Plan, change: Change, row: RowView | None, timestamp: str
-    ) -> _Payload | str | None:
+    ) -> _Payload | None:
         """The rule's (messageId, userId, payload) for the change; None when its
-        condition does not hold, the reason when its userId is null. Raises
-        ``_NeedsRow`` when ``row`` is None and a value needs the general reader."""
+        condition does not hold. Raises ``EvaluationError`` when its userId is
+        null or of a kind no userId is, and ``_NeedsRow`` when ``row`` is None
+        and a value needs the general reader."""
         if row is not None:
             row.specs = plan.rule.lookups
             if plan.when is not None and plan.when(row) is not True:
@@ -293,7 +292,9 @@ class Mapper:
             value = plan.user_id(row)
         user_id = _user_id(value)
         if user_id is None:
-            return plan.null_user_id if _nothing(value) else plan.not_a_user_id(value)
+            raise EvaluationError(
+                plan.null_user_id if _blank(value) else plan.not_a_user_id(value)
+            )
         message_id = self._message_id(plan, change)
         fields = _fields(plan.fields, row, change.new, change.types, self._outputs)
         if plan.identify:
@@ -587,7 +588,9 @@ def _user_id(value: Any) -> str | None:
     return text or None
 
 
-def _nothing(value: Any) -> bool:
+def _blank(value: Any) -> bool:
+    """Whether a value ``_user_id`` refused is missing rather than of a wrong
+    kind: a text it refused is one that is empty once trimmed."""
     return value is None or value is MISSING or isinstance(value, str)
 
 
