@@ -135,12 +135,15 @@ class Daemon:
         log.info("daemon stopped", lsn=lsn)
 
     def _lost(self, exc: SlotLost) -> SlotLost:
-        if self.window.checkpoint is None or "shipped up to" in str(exc):
+        """``exc`` saying what was shipped before the slot was lost, and how to
+        send what was not, when there is a checkpoint to say it from."""
+        checkpoint = self.window.checkpoint
+        if checkpoint is None:
             return exc
-        message = str(exc).split("\nhint:")[0]
         return SlotLost(
-            f"{message}; cdc-tracker shipped up to {self.window.checkpoint.describe()}",
-            hint=self.window.checkpoint.recovery_hint(),
+            f"{exc.args[0]}, but cdc-tracker shipped up to {checkpoint.describe()}: "
+            "changes committed since then were not read",
+            hint=checkpoint.recovery_hint(),
         )
 
     def _loop(self) -> None:
@@ -399,12 +402,7 @@ class Daemon:
         if slot.exists() or self.window.checkpoint is None:
             return slot.ensure(create=True, stop=self.stop), False
         if not self.recreate_slot:
-            raise SlotLost(
-                f"replication slot '{slot.name}' does not exist, but cdc-tracker "
-                f"shipped up to {self.window.checkpoint.describe()}: changes committed "
-                "since then were not read",
-                hint=self.window.checkpoint.recovery_hint(),
-            )
+            raise SlotLost(f"replication slot '{slot.name}' does not exist")
         state = slot.ensure(create=True, stop=self.stop)
         log.warning(
             "replication slot recreated; changes since the checkpoint were skipped",
