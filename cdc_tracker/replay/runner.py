@@ -116,6 +116,7 @@ class Replay:
         self.store: StateStore | None = None
         self._ordinal = 0
         self._current = plan.tables[-1] if plan.tables else ""  # the table read last
+        self._letters_ready = False  # the dead-letter table exists
 
     def run(self) -> ReplayResult:
         """Replay the plan's tables; returns early (``interrupted``) once stopped.
@@ -371,7 +372,9 @@ class Replay:
             assert self.pool is not None
             with translate_errors("-"), self.pool.connection() as conn:
                 letters = DeadLetterStore(_plain(conn), self.settings.slot)
-                letters.ensure_schema()
+                if not self._letters_ready:
+                    letters.ensure_schema()
+                    self._letters_ready = True
                 letters.save(dead)
 
 
