@@ -228,7 +228,7 @@ class Window:
                 if not skipping:
                     self._map(event)
                     # A delivery that waited out an outage may have closed the
-                    # stream: then the rest is read on later.
+                    # stream: then the rest is read later.
                     if len(self.calls) >= flush_at and not (
                         self._ship() and stream.is_open
                     ):
@@ -241,20 +241,27 @@ class Window:
                 inside = True
             elif type(event) is Commit:
                 inside = False
-                self.completed = event.commit_lsn
-                self.completed_at = tx.commit_time
-                if len(self.calls) > self._calls_before_commit:
-                    self._commit_times.append(tx.commit_time.timestamp())
-                self._calls_before_commit = len(self.calls)
-                batch_full = len(self.calls) >= self.settings.batch_calls
-                if batch_full and not (self._ship() and stream.is_open):
-                    return False
-                if not self._settle_delivered():
+                if not self._committed(event, tx):
                     return False
                 if rows >= limit or self.stop.is_set() or time.monotonic() > closes:
                     return False
             elif type(event) is Truncate and not skipping:
                 self._truncated(event.table, tx.commit_lsn)
+
+    def _committed(self, commit: Commit, tx: Transaction) -> bool:
+        """A transaction is read to its end: note it, hand over a full batch and
+        settle what was delivered. False when reading must stop here (a stop,
+        or a delivery that waited out an outage and closed the stream)."""
+        self.completed = commit.commit_lsn
+        self.completed_at = tx.commit_time
+        if len(self.calls) > self._calls_before_commit:
+            self._commit_times.append(tx.commit_time.timestamp())
+        self._calls_before_commit = len(self.calls)
+        if len(self.calls) >= self.settings.batch_calls and not (
+            self._ship() and self.stream is not None and self.stream.is_open
+        ):
+            return False
+        return self._settle_delivered()
 
     def _tracked(self, table: str, commit_lsn: Lsn) -> str | None:
         """With partitioned tables tracked: the tracked table a row of ``table``
