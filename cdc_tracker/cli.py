@@ -17,10 +17,15 @@ from typing import Any
 
 from cdc_tracker import __version__, logs
 from cdc_tracker.commands.common import settings_from, stop_on_signals
-from cdc_tracker.errors import CdcTrackerError, ConfigError, RulebookError
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_BROKEN_PIPE = 141  # as a Unix tool killed by SIGPIPE
+from cdc_tracker.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    CdcTrackerError,
+    ConfigError,
+    RulebookError,
+)
 
 # Subcommands living in cdc_tracker/commands/<name>.py, each with
 # register(commands, add_common_options); they import their machinery lazily.

@@ -28,6 +28,12 @@ rule, the column and the position.
 
 from __future__ import annotations
 
+# The command line's exit codes (``--help`` lists them): a ConfigError is
+# EXIT_CONFIG, any other CdcTrackerError EXIT_FAILED.
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_INTERRUPTED = 130  # as a shell tells a process ended by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # as a Unix tool killed by SIGPIPE
+
 
 class CdcTrackerError(Exception):
     """Root of every error cdc-tracker raises on purpose."""

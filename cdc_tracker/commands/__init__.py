@@ -1,4 +1,5 @@
-"""Subcommands of ``cdc-tracker`` beyond run/check/demo, one module each.
+"""Subcommands of ``cdc-tracker`` beyond run, check, demo and deadletters (in
+``cdc_tracker.cli``), one module each.
 
 Each module offers ``register(commands, add_common)``: it adds its parser to the
 argparse sub-parsers and sets ``handler``, a function of the parsed arguments that

@@ -16,12 +16,10 @@ from typing import Any
 import structlog
 
 from cdc_tracker import logs
-from cdc_tracker.errors import ConfigError
+from cdc_tracker.errors import EXIT_INTERRUPTED, ConfigError
 from cdc_tracker.settings import Settings, load_settings, unknown_variables
 
 log = structlog.get_logger(__name__)
-
-EXIT_INTERRUPTED = 130
 
 
 def settings_from(

@@ -30,14 +30,13 @@ from cdc_tracker.deadletters.store import (
 from cdc_tracker.destination.batching import BatchLimits
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.destination.settings import DestinationSettings
-from cdc_tracker.errors import ConfigError, SourceError
+from cdc_tracker.errors import EXIT_FAILED, EXIT_OK, ConfigError, SourceError
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.moments import parse_moment
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook, qualify
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect
 
-EXIT_OK, EXIT_FAILED = 0, 1
 _COLUMNS = ("ID", "CREATED (UTC)", "POSITION", "TABLE", "RULE", "ATTEMPTS", "REASON")
 
 

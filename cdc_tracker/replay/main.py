@@ -10,6 +10,7 @@ import structlog
 
 from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
+from cdc_tracker.errors import EXIT_INTERRUPTED, EXIT_OK
 from cdc_tracker.replay.plan import Plan, check_rules, make_plan
 from cdc_tracker.replay.runner import Replay, ReplayOptions, ReplayResult, window_of
 from cdc_tracker.rules.rulebook import load_rulebook
@@ -18,8 +19,6 @@ from cdc_tracker.settings import Settings
 from cdc_tracker.wording import counted
 
 log = structlog.get_logger(__name__)
-
-EXIT_OK, EXIT_INTERRUPTED = 0, 130
 
 
 def run_replay(
