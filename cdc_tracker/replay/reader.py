@@ -117,20 +117,20 @@ class TableReader:
 
     def type_oids(self) -> dict[str, int]:
         """Each column's type oid as wal2json sees it (a domain's own, not its base)."""
-        with translate_errors("-"), self.pool.connection() as conn:
+        with translate_errors(), self.pool.connection() as conn:
             rows = conn.execute(_OIDS_SQL, (self._schema, self._name)).fetchall()
         return {str(name): int(str(oid)) for name, oid in rows}
 
     def cursor_indexed(self) -> bool:
         """Whether an index leads with the cursor column (else each page scans)."""
         params = (self._schema, self._name, self.cursor)
-        with translate_errors("-"), self.pool.connection() as conn:
+        with translate_errors(), self.pool.connection() as conn:
             row = conn.execute(_INDEXED_SQL, params).fetchone()
         return bool(row and row[0])
 
     def count(self, since: str, until: str) -> int:
         """How many rows the window holds right now."""
-        with translate_errors("-"), self.pool.connection() as conn:
+        with translate_errors(), self.pool.connection() as conn:
             row = conn.execute(self._count, (since, until)).fetchone()
         return int(str(row[0])) if row else 0
 
@@ -157,7 +157,7 @@ class TableReader:
         else:
             params = [since, until, after.cursor, *after.key, self.page_rows]
             query = self._next
-        with translate_errors("-"), self.pool.connection() as conn:
+        with translate_errors(), self.pool.connection() as conn:
             cur = conn.cursor()
             _as_text(cur.adapters)
             rows: list[Row] = cur.execute(query, params).fetchall()

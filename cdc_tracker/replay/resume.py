@@ -115,7 +115,7 @@ class StateStore:
     def start(self, job: str, selection: dict[str, Any], window: Window) -> JobState:
         """Begin ``job`` afresh over ``window``, forgetting any earlier progress."""
         params = (job, json.dumps(selection), window.since, window.until)
-        with translate_errors("-"), self.pool.connection() as conn:
+        with translate_errors(), self.pool.connection() as conn:
             ensure_state_schema(conn)
             conn.execute(SCHEMA_SQL)
             conn.execute(_START_SQL, params)
@@ -123,7 +123,7 @@ class StateStore:
 
     def load(self, job: str) -> JobState | None:
         """The unfinished state of ``job``, or ``None`` when there is none."""
-        with translate_errors("-"), self.pool.connection() as conn:
+        with translate_errors(), self.pool.connection() as conn:
             exists = conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()
             if exists is None or exists[0] is None:
                 return None
@@ -133,7 +133,7 @@ class StateStore:
     def save(self, state: JobState, *, finished: bool = False) -> None:
         """Record the state; ``finished`` closes the job (nothing left to resume)."""
         params = (state.to_json(), state.rows, state.calls, state.job)
-        with translate_errors("-"), self.pool.connection() as conn:
+        with translate_errors(), self.pool.connection() as conn:
             conn.execute(_SAVE_SQL, params)
             if finished:
                 conn.execute(

@@ -138,7 +138,7 @@ class Replay:
         with (
             self._running_alone(dsn),
             open_pool(dsn) as pool,
-            translate_errors("-"),
+            translate_errors(),
             lookups or contextlib.nullcontext(),
         ):
             pool.wait(timeout=self.settings.http_timeout)
@@ -163,7 +163,7 @@ class Replay:
         if self.options.dry_run:  # keeps no state, sends nothing
             yield
             return
-        with connect(dsn) as conn, translate_errors("-"):
+        with connect(dsn) as conn, translate_errors():
             if not try_advisory_lock(conn, REPLAY_LOCK_CLASS, lock_key(self.job)):
                 raise ConfigError(
                     "a replay of this selection is running in another process",
@@ -370,7 +370,7 @@ class Replay:
             )
         if dead and not self.options.dry_run:
             assert self.pool is not None
-            with translate_errors("-"), self.pool.connection() as conn:
+            with translate_errors(), self.pool.connection() as conn:
                 letters = DeadLetterStore(_plain(conn), self.settings.slot)
                 if not self._letters_ready:
                     letters.ensure_schema()

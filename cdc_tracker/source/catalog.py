@@ -59,7 +59,7 @@ def read_catalog(
 ) -> dict[str, TableInfo]:
     """Describe the given ``schema.table`` names; absent tables are left out."""
     found: dict[str, TableInfo] = {}
-    with translate_errors("-"):
+    with translate_errors():
         rows = conn.execute(_COLUMNS_SQL, (tables,)).fetchall()
     for table, identity, column, declared, in_key, partitioned, in_index in rows:
         info = found.setdefault(
@@ -89,7 +89,7 @@ def _read_leaves(conn: psycopg.Connection[tuple[object, ...]], info: TableInfo) 
     the columns every leaf's old image carries."""
     schema, _, table = info.name.partition(".")
     qualified = f'"{schema}"."{table}"'
-    with translate_errors("-"):
+    with translate_errors():
         rows = conn.execute(_LEAVES_SQL, (qualified,)).fetchall()
     info.leaves = tuple(str(leaf) for leaf, *_ in rows)
     if not rows:

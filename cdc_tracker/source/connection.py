@@ -63,17 +63,23 @@ SESSION_SETTINGS = (
 
 
 @contextmanager
-def translate_errors(slot: str, dsn: str = "") -> Iterator[None]:
-    """Turn psycopg exceptions into ours; the only place that knows psycopg's tree."""
+def translate_errors(slot: str | None = None, dsn: str = "") -> Iterator[None]:
+    """Turn psycopg exceptions into ours; the only place that knows psycopg's tree.
+
+    ``slot`` is the replication slot the statements work on, if any: its errors
+    name it.
+    """
     try:
         yield
     except pgerrors.ObjectInUse as exc:
+        if slot is None:
+            raise SourceUnavailable(f"the server refused: {_first_line(exc)}") from exc
         raise SlotBusy(
             f"replication slot '{slot}' is in use by another process",
             hint="is another cdc-tracker running against this slot?",
         ) from exc
     except pgerrors.UndefinedObject as exc:
-        if "replication slot" not in str(exc):  # e.g. an unknown server setting
+        if slot is None or "replication slot" not in str(exc):  # e.g. a setting
             message = redact(_first_line(exc), dsn)
             raise ConfigError(f"the server refused: {message}") from exc
         raise SlotLost(
@@ -81,6 +87,10 @@ def translate_errors(slot: str, dsn: str = "") -> Iterator[None]:
             hint="it was dropped: see 'cdc-tracker replay --since' to backfill",
         ) from exc
     except pgerrors.LockNotAvailable as exc:
+        if slot is None:
+            raise SourceUnavailable(
+                f"a statement waited too long for a lock: {_first_line(exc)}"
+            ) from exc
         raise SourceUnavailable(
             f"creating replication slot '{slot}' waited too long for open "
             "transactions to end",
@@ -114,9 +124,9 @@ def translate_errors(slot: str, dsn: str = "") -> Iterator[None]:
         raise SourceError(f"database error {code}: {_first_line(exc)}") from exc
 
 
-def _prerequisite(slot: str, exc: psycopg.Error) -> SourceError | ConfigError:
+def _prerequisite(slot: str | None, exc: psycopg.Error) -> SourceError | ConfigError:
     # 55000 covers both a slot that lost its WAL and a server set up wrong.
-    if "no longer" in str(exc) or "invalidated" in str(exc):
+    if slot is not None and ("no longer" in str(exc) or "invalidated" in str(exc)):
         return SlotLost(
             f"replication slot '{slot}' can no longer return changes",
             hint="WAL it needed was removed; recreate the slot and replay --since",
@@ -223,7 +233,7 @@ def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     for a server that does not answer.
     """
     refuse_unreadable(dsn)
-    with translate_errors("-", dsn):
+    with translate_errors(dsn=dsn):
         conn = psycopg.connect(dsn, autocommit=True, application_name="cdc-tracker")
         for statement in SESSION_SETTINGS:
             conn.execute(statement)

@@ -329,7 +329,7 @@ def probe(dsn: str) -> str:
     stream = Stream(dsn, "-", [], [])
     pgconn = stream._connect()
     try:
-        with translate_errors("-", dsn):
+        with translate_errors(dsn=dsn):
             result = stream._command(pgconn, "IDENTIFY_SYSTEM", pq.ExecStatus.TUPLES_OK)
             return (result.get_value(0, 0) or b"").decode()
     finally:
