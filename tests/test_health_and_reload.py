@@ -225,35 +225,6 @@ def test_a_reload_warns_of_large_values_a_new_update_rule_may_leave_out(
     )
 
 
-def test_the_large_values_fix_for_a_partitioned_table_names_its_partitions(
-    db: str, receiver: FakeRudderStack, tmp_path: Path
-) -> None:
-    """FULL on a partitioned table does not reach its partitions: the fix names
-    each partition that lacks it, and only those."""
-    sql(
-        db,
-        "create table pt (id int, region text, body text, primary key (id, region))"
-        " partition by list (region)",
-        "create table pt_eu partition of pt for values in ('eu')",
-        "create table pt_us partition of pt for values in ('us')",
-        "alter table pt replica identity full",
-        "alter table pt_us replica identity full",
-    )
-    rulebook = tmp_path / "rulebook.yaml"
-    rulebook.write_text(
-        "version: 1\ntables:\n  public.pt:\n    user_id: id\n"
-        "identify:\n  - table: public.pt\n    on: update\n    traits: {body: body}\n"
-    )
-    with capture_logs() as logs, running_daemon(settings_for(db, receiver, rulebook)):
-        pass
-    [warning] = [
-        e for e in logs if e["event"] == "large values may be left out of update calls"
-    ]
-    assert warning["hint"] == (
-        "keep them with ALTER TABLE public.pt_eu REPLICA IDENTITY FULL;"
-    )
-
-
 def test_configmap_style_symlink_swap_reloads(
     db: str, receiver: FakeRudderStack, example_rulebook: Path, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import check_schema, toast_risks
@@ -378,13 +379,11 @@ def test_toast_risks_name_large_columns_update_rules_read_without_full_identity(
     assert toast_risks(rulebook, catalog) == {"public.notes": ["body", "tags"]}
 
 
-def test_toast_risks_of_a_partitioned_table_are_its_partitions_without_full(
-    empty_db: str, tmp_path: Path
-) -> None:
-    """FULL on a partitioned table does not reach its partitions: the risk stays
-    until each partition has it, and the fix names those that lack it."""
+def _partitioned_with_one_partition_full(dsn: str, tmp_path: Path) -> Path:
+    """``pt`` FULL, ``pt_us`` FULL, ``pt_eu`` not; a rulebook of an update rule
+    reading ``body``."""
     sql(
-        empty_db,
+        dsn,
         "create table pt (id int, region text, body text, primary key (id, region))"
         " partition by list (region)",
         "create table pt_eu partition of pt for values in ('eu')",
@@ -397,7 +396,15 @@ def test_toast_risks_of_a_partitioned_table_are_its_partitions_without_full(
         "version: 1\ntables:\n  public.pt:\n    user_id: id\n"
         "identify:\n  - table: public.pt\n    on: update\n    traits: {body: body}\n"
     )
-    rulebook = load_rulebook(path)
+    return path
+
+
+def test_toast_risks_of_a_partitioned_table_are_its_partitions_without_full(
+    empty_db: str, tmp_path: Path
+) -> None:
+    """FULL on a partitioned table does not reach its partitions: the risk stays
+    until each partition has it, and the fix names those that lack it."""
+    rulebook = load_rulebook(_partitioned_with_one_partition_full(empty_db, tmp_path))
     with connect(empty_db) as conn:
         info = read_catalog(conn, ["public.pt"])["public.pt"]
     assert toast_risks(rulebook, {"public.pt": info}) == {"public.pt": ["body"]}
@@ -406,6 +413,20 @@ def test_toast_risks_of_a_partitioned_table_are_its_partitions_without_full(
     with connect(empty_db) as conn:
         info = read_catalog(conn, ["public.pt"])["public.pt"]
     assert toast_risks(rulebook, {"public.pt": info}) == {}
+
+
+def test_the_daemon_names_the_partitions_to_give_full_in_its_warning(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    rulebook = _partitioned_with_one_partition_full(db, tmp_path)
+    with capture_logs() as logs, running_daemon(settings_for(db, receiver, rulebook)):
+        pass
+    [warning] = [
+        e for e in logs if e["event"] == "large values may be left out of update calls"
+    ]
+    assert warning["hint"] == (
+        "keep them with ALTER TABLE public.pt_eu REPLICA IDENTITY FULL;"
+    )
 
 
 @pytest.mark.parametrize(
