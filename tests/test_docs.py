@@ -188,3 +188,17 @@ def test_docs_list_a_lookups_key_among_the_columns_read(tmp_path: Path) -> None:
     )
     lines = render_plan(load_rulebook(path)).splitlines()
     assert "- **Columns read:** `merchant_id`" in lines
+
+
+def test_docs_show_a_number_literal_as_the_calls_carry_it(tmp_path: Path) -> None:
+    """2.9e3 is sent as 2.9E+3, and shown so; 4.10 keeps its zero."""
+    path = tmp_path / "literals.yaml"
+    path.write_text(
+        "version: 1\ntables:\n  public.merchants:\n    user_id: id\n"
+        "track:\n  - event: E\n    table: public.merchants\n    on: insert\n"
+        "    properties: {big: 2.9e3, exact: 4.10, word: \"'x'\"}\n"
+    )
+    lines = render_plan(load_rulebook(path)).splitlines()
+    assert "| `big` | `2.9E+3` | none |" in lines
+    assert "| `exact` | `4.10` | none |" in lines
+    assert "| `word` | `'x'` | none |" in lines

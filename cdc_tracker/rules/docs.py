@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 from cdc_tracker.destination.encode import encode_value
 from cdc_tracker.mapping.values import kind_of
@@ -124,7 +125,7 @@ def _fields_table(rule: Rule, types: _Types | None) -> Iterator[str]:
     yield _row(*header)
     yield _row(*["---"] * len(header))
     for path, expr in leaves:
-        cells = [_code(path), _code(expr.text), _refs(expr) or "none"]
+        cells = [_code(path), _code(_shown(expr)), _refs(expr) or "none"]
         if types is not None:
             cells.append(types.describe(rule, expr))
         yield _row(*cells)
@@ -223,6 +224,14 @@ def _lookup(spec: LookupSpec) -> str:
 
 def _row(*cells: str) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def _shown(expr: Expression) -> str:
+    """An expression as the rulebook means it; a number written in YAML as the
+    calls carry it (``2.9e3`` is sent as ``2.9E+3``, not ``2900``)."""
+    if expr.is_literal and isinstance(expr.constant, Decimal):
+        return _json(expr.constant)
+    return expr.text
 
 
 def _code(text: str) -> str:
