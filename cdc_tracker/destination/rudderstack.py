@@ -54,21 +54,17 @@ class _Stopped(Enum):
     STOPPED = "stopped"
 
 
-class _Next(Enum):
-    """What becomes of a request once each of its calls is delivered or refused."""
-
-    SETTLED = "settled"  # the calls refused alone are dead letters
-    RESEND = "resend"  # sent again whole
-
-
 @dataclass(slots=True)
 class _Request:
-    """One request's calls, while a refusal is narrowed down to those at fault."""
+    """Calls sent as one request, while a refusal is narrowed down to those at
+    fault; and, when the destination seems to refuse everything, the calls it
+    refused last, resent whole."""
 
     calls: list[EncodedCall]
     delivered: int = 0
     refused: list[tuple[EncodedCall, str]] = field(default_factory=list)
-    refused_since: float | None = None  # every call refused, first seen then
+    trailing: int = 0  # how many calls were refused since the last one taken
+    refused_since: float | None = None  # when it began to refuse them all
     narrowing: bool = False  # patience is out: the last narrowing, for good
 
     @property
@@ -78,6 +74,14 @@ class _Request:
     @property
     def resent_whole(self) -> bool:
         return self.refused_since is not None and not self.narrowing
+
+    def take(self, calls: int) -> None:
+        self.delivered += calls
+        self.trailing = 0
+
+    def refuse(self, batch: list[EncodedCall], reason: str) -> None:
+        self.refused.extend((call, reason) for call in batch)
+        self.trailing += len(batch)
 
 
 class RudderStackClient:
@@ -209,77 +213,81 @@ class RudderStackClient:
             if answer is None:
                 result.delivered += len(batch)
                 self.stats.calls_delivered += len(batch)
-                request.delivered += len(batch)
+                request.take(len(batch))
                 self._refusal_backoff.reset()
+                self.stats.refusing = False
             elif len(batch) > 1 and not request.resent_whole:
                 half = len(batch) // 2
                 queue.extendleft([(batch[half:], request), (batch[:half], request)])
                 continue
             else:
-                reason = _refusal_reason(answer)
-                request.refused.extend((call, reason) for call in batch)
+                request.refuse(batch, _refusal_reason(answer))
             if not request.settled:
                 continue
-            after = self._after_refusals(request, stop)
-            if after is _Stopped.STOPPED:
+            again = self._after_refusals(request, stop)
+            if again is _Stopped.STOPPED:
+                unsettled = [call for call, _ in request.refused]
                 rest = [call for waiting, _ in queue for call in waiting]
-                result.pending = request.calls + rest
+                result.pending = unsettled + rest
                 log.info("delivery interrupted", calls=len(result.pending))
                 break
-            if after is _Next.RESEND:
-                queue.appendleft((request.calls, request))
-                continue
-            for call, reason in request.refused:
+            settled = len(request.refused) - (len(again.calls) if again else 0)
+            for call, reason in request.refused[:settled]:
                 self._dead_letter(result, call, reason)
+            if again is not None:
+                queue.appendleft((again.calls, again))
+            else:
+                self.stats.refusing = False
         result.requests = self.stats.requests - requests
         result.retries = self.stats.retries - retries
         return result
 
     def _after_refusals(
         self, request: _Request, stop: threading.Event | None
-    ) -> _Next | _Stopped:
-        """What becomes of a request once each of its calls is delivered or was
-        refused alone.
+    ) -> _Request | _Stopped | None:
+        """Once each call of ``request`` was taken or refused alone: the calls to
+        send again, or None when those refused are refused for good.
 
-        A request of several calls refused to the last one points at the
-        destination, not at the calls: it is resent whole after a growing wait,
-        as an outage is waited out, for ``refusal_patience`` s; then narrowed
-        down once more, and what is still refused alone is settled for good.
+        Calls refused alone after a call was taken are at fault: the destination
+        took the call before them. But several refused in a row to the end of
+        the request point at the destination itself (a gateway answering 400 to
+        everything, from the start or from some point on): they are resent whole
+        after a growing wait, as an outage is waited out, for
+        ``refusal_patience`` s; then narrowed down once more, for good.
         """
-        if request.delivered or len(request.calls) < 2 or request.narrowing:
-            return _Next.SETTLED
+        if request.trailing < 2 or request.narrowing:
+            return None
+        suspects = request.refused[-request.trailing :]
         now = self._clock()
-        first = request.refused_since is None
-        if request.refused_since is None:
-            request.refused_since = now
-        reason = request.refused[0][1]
-        request.refused = []
-        if now - request.refused_since >= self._refusal_patience:
-            request.narrowing = True
+        since = now if request.refused_since is None else request.refused_since
+        again = _Request([call for call, _ in suspects], refused_since=since)
+        reason = suspects[-1][1]
+        if now - since >= self._refusal_patience:
+            again.narrowing = True
             log.error(
                 "destination still refuses every call of a request: "
                 "dead-lettering those it refuses alone",
                 host=self._host,
-                calls=len(request.calls),
-                waited_s=round(now - request.refused_since),
+                calls=len(again.calls),
+                waited_s=round(now - since),
                 reason=reason,
             )
-            return _Next.RESEND
-        delay = self._refusal_backoff.next_delay()
-        self.stats.paused = True
-        if first:
+            return again
+        if request.refused_since is None:
             log.error(
                 "destination refused every call of a request, one by one: "
                 "taken for its fault, resending them",
                 host=self._host,
-                calls=len(request.calls),
+                calls=len(again.calls),
                 reason=reason,
                 patience_s=self._refusal_patience,
             )
+        delay = self._refusal_backoff.next_delay()
+        self.stats.refusing = True
         self.stats.retries += 1
         if self._wait(delay, stop):
             return _Stopped.STOPPED
-        return _Next.RESEND
+        return again
 
     def _send_until_answered(
         self, batch: list[EncodedCall], stop: threading.Event | None

@@ -38,8 +38,9 @@ class DeliveryStats:
     ``calls_sent`` counts every call in every request, resends included;
     ``calls_delivered`` only those a 2xx acknowledged. ``errors_by_status`` is keyed
     by HTTP status (``"429"``) or by ``"timeout"`` / ``"connection"``. ``paused`` is
-    true while the destination refuses our credentials or URL (readiness should
-    fail); ``consecutive_failures`` counts failed requests since the last answer.
+    true while the destination refuses our credentials or URL, ``refusing``
+    while it refuses every call it is sent (readiness should fail for both);
+    ``consecutive_failures`` counts failed requests since the last answer.
     """
 
     requests: int = 0
@@ -51,6 +52,7 @@ class DeliveryStats:
     errors_by_status: dict[str, int] = field(default_factory=dict)
     consecutive_failures: int = 0
     paused: bool = False
+    refusing: bool = False  # every call of a request refused: waited out
     last_error: str | None = None
 
     def count_error(self, key: str) -> None:

@@ -50,6 +50,8 @@ class Probe:
             return f"the rulebook does not fit the schema: {problems[0]}{more}"
         if self.delivery is not None and self.delivery.paused:
             return "destination refuses the write key or URL"
+        if self.delivery is not None and self.delivery.refusing:
+            return "destination refuses every call it is sent (resending them)"
         idle = time.monotonic() - self.counters.last_progress
         if idle > self.stall_seconds:
             return f"no progress for {idle:.0f} s"

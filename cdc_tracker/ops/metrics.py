@@ -105,6 +105,11 @@ class DaemonCollector(Collector):
             "1 while the destination refuses our write key or URL.",
             value=1 if d.paused else 0,
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_destination_refusing",
+            "1 while the destination refuses every call it is sent (400 to all).",
+            value=1 if d.refusing else 0,
+        )
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

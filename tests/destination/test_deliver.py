@@ -24,6 +24,7 @@ from tests.destination.conftest import (
     WRITE_KEY,
     FakePlane,
     Harness,
+    decode_body,
     encoded,
     make_call,
     ticking_clock,
@@ -358,6 +359,37 @@ def test_a_request_refused_past_the_patience_is_narrowed_and_dead_lettered() -> 
     # Narrowed down twice (5 requests each); between, resent whole after the
     # waits begun at 0, 60, 120, 180 and 240 s; at 300 s the patience is out.
     assert len(plane.requests) == 5 + 5 + 5
+
+
+def test_an_outage_of_400s_begun_while_narrowing_down_is_waited_out_too() -> None:
+    """One call is refused for itself; while its request is narrowed down, the
+    destination starts refusing everything. Only that call is dead-lettered:
+    the calls refused after the last one taken are resent, not given up."""
+    plane = FakePlane(refuse={"m39"})
+
+    def take(request: httpx.Request) -> httpx.Response:
+        plane.stored.extend(decode_body(request))
+        return httpx.Response(200, text="OK")
+
+    # The whole request, refused for m39; its first half taken; then 400 to all
+    # while the second half is narrowed down (20 calls: 39 requests).
+    plane.script = [400, take] + [400] * 39
+    minutes = itertools.count()
+    client = RudderStackClient(
+        DestinationSettings(url=URL, write_key=WRITE_KEY),
+        transport=httpx.MockTransport(plane),
+        backoff=Backoff(initial=0.01, cap=0.1),
+        sleep=lambda _: None,
+        clock=lambda: 60.0 * next(minutes),
+        refusal_patience=300.0,
+    )
+
+    result = client.deliver(encoded(40))
+    client.close()
+
+    assert [call.message_id for call, _ in result.dead_letters] == ["m39"]
+    assert plane.stored_ids == [f"m{n}" for n in range(39)]
+    assert result.delivered == 39
 
 
 def test_stop_while_waiting_out_refusals_returns_the_request_pending() -> None:

@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cdc_tracker.destination.stats import DeliveryStats
 from cdc_tracker.mapping import ids
+from cdc_tracker.ops.health import Probe
 from cdc_tracker.settings import Settings
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.faults.workload import (
@@ -126,8 +127,14 @@ def test_a_destination_answering_400_to_everything_is_waited_out(
         daemon.caught_up()
         receiver.fail_for(2, status=400)
         insert_merchants(db, 150, per_transaction=150)
+        wait_until(lambda: _stats(daemon).refusing, 10)
+        probe = Probe(daemon.daemon.counters, _stats(daemon), lambda: True, 60)
+        assert probe.not_ready() == (
+            "destination refuses every call it is sent (resending them)"
+        )
         daemon.caught_up(timeout=30)
         assert daemon.daemon.counters.dead_letters == 0
+        assert not _stats(daemon).refusing
     _exactly_once(receiver, merchant_insert_ids(db, NS))
     assert dead_letters(db) == []
     assert any(request.status == 400 for request in receiver.requests)
