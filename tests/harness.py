@@ -229,8 +229,9 @@ def slot_exists(dsn: str, slot: str | None = None) -> bool:
 
 def insert_name(rule_id: str, rulebook: Path = EXAMPLES / "rulebook.yaml") -> str:
     """How a rule of ``rulebook`` is named in insert messageIds."""
-    rule = next(r for r in load_rulebook(rulebook).rules if r.id == rule_id)
-    return ids.insert_name(rule)
+    book = load_rulebook(rulebook)
+    rule = next(r for r in book.rules if r.id == rule_id)
+    return ids.insert_name(rule, book.timezone)
 
 
 EMAIL_USER_RULEBOOK = """\

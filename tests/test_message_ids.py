@@ -106,3 +106,20 @@ def test_backfilled_identify_ids_repeat_until_the_rule_changes(
     assert {
         c.payload["traits"]["shop"] for c in receiver.calls if c.type == "identify"
     } == {"a"}
+
+
+def test_a_new_time_zone_makes_new_identify_ids_and_utc_keeps_the_old(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """The zone timestamp columns are read in changes what an identify sends: a
+    backfill after fixing it must not be dropped as duplicates. UTC, the default,
+    written out or not, keeps the ids made before the zone counted."""
+    sql(db, "insert into merchants (shop_domain, plan_name) values ('a', 'basic')")
+    settings = settings_for(db, receiver, _rulebook(tmp_path))
+    _replay(settings)
+    default = _identify_ids(receiver)
+    for zone, same in (("UTC", True), ("Europe/Berlin", False)):
+        receiver.reset()
+        _rulebook(tmp_path, extra=f"timezone: {zone}\n")
+        _replay(settings)
+        assert (_identify_ids(receiver) == default) is same, zone

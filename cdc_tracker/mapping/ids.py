@@ -20,6 +20,7 @@ workspace receives, since dedup is not scoped per source.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, tzinfo
 from hashlib import blake2b
 from typing import Any
 
@@ -67,19 +68,23 @@ def snapshot_id(
     return digest(f"{namespace}\x1e{rule_id}\x1e{definition}\x1e{key}\x1e{version}")
 
 
-def insert_name(rule: Rule) -> str:
-    """What names ``rule`` in insert ids.
+def insert_name(rule: Rule, zone: tzinfo = UTC) -> str:
+    """What names ``rule`` (of a rulebook in time zone ``zone``) in insert ids.
 
     An identify also carries its definition: editing its traits makes new ids, so a
     backfill's new traits are not dropped as duplicates (a repeated identify is
     harmless). A track event keeps its name alone: a re-sent event must stay a
     duplicate.
     """
-    return f"{rule.id}#{definition(rule)}" if rule.kind == "identify" else rule.id
+    if rule.kind != "identify":
+        return rule.id
+    return f"{rule.id}#{definition(rule, zone)}"
 
 
-def definition(rule: Rule) -> str:
-    """A short fingerprint of what a rule sends."""
+def definition(rule: Rule, zone: tzinfo = UTC) -> str:
+    """A short fingerprint of what a rule sends. The rulebook's time zone is part
+    of it (how timestamp columns are read), unless it is UTC: the ids made
+    before it counted stay as they were."""
     parts = [
         rule.kind,
         rule.event or "",
@@ -87,4 +92,6 @@ def definition(rule: Rule) -> str:
         repr(sorted((rule.integrations or {}).items())),
         repr(rule.context),
     ]
+    if str(zone) != "UTC":
+        parts.append(f"timezone={zone}")
     return blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()

@@ -191,7 +191,9 @@ class Mapper:
             name: spec.insert_ids == "key" for name, spec in rulebook.tables.items()
         }
         self._plans = {
-            rule.id: _Plan(rule, namespace, by_key.get(rule.table, True))
+            rule.id: _Plan(
+                rule, namespace, by_key.get(rule.table, True), rulebook.timezone
+            )
             for rule in rulebook.rules
         }
         self._by_change: dict[tuple[str, Action], tuple[_Plan, ...]] = {}
@@ -427,7 +429,7 @@ class _Plan:
         "when",
     )
 
-    def __init__(self, rule: Rule, namespace: str, by_key: bool) -> None:
+    def __init__(self, rule: Rule, namespace: str, by_key: bool, zone: tzinfo) -> None:
         self.rule = rule
         self.kind = rule.kind
         self.identify = rule.kind == "identify"
@@ -440,8 +442,8 @@ class _Plan:
         self.fields = _plan_fields(rule.fields)
         self.context = {**(rule.context or {}), "library": LIBRARY}
         self.by_key = by_key
-        self.definition = ids.definition(rule)
-        self.insert_prefix = ids.insert_prefix(namespace, ids.insert_name(rule))
+        self.definition = ids.definition(rule, zone)
+        self.insert_prefix = ids.insert_prefix(namespace, ids.insert_name(rule, zone))
         # Whether the rule reads anything but bare columns of the new row and
         # literals; if not, its calls are made without a RowView.
         self.needs_row = bool(
