@@ -1,9 +1,10 @@
-"""Times given on the command line: ISO 8601, or an age counted back from now."""
+"""Times: given on the command line (ISO 8601, or an age counted back from now),
+and wall times of a zone read as PostgreSQL reads them."""
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from cdc_tracker.errors import ConfigError
 
@@ -35,3 +36,13 @@ def parse_moment(flag: str, text: str, now: datetime) -> datetime:
             f"{flag} 7d (s, m, h, d, w)",
         ) from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def wall_time(naive: datetime, zone: tzinfo) -> datetime:
+    """A wall time in ``zone`` read as PostgreSQL reads it: one the clocks show
+    twice (they went back) is the later, one they skip (they went forward) has
+    the offset from before the change."""
+    later = naive.replace(tzinfo=zone, fold=1)
+    if later.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive:
+        return later
+    return naive.replace(tzinfo=zone)  # skipped: fold 0 keeps the earlier offset

@@ -26,13 +26,14 @@ strings, exactly as the server printed them, rather than failing the change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
 from cdc_tracker.destination.encode import exact_number
 from cdc_tracker.exact_json import NumberOutOfRange, loads
+from cdc_tracker.moments import wall_time
 from cdc_tracker.rules.expr import Kind
 
 Converter = Callable[[Any], Any]
@@ -118,15 +119,27 @@ def _without_nul(value: Any) -> Any:
 
 
 def _timestamp_in(zone: tzinfo) -> Converter:
+    if str(zone) == "UTC":  # no wall time repeats or is skipped
+        return _timestamp_in_utc
+
     def convert(value: Any) -> Any:
         if not isinstance(value, str):
             return value
         try:
-            return datetime.fromisoformat(value).replace(tzinfo=zone)
+            return wall_time(datetime.fromisoformat(value), zone)
         except ValueError:
             return value
 
     return convert
+
+
+def _timestamp_in_utc(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    except ValueError:
+        return value
 
 
 def base_type(declared: str) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
+import re
 from collections.abc import Callable
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ import orjson
 from cdc_tracker.destination.encode import ENCODE_OPTIONS, plain_text
 from cdc_tracker.errors import CdcTrackerError
 from cdc_tracker.model import MISSING
+from cdc_tracker.moments import wall_time
 from cdc_tracker.rules.expr_check import (
     ANY,
     KINDS,
@@ -211,6 +213,8 @@ def _compare_with_literal(
             if moment is not None and isinstance(a, date):
                 return _compare_time(node, op, a, moment)
             _check_kind(node, a, expected)
+        elif moment is not None and (beyond := _beyond(a)) is not None:
+            return op(beyond, 0)
         try:
             return op(a, value)
         except (TypeError, ArithmeticError):
@@ -232,6 +236,8 @@ def _compare_value(
         return None
     if moment is not None and isinstance(a, date):
         return _compare_time(node, op, a, moment)
+    if moment is not None and (beyond := _beyond(a)) is not None:
+        return op(beyond, 0)
     _check_kind(node, a, expected)
     try:
         return op(a, value)
@@ -247,15 +253,37 @@ def _compare_time(
     for a timestamp column, UTC for timestamptz), a date alone is its midnight."""
     if isinstance(value, datetime):
         if not isinstance(moment, datetime):
-            moment = datetime.combine(moment, time(), value.tzinfo)
-        elif moment.tzinfo is None:
-            moment = moment.replace(tzinfo=value.tzinfo)
+            moment = datetime.combine(moment, time())
+        zone = value.tzinfo
+        if moment.tzinfo is None and zone is not None:
+            moment = wall_time(moment, zone)
+        if moment.tzinfo is not None and zone is not None:
+            # As instants: within one zone Python compares wall times, and a
+            # wall time shown twice would equal both instants.
+            value, moment = value.astimezone(UTC), moment.astimezone(UTC)
     elif isinstance(moment, datetime):  # a date with a time of day
         raise _mismatch(node, Kind.DATE, Kind.TIMESTAMP)
     try:
         return op(value, moment)
     except TypeError:  # an offset beside a value without one
         raise _mismatch(node, kind_of(value), Kind.TEXT) from None
+
+
+def _beyond(value: Any) -> int | None:
+    """Where a time PostgreSQL writes but Python cannot hold (it stays text) lies
+    against any time a literal can be: -1 before (-infinity, BC), 1 after
+    (infinity, year 10000 on); None for any other value."""
+    if type(value) is not str:
+        return None
+    if value == "infinity" or _LATE.match(value):
+        return 1
+    if value == "-infinity" or (value.endswith(" BC") and _EARLY.match(value)):
+        return -1
+    return None
+
+
+_LATE = re.compile(r"[0-9]{5,}-[0-9]{2}-[0-9]{2}", re.ASCII)
+_EARLY = re.compile(r"[0-9]{4,}-[0-9]{2}-[0-9]{2}", re.ASCII)
 
 
 def _check_kind(node: Compare | InList, value: Any, expected: Kind) -> None:

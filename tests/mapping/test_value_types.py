@@ -6,12 +6,15 @@ Checks read the exact bytes on the wire (``ReceivedCall.raw``) where digits matt
 
 from __future__ import annotations
 
+from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 
+from cdc_tracker.mapping.values import converter_for
 from cdc_tracker.testing.rudderstack import FakeRudderStack, ReceivedCall
 from tests.harness import running_daemon, settings_for, sql
 
@@ -149,3 +152,28 @@ def test_every_type_arrives_converted_by_its_declared_type(
     # json keeps \u0000 (jsonb refuses it): NUL is stripped, not shipped.
     assert traits["nul"] == {"k": "ab"}
     assert b"\\u0000" not in raw
+
+
+def test_wall_times_around_clock_changes_are_read_as_postgresql_reads_them(
+    db: str,
+) -> None:
+    """A timestamp column's wall time the clocks show twice is the later one; one
+    they skip keeps the offset from before: as PostgreSQL turns it into a time."""
+    walls = [
+        f"2026-{day} {hour:02d}:{minute:02d}:00"
+        for day in ("03-29", "03-08", "10-25", "11-01")
+        for hour in range(6)
+        for minute in (0, 30)
+    ]
+    for zone in ("Europe/Berlin", "America/New_York"):
+        convert = converter_for("timestamp without time zone", ZoneInfo(zone))
+        with psycopg.connect(db) as conn:
+            conn.execute(f"set timezone = '{zone}'")
+            server = [
+                conn.execute("select %s::timestamp::timestamptz", (wall,)).fetchone()[0]  # type: ignore[index]
+                for wall in walls
+            ]
+        ours = [convert(wall) for wall in walls]
+        assert [t.astimezone(UTC) for t in ours] == [
+            t.astimezone(UTC) for t in server
+        ], zone

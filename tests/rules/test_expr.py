@@ -8,6 +8,7 @@ import random
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -662,6 +663,9 @@ def _evaluate_and_type_randomly(expression: Any, rng: random.Random) -> None:
 
 
 PARIS = timezone(timedelta(hours=2))
+BERLIN = ZoneInfo("Europe/Berlin")
+BERLIN_0030Z = datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN)  # fold 0: +02:00
+BERLIN_0130Z = datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=BERLIN)  # +01:00
 PAID_AT = {
     "paid_at": datetime(2026, 3, 1, 9, 30, tzinfo=UTC),
     "born": date(1990, 5, 17),
@@ -682,6 +686,13 @@ PAID_AT = {
         ("born == '1990-05-17'", PAID_AT, True),
         ("born < '1990-05-18' and born > '1990-05-16'", PAID_AT, True),
         ("coalesce(paid_at, null) > '2026-01-01'", PAID_AT, True),
+        # Where the clocks went back, 02:30 is shown twice: each instant is
+        # itself, and a wall time without offset is the later, as in SQL.
+        ("t == '2026-10-25T02:30:00+02:00'", {"t": BERLIN_0030Z}, True),
+        ("t != '2026-10-25T02:30:00+02:00'", {"t": BERLIN_0030Z}, False),
+        ("t < '2026-10-25T02:30:00+01:00'", {"t": BERLIN_0030Z}, True),
+        ("t == '2026-10-25 02:30'", {"t": BERLIN_0130Z}, True),
+        ("t > '2026-10-25 02:30'", {"t": BERLIN_0030Z}, False),
         # A time without an offset is read in the value's own zone.
         (
             "t == '2026-03-01 09:30'",
@@ -692,6 +703,16 @@ PAID_AT = {
         ("paid_at > '2026-01-01'", {"paid_at": None}, None),
         # Beside text, such a literal is text.
         ("status == '2026-03-01'", {"status": "2026-03-01"}, True),
+        # Times Python cannot hold stay text: before or after any literal.
+        ("t < '0001-01-01'", {"t": "2030-01-01 00:00:00 BC"}, True),
+        ("t >= '2026-01-01'", {"t": "2030-01-01 00:00:00+00 BC"}, False),
+        ("d < '0001-01-01'", {"d": "0044-03-15 BC"}, True),
+        ("t > '9999-12-31'", {"t": "10000-01-01 00:00:00"}, True),
+        ("t < '2026-01-01'", {"t": "10000-01-01 00:00:00+00"}, False),
+        ("t == '2026-01-01'", {"t": "infinity"}, False),
+        ("t != '2026-01-01'", {"t": "infinity"}, True),
+        ("'2026-01-01' < t", {"t": "infinity"}, True),
+        ("t <= '2026-01-01'", {"t": "-infinity"}, True),
     ],
 )
 def test_text_literal_beside_a_time_reads_as_a_time(
