@@ -18,8 +18,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from cdc_tracker.destination.batching import BatchLimits
-from cdc_tracker.destination.settings import DestinationSettings, service_limits
+from cdc_tracker.destination.batching import MAX_CALL_BYTES, BatchLimits
+from cdc_tracker.destination.settings import (
+    DestinationSettings,
+    service_limits,
+    smallest_batch_bytes,
+)
 from cdc_tracker.errors import ConfigError
 from cdc_tracker.rules.yamlfile import LineDict, YamlProblem, load_yaml
 
@@ -224,6 +228,13 @@ def _check_batch_limits(settings: Settings, values: dict[str, tuple[Any, str]]) 
                 f"setting {name} from {values[name][1]} is {value}; expected at "
                 f"most {ceiling}, what {settings.destination} accepts"
             )
+    smallest = smallest_batch_bytes()
+    if "batch_bytes" in values and settings.batch_bytes < smallest:
+        raise ConfigError(
+            f"setting batch_bytes from {values['batch_bytes'][1]} is "
+            f"{settings.batch_bytes}; expected at least {smallest}, to hold one "
+            f"call of the largest size ({MAX_CALL_BYTES} bytes)"
+        )
 
 
 def _convert(name: str, kind: str, value: Any, source: str) -> Any:

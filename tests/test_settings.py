@@ -97,3 +97,16 @@ def test_segment_batch_calls_past_2500_are_refused_naming_the_flag() -> None:
         load_settings(
             None, environ={}, overrides={"destination": "segment", "batch_calls": 3000}
         )
+
+
+def test_a_batch_too_small_for_the_largest_call_names_the_file_that_set_it(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("batch_bytes: 100\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    assert str(caught.value) == (
+        f"setting batch_bytes from {config}: batch_bytes is 100; expected at least "
+        "32012, to hold one call of the largest size (32000 bytes)"
+    )

@@ -18,6 +18,11 @@ SENT_AT_BYTES = len(b',"sentAt":""') + len("2026-12-04T16:42:12.123Z")
 
 
 # Not frozen: a frozen dataclass costs microseconds per call to build, on the hot path.
+# The largest call sent: Segment takes 32 KB; RudderStack more, but a call this
+# large is a mistake more often than a need.
+MAX_CALL_BYTES = 32_000
+
+
 @dataclass(slots=True)
 class EncodedCall:
     """A call as JSON bytes (without ``sentAt``), encoded once for every send, and
@@ -72,7 +77,7 @@ class BatchLimits:
 
     max_calls: int = 500
     max_bytes: int = 475_000
-    max_call_bytes: int = 32_000
+    max_call_bytes: int = MAX_CALL_BYTES
 
 
 @dataclass(slots=True)

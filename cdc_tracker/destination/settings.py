@@ -7,7 +7,12 @@ from typing import Literal
 
 import httpx
 
-from cdc_tracker.destination.batching import ENVELOPE_BYTES, SENT_AT_BYTES, BatchLimits
+from cdc_tracker.destination.batching import (
+    ENVELOPE_BYTES,
+    MAX_CALL_BYTES,
+    SENT_AT_BYTES,
+    BatchLimits,
+)
 from cdc_tracker.errors import ConfigError
 
 Kind = Literal["rudderstack", "segment"]
@@ -18,6 +23,11 @@ _SERVICE_LIMITS: dict[str, tuple[int, int, int]] = {
     "rudderstack": (20_000, 4_096_000, 4_096_000),
     "segment": (2_500, 500_000, 32_768),
 }
+
+
+def smallest_batch_bytes(call_bytes: int = MAX_CALL_BYTES) -> int:
+    """The fewest request bytes that hold one call of the largest size."""
+    return call_bytes + ENVELOPE_BYTES
 
 
 def service_limits(kind: str) -> tuple[int, int, int]:
@@ -44,7 +54,7 @@ class DestinationSettings:
     timeout: float = 10.0
     max_calls: int = 500
     max_bytes: int = 475_000
-    max_call_bytes: int = 32_000
+    max_call_bytes: int = MAX_CALL_BYTES
 
     def __post_init__(self) -> None:
         _check_url(self.url)
@@ -88,7 +98,7 @@ class DestinationSettings:
                 raise ConfigError(
                     f"{name} {value} is outside 1-{ceiling}, what {self.kind} accepts"
                 )
-        smallest = self.max_call_bytes + ENVELOPE_BYTES
+        smallest = smallest_batch_bytes(self.max_call_bytes)
         if self.max_bytes < smallest:
             raise ConfigError(
                 f"batch_bytes (CDC_TRACKER_BATCH_BYTES) {self.max_bytes} cannot hold "
