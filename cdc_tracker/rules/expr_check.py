@@ -145,7 +145,7 @@ def _read_as_time(node: Compare, left: Kind, right: Kind) -> bool:
             )
         if kind is Kind.DATE and isinstance(moment, datetime):
             raise ExpressionError(
-                f"'{other.value}' has a time of day; a date compares with a date, "
+                f"'{other.value}' is more than a date; a date compares with a date, "
                 "as '2026-01-01'",
                 other.offset,
             )
