@@ -128,7 +128,7 @@ def test_a_number_jsonb_cannot_keep_is_sent_and_retried_as_written(
         daemon.caught_up()
     assert receiver.calls == []
     [(reason, _, call)] = _letters(empty_db)
-    assert reason == "refused by the destination with status 400"
+    assert reason == "refused by the destination with status 400: bad request"
     assert call["properties"]["doc"] == {"v": sent}
     assert call[NUMBERS_AS_TEXT] == [["properties", "doc", "v"]]
 
