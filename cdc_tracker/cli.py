@@ -8,6 +8,7 @@ settings or rulebook; 130 interrupted twice; 141 the output's reader went away.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -70,9 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # Whoever read our output has gone (`... | head`): stop as Unix tools do,
         # quietly, and without a second error when Python flushes at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        _silence_stdout()
+        sys.stderr.write(f"cdc-tracker: cannot write the output: {exc.strerror}\n")
+        return EXIT_FAILED
     return code
+
+
+# Writes that fail for want of room: said in a line, not a traceback.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _silence_stdout() -> None:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _report(exc: CdcTrackerError) -> None:

@@ -318,3 +318,19 @@ def test_a_first_start_waiting_to_create_its_slot_stops_on_sigterm(
         assert time.monotonic() - began < 5
         holder.rollback()
     assert not slot_exists(db)
+
+
+def test_output_to_a_full_device_is_an_error_line_not_a_traceback() -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "cdc_tracker", "schema"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "cdc-tracker: cannot write the output: No space left on device\n"
+    )
