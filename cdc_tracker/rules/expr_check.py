@@ -129,28 +129,26 @@ _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 TIME_FORMS = "'2026-01-01' or '2026-01-01 09:30:00+02:00' (ISO 8601)"
 
 
-def _read_as_time(node: Compare, left: Kind, right: Kind) -> bool:
-    """Whether one side is a timestamp or a date and the other a text literal
-    that reads as one; raises when such a literal does not."""
-    for kind, other in ((left, node.right), (right, node.left)):
-        if kind not in (Kind.TIMESTAMP, Kind.DATE):
-            continue
-        if not (isinstance(other, Lit) and isinstance(other.value, str)):
-            continue
-        moment = time_literal(other.value)
-        if moment is None:
-            raise ExpressionError(
-                f"'{other.value}' is not a time; write one as {TIME_FORMS}",
-                other.offset,
-            )
-        if kind is Kind.DATE and isinstance(moment, datetime):
-            raise ExpressionError(
-                f"'{other.value}' is more than a date; a date compares with a date, "
-                "as '2026-01-01'",
-                other.offset,
-            )
-        return True
-    return False
+def _reads_as_time(kind: Kind, other: Node) -> bool:
+    """Whether ``other`` is a text literal beside a timestamp or a date (``kind``),
+    so read as a time; raises when such a literal is no time there."""
+    if kind not in (Kind.TIMESTAMP, Kind.DATE):
+        return False
+    if not (isinstance(other, Lit) and isinstance(other.value, str)):
+        return False
+    moment = time_literal(other.value)
+    if moment is None:
+        raise ExpressionError(
+            f"'{other.value}' is not a time; write one as {TIME_FORMS}",
+            other.offset,
+        )
+    if kind is Kind.DATE and isinstance(moment, datetime):
+        raise ExpressionError(
+            f"'{other.value}' is more than a date; a date compares with a date, "
+            "as '2026-01-01'",
+            other.offset,
+        )
+    return True
 
 
 def _compatible(left: Kind, right: Kind) -> bool:
@@ -225,7 +223,9 @@ class _Typer:
         left = self.kind(subject)
         for other in others:
             right = self.kind(other)
-            if isinstance(node, Compare) and _read_as_time(node, left, right):
+            if _reads_as_time(left, other) or (
+                isinstance(node, Compare) and _reads_as_time(right, subject)
+            ):
                 continue
             if not _compatible(left, right):
                 raise ExpressionError(

@@ -246,7 +246,7 @@ def _compare_value(
 
 
 def _compare_time(
-    node: Compare, op: Callable[[Any, Any], Any], value: date, moment: date
+    node: Compare | InList, op: Callable[[Any, Any], Any], value: date, moment: date
 ) -> Any:
     """A timestamp or a date compared with a text literal read as a time: a
     time without an offset is in the value's own zone (the rulebook's timezone
@@ -331,14 +331,23 @@ def _compile_in(node: InList) -> Fn:
 def _in_literals(
     node: InList, operand: Fn, values: frozenset[Any], expected: Kind
 ) -> Fn:
-    """``x in (literals of one kind)``: a set lookup instead of a scan."""
+    """``x in (literals of one kind)``: a set lookup instead of a scan. Text
+    literals that all read as times are compared as times with a timestamp or a
+    date, as ``==`` compares them."""
     negated = node.negated
+    moments = [time_literal(v) for v in values] if expected is Kind.TEXT else []
+    times = [m for m in moments if m is not None]
+    if len(times) < len(values):
+        times = []
 
     def member(row: Row) -> bool | None:
         value = operand(row)
         if value is None:
             return None
         if KINDS.get(type(value)) is not expected:
+            if times and isinstance(value, date):
+                found = any(_compare_time(node, operator.eq, value, m) for m in times)
+                return found is not negated
             _check_kind(node, value, expected)
         try:
             return (value in values) is not negated

@@ -685,6 +685,11 @@ PAID_AT = {
         ("'2026-03-02' <= paid_at", PAID_AT, False),
         ("born == '1990-05-17'", PAID_AT, True),
         ("born < '1990-05-18' and born > '1990-05-16'", PAID_AT, True),
+        ("born in ('1990-05-16', '1990-05-17')", PAID_AT, True),
+        ("born not in ('1990-05-16', '1990-05-17')", PAID_AT, False),
+        ("paid_at in ('2026-03-01 09:30', '2026-03-02')", PAID_AT, True),
+        ("paid_at in ('2026-03-01T11:30:00+02:00')", PAID_AT, True),
+        ("paid_at in ('2026-03-01')", PAID_AT, False),
         ("coalesce(paid_at, null) > '2026-01-01'", PAID_AT, True),
         # Where the clocks went back, 02:30 is shown twice: each instant is
         # itself, and a wall time without offset is the later, as in SQL.
@@ -726,7 +731,7 @@ def test_text_literal_beside_a_time_reads_as_a_time(
     [
         ("born == '1990-05-17 10:00'", PAID_AT),
         ("paid_at > 'soon'", PAID_AT),
-        ("paid_at in ('2026-03-01')", PAID_AT),
+        ("born in ('1990-05-17 10:00')", PAID_AT),
     ],
 )
 def test_text_that_is_no_time_beside_a_time_is_an_evaluation_error(
@@ -743,6 +748,8 @@ def test_text_that_is_no_time_beside_a_time_is_an_evaluation_error(
         "paid_at <= '2026-01-01T23:59:59.5+05:30'",
         "'2026-01-01' < paid_at",
         "born >= '2000-02-29'",
+        "paid_at in ('2026-01-01', '2026-01-02 10:00')",
+        "born not in ('2000-02-29')",
         "plan_name == '2026-01-01'",
     ],
 )
@@ -757,7 +764,8 @@ def test_static_type_accepts_a_time_written_as_text(text: str) -> None:
         ("paid_at > '2026-02-30'", 10, "'2026-02-30' is not a time"),
         ("'yesterday' < paid_at", 0, "'yesterday' is not a time"),
         ("born == '1990-05-17 10:00'", 8, "'1990-05-17 10:00' is more than a date"),
-        ("paid_at in ('2026-01-01')", 8, "'in' cannot compare timestamp"),
+        ("paid_at in ('2026-01-01', 'soon')", 26, "'soon' is not a time"),
+        ("paid_at in ('2026-01-01', 5)", 8, "'in' cannot compare timestamp"),
     ],
 )
 def test_static_type_refuses_text_that_is_no_time_beside_a_time(
