@@ -30,7 +30,14 @@ from cdc_tracker.errors import (
 
 # Subcommands living in cdc_tracker/commands/<name>.py, each with
 # register(commands, add_common_options); they import their machinery lazily.
-COMMAND_MODULES: tuple[str, ...] = ("docs", "doctor", "replay", "schema", "status")
+COMMAND_MODULES: tuple[str, ...] = (
+    "deadletters",
+    "docs",
+    "doctor",
+    "replay",
+    "schema",
+    "status",
+)
 
 _EPILOG = """\
 exit codes:
@@ -113,7 +120,6 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_check(commands)
     _add_demo(commands)
-    _add_deadletters(commands)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"cdc_tracker.commands.{name}")
         module.register(commands, _common)
@@ -211,110 +217,6 @@ def _add_demo(commands: Any) -> None:
     sub.set_defaults(handler=_demo)
 
 
-_DEADLETTERS_EXAMPLES = """\
-examples:
-  cdc-tracker deadletters list                  # oldest first, no row values
-  cdc-tracker deadletters list --rule 'identify public.merchants' --json
-  cdc-tracker deadletters show 42               # the stored change, values included
-  cdc-tracker deadletters retry --all --dry-run # the calls today's rulebook makes
-  cdc-tracker deadletters retry 42 43           # deliver; delivered letters go away
-  cdc-tracker deadletters purge --before 30d --yes
-"""
-
-_RETRY_EXIT = """\
-retry exits 0 when every selected letter was delivered (or no longer makes a
-call) and removed, 1 when some stay dead (with their new reason) or were not
-acknowledged within --timeout.
-"""
-
-_DEADLETTERS_EPILOG = """\
-exit codes:
-  0    done
-  1    an error (the database cannot be reached, no dead-letter table
-       exists yet, ...); for retry, also: some letters stay dead
-  2    bad usage or settings
-  130  interrupted
-
-settings come from --config FILE, then the environment (CDC_TRACKER_DSN,
-CDC_TRACKER_SLOT, ...), then flags; see config/settings.example.yaml.
-"""
-
-
-def _add_deadletters(commands: Any) -> None:
-    sub = commands.add_parser(
-        "deadletters",
-        help="list, show, retry or purge dead letters",
-        description=(
-            "Inspect and cure the changes the daemon could not map or deliver, "
-            "kept per slot in cdc_tracker.dead_letters of the source database."
-        ),
-        epilog=_DEADLETTERS_EXAMPLES + "\n" + _DEADLETTERS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub.set_defaults(handler=lambda _args: _print_help(sub))
-    actions = sub.add_subparsers(title="actions", metavar="ACTION")
-    listing = _letters_action(actions, "list", "list dead letters and count them")
-    _letters_filters(listing)
-    listing.add_argument(
-        "--limit", type=int, default=100, metavar="N", help="at most N (0: all)"
-    )
-    listing.add_argument("--json", action="store_true", help="JSON lines on stdout")
-    listing.set_defaults(handler=_deadletters_list)
-    show = _letters_action(actions, "show", "show one dead letter with its values")
-    show.add_argument("id", type=int, metavar="ID")
-    show.add_argument("--json", action="store_true", help="one JSON object")
-    show.set_defaults(handler=_deadletters_show)
-    retry = _letters_action(
-        actions, "retry", "map again with the current rulebook and deliver", _RETRY_EXIT
-    )
-    retry.add_argument("ids", type=int, nargs="*", metavar="ID")
-    retry.add_argument("--all", action="store_true", help="every letter of the slot")
-    _letters_filters(retry)
-    retry.add_argument("--dry-run", action="store_true", help="print the calls only")
-    retry.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="give up a delivery not acknowledged within SECONDS; its letters "
-        "are kept as they were (default 60)",
-    )
-    retry.set_defaults(handler=_deadletters_retry)
-    purge = _letters_action(actions, "purge", "delete dead letters")
-    purge.add_argument("ids", type=int, nargs="*", metavar="ID")
-    purge.add_argument("--all", action="store_true", help="every letter of the slot")
-    purge.add_argument(
-        "--before", metavar="TIME", help="stored before TIME (2026-01-31, or 7d ago)"
-    )
-    purge.add_argument("--yes", action="store_true", help="do not ask")
-    purge.set_defaults(handler=_deadletters_purge)
-
-
-def _letters_action(
-    actions: Any, name: str, summary: str, exits: str = ""
-) -> argparse.ArgumentParser:
-    sub: argparse.ArgumentParser = actions.add_parser(
-        name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
-        epilog=_DEADLETTERS_EXAMPLES + "\n" + exits + "\n" + _DEADLETTERS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(sub)
-    sub.add_argument("--slot", help="whose dead letters (CDC_TRACKER_SLOT)")
-    return sub
-
-
-def _letters_filters(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--table", metavar="TABLE", help="only this table")
-    sub.add_argument("--rule", metavar="RULE", help="only this rule id")
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return EXIT_CONFIG
-
-
 def _run(args: argparse.Namespace) -> int:
     from cdc_tracker.daemon.runner import run_daemon
 
@@ -343,65 +245,3 @@ def _demo(args: argparse.Namespace) -> int:
 
     logs.configure("console" if sys.stderr.isatty() else "json", "info")
     return run_demo(args.rulebook, out=sys.stdout)
-
-
-def _deadletters_list(args: argparse.Namespace) -> int:
-    from cdc_tracker.deadletters import operations as letters
-
-    if args.limit < 0:
-        raise ConfigError(f"--limit is {args.limit}; expected 0 (all) or more")
-    settings = settings_from(args, slot=args.slot)
-    chosen = letters.selection([], args.table, args.rule)
-    return letters.list_letters(
-        settings,
-        chosen,
-        limit=args.limit,
-        as_json=args.json,
-        out=sys.stdout,
-        err=sys.stderr,
-    )
-
-
-def _deadletters_show(args: argparse.Namespace) -> int:
-    from cdc_tracker.deadletters import operations as letters
-
-    settings = settings_from(args, slot=args.slot)
-    return letters.show_letter(settings, args.id, as_json=args.json, out=sys.stdout)
-
-
-def _deadletters_retry(args: argparse.Namespace) -> int:
-    from cdc_tracker.deadletters import operations as letters
-
-    if args.all and (args.ids or args.table or args.rule):
-        raise ConfigError("--all takes no IDs, --table or --rule: say one or the other")
-    if not args.all and not (args.ids or args.table or args.rule):
-        raise ConfigError(
-            "say which dead letters to retry: IDs, --table or --rule, or else --all"
-        )
-    settings = settings_from(args, slot=args.slot)
-    chosen = letters.selection(args.ids, args.table, args.rule)
-    with stop_on_signals() as stop:
-        return letters.retry_letters(
-            settings,
-            chosen,
-            dry_run=args.dry_run,
-            stop=stop,
-            timeout=args.timeout,
-            out=sys.stdout,
-            err=sys.stderr,
-        )
-
-
-def _deadletters_purge(args: argparse.Namespace) -> int:
-    from cdc_tracker.deadletters import operations as letters
-
-    chosen_by = [bool(args.ids), args.all, args.before is not None].count(True)
-    if chosen_by > 1:
-        raise ConfigError("say one of IDs, --all or --before, not several")
-    if chosen_by == 0:
-        raise ConfigError("say which dead letters to purge: IDs, --all or --before")
-    settings = settings_from(args, slot=args.slot)
-    chosen = letters.selection(args.ids, before=args.before)
-    return letters.purge_letters(
-        settings, chosen, yes=args.yes, stdin=sys.stdin, err=sys.stderr, out=sys.stdout
-    )

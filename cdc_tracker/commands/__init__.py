@@ -1,4 +1,4 @@
-"""Subcommands of ``cdc-tracker`` beyond run, check, demo and deadletters (in
+"""Subcommands of ``cdc-tracker`` beyond run, check and demo (in
 ``cdc_tracker.cli``), one module each.
 
 Each module offers ``register(commands, add_common)``: it adds its parser to the
