@@ -49,6 +49,7 @@ ENVIRONMENT = {
     "CDC_TRACKER_LOG_LEVEL": "log_level",
     "CDC_TRACKER_METRICS_ADDRESS": "metrics_address",
     "CDC_TRACKER_STALL_SECONDS": "stall_seconds",
+    "CDC_TRACKER_REFUSAL_PATIENCE": "refusal_patience",
 }
 
 
@@ -74,6 +75,7 @@ class Settings:
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     metrics_address: str = "127.0.0.1:9187"
     stall_seconds: float = 120.0
+    refusal_patience: float = 600.0
 
     def destination_settings(self) -> DestinationSettings:
         """The destination part, validated (raises ``ConfigError``)."""
@@ -98,6 +100,7 @@ class Settings:
             timeout=self.http_timeout,
             max_calls=self.batch_calls,
             max_bytes=self.batch_bytes,
+            refusal_patience=self.refusal_patience,
         )
 
     def dry_run_limits(self) -> BatchLimits:

@@ -45,6 +45,8 @@ def settings_for(
         write_key=WRITE_KEY,
         poll_interval=0.05,
         http_timeout=2.0,
+        # A call refused with none taken after it is held this long, not 10 min.
+        refusal_patience=0.5,
     )
     return replace(base, **extra)
 

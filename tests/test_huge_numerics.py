@@ -83,9 +83,11 @@ def test_a_refused_call_with_a_huge_integer_is_a_dead_letter_and_retried_whole(
     path = _setup(empty_db, tmp_path)
     settings = settings_for(empty_db, receiver, path)
     with running_daemon(settings) as daemon:
-        receiver.fail_next(1, status=400)
+        # Refused past the patience (0.5 s): then a dead letter.
+        receiver.fail_for(30, status=400)
         sql(empty_db, f"insert into amounts values (1, {HUGE}, null, null)")
         daemon.caught_up()
+        receiver.fail_for(0)
         sql(empty_db, "insert into amounts values (2, 3, null, null)")
         daemon.caught_up()
         assert daemon.daemon.counters.dead_letters == 1

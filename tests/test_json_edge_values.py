@@ -123,9 +123,11 @@ def test_a_number_jsonb_cannot_keep_is_sent_and_retried_as_written(
     number, sent = case
     settings = settings_for(empty_db, receiver, _setup(empty_db, tmp_path))
     with running_daemon(settings) as daemon:
-        receiver.fail_next(1, status=400)
+        # Refused until past the patience (0.5 s): then a dead letter.
+        receiver.fail_for(30, status=400)
         sql(empty_db, f"""insert into docs values (1, '{{"v": {number}}}')""")
         daemon.caught_up()
+        receiver.fail_for(0)
     assert receiver.calls == []
     [(reason, _, call)] = _letters(empty_db)
     assert reason == "refused by the destination with status 400: bad request"
@@ -234,9 +236,11 @@ def test_a_negative_zero_a_refused_call_held_is_retried_with_its_sign(
     with running_daemon(settings) as daemon:
         sql(empty_db, "insert into docs values (1, '{}', '{-0, 1.5}')")
         daemon.caught_up()
-        receiver.fail_next(1, status=400)
+        # Refused past the patience (0.5 s): then a dead letter.
+        receiver.fail_for(30, status=400)
         sql(empty_db, "insert into docs values (2, '{}', '{-0, 1.5}')")
         daemon.caught_up()
+        receiver.fail_for(0)
     [sent] = receiver.calls
     assert b'"da":[-0,1.5]' in sent.raw
     assert retry_all_letters(settings, monkeypatch) == 0
@@ -252,9 +256,11 @@ def test_show_prints_a_letters_numbers_as_the_call_had_them(
 ) -> None:
     settings = settings_for(empty_db, receiver, _setup(empty_db, tmp_path))
     with running_daemon(settings) as daemon:
-        receiver.fail_next(1, status=400)
+        # Refused past the patience (0.5 s): then a dead letter.
+        receiver.fail_for(30, status=400)
         sql(empty_db, """insert into docs values (1, '{"v": 1.5e-7}')""")
         daemon.caught_up()
+        receiver.fail_for(0)
     capsys.readouterr()
     monkeypatch.setenv("RUDDERSTACK_DATA_PLANE_URL", receiver.url)
     flags = ["--dsn", empty_db, "--slot", settings.slot]

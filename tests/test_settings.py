@@ -110,3 +110,17 @@ def test_a_batch_too_small_for_the_largest_call_names_the_file_that_set_it(
         f"setting batch_bytes from {config}: batch_bytes is 100; expected at least "
         "32012, to hold one call of the largest size (32000 bytes)"
     )
+
+
+def test_the_refusal_patience_reaches_the_destination() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "CDC_TRACKER_REFUSAL_PATIENCE": "30",
+            "RUDDERSTACK_DATA_PLANE_URL": "http://127.0.0.1:9",
+            "RUDDERSTACK_WRITE_KEY": "wk",
+        },
+    )
+    assert settings.destination_settings().refusal_patience == 30.0
+    with pytest.raises(ConfigError, match="refusal_patience"):
+        load_settings(None, environ={"CDC_TRACKER_REFUSAL_PATIENCE": "1e9"})

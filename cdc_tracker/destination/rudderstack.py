@@ -42,10 +42,6 @@ _RETRY_STATUSES = frozenset({408, 429})
 _SPLIT_STATUSES = frozenset({400, 413, 422})
 
 
-# How long a request whose every call is refused, one by one, is taken for the
-# destination's fault (a gateway answering 400 to all) and resent whole, before
-# its calls are narrowed down once more and those still refused dead-lettered.
-REFUSAL_PATIENCE_SECONDS = 600.0
 # How much of a refusal's answer a dead letter keeps: the destination's reason.
 _DETAIL_CHARS = 200
 
@@ -103,7 +99,6 @@ class RudderStackClient:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         clock: Callable[[], float] = time.monotonic,
         log_interval: float = 30.0,
-        refusal_patience: float = REFUSAL_PATIENCE_SECONDS,
     ) -> None:
         self.settings = settings
         self.stats = DeliveryStats()
@@ -112,7 +107,6 @@ class RudderStackClient:
         # an answer, which resets the backoff of failures.
         self._refusal_backoff = replace(self._backoff, attempts=0)
         self._clock = clock
-        self._refusal_patience = refusal_patience
         self._sleep = sleep
         self._now = now
         self._host = httpx.URL(settings.url).host
@@ -253,7 +247,7 @@ class RudderStackClient:
         the request point at the destination itself (a gateway answering 400 to
         everything, from the start or from some point on): they are resent whole
         after a growing wait, as an outage is waited out, for
-        ``refusal_patience`` s; then narrowed down once more, for good.
+        ``settings.refusal_patience`` s; then narrowed down once more, for good.
         """
         if request.trailing < 2 or request.narrowing:
             return None
@@ -262,7 +256,7 @@ class RudderStackClient:
         since = now if request.refused_since is None else request.refused_since
         again = _Request([call for call, _ in suspects], refused_since=since)
         reason = suspects[-1][1]
-        if now - since >= self._refusal_patience:
+        if now - since >= self.settings.refusal_patience:
             again.narrowing = True
             log.error(
                 "destination still refuses every call of a request: "
@@ -280,7 +274,7 @@ class RudderStackClient:
                 host=self._host,
                 calls=len(again.calls),
                 reason=reason,
-                patience_s=self._refusal_patience,
+                patience_s=self.settings.refusal_patience,
             )
         delay = self._refusal_backoff.next_delay()
         self.stats.refusing = True

@@ -55,6 +55,10 @@ class DestinationSettings:
     max_calls: int = 500
     max_bytes: int = 475_000
     max_call_bytes: int = MAX_CALL_BYTES
+    # How long calls refused with none taken after them are held and sent again
+    # (they may be an outage: a gateway answering 400 to everything) before
+    # those refused alone become dead letters.
+    refusal_patience: float = 600.0
 
     def __post_init__(self) -> None:
         _check_url(self.url)
@@ -69,6 +73,10 @@ class DestinationSettings:
             raise ConfigError(f"destination gzip_level {self.gzip_level} is not 0-3")
         if not self.timeout > 0:
             raise ConfigError(f"destination timeout {self.timeout} s is not positive")
+        if not self.refusal_patience >= 0:
+            raise ConfigError(
+                f"destination refusal_patience {self.refusal_patience} s is negative"
+            )
         self._check_limits()
 
     @property

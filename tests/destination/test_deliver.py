@@ -329,7 +329,7 @@ def test_a_request_refused_to_its_last_call_is_waited_out_not_dead_lettered(
 
 def test_a_request_refused_past_the_patience_is_narrowed_and_dead_lettered() -> None:
     plane = FakePlane(refuse={"m0", "m1", "m2"})
-    settings = DestinationSettings(url=URL, write_key=WRITE_KEY)
+    settings = DestinationSettings(url=URL, write_key=WRITE_KEY, refusal_patience=300)
     minutes = itertools.count()
     client = RudderStackClient(
         settings,
@@ -337,7 +337,6 @@ def test_a_request_refused_past_the_patience_is_narrowed_and_dead_lettered() -> 
         backoff=Backoff(initial=0.01, cap=0.1),
         sleep=lambda _: None,
         clock=lambda: 60.0 * next(minutes),
-        refusal_patience=300.0,
     )
 
     with capture_logs() as logs:
@@ -376,12 +375,11 @@ def test_an_outage_of_400s_begun_while_narrowing_down_is_waited_out_too() -> Non
     plane.script = [400, take] + [400] * 39
     minutes = itertools.count()
     client = RudderStackClient(
-        DestinationSettings(url=URL, write_key=WRITE_KEY),
+        DestinationSettings(url=URL, write_key=WRITE_KEY, refusal_patience=300),
         transport=httpx.MockTransport(plane),
         backoff=Backoff(initial=0.01, cap=0.1),
         sleep=lambda _: None,
         clock=lambda: 60.0 * next(minutes),
-        refusal_patience=300.0,
     )
 
     result = client.deliver(encoded(40))

@@ -123,7 +123,8 @@ def test_a_destination_answering_400_to_everything_is_waited_out(
 ) -> None:
     """A gateway answering 400 to every request for a while is an outage, not
     300 bad calls: nothing is dead-lettered, everything arrives once after it."""
-    with running_daemon(_settings(db, receiver, example_rulebook)) as daemon:
+    settings = _settings(db, receiver, example_rulebook, refusal_patience=600.0)
+    with running_daemon(settings) as daemon:
         daemon.caught_up()
         receiver.fail_for(2, status=400)
         insert_merchants(db, 150, per_transaction=150)
