@@ -8,15 +8,18 @@ from dataclasses import replace
 from email.message import Message
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from cdc_tracker.daemon import window
+from cdc_tracker.mapping import ids
 from cdc_tracker.testing._rudder_checks import Answer
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.faults.workload import insert_merchants
 from tests.harness import (
     WRITE_KEY,
     create_slot,
+    insert_name,
     running_daemon,
     settings_for,
     slot_position,
@@ -109,3 +112,38 @@ def test_nothing_is_sent_after_a_batch_whose_delivery_a_stop_interrupted(
         assert receiver.seen == 4
         assert len(receiver.calls) == 60
         assert slot_position(db, settings.slot) == running.daemon.done
+
+
+def test_a_letter_of_a_delivery_a_stop_interrupted_is_stored_once(
+    db: str, example_rulebook: Path
+) -> None:
+    """A call refused in a delivery that a stop then interrupts is refused again
+    when its window is read again after the restart: one letter, not two."""
+    # The first request is refused for one call, which is refused alone and the
+    # call after it taken; then 503 to everything, until the stop.
+    first = GoesDownAfter(3, write_keys=[WRITE_KEY])
+    second = FakeRudderStack(write_keys=[WRITE_KEY])
+    with first, second:
+        settings = replace(
+            settings_for(db, first, example_rulebook, namespace="letters"),
+            batch_calls=2,
+        )
+        create_slot(settings)
+        insert_merchants(db, 2, per_transaction=2)
+        with psycopg.connect(db) as conn:
+            row = conn.execute("select min(id) from merchants").fetchone()
+        assert row is not None
+        identify = insert_name("identify public.merchants")
+        refused = ids.insert_id("letters", identify, [row[0]])
+        for receiver in (first, second):
+            receiver.reject_message_ids([refused])
+        with running_daemon(settings) as daemon:
+            wait_until(lambda: first.seen > 4, 10)
+            assert daemon.daemon.counters.dead_letters == 0
+        with running_daemon(replace(settings, destination_url=second.url)) as again:
+            again.caught_up()
+    with psycopg.connect(db) as conn:
+        stored = conn.execute(
+            "select call->>'messageId' from cdc_tracker.dead_letters"
+        ).fetchall()
+    assert stored == [(refused,)]

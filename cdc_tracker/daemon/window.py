@@ -366,11 +366,13 @@ class Window:
         done. Returns False when a stop interrupted its delivery."""
         batch = self._in_flight.popleft()
         outcome = self._outcome(batch.future) if batch.future else Outcome()
+        if outcome.interrupted:
+            # Its changes are read again (after a restart too): their letters
+            # are made again then, and stored once.
+            return False
         dead = batch.dead + outcome.dead_letters
         if dead:
             self._store_dead(dead)
-        if outcome.interrupted:
-            return False
         if batch.calls and batch.completed > self.done:
             self.shipped = Checkpoint(batch.completed, batch.completed_at)
         self.done = max(self.done, batch.completed)
