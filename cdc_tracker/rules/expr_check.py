@@ -115,17 +115,22 @@ def describe(node: Node, kind: Kind) -> str:
 
 def time_literal(text: str) -> datetime | date | None:
     """A text literal read as a time, as SQL reads ``'2026-01-01'`` beside a
-    timestamp: an ISO 8601 date, or a date and time with or without an offset.
-    None when it is neither."""
+    timestamp: an ISO 8601 date, or a date and a time of day with or without an
+    offset. None when it is neither."""
     try:
         if _ISO_DATE.fullmatch(text):
             return date.fromisoformat(text)
-        return datetime.fromisoformat(text) if len(text) > 10 else None
+        return datetime.fromisoformat(text) if _ISO_TIME.fullmatch(text) else None
     except ValueError:
         return None
 
 
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+_ISO_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?",
+    re.ASCII,
+)
 TIME_FORMS = "'2026-01-01' or '2026-01-01 09:30:00+02:00' (ISO 8601)"
 
 

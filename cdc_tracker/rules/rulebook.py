@@ -9,7 +9,7 @@ columns, types, replica identity) are in ``cdc_tracker.rules.schema``. Lookups
 from __future__ import annotations
 
 import difflib
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -115,11 +115,20 @@ class _Builder:
 
     def timezone(self, document: LineDict) -> tzinfo:
         name = document.get("timezone", "UTC")
-        try:
-            return UTC if str(name).upper() == "UTC" else ZoneInfo(str(name))
-        except (ZoneInfoNotFoundError, ValueError):
-            self.problem(document.lines.get("timezone"), f"unknown time zone '{name}'")
+        line = document.lines.get("timezone")
+        if not isinstance(name, str):
+            self.problem(
+                line, "'timezone' is a zone name, such as UTC or Europe/Berlin"
+            )
             return UTC
+        try:
+            zone = UTC if name.upper() == "UTC" else ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.problem(line, f"unknown time zone '{name}'")
+            return UTC
+        # A zone always at UTC (Etc/UTC, GMT, Zulu) reads as UTC: same values,
+        # same messageIds.
+        return UTC if _always_utc(zone) else zone
 
     def tables(self, document: LineDict) -> dict[str, TableSpec]:
         section = document.get("tables")
@@ -460,3 +469,8 @@ def _kind_of_yaml(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return "a mapping" if isinstance(value, dict) else type(value).__name__
+
+
+def _always_utc(zone: tzinfo) -> bool:
+    samples = (datetime(year, month, 1) for year in (1990, 2026) for month in (1, 7))
+    return all(zone.utcoffset(moment) == timedelta(0) for moment in samples)

@@ -762,6 +762,8 @@ def test_static_type_accepts_a_time_written_as_text(text: str) -> None:
     [
         ("paid_at > 'soon'", 10, "'soon' is not a time; write one as '2026-01-01' or"),
         ("paid_at > '2026-02-30'", 10, "'2026-02-30' is not a time"),
+        ("paid_at > '2026-10-25+01:00'", 10, "'2026-10-25+01:00' is not a time"),
+        ("paid_at > '2026-10-25x05:00'", 10, "'2026-10-25x05:00' is not a time"),
         ("'yesterday' < paid_at", 0, "'yesterday' is not a time"),
         ("born == '1990-05-17 10:00'", 8, "'1990-05-17 10:00' is more than a date"),
         ("paid_at in ('2026-01-01', 'soon')", 26, "'soon' is not a time"),

@@ -247,6 +247,12 @@ def test_timezone_names_the_zone_for_timestamps_without_one(tmp_path: Path) -> N
     assert rulebook.timezone == ZoneInfo("Europe/Ljubljana")
 
 
+@pytest.mark.parametrize("name", ["UTC", "utc", "Etc/UTC", "UCT", "Zulu", "GMT"])
+def test_a_zone_always_at_utc_reads_as_utc(tmp_path: Path, name: str) -> None:
+    """Same values, so the same identify fingerprints, as UTC left out."""
+    assert load(tmp_path, f"timezone: {name}\n" + TABLES).timezone is UTC
+
+
 def test_rulebook_without_rules_loads(tmp_path: Path) -> None:
     """No identify and no track section (or an empty one) is not an error."""
     assert load(tmp_path, TABLES).rules == []
@@ -488,6 +494,11 @@ PROBLEMS = [
         "timezone: Mars/Olympus_Mons\n" + TABLES,
         "1: unknown time zone 'Mars/Olympus_Mons'",
         id="unknown-timezone",
+    ),
+    pytest.param(
+        "timezone:\n" + TABLES,
+        "1: 'timezone' is a zone name, such as UTC or Europe/Berlin",
+        id="timezone-null",
     ),
     pytest.param(
         "- version: 1\n",
