@@ -292,7 +292,7 @@ class Replay:
         sent: Future[bool] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="replay-ship") as sender:
             for rows in reader.pages(*bounds, state.positions.get(reader.info.name)):
-                page = self._map(maker, reader, rows)
+                page = self._map(maker, reader, rows, state.window)
                 if sent is not None and not sent.result():
                     return False
                 sent = sender.submit(self._ship, page, state, progress)
@@ -302,12 +302,15 @@ class Replay:
                 return False
         return not self.stop.is_set()
 
-    def _map(self, maker: ChangeMaker, reader: TableReader, rows: list[Row]) -> Page:
+    def _map(
+        self, maker: ChangeMaker, reader: TableReader, rows: list[Row], window: Window
+    ) -> Page:
         assert self.mapper is not None
         page = Page(reader.info.name, rows, self._ordinal + 1, reader.position)
         for ordinal, row in enumerate(rows, start=page.first):
             change = maker.change(row, ordinal)
-            self.mapper.map_encoded(change, page.calls, page.dead)
+            if window.holds(change.commit_time):  # see Window.bounds_for
+                self.mapper.map_encoded(change, page.calls, page.dead)
         self._ordinal += len(rows)
         return page
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 
 from cdc_tracker.errors import ConfigError
 from cdc_tracker.moments import parse_moment
 
 __all__ = ["Window", "make_window", "parse_moment"]
+
+
+# Wider than any clock change: wall-clock bounds widened by it hold every row
+# whose instant is in the window (rows outside are then left out one by one).
+_CLOCK_CHANGE_MARGIN = timedelta(hours=3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,14 +27,20 @@ class Window:
         """The bounds as SQL literals for a cursor column of ``cursor_type``.
 
         A ``timestamp without time zone`` column holds wall-clock times of the
-        rulebook's zone, so the bounds are given to it as wall-clock times too.
+        rulebook's zone, so the bounds are given to it as wall-clock times too;
+        where the clocks change, a wall time is not one instant, so they are
+        widened and ``holds`` decides each row.
         """
         if "without time zone" in cursor_type:
-            return tuple(  # type: ignore[return-value]
-                moment.astimezone(zone).replace(tzinfo=None).isoformat()
-                for moment in (self.since, self.until)
-            )
+            margin = timedelta(0) if str(zone) == "UTC" else _CLOCK_CHANGE_MARGIN
+            since = self.since.astimezone(zone).replace(tzinfo=None) - margin
+            until = self.until.astimezone(zone).replace(tzinfo=None) + margin
+            return since.isoformat(), until.isoformat()
         return self.since.isoformat(), self.until.isoformat()
+
+    def holds(self, moment: datetime) -> bool:
+        """Whether a row's cursor instant is in the window."""
+        return self.since <= moment < self.until
 
 
 def make_window(since: str, until: str | None, now: datetime) -> Window:

@@ -385,3 +385,56 @@ def test_a_dry_run_whose_reader_goes_away_stops_quietly(
     assert proc.wait(timeout=30) == 141, err
     assert "Traceback" not in err
     assert "BrokenPipeError" not in err
+
+
+BERLIN_RULEBOOK = """\
+version: 1
+timezone: Europe/Berlin
+tables:
+  public.wall:
+    user_id: id
+    cursor: ts
+track:
+  - event: Walled
+    table: public.wall
+    on: insert
+    properties: {ts: ts}
+"""
+
+
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        # The clocks went back: 02:00 is shown twice, and is the later (01:00Z).
+        (("2026-10-25T00:45:00Z", "2026-10-25T01:15:00Z"), [1]),
+        (("2026-10-24T23:45:00Z", "2026-10-25T00:15:00Z"), []),
+        # The clocks went forward: 02:30 is skipped, read with +01:00 (01:30Z).
+        (("2026-03-29T01:00:00Z", "2026-03-29T01:45:00Z"), [3]),
+    ],
+)
+def test_a_wall_time_cursor_is_windowed_by_the_instant_its_calls_carry(
+    db: str,
+    receiver: FakeRudderStack,
+    tmp_path: Path,
+    window: tuple[str, str],
+    expected: list[int],
+) -> None:
+    since, until = window
+    sql(
+        db,
+        "create table wall (id bigint primary key, ts timestamp not null)",
+        "create index on wall (ts, id)",
+        "insert into wall values (1, '2026-10-25 02:00'), (2, '2026-10-25 03:30'),"
+        " (3, '2026-03-29 02:30'), (4, '2026-03-29 04:00')",
+    )
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(BERLIN_RULEBOOK)
+    env = _env(db, receiver, rulebook)
+
+    result = _cli(env, "--since", since, "--until", until, "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    calls = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [int(call["userId"]) for call in calls] == expected
+    for call in calls:
+        assert since <= call["timestamp"].replace(".000Z", "Z") < until
