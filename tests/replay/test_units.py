@@ -53,7 +53,11 @@ def test_bounds_of_a_zone_less_cursor_are_wall_clock_times_in_the_rulebook_zone(
 
     since, _ = window.bounds_for("timestamp without time zone", paris)
 
-    assert since == "2026-11-01T01:00:00"
+    # 01:00 in Paris, widened by 3 h: where clocks change, rows are decided by
+    # their instant (Window.holds).
+    assert since == "2026-10-31T22:00:00"
+    assert window.holds(datetime(2026, 11, 1, tzinfo=UTC))
+    assert not window.holds(datetime(2026, 10, 31, 23, 59, tzinfo=UTC))
     assert window.bounds_for("timestamp with time zone", paris)[0] == (
         "2026-11-01T00:00:00+00:00"
     )
