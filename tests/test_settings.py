@@ -74,16 +74,23 @@ def test_unknown_variables_name_the_setting_meant() -> None:
     ]
 
 
-def test_a_batch_size_past_the_service_names_the_file_that_set_it(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (10_000_000, "at most 4096000, what rudderstack accepts"),
+        (100, "at least 32012, to hold one call of the largest size (32000 bytes)"),
+    ],
+)
+def test_a_batch_size_out_of_range_names_the_file_that_set_it(
+    tmp_path: Path, value: int, expected: str
 ) -> None:
     config = tmp_path / "settings.yaml"
-    config.write_text("batch_bytes: 10000000\n")
+    config.write_text(f"batch_bytes: {value}\n")
     with pytest.raises(ConfigError) as caught:
         load_settings(config, environ={})
     assert str(caught.value) == (
-        f"setting batch_bytes from {config}: batch_bytes is 10000000; expected at "
-        "most 4096000, what rudderstack accepts"
+        f"setting batch_bytes from {config}: batch_bytes is {value}; expected "
+        f"{expected}"
     )
 
 
@@ -97,19 +104,6 @@ def test_segment_batch_calls_past_2500_are_refused_naming_the_flag() -> None:
         load_settings(
             None, environ={}, overrides={"destination": "segment", "batch_calls": 3000}
         )
-
-
-def test_a_batch_too_small_for_the_largest_call_names_the_file_that_set_it(
-    tmp_path: Path,
-) -> None:
-    config = tmp_path / "settings.yaml"
-    config.write_text("batch_bytes: 100\n")
-    with pytest.raises(ConfigError) as caught:
-        load_settings(config, environ={})
-    assert str(caught.value) == (
-        f"setting batch_bytes from {config}: batch_bytes is 100; expected at least "
-        "32012, to hold one call of the largest size (32000 bytes)"
-    )
 
 
 def test_the_refusal_patience_reaches_the_destination() -> None:
