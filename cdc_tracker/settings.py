@@ -268,6 +268,8 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
             raise bad("a finite number")
         if name in _POSITIVE and not number > 0:
             raise bad("a positive number")
+        if number < 0:
+            raise bad("a number of seconds, 0 or more")
         if number > _MOST_SECONDS:
             raise bad(f"at most {_MOST_SECONDS:.0f} seconds (30 days)")
         return number

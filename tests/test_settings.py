@@ -118,3 +118,9 @@ def test_the_refusal_patience_reaches_the_destination() -> None:
     assert settings.destination_settings().refusal_patience == 30.0
     with pytest.raises(ConfigError, match="refusal_patience"):
         load_settings(None, environ={"CDC_TRACKER_REFUSAL_PATIENCE": "1e9"})
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"CDC_TRACKER_REFUSAL_PATIENCE": "-5"})
+    assert str(caught.value) == (
+        "setting refusal_patience from CDC_TRACKER_REFUSAL_PATIENCE is '-5'; "
+        "expected a number of seconds, 0 or more"
+    )

@@ -11,8 +11,9 @@ from cdc_tracker.moments import parse_moment
 __all__ = ["Window", "make_window", "parse_moment"]
 
 
-# Wider than any clock change: wall-clock bounds widened by it hold every row
-# whose instant is in the window (rows outside are then left out one by one).
+# Wider than any clock change since 1995 (the largest, 3 h; Kwajalein's 23 h of
+# 1969 is not covered): wall-clock bounds widened by it hold every row whose
+# instant is in the window (rows outside are then left out one by one).
 _CLOCK_CHANGE_MARGIN = timedelta(hours=3)
 
 
@@ -33,14 +34,25 @@ class Window:
         """
         if "without time zone" in cursor_type:
             margin = timedelta(0) if str(zone) == "UTC" else _CLOCK_CHANGE_MARGIN
-            since = self.since.astimezone(zone).replace(tzinfo=None) - margin
-            until = self.until.astimezone(zone).replace(tzinfo=None) + margin
+            since = _wall(self.since, zone, -margin, datetime.min)
+            until = _wall(self.until, zone, margin, datetime.max)
             return since.isoformat(), until.isoformat()
         return self.since.isoformat(), self.until.isoformat()
 
     def holds(self, moment: datetime) -> bool:
         """Whether a row's cursor instant is in the window."""
         return self.since <= moment < self.until
+
+
+def _wall(
+    moment: datetime, zone: tzinfo, margin: timedelta, limit: datetime
+) -> datetime:
+    """``moment`` as a wall time of ``zone``, moved by ``margin``; ``limit`` (the
+    first or last time Python holds) where that runs past it."""
+    try:
+        return moment.astimezone(zone).replace(tzinfo=None) + margin
+    except OverflowError:
+        return limit
 
 
 def make_window(since: str, until: str | None, now: datetime) -> Window:

@@ -9,7 +9,7 @@ columns, types, replica identity) are in ``cdc_tracker.rules.schema``. Lookups
 from __future__ import annotations
 
 import difflib
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -472,5 +472,15 @@ def _kind_of_yaml(value: Any) -> str:
 
 
 def _always_utc(zone: tzinfo) -> bool:
-    samples = (datetime(year, month, 1) for year in (1990, 2026) for month in (1, 7))
-    return all(zone.utcoffset(moment) == timedelta(0) for moment in samples)
+    return str(zone) in _UTC_NAMES
+
+
+# The tz database's names of UTC itself (not of places that keep it today, such
+# as Africa/Abidjan, whose past offsets differ).
+_UTC_NAMES = frozenset(
+    prefix + name
+    for prefix in ("", "Etc/")
+    for name in (
+        "UTC", "UCT", "Zulu", "Universal", "GMT", "GMT0", "GMT+0", "GMT-0", "Greenwich",
+    )
+)  # fmt: skip

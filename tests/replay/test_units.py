@@ -6,6 +6,7 @@ import io
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from structlog.testing import capture_logs
@@ -177,3 +178,16 @@ def test_a_rule_reading_the_old_row_is_skipped_even_on_insert(tmp_path: Path) ->
     assert [rule.id for rule in plan.rulebook.rules] == ["Seen"]
     assert plan.skipped[0].rule == "Plan Set"
     assert "old row" in plan.skipped[0].reason
+
+
+def test_wall_clock_bounds_at_the_ends_of_time_stop_there() -> None:
+    """Widened past the first or last time Python holds, a bound is that time
+    (it was an OverflowError, a traceback)."""
+    berlin = ZoneInfo("Europe/Berlin")
+    window = Window(
+        datetime(1, 1, 1, 2, tzinfo=UTC), datetime(9999, 12, 31, 23, 30, tzinfo=UTC)
+    )
+
+    since, until = window.bounds_for("timestamp without time zone", berlin)
+
+    assert (since, until) == (datetime.min.isoformat(), datetime.max.isoformat())

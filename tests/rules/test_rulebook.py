@@ -253,6 +253,12 @@ def test_a_zone_always_at_utc_reads_as_utc(tmp_path: Path, name: str) -> None:
     assert load(tmp_path, f"timezone: {name}\n" + TABLES).timezone is UTC
 
 
+def test_a_zone_at_utc_today_but_not_always_keeps_its_name(tmp_path: Path) -> None:
+    """Africa/Sao_Tome was at +01:00 in 2018: its timestamps are not UTC's."""
+    zone = load(tmp_path, "timezone: Africa/Sao_Tome\n" + TABLES).timezone
+    assert zone == ZoneInfo("Africa/Sao_Tome")
+
+
 def test_rulebook_without_rules_loads(tmp_path: Path) -> None:
     """No identify and no track section (or an empty one) is not an error."""
     assert load(tmp_path, TABLES).rules == []
