@@ -121,6 +121,11 @@ class _Builder:
                 line, "'timezone' is a zone name, such as UTC or Europe/Berlin"
             )
             return UTC
+        if name.lower() in ("localtime", "posixrules"):
+            # The host's own zone: the same rulebook would read times differently
+            # on another machine.
+            self.problem(line, f"'{name}' is the host's zone; name the zone itself")
+            return UTC
         try:
             zone = UTC if name.upper() == "UTC" else ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):

@@ -502,6 +502,11 @@ PROBLEMS = [
         id="unknown-timezone",
     ),
     pytest.param(
+        "timezone: localtime\n" + TABLES,
+        "1: 'localtime' is the host's zone; name the zone itself",
+        id="timezone-localtime",
+    ),
+    pytest.param(
         "timezone:\n" + TABLES,
         "1: 'timezone' is a zone name, such as UTC or Europe/Berlin",
         id="timezone-null",
