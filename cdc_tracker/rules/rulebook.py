@@ -121,7 +121,7 @@ class _Builder:
                 line, "'timezone' is a zone name, such as UTC or Europe/Berlin"
             )
             return UTC
-        if name.lower() in ("localtime", "posixrules"):
+        if name.lower() == "localtime":
             # The host's own zone: the same rulebook would read times differently
             # on another machine.
             self.problem(line, f"'{name}' is the host's zone; name the zone itself")
