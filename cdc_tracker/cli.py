@@ -233,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from cdc_tracker.daemon.runner import check_rulebook
+    from cdc_tracker.commands.check import check_rulebook
 
     logs.configure("auto", "warning")
     print(check_rulebook(args.rulebook_file, args.dsn))

@@ -137,6 +137,6 @@ def test_check_with_dsn_notes_a_cursor_replay_would_refuse(
     done = cdc_tracker("check", rulebook, "--dsn", db)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [
-        f"{rulebook}:6: note: cursor column 'amount' of public.payouts is "
+        f"{rulebook}:8: note: cursor column 'amount' of public.payouts is "
         "numeric(12,2), not a timestamp: 'replay' will refuse this table"
     ]

@@ -1,5 +1,5 @@
-"""Subcommands of ``cdc-tracker`` beyond run, check and demo (in
-``cdc_tracker.cli``), one module each.
+"""Subcommands of ``cdc-tracker`` beyond run, check and demo (whose parsers are
+in ``cdc_tracker.cli``), one module each; ``check`` keeps its work here too.
 
 Each module offers ``register(commands, add_common)``: it adds its parser to the
 argparse sub-parsers and sets ``handler``, a function of the parsed arguments that

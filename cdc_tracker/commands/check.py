@@ -1,0 +1,47 @@
+"""``cdc-tracker check``: a rulebook's structure and expressions, and with a
+database its fit to the live schema, without running anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdc_tracker.model import TableInfo
+from cdc_tracker.replay.plan import is_cursor_type
+from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
+from cdc_tracker.rules.schema import require_fit
+from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.source.slot import connect
+
+
+def check_rulebook(path: Path, dsn: str | None) -> str:
+    """Validate a rulebook (and, with ``dsn``, its fit to the database).
+
+    Returns a one-line summary, then a note per table ``replay`` would refuse;
+    raises ``RulebookError`` listing every problem.
+    """
+    rulebook = load_rulebook(path)
+    where = "structure and expressions"
+    notes: list[str] = []
+    if dsn:
+        with connect(dsn) as conn:
+            catalog = read_catalog(conn, rulebook.schema_tables)
+        require_fit(rulebook, catalog)
+        where = "structure, expressions and the live schema"
+        notes = _cursor_notes(rulebook, catalog)
+    return "\n".join([f"{path}: ok ({where}): {rulebook.size}", *notes])
+
+
+def _cursor_notes(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[str]:
+    """Cursors that only ``replay`` would refuse: the daemon does not use them."""
+    notes = []
+    for spec in rulebook.tables.values():
+        info = catalog.get(spec.name)
+        declared = info.columns.get(spec.cursor or "") if info else None
+        if declared is not None and not is_cursor_type(declared):
+            line = spec.cursor_line or spec.line
+            notes.append(
+                f"{rulebook.path}:{line}: note: cursor column '{spec.cursor}' "
+                f"of {spec.name} is {declared}, not a timestamp: 'replay' will "
+                "refuse this table"
+            )
+    return notes
