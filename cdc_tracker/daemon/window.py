@@ -104,8 +104,8 @@ class Window:
         self._dropped: set[str] = set()  # their names seen in this window
         self.refresh_sources: Callable[[], None] | None = None
         # The dead letters stored in this window, and in the window it reads
-        # again (after a lost connection, or partitions found late): a letter is
-        # stored once.
+        # again when partitions were found late: a letter is stored once. (After
+        # a lost connection, reading goes on past every stored letter's change.)
         self._letters: set[tuple[Lsn, int, str | None]] = set()
         self._letters_before: set[tuple[Lsn, int, str | None]] = set()
         self._shipping = ThreadPoolExecutor(1, thread_name_prefix="cdc-tracker-ship")
@@ -120,7 +120,6 @@ class Window:
         # Let them end first: two requests in flight could reorder a user's calls.
         concurrent.futures.wait([b.future for b in batches if b.future is not None])
         self._interrupted = False
-        self._letters_before |= self._letters
         self.calls, self.dead, self._commit_times = [], [], []
         self._calls_before_commit = 0
         self.completed = self.done
