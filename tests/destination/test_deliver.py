@@ -327,17 +327,22 @@ def test_a_request_refused_to_its_last_call_is_waited_out_not_dead_lettered(
     ]
 
 
-def test_a_request_refused_past_the_patience_is_narrowed_and_dead_lettered() -> None:
-    plane = FakePlane(refuse={"m0", "m1", "m2"})
-    settings = DestinationSettings(url=URL, write_key=WRITE_KEY, refusal_patience=300)
+def _a_minute_per_look(plane: FakePlane) -> RudderStackClient:
+    """A client patient for 300 s, whose clock moves a minute each time it is
+    read; its waits take no time."""
     minutes = itertools.count()
-    client = RudderStackClient(
-        settings,
+    return RudderStackClient(
+        DestinationSettings(url=URL, write_key=WRITE_KEY, refusal_patience=300),
         transport=httpx.MockTransport(plane),
         backoff=Backoff(initial=0.01, cap=0.1),
         sleep=lambda _: None,
         clock=lambda: 60.0 * next(minutes),
     )
+
+
+def test_a_request_refused_past_the_patience_is_narrowed_and_dead_lettered() -> None:
+    plane = FakePlane(refuse={"m0", "m1", "m2"})
+    client = _a_minute_per_look(plane)
 
     with capture_logs() as logs:
         result = client.deliver(encoded(3))
@@ -373,14 +378,7 @@ def test_an_outage_of_400s_begun_while_narrowing_down_is_waited_out_too() -> Non
     # The whole request, refused for m39; its first half taken; then 400 to all
     # while the second half is narrowed down (20 calls: 39 requests).
     plane.script = [400, take] + [400] * 39
-    minutes = itertools.count()
-    client = RudderStackClient(
-        DestinationSettings(url=URL, write_key=WRITE_KEY, refusal_patience=300),
-        transport=httpx.MockTransport(plane),
-        backoff=Backoff(initial=0.01, cap=0.1),
-        sleep=lambda _: None,
-        clock=lambda: 60.0 * next(minutes),
-    )
+    client = _a_minute_per_look(plane)
 
     result = client.deliver(encoded(40))
     client.close()
