@@ -80,6 +80,18 @@ class _Request:
         self.trailing += len(batch)
 
 
+def _unsettled(
+    request: _Request, queue: deque[tuple[list[EncodedCall], _Request]]
+) -> list[EncodedCall]:
+    """What a stop leaves undelivered, in order: the calls ``request`` saw
+    refused and has not yet dead-lettered or resent (they came before the rest),
+    then every call still queued."""
+    pending = [call for call, _ in request.refused]
+    pending += [call for waiting, _ in queue for call in waiting]
+    log.info("delivery interrupted", calls=len(pending))
+    return pending
+
+
 class RudderStackClient:
     """A keep-alive HTTP client for one destination. Not safe for concurrent use.
 
@@ -200,8 +212,7 @@ class RudderStackClient:
             batch, request = queue[0]
             answer = self._send_until_answered(batch, stop)
             if answer is _Stopped.STOPPED:
-                result.pending = [call for waiting, _ in queue for call in waiting]
-                log.info("delivery interrupted", calls=len(result.pending))
+                result.pending = _unsettled(request, queue)
                 break
             queue.popleft()
             if answer is None:
@@ -220,10 +231,7 @@ class RudderStackClient:
                 continue
             again = self._after_refusals(request, stop)
             if again is _Stopped.STOPPED:
-                unsettled = [call for call, _ in request.refused]
-                rest = [call for waiting, _ in queue for call in waiting]
-                result.pending = unsettled + rest
-                log.info("delivery interrupted", calls=len(result.pending))
+                result.pending = _unsettled(request, queue)
                 break
             settled = len(request.refused) - (len(again.calls) if again else 0)
             for call, reason in request.refused[:settled]:

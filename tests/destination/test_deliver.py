@@ -407,3 +407,31 @@ def test_stop_while_waiting_out_refusals_returns_the_request_pending() -> None:
     assert ids(result.pending) == ["m0", "m1", "m2", "m3"]
     assert result.dead_letters == []
     assert result.delivered == 0
+
+
+def test_stop_during_an_outage_after_a_refusal_keeps_the_refused_call_pending() -> None:
+    # m0 is refused alone and m1 taken; the stop comes while [m2, m3] meet a 503.
+    # m0 is neither delivered nor a dead letter yet: it must come back as pending.
+    stop = threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent = {call["messageId"] for call in decode_body(request)}
+        if "m0" in sent:
+            return httpx.Response(400, text="batch[0]: refused\n")
+        if "m2" in sent:
+            stop.set()
+            return httpx.Response(503, text="unavailable\n")
+        return httpx.Response(200, text="OK")
+
+    client = RudderStackClient(
+        DestinationSettings(url=URL, write_key=WRITE_KEY, max_calls=4),
+        transport=httpx.MockTransport(answer),
+        backoff=Backoff(initial=30.0, cap=30.0),
+    )
+    result = client.deliver(encoded(4), stop=stop)
+    client.close()
+
+    assert result.interrupted
+    assert result.delivered == 1
+    assert ids(result.pending) == ["m0", "m2", "m3"]
+    assert result.dead_letters == []
