@@ -29,6 +29,11 @@ class Lsn(int):
         return f"Lsn('{self}')"
 
 
+# The position of a replayed row's change, and of its dead letters: a snapshot
+# of a row has none.
+NO_POSITION = Lsn(0)
+
+
 class Action(StrEnum):
     INSERT = "insert"
     UPDATE = "update"

@@ -32,7 +32,7 @@ from cdc_tracker.deadletters.store import (
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.mapping.mapper import Mapper
-from cdc_tracker.model import Action, Call, Change, DeadLetter
+from cdc_tracker.model import NO_POSITION, Action, Call, Change, DeadLetter
 from cdc_tracker.rules.rulebook import Rulebook
 from cdc_tracker.source.catalog import read_catalog
 
@@ -89,6 +89,9 @@ class Redrive:
         lookups: Lookups | None = None,
     ) -> None:
         self.mapper = Mapper(rulebook, namespace, lookups=lookups)
+        # A replay's letters hold snapshots of rows: mapped as replay maps them,
+        # their calls get the messageIds a replay of the rows gives.
+        self.snapshots = Mapper(rulebook, namespace, lookups=lookups, snapshot=True)
         self.wait = wait
         self.rule_ids = {rule.id for rule in rulebook.rules}
         self.shipper = shipper
@@ -182,7 +185,8 @@ class Redrive:
             return _Plan(stored, reason=reason)
         calls: list[Call] = []
         dead: list[DeadLetter] = []
-        self.mapper.map(change, calls, dead)
+        replayed = change.commit_lsn == NO_POSITION
+        (self.snapshots if replayed else self.mapper).map(change, calls, dead)
         failures = [d.reason for d in dead if d.rule == letter.rule]
         if failures:
             return _Plan(stored, reason=failures[0])

@@ -23,7 +23,7 @@ from typing import Any
 
 from cdc_tracker.exact_json import integer
 from cdc_tracker.mapping.values import converter_for
-from cdc_tracker.model import Action, Change, Lsn, TableInfo
+from cdc_tracker.model import NO_POSITION, Action, Change, TableInfo
 from cdc_tracker.replay.reader import Row
 
 # int8, int2, int4, oid, float4, float8, numeric; bool.
@@ -32,7 +32,6 @@ BOOL_OID = 16
 BYTEA_OID = 17
 
 _NOT_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
-_ZERO = Lsn(0)
 
 
 def _number(text: str) -> Any:
@@ -93,7 +92,7 @@ class ChangeMaker:
             new=new,
             old=None,
             types=self.info.columns,
-            commit_lsn=_ZERO,
+            commit_lsn=NO_POSITION,
             ordinal=ordinal,
             commit_time=moment,
             key=self.info.key,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -14,7 +16,13 @@ from cdc_tracker.replay.main import run_replay
 from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.settings import Settings
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import running_daemon, settings_for, slot_position, sql
+from tests.harness import (
+    retry_all_letters,
+    running_daemon,
+    settings_for,
+    slot_position,
+    sql,
+)
 
 PAYOUTS = 100_000
 MERCHANTS = 1_000
@@ -213,6 +221,50 @@ def test_rows_a_rule_cannot_map_become_dead_letters_and_the_rest_goes_on(
         )
     ]
     assert "1 dead letter " in err
+
+
+_POSITION_BOOK = """\
+version: 1
+tables:
+  public.merchants:
+    user_id: {user_id}
+    cursor: updated_at
+    insert_ids: position
+track:
+  - event: Merchant Installed
+    table: public.merchants
+    on: insert
+"""
+
+
+def test_retried_replay_letters_get_the_ids_a_replay_of_their_rows_gives(
+    db: str, receiver: FakeRudderStack, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # Two replays each leave a letter (no email). Both are stored without a WAL
+    # position, as row 1 of their run: the retry must not name them by that.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(_POSITION_BOOK.format(user_id="email"))
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(
+        _POSITION_BOOK.format(user_id="\"coalesce(email, concat('s:', shop_domain))\"")
+    )
+    sql(
+        db,
+        "insert into merchants (shop_domain, updated_at) values"
+        " ('a', now() - interval '2 days'), ('b', now() - interval '1 hour')",
+    )
+    settings = settings_for(db, receiver, broken)
+    assert _replay(settings, since="3d", until="1d")[0] == 0
+    assert _replay(settings, since="1d")[0] == 0
+
+    assert retry_all_letters(replace(settings, rulebook=fixed), monkeypatch) == 0
+    retried = {call.user_id: call.message_id for call in receiver.calls}
+    receiver.reset()
+    assert _replay(replace(settings, rulebook=fixed), since="3d")[0] == 0
+    replayed = {call.user_id: call.message_id for call in receiver.calls}
+
+    assert sorted(retried) == ["s:a", "s:b"]
+    assert retried == replayed
 
 
 def test_replay_enriches_calls_through_lookups_like_the_live_daemon(
