@@ -7,7 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from cdc_tracker.deadletters.store import DeadLetterStore
+from cdc_tracker.deadletters import operations, redrive
+from cdc_tracker.deadletters.store import DeadLetterStore, Selection
+from cdc_tracker.errors import EXIT_INTERRUPTED
 from cdc_tracker.mapping import ids
 from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.testing.rudderstack import FakeRudderStack
@@ -444,6 +447,89 @@ def test_retry_during_an_outage_gives_up_after_the_timeout_and_keeps_the_letters
     assert "3 not acknowledged in time" in capsys.readouterr().out
     assert letters.receiver.requests
     assert [row[1:] for row in letters.rows()] == [(NULL_USER, 0)] * 3
+
+
+def test_a_retry_stopped_after_a_chunk_counts_the_rest_untried_and_exits_130(
+    letters: Letters,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redrive, "CHUNK", 1)
+    stop = threading.Event()
+    stop.set()  # Ctrl-C came: the chunk at hand is still delivered, then no more
+    settings = replace(
+        settings_for(letters.db, letters.receiver, letters.fixed), slot=letters.slot
+    )
+
+    code = operations.retry_letters(
+        settings,
+        Selection(),
+        dry_run=False,
+        stop=stop,
+        timeout=10,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+    assert code == EXIT_INTERRUPTED
+    assert (
+        "retried 1: 1 delivered (1 call), 0 still dead, 2 not tried (stopped; "
+        "retry again)" in capsys.readouterr().out
+    )
+    assert len(letters.receiver.calls) == 1
+    assert len(letters.rows()) == 2
+
+
+def test_a_retry_timed_out_on_its_first_chunk_says_the_rest_were_not_tried(
+    letters: Letters,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redrive, "CHUNK", 1)
+    letters.receiver.fail_for(30, status=503)
+
+    code = letters.main("retry", "--all", "--timeout", "0.5", rulebook=letters.fixed)
+
+    assert code == 1
+    assert (
+        "retried 0: 0 delivered (0 calls), 0 still dead, 1 not acknowledged in time "
+        "(kept as they were), 2 not tried (a delivery timed out; retry again)"
+    ) in capsys.readouterr().out
+    assert [row[1:] for row in letters.rows()] == [(NULL_USER, 0)] * 3
+
+
+def test_letters_the_destination_took_go_although_others_outlast_the_timeout(
+    letters: Letters,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The last two calls are refused: taken for an outage, they are resent for
+    # the refusal patience, past --timeout. The first was acknowledged meanwhile.
+    monkeypatch.delenv("CDC_TRACKER_REFUSAL_PATIENCE", raising=False)
+    assert letters.main("list", "--json") == 0
+    update = _json_lines(capsys.readouterr().out)[2]
+    lsn, ordinal = str(update["position"]).split("#")
+    letters.receiver.reject_message_ids(
+        [
+            ids.insert_id(
+                letters.namespace,
+                insert_name(RULE, letters.fixed),
+                [letters.merchant_id("c.example")],
+            ),
+            ids.position_id(letters.namespace, RULE, Lsn.parse(lsn), int(ordinal)),
+        ]
+    )
+
+    code = letters.main("retry", "--all", "--timeout", "1", rulebook=letters.fixed)
+
+    assert code == 1
+    assert (
+        "retried 1: 1 delivered (1 call), 0 still dead, 2 not acknowledged in time"
+    ) in capsys.readouterr().out
+    assert [call.payload["userId"] for call in letters.receiver.calls] == [
+        "shop:b.example"
+    ]
+    assert [row[1:] for row in letters.rows()] == [(NULL_USER, 0)] * 2
 
 
 def test_a_second_retry_of_the_same_slot_is_refused_while_one_runs(

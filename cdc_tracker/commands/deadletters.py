@@ -23,7 +23,8 @@ examples:
 _RETRY_EXIT = """\
 retry exits 0 when every selected letter was delivered (or no longer makes a
 call) and removed, 1 when some stay dead (with their new reason) or were not
-acknowledged within --timeout.
+acknowledged within --timeout (the letters after them are not tried), 130 when
+Ctrl-C or SIGTERM stopped it (the letters not acknowledged stay as they were).
 """
 
 _EPILOG = """\

@@ -30,7 +30,13 @@ from cdc_tracker.deadletters.store import (
 from cdc_tracker.destination.batching import BatchLimits
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.destination.settings import DestinationSettings
-from cdc_tracker.errors import EXIT_FAILED, EXIT_OK, ConfigError, SourceError
+from cdc_tracker.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ConfigError,
+    SourceError,
+)
 from cdc_tracker.mapping.lookups import Lookups
 from cdc_tracker.moments import parse_moment
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook, qualify
@@ -194,8 +200,8 @@ def retry_letters(
     """Map the letters again with the current rulebook and deliver their calls.
 
     Exit 0 when every selected letter is gone; 1 when some stay dead, or were left
-    as they were because ``stop`` was set, or one delivery took over ``timeout``
-    seconds, before the destination acknowledged them.
+    as they were because one delivery took over ``timeout`` seconds; 130 when
+    ``stop`` (Ctrl-C, SIGTERM) left some as they were.
     """
     rulebook = load_rulebook(settings.rulebook)
     destination = (
@@ -205,7 +211,10 @@ def retry_letters(
         settings, chosen, rulebook, destination, stop=stop, timeout=timeout, out=out
     )
     (err if dry_run else out).write(_retry_report(report, settings.slot, dry_run))
-    return EXIT_OK if report.complete else EXIT_FAILED
+    if report.complete:
+        return EXIT_OK
+    left = report.pending or report.untried
+    return EXIT_INTERRUPTED if left and not report.timed_out else EXIT_FAILED
 
 
 def _retry(
@@ -255,7 +264,7 @@ def _retry_report(report: RetryReport, slot: str, dry_run: bool) -> str:
         f"'{stored.letter.rule}': {reason}"
         for stored, reason in report.still_dead
     ]
-    if not (report.retried or report.pending):
+    if not (report.retried or report.pending or report.untried):
         return f"no dead letters to retry for slot '{slot}'\n"
     done = "would be delivered" if dry_run else "delivered"
     parts = [
@@ -266,7 +275,11 @@ def _retry_report(report: RetryReport, slot: str, dry_run: bool) -> str:
     if report.no_call:
         parts.append(f"{report.no_call} owed no call any more (removed)")
     if report.pending:
-        parts.append(f"{report.pending} not acknowledged in time (kept as they were)")
+        why = "in time" if report.timed_out else "before the stop"
+        parts.append(f"{report.pending} not acknowledged {why} (kept as they were)")
+    if report.untried:
+        why = "a delivery timed out" if report.timed_out else "stopped"
+        parts.append(f"{report.untried} not tried ({why}; retry again)")
     prefix = "dry run: " if dry_run else ""
     lines.append(f"{prefix}retried {report.retried}: " + ", ".join(parts))
     if any(stored.letter.call is not None for stored, _ in report.still_dead):

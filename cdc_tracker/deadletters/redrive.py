@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import psycopg
@@ -53,11 +53,13 @@ class RetryReport:
     no_call: int = 0
     still_dead: list[tuple[StoredLetter, str]] = field(default_factory=list)
     pending: int = 0
+    untried: int = 0  # letters a stop or a timeout left before their turn
+    timed_out: bool = False  # a delivery took longer than the wait allowed
 
     @property
     def complete(self) -> bool:
         """Whether every selected letter is gone (delivered or owed nothing)."""
-        return not self.still_dead and not self.pending
+        return not self.still_dead and not self.pending and not self.untried
 
 
 @dataclass(slots=True)
@@ -97,22 +99,29 @@ class Redrive:
         self.shipper = shipper
         self.stop = stop
         self.keys = keys
+        self.timed_out = False  # set with ``stop`` when a delivery outlasts ``wait``
 
     def run(
         self, store: DeadLetterStore, selection: Selection, *, dry_run: bool = False
     ) -> RetryReport:
         """Retry every letter of ``selection`` in id order, a chunk at a time.
 
-        With ``dry_run`` the store is left as it is. Stops early (the rest counted
-        as pending) when ``stop`` is set while the destination has not answered.
+        With ``dry_run`` the store is left as it is. A stop, or a delivery that
+        outlasts the wait, ends the run after the chunk at hand: its letters the
+        destination has not acknowledged count as pending, the letters after it
+        as untried.
         """
         report = RetryReport()
+        # Letters stored meanwhile (a daemon runs beside) wait for the next retry.
+        selection = replace(selection, upto_id=store.last_id())
         for chunk in _chunks(store, selection):
             plans = self.retry(chunk, report)
             if not dry_run:
                 _settle(store, plans)
             if self.stop.is_set():
+                report.untried = store.count(selection, after_id=chunk[-1].id)
                 break
+        report.timed_out = self.timed_out
         log.info(
             "dead letters tried (dry run: nothing sent)"
             if dry_run
@@ -123,6 +132,7 @@ class Redrive:
             calls=report.calls,
             still_dead=len(report.still_dead),
             pending=report.pending,
+            untried=report.untried,
         )
         return report
 
@@ -135,13 +145,14 @@ class Redrive:
         ready = [plan for plan in plans if plan.calls and plan.reason is None]
         outcome = self._ship([call for plan in ready for call in plan.calls])
         refused = _refusals(outcome.dead_letters)
+        waiting = {call.message_id for call in outcome.pending}
         for plan in ready:
             reasons = [
                 refused[c.message_id] for c in plan.calls if c.message_id in refused
             ]
             if reasons:
                 plan.reason = reasons[0]
-            elif outcome.interrupted:
+            elif any(call.message_id in waiting for call in plan.calls):
                 plan.pending = True
         _count(plans, report)
         return plans
@@ -154,7 +165,7 @@ class Redrive:
             return Outcome(dead_letters=unencodable)
         timer = None
         if self.wait is not None:
-            timer = threading.Timer(self.wait, self.stop.set)
+            timer = threading.Timer(self.wait, self._out_of_time)
             timer.daemon = True
             timer.start()
         try:
@@ -164,6 +175,10 @@ class Redrive:
                 timer.cancel()
         outcome.dead_letters += unencodable
         return outcome
+
+    def _out_of_time(self) -> None:
+        self.timed_out = True
+        self.stop.set()
 
     def _plan(self, stored: StoredLetter) -> _Plan:
         letter = stored.letter

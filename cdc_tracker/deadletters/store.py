@@ -204,6 +204,15 @@ class DeadLetterStore:
             ).fetchall()
         return [(str(reason), int(str(n))) for reason, n in rows]
 
+    def count(self, selection: Selection, *, after_id: int = 0) -> int:
+        """How many letters match, from ``after_id`` on."""
+        where, params = selection.where(self.slot, after_id)
+        with translate_errors(self.slot):
+            row = self.conn.execute(
+                f"SELECT count(*) FROM {TABLE} WHERE {where}", params
+            ).fetchone()
+        return int(str(row[0])) if row is not None else 0
+
     def count_other_slots(self) -> dict[str, int]:
         """Letters stored by other slots of this database, by slot."""
         with translate_errors(self.slot):
