@@ -55,10 +55,27 @@ ALTER TABLE cdc_tracker.dead_letters
     ADD COLUMN IF NOT EXISTS last_attempt_at timestamptz;
 """
 
+# A letter is stored once: a crash after storing it and before the slot moved
+# makes the change read, and its letter made, again. A replay's letters have no
+# position (0/0) and are not kept apart by it.
+_ONCE_INDEX = "dead_letters_once"
+_ONCE_SQL = f"""
+DELETE FROM cdc_tracker.dead_letters AS later
+    USING cdc_tracker.dead_letters AS first
+    WHERE later.slot = first.slot AND later.commit_lsn = first.commit_lsn
+      AND later.ordinal = first.ordinal AND later.rule = first.rule
+      AND later.commit_lsn <> '0/0' AND later.id > first.id;
+CREATE UNIQUE INDEX IF NOT EXISTS {_ONCE_INDEX}
+    ON cdc_tracker.dead_letters (slot, commit_lsn, ordinal, rule)
+    WHERE commit_lsn <> '0/0';
+"""
+
 _INSERT_SQL = (
     "INSERT INTO cdc_tracker.dead_letters "
     "(slot, table_name, rule, reason, commit_lsn, ordinal, change, call) "
-    "VALUES (%s, %s, %s, %s, %s::pg_lsn, %s, %s::jsonb, %s::jsonb)"
+    "VALUES (%s, %s, %s, %s, %s::pg_lsn, %s, %s::jsonb, %s::jsonb) "
+    "ON CONFLICT (slot, commit_lsn, ordinal, rule) WHERE commit_lsn <> '0/0' "
+    "DO NOTHING"
 )
 
 _SELECT_SQL = (
@@ -76,9 +93,17 @@ NUMBERS_AS_TEXT = "cdc_tracker_numbers_as_text"
 
 # The two-key advisory lock space is apart from the slot's (one bigint key).
 _RETRY_LOCK_CLASS = 0x63647472  # "cdtr"
+_SCHEMA_LOCK_CLASS = 0x63647363  # "cdsc"
 
 # An escaped NUL (\u0000) that is not itself the tail of an escaped backslash.
 _NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _has_index(conn: psycopg.Connection[tuple[object, ...]], name: str) -> bool:
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f"cdc_tracker.{name}",)
+    ).fetchone()
+    return bool(row and row[0])
 
 
 @dataclass(slots=True)
@@ -145,6 +170,13 @@ class DeadLetterStore:
             self.conn.execute(SCHEMA_SQL)
             if not has_column(self.conn, "cdc_tracker.dead_letters", "last_attempt_at"):
                 self.conn.execute(_UPGRADE_SQL)
+            if not _has_index(self.conn, _ONCE_INDEX):
+                # One process at a time: a daemon and a replay may start together.
+                with self.conn.transaction():
+                    self.conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, 0)", (_SCHEMA_LOCK_CLASS,)
+                    )
+                    self.conn.execute(_ONCE_SQL)
 
     def save(self, letters: list[DeadLetter]) -> None:
         """Store ``letters`` durably (one transaction); raises ``SourceError``."""
