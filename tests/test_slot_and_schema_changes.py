@@ -13,12 +13,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from cdc_tracker.daemon import window
+from cdc_tracker.daemon.checkpoint import CheckpointStore
 from cdc_tracker.daemon.counters import Counters
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import PrintShipper
 from cdc_tracker.errors import SlotLost
 from cdc_tracker.ops.health import Probe
 from cdc_tracker.ops.metrics import DaemonCollector
+from cdc_tracker.replay.main import run_replay
+from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
@@ -52,6 +55,34 @@ def test_slot_dropped_while_running_stops_with_the_replay_hint(
     assert "shipped up to commit" in message
     assert "cdc-tracker replay --since 20" in message
     assert "--recreate-slot" in message
+
+
+def test_the_lost_slot_backfill_holds_a_row_whose_transaction_began_earlier(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    # T1 writes a merchant (updated_at: T1's start) and stays open while T2
+    # commits and is shipped; T1 commits after. Were the slot lost now, T1's row
+    # would be unshipped, stamped before the last shipped commit.
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings) as daemon, psycopg.connect(db) as t1:
+        t1.execute("insert into merchants (shop_domain) values ('late')")
+        time.sleep(0.3)
+        sql(db, "insert into merchants (shop_domain) values ('early')")
+        daemon.caught_up()
+        with psycopg.connect(db, autocommit=True) as conn:
+            shipped = CheckpointStore(conn, settings.slot).load()
+        t1.commit()
+    assert shipped is not None
+    since = shipped.recovery_hint().split("--since ")[1].split("'")[0]
+    receiver.reset()
+
+    out, err = io.StringIO(), io.StringIO()
+    options = ReplayOptions(since=since, tables=("public.merchants",))
+    assert run_replay(settings, options, threading.Event(), out=out, err=err) == 0
+
+    with psycopg.connect(db) as conn:
+        written = conn.execute("select id::text from merchants").fetchall()
+    assert {call.user_id for call in receiver.calls} == {row[0] for row in written}
 
 
 def _drop_slot_when_free(dsn: str, slot: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -67,6 +67,10 @@ SET commit_lsn = excluded.commit_lsn, commit_time = excluded.commit_time,
 """
 
 CAUGHT_UP_EVERY = 15.0  # seconds between two caught-up marks
+# A row's cursor holds when it was written (now() is when its transaction began),
+# so a transaction still open at the last shipped commit, and committed after it,
+# has rows stamped before it: the backfill of a lost slot starts this much earlier.
+RECOVERY_MARGIN = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +85,11 @@ class Checkpoint:
 
     def recovery_hint(self) -> str:
         """What to run when the slot that was read up to here is gone."""
+        since = (self.commit_time - RECOVERY_MARGIN).isoformat()
         return (
             "recreate the slot with 'cdc-tracker run --recreate-slot', then backfill "
-            f"with 'cdc-tracker replay --since {self.commit_time.isoformat()}'"
+            f"with 'cdc-tracker replay --since {since}' (an hour before that "
+            "commit: a row's cursor is set before its transaction commits)"
         )
 
 
