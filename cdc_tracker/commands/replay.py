@@ -21,7 +21,9 @@ changed(x)): a snapshot of a table holds no history to derive them from.
 
 Each call's timestamp is the row's cursor value. Insert-triggered calls carry
 the messageId the live daemon gives the same row, so replaying a window the
-daemon already shipped is harmless. No replication slot is read or moved: it is
+daemon already shipped is harmless (not on a table with 'insert_ids: position':
+its live ids come from WAL positions, and replayed events get ids of their own,
+so they are sent again). No replication slot is read or moved: it is
 safe beside a running daemon. Rows are read in pages ordered by (cursor, primary
 key); an index on them keeps each page cheap.
 """

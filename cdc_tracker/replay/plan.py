@@ -44,8 +44,16 @@ class Plan:
         """One line per table read and per rule skipped, for the operator."""
         lines = []
         for table in self.tables:
-            names = [rule.id for rule in self.rulebook.rules if rule.table == table]
-            lines.append(f"replaying {table}: {', '.join(names)}")
+            rules = [rule for rule in self.rulebook.rules if rule.table == table]
+            lines.append(f"replaying {table}: {', '.join(r.id for r in rules)}")
+            positional = self.rulebook.tables[table].insert_ids == "position"
+            if positional and any(rule.kind == "track" for rule in rules):
+                lines.append(
+                    f"note: {table} names insert calls by their WAL position "
+                    "(insert_ids: position), which a row read now does not have: "
+                    "its events get messageIds of their own, so rows the daemon "
+                    "already shipped send their events again"
+                )
         lines += [
             f"skipped rule '{item.rule}' ({item.table}): {item.reason}"
             for item in self.skipped

@@ -180,6 +180,25 @@ def test_a_rule_reading_the_old_row_is_skipped_even_on_insert(tmp_path: Path) ->
     assert "old row" in plan.skipped[0].reason
 
 
+def test_the_plan_warns_that_a_positional_table_resends_shipped_events(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(
+        "version: 1\ntables:\n  public.merchants:\n    user_id: id\n"
+        "    cursor: updated_at\n    insert_ids: position\n"
+        "  public.payouts:\n    user_id: merchant_id\n    cursor: created_at\n"
+        "track:\n  - event: Seen\n    table: public.merchants\n    on: insert\n"
+        "  - event: Paid\n    table: public.payouts\n    on: insert\n"
+    )
+
+    notes = [line for line in make_plan(load_rulebook(path)).report() if "note" in line]
+
+    assert len(notes) == 1
+    assert notes[0].startswith("note: public.merchants names insert calls by")
+    assert "rows the daemon already shipped send their events again" in notes[0]
+
+
 def test_wall_clock_bounds_at_the_ends_of_time_stop_there() -> None:
     """Widened past the first or last time Python holds, a bound is that time
     (it was an OverflowError, a traceback)."""
