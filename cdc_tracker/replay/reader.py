@@ -103,6 +103,9 @@ class TableReader:
         self._count = sql.SQL("SELECT count(*) FROM {t} WHERE {w}").format(
             t=table, w=in_window
         )
+        self._count_null = sql.SQL("SELECT count(*) FROM {t} WHERE {c} IS NULL").format(
+            t=table, c=sql.Identifier(cursor)
+        )
         head = sql.SQL("SELECT {cols} FROM {t} WHERE {w}").format(
             cols=sql.SQL(", ").join(map(sql.Identifier, self.columns)),
             t=table,
@@ -132,6 +135,12 @@ class TableReader:
         """How many rows the window holds right now."""
         with translate_errors(), self.pool.connection() as conn:
             row = conn.execute(self._count, (since, until)).fetchone()
+        return int(str(row[0])) if row else 0
+
+    def count_without_cursor(self) -> int:
+        """How many rows have a NULL cursor: they are in no window."""
+        with translate_errors(), self.pool.connection() as conn:
+            row = conn.execute(self._count_null).fetchone()
         return int(str(row[0])) if row else 0
 
     def pages(

@@ -272,6 +272,15 @@ class Replay:
                 table=info.name,
                 column=cursor,
             )
+        unplaced = reader.count_without_cursor()
+        if unplaced:
+            log.warning(
+                "rows with a null cursor are in no window: they are not replayed",
+                table=info.name,
+                column=cursor,
+                rows=unplaced,
+                hint=f"give them a {cursor} to replay them",
+            )
         return reader
 
     def _table(

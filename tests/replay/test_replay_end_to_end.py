@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from structlog.testing import capture_logs
 
 from cdc_tracker.mapping import ids
 from cdc_tracker.replay.main import run_replay
@@ -265,6 +266,27 @@ def test_retried_replay_letters_get_the_ids_a_replay_of_their_rows_gives(
 
     assert sorted(retried) == ["s:a", "s:b"]
     assert retried == replayed
+
+
+def test_rows_with_a_null_cursor_are_counted_and_named_as_not_replayed(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    sql(
+        db,
+        "insert into merchants (shop_domain, updated_at) values ('dated', now()),"
+        " ('undated', null), ('undated too', null)",
+    )
+    settings = settings_for(db, receiver, example_rulebook)
+
+    with capture_logs() as logs:
+        code, _, _ = _replay(settings, since="1d", tables=("public.merchants",))
+
+    assert code == 0
+    assert {call.user_id for call in receiver.calls} == {"1"}
+    [warning] = [line for line in logs if "null cursor" in line["event"]]
+    assert warning["table"] == "public.merchants"
+    assert warning["column"] == "updated_at"
+    assert warning["rows"] == 2
 
 
 def test_replay_enriches_calls_through_lookups_like_the_live_daemon(
