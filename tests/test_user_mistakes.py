@@ -148,7 +148,9 @@ def test_a_new_replay_does_not_silently_discard_an_interrupted_one(
 
     other = _cli(env, "replay", "--since", "2d", "--until", "1d")
     assert other.returncode == 2, other.stderr[-600:]
-    assert "was interrupted and is waiting" in other.stderr
+    assert "stopped before its end (interrupted, or on an error) and is waiting" in (
+        other.stderr
+    )
     assert "--discard-interrupted" in other.stderr
     resumed = _cli(env, "replay", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-600:]

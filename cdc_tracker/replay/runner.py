@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import psycopg
 import structlog
@@ -189,7 +189,8 @@ class Replay:
             waiting = store.load(self.job)
             if waiting is not None and not self.options.discard_interrupted:
                 raise ConfigError(
-                    "a replay of this selection was interrupted and is waiting: "
+                    "a replay of this selection stopped before its end (interrupted, "
+                    "or on an error) and is waiting: "
                     f"{waiting.rows} rows sent of its window from "
                     f"{waiting.window.since.isoformat()} to "
                     f"{waiting.window.until.isoformat()}",
@@ -383,7 +384,8 @@ class Replay:
         if dead and not self.options.dry_run:
             assert self.pool is not None
             with translate_errors(), self.pool.connection() as conn:
-                letters = DeadLetterStore(_plain(conn), self.settings.slot)
+                plain = cast("psycopg.Connection[tuple[object, ...]]", conn)
+                letters = DeadLetterStore(plain, self.settings.slot)
                 if not self._letters_ready:
                     letters.ensure_schema()
                     self._letters_ready = True
@@ -398,7 +400,3 @@ def window_of(options: ReplayOptions, now: datetime) -> Window:
             hint="or --resume to continue an interrupted replay",
         )
     return make_window(options.since, options.until, now)
-
-
-def _plain(conn: psycopg.Connection[Any]) -> psycopg.Connection[tuple[object, ...]]:
-    return conn
