@@ -198,6 +198,12 @@ def _bad_character(text: str, offset: int) -> ExpressionError:
         return ExpressionError("unterminated string", offset)
     if char == '"':
         return ExpressionError("unterminated quoted column name", offset)
+    if text.startswith("||", offset):
+        return ExpressionError(
+            "'||' is not an operator here: join texts with concat(a, b), which "
+            "reads a null as empty text",
+            offset,
+        )
     return ExpressionError(f"unexpected character {char!r}", offset)
 
 

@@ -65,6 +65,9 @@ class _Builder:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problems: list[tuple[str, int | None, str]] = []
+        # Every table under 'tables', those with problems too: a rule on one of
+        # those is not told its table is missing, only the table's problems are.
+        self.declared: set[str] = set()
 
     def problem(self, line: int | None, message: str) -> None:
         self.problems.append((str(self.path), line, message))
@@ -143,6 +146,7 @@ class _Builder:
                 "'tables' must map each tracked table to its user_id",
             )
             return {}
+        self.declared = {qualify(str(name)) for name in section}
         return {
             spec.name: spec
             for name, body in section.items()
@@ -308,6 +312,8 @@ class _Builder:
             self.problem(body.line, "a rule needs 'table': one of the tracked tables")
             return None
         spec = tables.get(qualify(name))
+        if spec is None and qualify(name) in self.declared:
+            return None  # the table's own problems are reported at its lines
         if spec is None:
             known = ", ".join(sorted(tables)) or "none"
             self.problem(

@@ -393,6 +393,7 @@ def test_string_writes_every_digit_and_a_stable_form(value: Any, text: str) -> N
         ("a == null", 2, "'== null' is never true; use 'is null'"),
         ("null <> a", 5, "'<> null' is never true"),
         ("a + 1", 2, "unexpected character '+'"),
+        ("'u' || id", 4, "'||' is not an operator here: join texts with concat"),
         ("-a", 0, "arithmetic is not supported"),
         ("1e", 1, "unexpected 'e'"),
         ("1e+", 2, "unexpected character '+'"),

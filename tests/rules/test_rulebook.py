@@ -411,6 +411,12 @@ PROBLEMS = [
         id="table-not-tracked",
     ),
     pytest.param(
+        "version: 1\ntables:\n  t:\n    user_id: \"concat('u', id\"\n"
+        "track:\n  - event: E\n    table: t\n    on: insert\n",
+        "4: in expression \"concat('u', id\": expected ')'",
+        id="rule-on-a-table-with-problems",
+    ),
+    pytest.param(
         TABLES + "identify:\n  - table: t\n    traits:\n      a: lower(name\n",
         "8: in expression 'lower(name': expected ')', found end of expression "
         "at column 11",
