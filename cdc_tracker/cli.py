@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from cdc_tracker import __version__, logs
-from cdc_tracker.commands.common import settings_from, stop_on_signals
+from cdc_tracker.commands.common import (
+    add_rulebook,
+    rulebook_of,
+    settings_from,
+    stop_on_signals,
+)
 from cdc_tracker.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
@@ -186,7 +191,7 @@ def _add_check(commands: Any) -> None:
         "  2    problems found, each as FILE:LINE: PROBLEM, or an unusable --dsn",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub.add_argument("rulebook_file", type=Path, metavar="RULEBOOK")
+    add_rulebook(sub)
     sub.add_argument("--dsn", help="also check against this database")
     sub.set_defaults(handler=_check)
 
@@ -236,7 +241,7 @@ def _check(args: argparse.Namespace) -> int:
     from cdc_tracker.commands.check import check_rulebook
 
     logs.configure("auto", "warning")
-    print(check_rulebook(args.rulebook_file, args.dsn))
+    print(check_rulebook(rulebook_of(args), args.dsn))
     return EXIT_OK
 
 

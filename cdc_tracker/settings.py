@@ -53,13 +53,16 @@ ENVIRONMENT = {
 }
 
 
+DEFAULT_RULEBOOK = Path("config/rulebook.yaml")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the daemon needs to run, validated as a whole."""
 
     dsn: str = field(default="", repr=False)
     slot: str = "cdc_tracker"
-    rulebook: Path = Path("config/rulebook.yaml")
+    rulebook: Path = DEFAULT_RULEBOOK
     destination: Literal["rudderstack", "segment"] = "rudderstack"
     destination_url: str = ""
     write_key: str = field(default="", repr=False)

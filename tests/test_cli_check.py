@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import sql
+from tests.harness import cli_main, sql
 
 CLI = Path(sys.executable).parent / "cdc-tracker"
 
@@ -58,6 +58,29 @@ def test_check_of_a_broken_rulebook_exits_2_with_file_and_line(
         f"{path}:6: a track rule needs 'event': a non-empty name",
         f"{path}:10: 'on' takes insert, update and delete; got upsert",
     ]
+
+
+def test_check_and_docs_take_the_rulebook_as_run_does(
+    example_rulebook: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ok = f"{example_rulebook}: ok (structure and expressions): 2 tables, 5 rules\n"
+    assert cli_main(["check", "--rulebook", str(example_rulebook)]) == 0
+    assert capsys.readouterr().out == ok
+    monkeypatch.setenv("CDC_TRACKER_RULEBOOK", str(example_rulebook))
+    assert cli_main(["check"]) == 0
+    assert capsys.readouterr().out == ok
+    assert cli_main(["docs"]) == 0
+    assert capsys.readouterr().out.startswith("# Tracking plan")
+
+    assert cli_main(["check", "a.yaml", "--rulebook", "b.yaml"]) == 2
+    assert "two rulebooks given, a.yaml and b.yaml" in capsys.readouterr().err
+    monkeypatch.delenv("CDC_TRACKER_RULEBOOK")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["check"]) == 2
+    assert "config/rulebook.yaml: cannot read rulebook" in capsys.readouterr().err
 
 
 def test_check_of_a_missing_file_exits_2(tmp_path: Path) -> None:

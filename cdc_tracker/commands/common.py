@@ -17,7 +17,12 @@ import structlog
 
 from cdc_tracker import logs
 from cdc_tracker.errors import EXIT_INTERRUPTED, ConfigError
-from cdc_tracker.settings import Settings, load_settings, unknown_variables
+from cdc_tracker.settings import (
+    DEFAULT_RULEBOOK,
+    Settings,
+    load_settings,
+    unknown_variables,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +47,32 @@ def settings_from(
     for variable in unknown_variables():
         log.warning("unknown environment variable ignored", variable=variable)
     return settings
+
+
+def add_rulebook(sub: argparse.ArgumentParser) -> None:
+    """The rulebook a command reads: ``RULEBOOK``, or ``--rulebook`` as ``run`` and
+    ``replay`` take it, or else the one the environment names (see ``rulebook_of``).
+    """
+    sub.add_argument(
+        "rulebook_file",
+        type=Path,
+        nargs="?",
+        metavar="RULEBOOK",
+        help=f"the rulebook (default: CDC_TRACKER_RULEBOOK, then {DEFAULT_RULEBOOK})",
+    )
+    sub.add_argument(
+        "--rulebook", type=Path, metavar="PATH", help="the same as RULEBOOK"
+    )
+
+
+def rulebook_of(args: argparse.Namespace) -> Path:
+    """The rulebook ``add_rulebook``'s arguments name; raises ``ConfigError`` when
+    they name two."""
+    given, flag = args.rulebook_file, args.rulebook
+    if given is not None and flag is not None and given != flag:
+        raise ConfigError(f"two rulebooks given, {given} and {flag}: give one")
+    chosen = given or flag or os.environ.get("CDC_TRACKER_RULEBOOK")
+    return Path(chosen) if chosen else DEFAULT_RULEBOOK
 
 
 @contextmanager

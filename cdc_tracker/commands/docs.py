@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cdc_tracker.commands.common import add_rulebook
+
 _EXAMPLES = """\
 examples:
   cdc-tracker docs config/rulebook.yaml -o TRACKING_PLAN.md
@@ -36,7 +38,7 @@ def register(
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub.add_argument("rulebook_file", type=Path, metavar="RULEBOOK")
+    add_rulebook(sub)
     sub.add_argument("--dsn", help="read property and trait types from this database")
     sub.add_argument(
         "-o", "--output", type=Path, metavar="FILE", help="write here (default stdout)"
@@ -45,11 +47,11 @@ def register(
 
 
 def _docs(args: argparse.Namespace) -> int:
-    from cdc_tracker.commands.common import write_output  # noqa: PLC0415
+    from cdc_tracker.commands.common import rulebook_of, write_output  # noqa: PLC0415
     from cdc_tracker.rules.docs import render_plan  # noqa: PLC0415 -- keeps --help fast
     from cdc_tracker.rules.rulebook import load_rulebook  # noqa: PLC0415
 
-    rulebook = load_rulebook(args.rulebook_file)
+    rulebook = load_rulebook(rulebook_of(args))
     catalog = None
     if args.dsn:
         from cdc_tracker.source.catalog import read_catalog  # noqa: PLC0415
