@@ -127,7 +127,9 @@ def _timestamp_in(zone: tzinfo) -> Converter:
             return value
         try:
             return wall_time(datetime.fromisoformat(value), zone)
-        except ValueError:
+        except (ValueError, OverflowError):
+            # Overflow: a wall time whose instant is past the ends of Python's
+            # calendar (9999-12-31 23:00 west of UTC) stays text, as year 10000.
             return value
 
     return convert

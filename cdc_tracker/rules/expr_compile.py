@@ -13,7 +13,7 @@ import json
 import operator
 import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time
+from datetime import MAXYEAR, UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -255,12 +255,17 @@ def _compare_time(
         if not isinstance(moment, datetime):
             moment = datetime.combine(moment, time())
         zone = value.tzinfo
-        if moment.tzinfo is None and zone is not None:
-            moment = wall_time(moment, zone)
-        if moment.tzinfo is not None and zone is not None:
-            # As instants: within one zone Python compares wall times, and a
-            # wall time shown twice would equal both instants.
-            value, moment = value.astimezone(UTC), moment.astimezone(UTC)
+        try:
+            if moment.tzinfo is None and zone is not None:
+                moment = wall_time(moment, zone)
+            if moment.tzinfo is not None and zone is not None:
+                # As instants: within one zone Python compares wall times, and a
+                # wall time shown twice would equal both instants.
+                value, moment = value.astimezone(UTC), moment.astimezone(UTC)
+        except OverflowError:
+            # The literal's instant is past an end of Python's calendar, which
+            # every value held as a time is within (those past it stay text).
+            return op(0, 1) if moment.year == MAXYEAR else op(1, 0)
     elif isinstance(moment, datetime):  # a date with a time of day
         raise _mismatch(node, Kind.DATE, Kind.TIMESTAMP)
     try:
@@ -278,6 +283,11 @@ def _beyond(value: Any) -> int | None:
     if value == "infinity" or _LATE.match(value):
         return 1
     if value == "-infinity" or (value.endswith(" BC") and _EARLY.match(value)):
+        return -1
+    # A wall time whose instant is past either end (see values._timestamp_in).
+    if value.startswith("9999-12-31"):
+        return 1
+    if value.startswith("0001-01-01"):
         return -1
     return None
 

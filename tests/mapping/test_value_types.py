@@ -177,3 +177,49 @@ def test_wall_times_around_clock_changes_are_read_as_postgresql_reads_them(
         assert [t.astimezone(UTC) for t in ours] == [
             t.astimezone(UTC) for t in server
         ], zone
+
+
+def test_a_wall_time_at_the_end_of_the_calendar_is_sent_and_compared(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """9999-12-31 23:59:59 in New York is an instant in year 10000, past what
+    Python holds: it goes out as printed, as year 10000 does, and compares after
+    every time, instead of stopping the daemon."""
+    sql(
+        db,
+        "create table contracts (id int primary key, valid_to timestamp)",
+        "alter table contracts replica identity full",
+    )
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        "version: 1\ntimezone: America/New_York\ntables:\n  public.contracts:\n"
+        "    user_id: id\nidentify:\n  - table: public.contracts\n    traits:\n"
+        "      valid_to: valid_to\ntrack:\n  - event: Open Ended\n"
+        "    table: public.contracts\n    on: insert\n"
+        "    when: valid_to > '2100-01-01'\n"
+        "  - event: Ends\n    table: public.contracts\n    on: insert\n"
+        "    when: valid_to < '9999-12-31 22:00'\n"
+    )
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        sql(
+            db,
+            "insert into contracts values (1, '9999-12-31 23:59:59')",
+            "insert into contracts values (2, '2026-01-01 00:00:00')",
+        )
+        daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 0
+
+    sent = {
+        (call.user_id, call.payload["type"], call.payload.get("event")): call.payload
+        for call in receiver.calls
+    }
+    assert sent[("1", "identify", None)]["traits"] == {
+        "valid_to": "9999-12-31 23:59:59"
+    }
+    assert sent[("2", "identify", None)]["traits"] == {
+        "valid_to": "2026-01-01T00:00:00-05:00"
+    }
+    assert sorted(key for key in sent if key[1] == "track") == [
+        ("1", "track", "Open Ended"),
+        ("2", "track", "Ends"),
+    ]

@@ -665,6 +665,8 @@ def _evaluate_and_type_randomly(expression: Any, rng: random.Random) -> None:
 
 PARIS = timezone(timedelta(hours=2))
 BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+TOKYO = ZoneInfo("Asia/Tokyo")
 BERLIN_0030Z = datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN)  # fold 0: +02:00
 BERLIN_0130Z = datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=BERLIN)  # +01:00
 PAID_AT = {
@@ -719,6 +721,16 @@ PAID_AT = {
         ("t != '2026-01-01'", {"t": "infinity"}, True),
         ("'2026-01-01' < t", {"t": "infinity"}, True),
         ("t <= '2026-01-01'", {"t": "-infinity"}, True),
+        # A wall time past an end of Python's calendar in the value's zone.
+        ("t < '9999-12-31 23:00'", {"t": datetime(2026, 1, 1, tzinfo=NEW_YORK)}, True),
+        (
+            "t >= '9999-12-31 23:00'",
+            {"t": datetime(2026, 1, 1, tzinfo=NEW_YORK)},
+            False,
+        ),
+        ("t > '0001-01-01'", {"t": datetime(2026, 1, 1, tzinfo=TOKYO)}, True),
+        ("t > '2026-01-01'", {"t": "9999-12-31 23:59:59"}, True),
+        ("t < '2026-01-01'", {"t": "0001-01-01 00:00:00"}, True),
     ],
 )
 def test_text_literal_beside_a_time_reads_as_a_time(
