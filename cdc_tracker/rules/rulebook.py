@@ -24,7 +24,7 @@ from cdc_tracker.rules.expr import (
     parse_expression,
 )
 from cdc_tracker.rules.lookup_spec import LookupSpec, read_lookups, unknown_references
-from cdc_tracker.rules.names import qualify
+from cdc_tracker.rules.names import dotted_schema, qualify
 from cdc_tracker.rules.plan import Fields, Rule, Rulebook, TableSpec
 from cdc_tracker.rules.yamlfile import LineDict, LineList, YamlProblem, load_yaml
 
@@ -158,6 +158,15 @@ class _Builder:
             self.problem(line, f"table '{name}' needs a mapping with 'user_id'")
             return None
         self.unknown_keys(body, _TABLE_KEYS, f"table '{name}'")
+        schema = dotted_schema(name)
+        if schema is not None:
+            self.problem(
+                line,
+                f"table '{name}': its schema '{schema}' holds a period, which no "
+                "tracked schema may (tables are named schema.table, by wal2json "
+                "too); rename the schema",
+            )
+            return None
         if "user_id" not in body:
             self.problem(line, f"table '{name}' has no 'user_id'")
             return None

@@ -417,6 +417,11 @@ PROBLEMS = [
         id="rule-on-a-table-with-problems",
     ),
     pytest.param(
+        "version: 1\ntables:\n  '\"dot.s\".plain':\n    user_id: id\n",
+        "3: table '\"dot.s\".plain': its schema 'dot.s' holds a period",
+        id="schema-with-a-period",
+    ),
+    pytest.param(
         TABLES + "identify:\n  - table: t\n    traits:\n      a: lower(name\n",
         "8: in expression 'lower(name': expected ')', found end of expression "
         "at column 11",
@@ -662,6 +667,8 @@ def test_a_number_literal_keeps_the_digits_it_was_written_with(tmp_path: Path) -
         ('"Sales"."Q""4"', 'Sales.Q"4'),
         ("public.Weird Name", "public.Weird Name"),
         ('public."unclosed', 'public."unclosed'),
+        ('"a.b"', "public.a.b"),
+        ('public."a.b"', "public.a.b"),
     ],
 )
 def test_a_table_may_be_named_as_sql_quotes_it(written: str, name: str) -> None:
