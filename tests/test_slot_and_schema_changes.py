@@ -25,7 +25,15 @@ from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import running_daemon, settings_for, sql, transaction, wait_until
+from tests.harness import (
+    email_user_rulebook,
+    running_daemon,
+    settings_for,
+    slot_exists,
+    sql,
+    transaction,
+    wait_until,
+)
 
 INSERT = (
     "insert into merchants (shop_domain, owner_name, plan_name) "
@@ -129,6 +137,42 @@ def test_missing_slot_with_a_checkpoint_is_not_recreated_silently(
         if c.payload.get("event") == "Plan Changed"
     ]
     assert plans == ["after"]
+
+
+def test_a_slot_dropped_before_any_call_was_shipped_is_lost_not_recreated(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """No call shipped yet (the only change is a dead letter): the slot the daemon
+    made is still its own, and a drop of it stops the daemon."""
+    settings = settings_for(db, receiver, email_user_rulebook(tmp_path))
+    with running_daemon(settings) as daemon:
+        sql(db, "insert into merchants (shop_domain) values ('no email')")
+        daemon.caught_up()
+        assert receiver.calls == []
+        _drop_slot_when_free(db, settings.slot)
+        daemon.thread.join(timeout=20)
+        assert isinstance(daemon.error, SlotLost)
+        message = str(daemon.error)
+        daemon.error = None
+    assert f"replication slot '{settings.slot}' does not exist" in message
+    assert "cdc-tracker replay --since 20" in message
+    assert not slot_exists(db, settings.slot)
+
+
+def test_recreate_slot_holds_for_the_start_only(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """A daemon started with --recreate-slot that loses its slot later stops, as
+    any other: the flag is for the loss it was started to get over."""
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings, recreate_slot=True) as daemon:
+        sql(db, INSERT)
+        daemon.caught_up()
+        _drop_slot_when_free(db, settings.slot)
+        daemon.thread.join(timeout=20)
+        assert isinstance(daemon.error, SlotLost)
+        daemon.error = None
+    assert not slot_exists(db, settings.slot)
 
 
 def test_invalidated_slot_stops_with_a_clear_error(

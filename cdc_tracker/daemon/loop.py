@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import UTC, datetime
 
 import psycopg
 import structlog
 
-from cdc_tracker.daemon.checkpoint import CheckpointStore
+from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.daemon.counters import Counters
 from cdc_tracker.daemon.reload import RulebookWatcher
 from cdc_tracker.daemon.shipping import Shipper
@@ -400,19 +401,30 @@ class Daemon:
                 return slot.ensure(create=False), False
             return SlotState(Lsn(0), Lsn(0), None), True
         if slot.exists() or self.window.checkpoint is None:
-            return slot.ensure(create=True, stop=self.stop), False
-        if not self.recreate_slot:
+            state = slot.ensure(create=True, stop=self.stop)
+            if self.window.checkpoint is None:
+                self._checkpoint_start(state)
+        elif not self.recreate_slot:
             raise SlotLost(f"replication slot '{slot.name}' does not exist")
-        state = slot.ensure(create=True, stop=self.stop)
-        log.warning(
-            "replication slot recreated; changes since the checkpoint were skipped",
-            slot=slot.name,
-            since=self.window.checkpoint.commit_time.isoformat(),
-        )
-        assert self.window.checkpoints is not None
-        self.window.checkpoints.forget()
-        self.window.checkpoint = None
+        else:
+            state = slot.ensure(create=True, stop=self.stop)
+            log.warning(
+                "replication slot recreated; changes since the checkpoint were skipped",
+                slot=slot.name,
+                since=self.window.checkpoint.commit_time.isoformat(),
+            )
+            self._checkpoint_start(state)
+        # For the start only: a slot lost later stops the daemon.
+        self.recreate_slot = False
         return state, False
+
+    def _checkpoint_start(self, state: SlotState) -> None:
+        """Checkpoint where the slot starts, before anything is shipped: from now
+        on a missing slot is one that was lost, never a first run."""
+        assert self.window.checkpoints is not None
+        checkpoint = Checkpoint(state.confirmed, datetime.now(UTC))
+        self.window.checkpoints.save(checkpoint)
+        self.window.checkpoint = checkpoint
 
     def _mapper(
         self,
