@@ -136,3 +136,33 @@ def test_a_daemon_killed_after_storing_a_letter_stores_it_once(
         assert again.daemon.counters.dead_letters == 1  # made again, stored once
 
     assert len(_stored(db)) == 1
+
+
+def test_the_dead_letters_of_a_huge_transaction_are_stored_as_it_is_read(
+    db: str,
+    receiver: FakeRudderStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every change of one transaction is a dead letter (no email): they are
+    stored a few hundred at a time, not held whole until its commit."""
+    settings = settings_for(db, receiver, email_user_rulebook(tmp_path), batch_calls=50)
+    save = DeadLetterStore.save
+    saved: list[int] = []
+
+    def counting_save(store: DeadLetterStore, letters: list[DeadLetter]) -> None:
+        saved.append(len(letters))
+        save(store, letters)
+
+    monkeypatch.setattr(DeadLetterStore, "save", counting_save)
+    with running_daemon(settings) as daemon:
+        sql(
+            db,
+            "insert into merchants (shop_domain)"
+            " select 's' || g from generate_series(1, 1000) g",
+        )
+        daemon.caught_up()
+
+    assert sum(saved) == 1000
+    assert max(saved) <= 4 * 50
+    assert len(_stored(db)) == 1000

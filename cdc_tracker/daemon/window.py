@@ -228,9 +228,10 @@ class Window:
                     self._map(event)
                     # A delivery that waited out an outage may have closed the
                     # stream: then the rest is read later.
-                    if len(self.calls) >= flush_at and not (
-                        self._ship() and stream.is_open
-                    ):
+                    # Dead letters count too: a huge transaction of them would
+                    # otherwise be held whole until its commit.
+                    full = len(self.calls) >= flush_at or len(self.dead) >= flush_at
+                    if full and not (self._ship() and stream.is_open):
                         return False
             elif type(event) is Begin:
                 if self.stop.is_set():
