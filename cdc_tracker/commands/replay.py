@@ -19,11 +19,13 @@ read only the new row. Skipped, and listed with the reason at run time: rules
 that fire only on update or delete, and rules that read the old row (old.x,
 changed(x)): a snapshot of a table holds no history to derive them from.
 
-Each call's timestamp is the row's cursor value. Insert-triggered calls carry
-the messageId the live daemon gives the same row, so replaying a window the
-daemon already shipped is harmless (not on a table with 'insert_ids: position':
-its live ids come from WAL positions, and replayed events get ids of their own,
-so they are sent again). No replication slot is read or moved: it is
+Each call's timestamp is the row's cursor value. Insert-triggered track calls
+carry the messageId the live daemon gives the same row, so replaying a window the
+daemon already shipped sends no event twice (not on a table with 'insert_ids:
+position': its live ids come from WAL positions, so replayed events get ids of
+their own). An identify sends the row as it is now: its id carries its traits,
+so it is sent once more, and again only when they changed. No replication slot
+is read or moved: it is
 safe beside a running daemon. Rows are read in pages ordered by (cursor, primary
 key); an index on them keeps each page cheap.
 """

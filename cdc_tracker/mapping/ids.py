@@ -12,6 +12,9 @@ An identify rule is named with a fingerprint of its definition, so that a trait
 added to it makes new ids: a backfill then delivers the new traits instead of
 having them dropped as duplicates. A backfill of a table whose inserts are named
 by position (keys reused) names calls by (rule, definition, key, cursor value).
+A backfill's identify also carries its traits in its id (``with_traits``): it
+sends the row as it is now, and a row updated since its insert (or since the last
+backfill) must not be dropped as that call's duplicate.
 
 The namespace (database and slot by default) keeps ids unique across everything a
 workspace receives, since dedup is not scoped per source.
@@ -41,6 +44,15 @@ def insert_prefix(namespace: str, rule_id: str) -> str:
     return f"{namespace}\x1e{rule_id}\x1einsert\x1e"
 
 
+def with_traits(material: str, traits: bytes) -> str:
+    """The id of ``material`` (what ``digest`` hashes) and of the traits it
+    carries, as JSON (its keys sorted)."""
+    hashed = blake2b(material.encode(), digest_size=16)
+    hashed.update(b"\x1e")
+    hashed.update(traits)
+    return PREFIX + hashed.hexdigest()
+
+
 def key_text(key_values: Iterable[Any]) -> str:
     """A primary key's values as hashed into ids."""
     return "\x1f".join([str(value) for value in key_values])
@@ -64,8 +76,21 @@ def snapshot_id(
     version: object,
 ) -> str:
     """The id of a backfilled call on a table whose insert ids are positional."""
+    return digest(
+        snapshot_material(namespace, rule_id, definition, key_values, version)
+    )
+
+
+def snapshot_material(
+    namespace: str,
+    rule_id: str,
+    definition: str,
+    key_values: Iterable[Any],
+    version: object,
+) -> str:
+    """What ``snapshot_id`` hashes."""
     key = key_text(key_values)
-    return digest(f"{namespace}\x1e{rule_id}\x1e{definition}\x1e{key}\x1e{version}")
+    return f"{namespace}\x1e{rule_id}\x1e{definition}\x1e{key}\x1e{version}"
 
 
 def insert_name(rule: Rule, zone: tzinfo = UTC) -> str:

@@ -183,8 +183,8 @@ class Mapper:
             raise EvaluationError(
                 plan.null_user_id if _blank(value) else plan.not_a_user_id(value)
             )
-        message_id = self._message_id(plan, change)
         fields = _fields(plan.fields, row, change.new, change.types, self._outputs)
+        message_id = self._message_id(plan, change, fields)
         if plan.identify:
             payload = {
                 "type": "identify",
@@ -256,19 +256,27 @@ class Mapper:
             table=spec.table,
         )
 
-    def _message_id(self, plan: _Plan, change: Change) -> str:
+    def _message_id(self, plan: _Plan, change: Change, fields: dict[str, Any]) -> str:
         if change.action is Action.INSERT and change.key and change.new is not None:
             values = [change.new.get(column) for column in change.key]
-            if plan.by_key:
+            if plan.by_key and not (self.snapshot and plan.identify):
                 return ids.digest(plan.insert_prefix + ids.key_text(values))
-            if self.snapshot:  # a backfill cannot know the insert's WAL position
-                return ids.snapshot_id(
-                    self.namespace,
-                    plan.rule.id,
-                    plan.definition,
-                    values,
-                    change.commit_time,
-                )
+            if self.snapshot:
+                # A backfill sends rows as they are now, and cannot know an
+                # insert's WAL position (see ids.with_traits).
+                if plan.by_key:
+                    material = plan.insert_prefix + ids.key_text(values)
+                else:
+                    material = ids.snapshot_material(
+                        self.namespace,
+                        plan.rule.id,
+                        plan.definition,
+                        values,
+                        change.commit_time,
+                    )
+                if not plan.identify:
+                    return ids.digest(material)
+                return ids.with_traits(material, _traits_json(fields))
         return ids.position_id(
             self.namespace, plan.rule.id, change.commit_lsn, change.ordinal
         )
@@ -448,6 +456,21 @@ def _fields(
         if value is not MISSING:  # null would wipe the trait downstream
             out[name] = value
     return out
+
+
+def _traits_json(fields: dict[str, Any]) -> bytes:
+    """An identify's traits as JSON, its keys sorted, for its id."""
+    try:
+        return orjson.dumps(
+            fields,
+            default=encode_other,
+            option=ENCODE_OPTIONS | orjson.OPT_SORT_KEYS,
+        )
+    except orjson.JSONEncodeError:
+        try:
+            return encode_value(fields)  # an integer past 64 bits, say
+        except ValueError:
+            return b""  # the call cannot be encoded either: it is a dead letter
 
 
 def _user_id(value: Any) -> str | None:

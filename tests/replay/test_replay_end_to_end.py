@@ -145,10 +145,22 @@ def test_dry_run_prints_json_lines_and_sends_nothing(
     assert "skipped rule 'Plan Changed'" in err
 
 
-def test_replay_beside_the_live_daemon_makes_no_new_message_ids(
+def test_replay_beside_the_live_daemon_resends_no_event_and_rows_as_they_are(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
+    """Track calls keep the live ids; an identify carries its traits in its id:
+    sent once more by the first replay, then again only for a row that changed."""
     settings = settings_for(db, receiver, example_rulebook)
+
+    def replay() -> dict[str, set[str]]:
+        before = len(receiver.calls)
+        code, _, _ = _replay(settings, since="1h")
+        assert code == 0
+        made: dict[str, set[str]] = {"identify": set(), "track": set()}
+        for call in receiver.calls[before:]:
+            made[call.payload["type"]].add(call.message_id)
+        return made
+
     with running_daemon(settings) as daemon:
         sql(
             db,
@@ -159,16 +171,18 @@ def test_replay_beside_the_live_daemon_makes_no_new_message_ids(
         )
         daemon.caught_up()
         live = set(receiver.message_ids())
-
-        code, _, _ = _replay(settings, since="1h")
-
-        replayed = receiver.message_ids()[len(live) :]
-        sql(db, "insert into merchants (shop_domain) values ('after')")
+        first = replay()
+        sql(db, "update merchants set plan_name = 'pro' where id = 7")
         daemon.caught_up()  # the daemon goes on undisturbed
-    assert code == 0
+        second = replay()
+
     assert len(live) == 2 * 300 + 500
-    assert len(replayed) == len(live)
-    assert set(replayed) == live
+    assert len(first["track"]) == 300 + 500
+    assert first["track"] <= live
+    assert len(first["identify"]) == 300
+    assert not first["identify"] & live
+    assert second["track"] == first["track"]
+    assert len(second["identify"] - first["identify"]) == 1
 
 
 def test_replay_leaves_the_slot_where_it_was(
