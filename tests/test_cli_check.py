@@ -117,6 +117,42 @@ def test_check_with_dsn_names_the_missing_column(
     assert any("when: unknown column 'xero_connection_ok'" in line for line in problems)
 
 
+def test_check_with_dsn_refuses_ordering_types_by_their_text(
+    db: str, tmp_path: Path
+) -> None:
+    """An enum, an interval or a time of day would be compared as the text
+    PostgreSQL prints: '<' on one is refused; on text, and == on any, is not."""
+    sql(
+        db,
+        "create type tier as enum ('free', 'pro', 'enterprise')",
+        "create table plans (id int primary key, name text, tier tier,"
+        " trial interval, opens time, code varchar(8))",
+    )
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(
+        "version: 1\ntables:\n  plans:\n    user_id: id\ntrack:\n"
+        "  - event: Big\n    table: plans\n    on: insert\n"
+        "    when: tier >= 'pro'\n"
+        "  - event: Long\n    table: plans\n    on: insert\n"
+        "    when: \"'P1D' < trial\"\n"
+        "  - event: Late\n    table: plans\n    on: insert\n"
+        "    when: opens > '09:00'\n"
+        "  - event: Fine\n    table: plans\n    on: insert\n"
+        "    when: tier == 'pro' and name < 'm' and code >= 'A' and opens in ('10:00:00')\n"
+    )
+    done = cdc_tracker("check", path, "--dsn", db)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        f"{path}:9",
+        f"{path}:13",
+        f"{path}:17",
+    ], lines
+    assert "'>=' would order column 'tier'" in lines[0]
+    assert "by the text PostgreSQL prints" in lines[0]
+    assert "compare it with == or in (...)" in lines[0]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -260,6 +260,17 @@ def _unquoted_end(text: str, i: int) -> int:
     return i
 
 
+def orders_as_text(declared: str) -> bool:
+    """Whether PostgreSQL orders this type's values as their text (the text
+    types); expressions compare any other type of kind text by its text."""
+    return base_type(declared) in _TEXT_TYPES
+
+
+_TEXT_TYPES = frozenset(
+    {"text", "character varying", "character", "name", '"char"', "bpchar"}
+)
+
+
 def kind_of(declared: str) -> Kind:
     """What rule expressions may do with a column of this declared type."""
     name = base_type(declared)

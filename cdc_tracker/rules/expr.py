@@ -127,16 +127,21 @@ class Expression:
         *,
         known_columns: Iterable[str] = (),
         lookup_kind: LookupKind | None = None,
+        text_ordered: Callable[[str], bool] | None = None,
     ) -> Kind:
         """The expression's result kind, given each column's kind.
 
         ``column_kind`` returns None for a column the table lacks; ``known_columns``
         (optional) feeds the "did you mean" hint; ``lookup_kind(lookup, column)``
-        does the same for related rows (without it their columns are ``ANY``).
-        Raises ``ExpressionError`` on an unknown column or a type error. ``ANY`` is
-        compatible with every kind.
+        does the same for related rows (without it their columns are ``ANY``);
+        ``text_ordered(column)`` says whether a text column's type orders its
+        values as their text does (an enum or an interval does not: ``<`` on it
+        is refused). Raises ``ExpressionError`` on an unknown column or a type
+        error. ``ANY`` is compatible with every kind.
         """
-        return static_type(self._node, column_kind, known_columns, lookup_kind)
+        return static_type(
+            self._node, column_kind, known_columns, lookup_kind, text_ordered
+        )
 
 
 def parse_expression(text: str) -> Expression:

@@ -168,10 +168,12 @@ class _Typer:
         column_kind: Callable[[str], Kind | None],
         known: tuple[str, ...],
         lookup_kind: LookupKind | None = None,
+        text_ordered: Callable[[str], bool] | None = None,
     ) -> None:
         self.column_kind = column_kind
         self.known = known
         self.lookup_kind = lookup_kind
+        self.text_ordered = text_ordered
 
     def kind(self, node: Node) -> Kind:
         if isinstance(node, Lit):
@@ -238,8 +240,28 @@ class _Typer:
                     f"with {describe(other, right)}",
                     node.offset,
                 )
-        if op in ("<", "<=", ">", ">=") and Kind.JSON in (left, right):
-            raise ExpressionError(f"'{op}' cannot order json values", node.offset)
+        if op in ("<", "<=", ">", ">="):
+            if Kind.JSON in (left, right):
+                raise ExpressionError(f"'{op}' cannot order json values", node.offset)
+            for side in (subject, *others):
+                self.ordered_as_text(side, op)
+
+    def ordered_as_text(self, node: Node, op: str) -> None:
+        """Raise when ``node`` is a column whose values are compared as the text
+        PostgreSQL prints, which its type orders otherwise."""
+        if (
+            self.text_ordered is None
+            or not isinstance(node, Col)
+            or self.column_kind(node.ref.column) is not TEXT
+            or self.text_ordered(node.ref.column)
+        ):
+            return
+        raise ExpressionError(
+            f"'{op}' would order column '{node.ref.column}' by the text "
+            "PostgreSQL prints, not as its type orders it (an enum, an interval, "
+            "a time of day, money...): compare it with == or in (...)",
+            node.offset,
+        )
 
     def call(self, node: Call) -> Kind:
         kinds = [self.kind(arg) for arg in node.args]
@@ -273,6 +295,8 @@ def static_type(
     column_kind: Callable[[str], Kind | None],
     known_columns: Iterable[str] = (),
     lookup_kind: LookupKind | None = None,
+    text_ordered: Callable[[str], bool] | None = None,
 ) -> Kind:
     """The kind ``node`` yields; raises ``ExpressionError`` on a type error."""
-    return _Typer(column_kind, tuple(known_columns), lookup_kind).kind(node)
+    typer = _Typer(column_kind, tuple(known_columns), lookup_kind, text_ordered)
+    return typer.kind(node)

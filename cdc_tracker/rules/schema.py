@@ -12,7 +12,7 @@ import difflib
 import re
 
 from cdc_tracker.errors import RulebookError
-from cdc_tracker.mapping.values import kind_of
+from cdc_tracker.mapping.values import kind_of, orders_as_text
 from cdc_tracker.model import Action, TableInfo
 from cdc_tracker.rules.expr import Expression, ExpressionError, Kind
 from cdc_tracker.rules.lookup_spec import LookupSpec
@@ -216,7 +216,10 @@ def _typed(
         return [(path, line, message) for message in unknown]
     try:
         kind = expr.static_type(
-            column_kind, known_columns=info.columns, lookup_kind=lookups.kind
+            column_kind,
+            known_columns=info.columns,
+            lookup_kind=lookups.kind,
+            text_ordered=lambda column: orders_as_text(info.columns[column]),
         )
     except ExpressionError as exc:
         return [(path, line, f"{key}: {exc} (table {info.name})")]
