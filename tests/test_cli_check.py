@@ -138,7 +138,8 @@ def test_check_with_dsn_refuses_ordering_types_by_their_text(
         "  - event: Late\n    table: plans\n    on: insert\n"
         "    when: opens > '09:00'\n"
         "  - event: Fine\n    table: plans\n    on: insert\n"
-        "    when: tier == 'pro' and name < 'm' and code >= 'A' and opens in ('10:00:00')\n"
+        "    when: tier == 'pro' and name < 'm' and code >= 'A'"
+        " and opens in ('10:00:00')\n"
     )
     done = cdc_tracker("check", path, "--dsn", db)
     assert done.returncode == 2
