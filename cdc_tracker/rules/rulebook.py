@@ -338,9 +338,14 @@ class _Builder:
                 return frozenset({Action.INSERT, Action.UPDATE})
             self.problem(body.line, "a track rule needs 'on': insert, update or delete")
             return None
-        names = raw if isinstance(raw, list) else [raw]
         line = body.lines["on"]
-        bad = [name for name in names if name not in _ACTIONS]
+        if isinstance(raw, dict):  # on: {insert, update}, braces for brackets
+            self.problem(line, "'on' takes a list, as [insert, update], not a mapping")
+            return None
+        names = raw if isinstance(raw, list) else [raw]
+        bad = [
+            name for name in names if not isinstance(name, str) or name not in _ACTIONS
+        ]
         if bad or not names:
             self.problem(
                 line,

@@ -32,8 +32,8 @@ class LineList(list[Any]):
     lines: list[int]
 
 
-class DuplicateKey(yaml.MarkedYAMLError):
-    pass
+class RefusedKey(yaml.MarkedYAMLError):
+    """A key YAML takes and a rulebook does not: a repeated one, or a collection."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -68,10 +68,15 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     result.lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
-        if key in result:
-            raise DuplicateKey(
-                None, None, f"duplicate key '{key}'", key_node.start_mark
+        if isinstance(key, (LineDict, LineList)):
+            raise RefusedKey(
+                None,
+                None,
+                "a key is a name, not a list or a mapping",
+                key_node.start_mark,
             )
+        if key in result:
+            raise RefusedKey(None, None, f"duplicate key '{key}'", key_node.start_mark)
         result[key] = loader.construct_object(value_node, deep=True)
         result.lines[key] = key_node.start_mark.line + 1
     return result

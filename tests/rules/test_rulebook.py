@@ -401,6 +401,21 @@ PROBLEMS = [
         id="boolean-on-value",
     ),
     pytest.param(
+        TABLES + "track:\n  - event: E\n    table: t\n    on: {insert, update}\n",
+        "8: 'on' takes a list, as [insert, update], not a mapping",
+        id="on-in-braces",
+    ),
+    pytest.param(
+        TABLES + "track:\n  - event: E\n    table: t\n    on: [[insert]]\n",
+        "8: 'on' takes insert, update and delete; got ['insert']",
+        id="on-nested",
+    ),
+    pytest.param(
+        TABLES + "identify:\n  - table: t\n    traits: {[a, b]: id}\n",
+        "7: invalid YAML: a key is a name, not a list or a mapping",
+        id="list-as-key",
+    ),
+    pytest.param(
         TABLES + "track:\n  - event: E\n    table: t\n    on: []\n",
         "8: 'on' takes insert, update and delete; got nothing",
         id="empty-on",
