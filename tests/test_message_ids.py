@@ -6,8 +6,10 @@ import io
 import threading
 from pathlib import Path
 
+from cdc_tracker.mapping import ids
 from cdc_tracker.replay.main import run_replay
 from cdc_tracker.replay.runner import ReplayOptions
+from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import Settings
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import running_daemon, settings_for, sql
@@ -123,3 +125,38 @@ def test_a_new_time_zone_makes_new_identify_ids_and_utc_keeps_the_old(
         _rulebook(tmp_path, extra=f"timezone: {zone}\n")
         _replay(settings)
         assert (_identify_ids(receiver) == default) is same, zone
+
+
+LOOKUP_RULEBOOK = """\
+version: 1
+tables:
+  public.payouts:
+    user_id: merchant_id
+    lookups:
+      merchant:
+        table: public.merchants
+        key: {{id: {key}}}
+      unused:
+        table: public.merchants
+        key: {{id: {other}}}
+identify:
+  - table: public.payouts
+    traits:
+      plan: merchant.plan_name
+"""
+
+
+def test_an_identify_id_changes_with_the_lookup_its_traits_read_through(
+    tmp_path: Path,
+) -> None:
+    """A lookup keyed on another column sends other traits: new ids, so that a
+    backfill is not dropped. A lookup the rule does not read changes nothing."""
+
+    def name(key: str, other: str = "merchant_id") -> str:
+        path = tmp_path / "rulebook.yaml"
+        path.write_text(LOOKUP_RULEBOOK.format(key=key, other=other))
+        [rule] = load_rulebook(path).rules
+        return ids.insert_name(rule)
+
+    assert name("merchant_id") != name("id")
+    assert name("merchant_id") == name("merchant_id", other="id")

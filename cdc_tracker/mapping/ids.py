@@ -107,15 +107,26 @@ def insert_name(rule: Rule, zone: tzinfo = UTC) -> str:
 
 
 def definition(rule: Rule, zone: tzinfo = UTC) -> str:
-    """A short fingerprint of what a rule sends. The rulebook's time zone is part
-    of it (how timestamp columns are read), unless it is UTC: the ids made
-    before it counted stay as they were."""
+    """A short fingerprint of what a rule sends: its expressions, and the
+    lookups they read through (their tables and keys). The rulebook's time zone
+    is part of it (how timestamp columns are read), unless it is UTC: the ids
+    made before it counted stay as they were."""
     parts = [
         rule.kind,
         rule.event or "",
         *(f"{key}={expr.text}" for key, expr in rule.expressions()),
         repr(sorted((rule.integrations or {}).items())),
         repr(rule.context),
+    ]
+    # Where the related rows it reads come from (ids of rules reading none stay
+    # as they were made).
+    read = sorted(
+        {ref.lookup for _, expr in rule.expressions() for ref in expr.lookups}
+    )
+    parts += [
+        f"lookup {name}={spec.table}:{spec.key}"
+        for name in read
+        if (spec := rule.lookups.get(name)) is not None
     ]
     if str(zone) != "UTC":
         parts.append(f"timezone={zone}")
