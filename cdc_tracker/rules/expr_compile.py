@@ -181,6 +181,8 @@ def _compile_compare(node: Compare) -> Fn:
         if left_kind is not right_kind and ANY not in (left_kind, right_kind):
             raise _mismatch(node, left_kind, right_kind)
         try:
+            if op is operator.eq or op is operator.ne:
+                return same_value(a, b) is (op is operator.eq)
             return op(a, b)
         except (TypeError, ArithmeticError):
             raise _mismatch(node, left_kind, right_kind) from None
@@ -399,13 +401,28 @@ def _compile_changed(node: Col) -> Fn:
         if old is MISSING:
             raise MissingValue(column, "old")
         try:
-            return bool(new != old)
+            return not same_value(new, old)
         except ArithmeticError:  # a signalling Decimal NaN refuses comparison
             raise EvaluationError(
                 f"changed() cannot compare the values of column '{column}'"
             ) from None
 
     return changed
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality as PostgreSQL sees it, where Python's differs: true is not 1 nor
+    false 0, at any depth of a json value."""
+    kind = type(a)
+    if kind is type(b) and kind is not dict and kind is not list:
+        return bool(a == b)
+    if kind is bool or type(b) is bool:
+        return False
+    if kind is dict and type(b) is dict:
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if kind is list and type(b) is list:
+        return len(a) == len(b) and all(map(same_value, a, b))
+    return bool(a == b)
 
 
 def _coalesce(args: tuple[Fn, ...]) -> Fn:

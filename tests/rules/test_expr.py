@@ -310,12 +310,28 @@ def test_changed_raises_missing_value_when_old_value_is_missing() -> None:
         ("a", None, True),
         (1, Decimal("1.0"), False),
         ({"k": [1]}, {"k": [1]}, False),
+        # json: true is not 1, nor false 0, at any depth (Python says they are)
+        ({"beta": True}, {"beta": 1}, True),
+        ([False], [0], True),
+        (True, 1, True),
+        ({"k": [1, {"a": True}]}, {"k": [1, {"a": True}]}, False),
     ],
 )
 def test_changed_compares_new_with_old_like_is_distinct_from(
     new: Any, old: Any, expected: bool
 ) -> None:
     assert evaluate("changed(x)", {"x": new}, x=old) is expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [({"beta": True}, {"beta": 1}, False), ({"k": [1]}, {"k": [1]}, True)],
+)
+def test_json_values_are_equal_as_postgresql_says(
+    a: Any, b: Any, expected: bool
+) -> None:
+    assert evaluate("a == b", {"a": a, "b": b}) is expected
+    assert evaluate("a != b", {"a": a, "b": b}) is not expected
 
 
 @pytest.mark.parametrize(
