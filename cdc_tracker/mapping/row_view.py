@@ -120,8 +120,10 @@ class RowView:
         it cannot be read."""
         change = self.change
         if source is None:
-            # An insert has no old row: old.x is null, so changed(x) means "set".
-            return None if change.action is Action.INSERT else MISSING
+            # An insert has no old row: old.x is null, so changed(x) means "set";
+            # a delete has no new row: new.x is null.
+            none = Action.INSERT if image == "old" else Action.DELETE
+            return None if change.action is none else MISSING
         if image == "new" and change.old is not None and column in change.old:
             # Unchanged TOAST under REPLICA IDENTITY FULL: the old value still holds.
             raw = change.old[column]

@@ -344,3 +344,24 @@ def test_a_partitioned_table_without_partitions_is_judged_by_its_own_key(
         "PostgreSQL does not decode its updates and deletes; "
         "fix: ALTER TABLE public.parts REPLICA IDENTITY FULL;"
     ]
+
+
+def test_on_a_delete_new_is_null_as_old_is_on_an_insert(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    make_people(db, "full")
+    path = rulebook(
+        tmp_path,
+        "version: 1\ntables:\n  public.people:\n    user_id: id\ntrack:\n"
+        "  - event: Left\n    table: people\n    on: delete\n"
+        "    when: new.name is null and (new.name == 'x' or old.name == 'Ada')\n"
+        "    properties:\n      gone: new.name\n      was: old.name\n"
+        "      name: name\n",
+    )
+    with running_daemon(settings_for(db, receiver, path)) as daemon:
+        sql(db, "delete from people where id = 1")
+        daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 0
+    assert [call.payload["properties"] for call in receiver.calls] == [
+        {"gone": None, "was": "Ada", "name": "Ada"}
+    ]
