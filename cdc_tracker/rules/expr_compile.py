@@ -179,7 +179,10 @@ def _compile_compare(node: Compare) -> Fn:
             return None
         left_kind, right_kind = kind_of(a), kind_of(b)
         if left_kind is not right_kind and ANY not in (left_kind, right_kind):
-            raise _mismatch(node, left_kind, right_kind)
+            places = _ends_of_time(a, b)
+            if places is None:
+                raise _mismatch(node, left_kind, right_kind)
+            return op(*places)
         try:
             if op is operator.eq or op is operator.ne:
                 return same_value(a, b) is (op is operator.eq)
@@ -294,6 +297,19 @@ def _beyond(value: Any) -> int | None:
     return None
 
 
+def _ends_of_time(a: Any, b: Any) -> tuple[int, int] | None:
+    """Where ``a`` and ``b`` lie against each other when one is a time Python
+    cannot hold (text: ``infinity``, BC, year 10000 on) and the other a time it
+    holds: (-1 or 1, 0) or (0, -1 or 1); None for anything else."""
+    if isinstance(b, date):
+        place = _beyond(a)
+        return None if place is None else (place, 0)
+    if isinstance(a, date):
+        place = _beyond(b)
+        return None if place is None else (0, place)
+    return None
+
+
 _LATE = re.compile(r"[0-9]{5,}-[0-9]{2}-[0-9]{2}", re.ASCII)
 _EARLY = re.compile(r"[0-9]{4,}-[0-9]{2}-[0-9]{2}", re.ASCII)
 
@@ -314,7 +330,17 @@ def _compile_in(node: InList) -> Fn:
     kinds = {kind_of(value) for value in literals}
     if len(literals) == len(node.items) and len(kinds) == 1 and None not in literals:
         return _in_literals(node, operand, frozenset(literals), kinds.pop())
-    items = tuple(_compile(item) for item in node.items)
+    # Each item, and the time its text reads as when it is a literal (beside a
+    # timestamp or a date it is compared as one, as with ==).
+    items = tuple(
+        (
+            _compile(item),
+            time_literal(item.value)
+            if isinstance(item, Lit) and isinstance(item.value, str)
+            else None,
+        )
+        for item in node.items
+    )
     negated = node.negated
 
     def member(row: Row) -> bool | None:
@@ -322,16 +348,22 @@ def _compile_in(node: InList) -> Fn:
         if value is None:
             return None
         kind, unknown = kind_of(value), False
-        for item in items:
+        for item, moment in items:
             candidate = item(row)
             if candidate is None:
                 unknown = True
                 continue
+            if moment is not None and isinstance(value, date):
+                if _compare_time(node, operator.eq, value, moment):
+                    return not negated
+                continue
             other = kind_of(candidate)
             if kind is not other and ANY not in (kind, other):
+                if _ends_of_time(value, candidate) is not None:
+                    continue  # a time past Python's calendar equals none held
                 raise _mismatch(node, kind, other)
             try:
-                if value == candidate:
+                if same_value(value, candidate):
                     return not negated
             except ArithmeticError:  # a signalling Decimal NaN
                 raise _mismatch(node, kind, other) from None

@@ -682,6 +682,7 @@ def _evaluate_and_type_randomly(expression: Any, rng: random.Random) -> None:
 PARIS = timezone(timedelta(hours=2))
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
+JAN_1 = datetime(2026, 1, 1, tzinfo=PARIS)
 TOKYO = ZoneInfo("Asia/Tokyo")
 BERLIN_0030Z = datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN)  # fold 0: +02:00
 BERLIN_0130Z = datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=BERLIN)  # +01:00
@@ -747,6 +748,15 @@ PAID_AT = {
         ("t > '0001-01-01'", {"t": datetime(2026, 1, 1, tzinfo=TOKYO)}, True),
         ("t > '2026-01-01'", {"t": "9999-12-31 23:59:59"}, True),
         ("t < '2026-01-01'", {"t": "0001-01-01 00:00:00"}, True),
+        # Beside another column, in (...) included.
+        ("t > u", {"t": "infinity", "u": JAN_1}, True),
+        ("u >= t", {"t": "infinity", "u": JAN_1}, False),
+        ("d < day", {"d": "0044-03-15 BC", "day": date(2026, 1, 1)}, True),
+        ("t in (u, '2027-01-01')", {"t": "infinity", "u": JAN_1}, False),
+        ("u in ('2026-01-01T00:00:00+02:00', t)", {"t": "infinity", "u": JAN_1}, True),
+        ("u in ('2026-01-01 00:00', null)", {"u": JAN_1}, True),
+        ("u not in ('2025-01-01', null)", {"u": JAN_1}, None),
+        ("u in ('2025-01-01', t)", {"t": JAN_1, "u": JAN_1}, True),
     ],
 )
 def test_text_literal_beside_a_time_reads_as_a_time(
