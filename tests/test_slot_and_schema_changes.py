@@ -17,7 +17,8 @@ from cdc_tracker.daemon.checkpoint import CheckpointStore
 from cdc_tracker.daemon.counters import Counters
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import PrintShipper
-from cdc_tracker.errors import SlotLost
+from cdc_tracker.errors import ConfigError, SlotLost
+from cdc_tracker.model import Lsn
 from cdc_tracker.ops.health import Probe
 from cdc_tracker.ops.metrics import DaemonCollector
 from cdc_tracker.replay.main import run_replay
@@ -30,6 +31,7 @@ from tests.harness import (
     running_daemon,
     settings_for,
     slot_exists,
+    slot_position,
     sql,
     transaction,
     wait_until,
@@ -173,6 +175,34 @@ def test_recreate_slot_holds_for_the_start_only(
         assert isinstance(daemon.error, SlotLost)
         daemon.error = None
     assert not slot_exists(db, settings.slot)
+
+
+def test_a_checkpoint_past_the_servers_wal_is_refused_not_trusted(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """A checkpoint carried over from another server (a restore) would make the
+    daemon skip every change below it, and confirm the slot past its WAL."""
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings) as daemon:
+        daemon.caught_up()
+    sql(
+        db,
+        "update cdc_tracker.checkpoints set commit_lsn = 'FF/0'"
+        f" where slot = '{settings.slot}'",
+    )
+    sql(db, INSERT)
+
+    with pytest.raises(
+        ConfigError, match="past the end of this server's WAL"
+    ) as raised:
+        Daemon(
+            settings,
+            load_rulebook(settings.rulebook),
+            PrintShipper(io.StringIO()),
+            threading.Event(),
+        ).run()
+    assert "DELETE FROM cdc_tracker.checkpoints" in str(raised.value.hint)
+    assert slot_position(db, settings.slot) < Lsn.parse("FF/0")
 
 
 def test_invalidated_slot_stops_with_a_clear_error(

@@ -172,7 +172,7 @@ class Daemon:
         catalog = self._check_schema(conn)
         state, temporary = self._ensure_slot(slot)
         self._track(catalog, slot)
-        self._resume_from(state.confirmed)
+        self._resume_from(state)
         self._dbname, self._state_conn = conn.info.dbname, state_conn
         self.window.mapper = self._mapper(self._dbname, catalog, state_conn)
         self.window.stream = self._open_stream(slot, temporary)
@@ -239,12 +239,23 @@ class Daemon:
                 hint=f"keep them with {full_fix(info.lacking(info.columns))}",
             )
 
-    def _resume_from(self, confirmed: Lsn) -> None:
-        done = max(self.window.done, confirmed)
-        if self.window.checkpoint is not None:
+    def _resume_from(self, state: SlotState) -> None:
+        done = max(self.window.done, state.confirmed)
+        checkpoint = self.window.checkpoint
+        if checkpoint is not None:
+            if state.flush and checkpoint.commit_lsn > state.flush:
+                slot = self.settings.slot
+                raise ConfigError(
+                    f"the checkpoint of slot '{slot}' ({checkpoint.describe()}) is "
+                    f"past the end of this server's WAL ({state.flush}): it was made "
+                    "on another server (carried over by a restore?), and reading "
+                    "from it would skip every change up to there",
+                    hint="if this server's slot is the one to read, delete it: "
+                    f"DELETE FROM cdc_tracker.checkpoints WHERE slot = '{slot}';",
+                )
             # Advancing is durable only at a server checkpoint: after a crash the
             # slot may be behind what was already acknowledged.
-            done = max(done, self.window.checkpoint.commit_lsn)
+            done = max(done, checkpoint.commit_lsn)
         self.window.done = self.window.settled = done
 
     def _check_tables(self) -> None:
