@@ -152,7 +152,9 @@ def _rule_problems(
             continue  # the table's own, checked (and told) at its line
         line = rule.lines.get(key, rule.lines.get(key.split(".")[0], rule.line))
         problems += _typed(path, line, key, expr, info, lookups=lookups)
-    if rule.needs_old and not info.full_identity:
+    # An insert has no old row to read (old.x is null there): only updates and
+    # deletes need one.
+    if rule.needs_old and rule.on - {Action.INSERT} and not info.full_identity:
         problems.append((path, rule.line, _needs_full(rule, info, "reads old values")))
     if info.full_identity:
         return problems

@@ -184,6 +184,19 @@ def test_old_values_on_a_full_identity_table_are_accepted(
     assert found == []
 
 
+def test_an_insert_rule_may_read_old_values_whatever_the_identity(
+    db: str, tmp_path: Path
+) -> None:
+    """On an insert old.x is null: no replica identity gives it another value."""
+    found = check(
+        db,
+        tmp_path,
+        TABLES + "track:\n  - event: E\n    table: payouts\n    on: insert\n"
+        "    when: changed(status)\n    properties:\n      was: old.status\n",
+    )
+    assert found == []
+
+
 def test_delete_rule_reading_non_key_columns_needs_full_identity(
     db: str, tmp_path: Path
 ) -> None:
