@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         on_accept=_print_call,
         record=False,
     )
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops as Ctrl-C
+    # Both stop it as Ctrl-C does, even when started with SIGINT ignored (as a
+    # shell without job control starts a command in the background).
+    for stopping in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stopping, signal.default_int_handler)
     try:
         fake.start()
     except OSError as exc:

@@ -774,7 +774,10 @@ def test_cli_prints_one_line_per_accepted_call() -> None:
         response = post(url, content=batch_of(a_call(1)), auth=("demo", ""))
         line = process.stdout.readline()
         process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=5)
+        try:
+            code = process.wait(timeout=5)
+        finally:
+            process.kill()  # no-op once it exited; else the with block waits forever
 
     assert (response.status_code, response.text) == (200, "ok")
     assert orjson.loads(line) == ["track", "u1", "Order Placed", "m1"]
