@@ -26,6 +26,7 @@ from tests.harness import (
     WRITE_KEY,
     cli_main,
     insert_name,
+    retry_all_letters,
     running_daemon,
     settings_for,
     sql,
@@ -575,3 +576,36 @@ def test_list_runs_as_a_real_process_with_settings_from_the_environment(
     )
     assert done.returncode == 0, done.stderr
     assert [row["reason"] for row in _json_lines(done.stdout)] == [NULL_USER] * 3
+
+
+def test_a_call_over_the_size_limit_is_made_again_by_a_retry(
+    db: str,
+    receiver: FakeRudderStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An update rule's call made too large by a property: once the rulebook
+    leaves it out, a retry maps the change again (a replay cannot: it does not
+    run update rules) and delivers it."""
+    book = (
+        "version: 1\ntables:\n  public.merchants:\n    user_id: id\ntrack:\n"
+        "  - event: Plan Changed\n    table: public.merchants\n    on: update\n"
+        "    properties:\n      plan: plan_name\n{extra}"
+    )
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(book.format(extra="      note: owner_name\n"))
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(book.format(extra=""))
+    settings = settings_for(db, receiver, broken)
+    with running_daemon(settings) as daemon:
+        sql(
+            db,
+            "insert into merchants (shop_domain) values ('a')",
+            "update merchants set plan_name = 'pro', owner_name = repeat('n', 40000)",
+        )
+        daemon.caught_up()
+        assert daemon.daemon.counters.dead_letters == 1
+    assert receiver.calls == []
+
+    assert retry_all_letters(replace(settings, rulebook=fixed), monkeypatch) == 0
+    assert [call.payload["properties"] for call in receiver.calls] == [{"plan": "pro"}]

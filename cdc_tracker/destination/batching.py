@@ -104,7 +104,8 @@ def make_batches(calls: Iterable[EncodedCall], limits: BatchLimits) -> Batches:
     for call in calls:
         added = call.sent_size + 1
         if added > max_call_bytes + 1:
-            batches.oversize.append((call, _oversize_reason(added - 1, limits)))
+            reason = oversize_reason(added - 1, max_call_bytes)
+            batches.oversize.append((call, reason))
             continue
         if current and (len(current) >= max_calls or size + added > max_bytes):
             batches.requests.append(current)
@@ -135,8 +136,8 @@ def request_body(batch: list[EncodedCall], sent_at: str) -> bytes:
     )
 
 
-def _oversize_reason(size: int, limits: BatchLimits) -> str:
+def oversize_reason(size: int, limit: int = MAX_CALL_BYTES) -> str:
+    """Why a call of ``size`` bytes (``sentAt`` included) is not sent."""
     # What comes before the colon is the reason's kind, counted on /metrics: the
     # call's own size comes after it, or each size would be a label of its own.
-    limit = limits.max_call_bytes
     return f"over the {limit}-byte per-call limit: the call is {size} bytes"

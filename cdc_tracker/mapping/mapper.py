@@ -18,7 +18,12 @@ import orjson
 import structlog
 
 from cdc_tracker import __version__
-from cdc_tracker.destination.batching import EncodedCall
+from cdc_tracker.destination.batching import (
+    MAX_CALL_BYTES,
+    SENT_AT_BYTES,
+    EncodedCall,
+    oversize_reason,
+)
 from cdc_tracker.destination.encode import (
     ENCODE_OPTIONS,
     encode_other,
@@ -232,6 +237,12 @@ class Mapper:
                     change_letter(change, plan.rule.id, f"cannot encode: {exc}")
                 )
                 return
+        if len(body) + SENT_AT_BYTES > MAX_CALL_BYTES:
+            # A letter of the change, not of the call: a retry maps it again,
+            # with the rulebook that no longer makes it this large.
+            reason = oversize_reason(len(body) + SENT_AT_BYTES)
+            dead.append(change_letter(change, plan.rule.id, reason))
+            return
         encoded.append(
             EncodedCall(
                 message_id,
