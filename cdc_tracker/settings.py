@@ -280,6 +280,9 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
         return _boolean(value, bad)
     if name == "slot" and not _SLOT_NAME.fullmatch(str(value)):
         raise bad("a slot name of lowercase letters, digits and _ (at most 63)")
+    if name == "namespace" and str(value) != str(value).strip():
+        # Every messageId is made from it: a stray space would make them all new.
+        raise bad("a namespace without spaces at its ends")
     if kind == "Path":
         return Path(str(value))
     return str(value)

@@ -106,6 +106,13 @@ def test_segment_batch_calls_past_2500_are_refused_naming_the_flag() -> None:
         )
 
 
+@pytest.mark.parametrize("namespace", ["  ", " shop", "shop\n"])
+def test_a_namespace_with_spaces_at_its_ends_is_refused(namespace: str) -> None:
+    """Every messageId is made from it: a stray space would make them all new."""
+    with pytest.raises(ConfigError, match="namespace without spaces at its ends"):
+        load_settings(None, environ={"CDC_TRACKER_NAMESPACE": namespace})
+
+
 def test_the_refusal_patience_reaches_the_destination() -> None:
     settings = load_settings(
         None,

@@ -257,7 +257,7 @@ class _Builder:
         rule_id = body.get("id")
         rule = Rule(
             kind=kind,
-            id=str(rule_id) if rule_id else (event or ""),
+            id=str(rule_id) if rule_id not in (None, "") else (event or ""),
             table=table.name,
             on=actions,
             when=when,

@@ -302,6 +302,14 @@ track:
     assert rule.context == {"app": {"name": "shop"}}
 
 
+def test_a_rule_id_of_zero_is_an_id(tmp_path: Path) -> None:
+    rulebook = load(
+        tmp_path,
+        TABLES + "track:\n  - event: E\n    id: 0\n    table: t\n    on: insert\n",
+    )
+    assert rulebook.rules[0].id == "0"
+
+
 # One problem at a time, each at its line
 
 PROBLEMS = [
