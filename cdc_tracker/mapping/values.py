@@ -175,7 +175,17 @@ def converter_for(declared: str, zone: tzinfo) -> Converter:
         return _date
     if name in ("json", "jsonb"):
         return _json
+    if name == "bytea":
+        return _bytea
     return _same
+
+
+def _bytea(value: Any) -> Any:
+    """Bytes as hex digits, as wal2json writes a bytea: without the ``\\x`` it cuts
+    off, which an array's elements, a lookup's and a replay's values still carry."""
+    if isinstance(value, str) and value.startswith("\\x"):
+        return value[2:]
+    return value
 
 
 @lru_cache(maxsize=512)

@@ -223,3 +223,23 @@ def test_a_wall_time_at_the_end_of_the_calendar_is_sent_and_compared(
         ("1", "track", "Open Ended"),
         ("2", "track", "Ends"),
     ]
+
+
+def test_bytea_is_hex_digits_alone_in_an_array_too(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """wal2json cuts the \\x off a bytea, not off an array's elements: cut both."""
+    sql(db, "create table blobs (id int primary key, b bytea, bs bytea[])")
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        "version: 1\ntables:\n  public.blobs:\n    user_id: id\nidentify:\n"
+        "  - table: public.blobs\n    traits:\n      b: b\n      bs: bs\n"
+    )
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        sql(
+            db, "insert into blobs values (1, '\\x00ff10', array['\\x00'::bytea, null])"
+        )
+        daemon.caught_up()
+    assert [call.payload["traits"] for call in receiver.calls] == [
+        {"b": "00ff10", "bs": ["00", None]}
+    ]
