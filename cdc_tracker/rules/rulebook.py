@@ -427,6 +427,14 @@ class _Builder:
                     value.lines[reserved],
                     f"'context.{reserved}' is set by cdc-tracker, not by rules",
                 )
+        for key, item in value.items():
+            kind = _unsendable(item)
+            if kind is not None:
+                self.problem(
+                    value.lines[key],
+                    f"'context.{key}' holds {kind}, which no call can carry: "
+                    "give text, numbers, booleans, lists and mappings",
+                )
         return {str(key): _plain(item) for key, item in value.items()}
 
     def unique_ids(self, rules: list[Rule]) -> None:
@@ -460,6 +468,21 @@ def _leaf_lines(value: Any, prefix: str) -> dict[str, int]:
         lines[key] = value.lines[name]
         lines |= _leaf_lines(item, key)
     return lines
+
+
+def _unsendable(value: Any) -> str | None:
+    """What in a YAML value JSON cannot carry (binary, a set), or None."""
+    if isinstance(value, dict):
+        found = (_unsendable(item) for item in value.values())
+    elif isinstance(value, list):
+        found = (_unsendable(item) for item in value)
+    elif isinstance(value, bytes):
+        return "binary data (!!binary)"
+    elif isinstance(value, (set, frozenset)):
+        return "a set (!!set)"
+    else:
+        return None
+    return next((kind for kind in found if kind is not None), None)
 
 
 def _plain(value: Any) -> Any:

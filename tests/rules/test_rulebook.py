@@ -409,6 +409,12 @@ PROBLEMS = [
         id="boolean-on-value",
     ),
     pytest.param(
+        TABLES + "identify:\n  - table: t\n    context:\n      app:\n"
+        "        logo: !!binary aGk=\n",
+        "8: 'context.app' holds binary data (!!binary), which no call can carry",
+        id="binary-in-context",
+    ),
+    pytest.param(
         TABLES + "track:\n  - event: E\n    table: t\n    on: {insert, update}\n",
         "8: 'on' takes a list, as [insert, update], not a mapping",
         id="on-in-braces",
