@@ -276,9 +276,12 @@ def _translated(spec: LookupSpec) -> Iterator[None]:
             "(dropped or renamed?)"
         ) from exc
     except psycopg.Error as exc:
-        # Only the state: a server message may quote a key value.
+        # The condition's name, not the server's message, which may quote a key
+        # value: "InvalidTextRepresentation" says enough (a key that is no label
+        # of the column's enum, say).
         raise EvaluationError(
-            f"lookup {spec.name} on {spec.table} failed with SQLSTATE {exc.sqlstate}"
+            f"lookup {spec.name} on {spec.table} failed: {type(exc).__name__} "
+            f"(SQLSTATE {exc.sqlstate})"
         ) from exc
     except SourceError as exc:  # from read_catalog: the same split
         if isinstance(exc, SourceUnavailable):

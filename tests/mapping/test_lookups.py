@@ -155,3 +155,25 @@ def test_a_key_matching_two_rows_is_an_evaluation_error(
     assert found is not None
     with found, pytest.raises(EvaluationError, match="more than one row"):
         found.row(spec, ("pro",))
+
+
+def test_a_key_the_column_cannot_hold_names_the_condition_not_the_value(
+    db: str, tmp_path: Path
+) -> None:
+    """A text key looked up in an enum column, with a value that is no label."""
+    sql(
+        db,
+        "create type tier as enum ('basic', 'pro')",
+        "alter table merchants add column tier tier",
+    )
+    text = RULEBOOK.replace("{id: merchant_id}", "{tier: status}")
+    book = rulebook(tmp_path, text)
+    spec = book.tables["public.payouts"].lookups["merchant"]
+    found = Lookups.for_rulebook(book, db)
+    assert found is not None
+    with found, pytest.raises(EvaluationError) as raised:
+        found.row(spec, ("secret-label",))
+    assert str(raised.value) == (
+        "lookup merchant on public.merchants failed: InvalidTextRepresentation "
+        "(SQLSTATE 22P02)"
+    )
