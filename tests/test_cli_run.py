@@ -16,6 +16,7 @@ import httpx
 import psycopg
 import pytest
 
+from cdc_tracker.model import Lsn
 from cdc_tracker.testing._postgres_server import free_port
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import (
@@ -172,6 +173,9 @@ def test_dry_run_reads_an_existing_slot_without_advancing_it(
     process.proc.send_signal(signal.SIGTERM)
     assert process.proc.wait(timeout=20) == 0
     assert slot_position(db) == start
+    [stopped] = [e for e in process.log_events() if "stopped" in e["event"]]
+    assert stopped["event"] == "dry run stopped; the slot was not moved"
+    assert Lsn.parse(stopped["read_upto"]) > start
 
 
 def test_sigterm_finishes_the_batch_advances_and_exits_zero(

@@ -133,7 +133,10 @@ class Daemon:
             self.window.close()
         # Where it got to, once it has read the slot (0/0 would say nothing).
         lsn = str(self.window.settled) if self._has_read else None
-        log.info("daemon stopped", lsn=lsn)
+        if self.advance_slot:
+            log.info("daemon stopped", lsn=lsn)
+        else:
+            log.info("dry run stopped; the slot was not moved", read_upto=lsn)
 
     def _lost(self, exc: SlotLost) -> SlotLost:
         """``exc`` saying what was shipped before the slot was lost, and how to
