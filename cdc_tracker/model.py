@@ -70,6 +70,12 @@ class Change:
     are as decoded from JSON (numbers as ``int`` or ``Decimal``); ``types`` names each
     column's declared type so that the mapping converts them by type, lazily. ``key``
     names the primary-key columns.
+
+    ``ordinal`` counts the changes streamed in the transaction, and so depends on
+    which tables are streamed; ``wal_position`` does not: the change's own WAL
+    position (``0/15071B8``; ``0/15071B8.2`` for the third row of one multi-row
+    record, as COPY writes). It names the calls of updates and deletes; empty for
+    a change read from a table (a replay).
     """
 
     table: str
@@ -81,6 +87,7 @@ class Change:
     ordinal: int
     commit_time: datetime
     key: tuple[str, ...] = ()
+    wal_position: str = ""
 
     @property
     def position(self) -> str:

@@ -6,13 +6,15 @@ import io
 import threading
 from pathlib import Path
 
+import psycopg
+
 from cdc_tracker.mapping import ids
 from cdc_tracker.replay.main import run_replay
 from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.settings import Settings
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import running_daemon, settings_for, sql
+from tests.harness import create_slot, running_daemon, settings_for, sql
 
 RULEBOOK = """\
 version: 1
@@ -160,3 +162,50 @@ def test_an_identify_id_changes_with_the_lookup_its_traits_read_through(
 
     assert name("merchant_id") != name("id")
     assert name("merchant_id") == name("merchant_id", other="id")
+
+
+def test_an_update_id_is_the_same_whatever_else_is_streamed(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """Two slots, one streaming payouts too, read one transaction that updates a
+    payout, then a merchant, then COPYs merchants: the merchant calls get the
+    same ids from both (a window read again with more tables used to renumber)."""
+    merchants_only = tmp_path / "merchants.yaml"
+    merchants_only.write_text(
+        "version: 1\ntables:\n  public.merchants:\n    user_id: id\n"
+        "    insert_ids: position\n"  # the COPYed rows too: named by position
+        "track:\n  - event: Touched\n    table: public.merchants\n"
+        "    on: [insert, update]\n"
+    )
+    both = tmp_path / "both.yaml"
+    both.write_text(
+        merchants_only.read_text().replace(
+            "track:", "  public.payouts:\n    user_id: merchant_id\ntrack:"
+        )
+        + "  - event: Paid\n    table: public.payouts\n    on: update\n"
+    )
+    sql(
+        db,
+        "insert into merchants (id, shop_domain) values (1, 'a')",
+        "insert into payouts (id, merchant_id, amount, currency, status)"
+        " values (1, 1, 1, 'EUR', 'pending')",
+    )
+    one = settings_for(db, receiver, merchants_only, slot="one", namespace="shop")
+    two = settings_for(db, receiver, both, slot="two", namespace="shop")
+    create_slot(one)
+    create_slot(two)
+    with psycopg.connect(db) as conn:
+        conn.execute("update payouts set status = 'paid'")
+        conn.execute("update merchants set plan_name = 'pro'")
+        with conn.cursor().copy("copy merchants (id, shop_domain) from stdin") as copy:
+            for n in (2, 3, 4):
+                copy.write_row((n, f"m{n}"))
+
+    made = []
+    for settings in (one, two):
+        receiver.reset()
+        with running_daemon(settings) as daemon:
+            daemon.caught_up()
+        made.append({c.message_id for c in receiver.calls if c.event == "Touched"})
+    assert len(made[0]) == 4
+    assert made[0] == made[1]

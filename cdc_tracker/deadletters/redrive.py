@@ -228,6 +228,7 @@ def change_of(stored: StoredLetter, keys: KeyLookup) -> Change:
         ordinal=stored.letter.ordinal,
         commit_time=datetime.fromisoformat(data["commit_time"]),
         key=keys(table) if key is None else tuple(map(str, key)),
+        wal_position=str(data.get("wal_position") or ""),
     )
 
 

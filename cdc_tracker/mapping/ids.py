@@ -5,8 +5,8 @@ a call re-sent after a crash, or re-made by a backfill, is harmless:
 
 - a call triggered by an insert is named by (namespace, rule, primary key): the live
   daemon and ``replay`` give the same row the same id;
-- any other call is named by (namespace, rule, commit position, ordinal in the
-  transaction), the identity of a change in the WAL.
+- any other call is named by (namespace, rule, commit position, the change's own
+  WAL position), the identity of a change in the WAL whatever else is streamed.
 
 An identify rule is named with a fingerprint of its definition, so that a trait
 added to it makes new ids: a backfill then delivers the new traits instead of
@@ -58,9 +58,11 @@ def key_text(key_values: Iterable[Any]) -> str:
     return "\x1f".join([str(value) for value in key_values])
 
 
-def position_id(namespace: str, rule_id: str, commit_lsn: Lsn, ordinal: int) -> str:
-    """The id of a call made by the change at (commit position, ordinal)."""
-    return digest(f"{namespace}\x1e{rule_id}\x1e{int(commit_lsn)}\x1e{ordinal}")
+def position_id(namespace: str, rule_id: str, commit_lsn: Lsn, at: str | int) -> str:
+    """The id of a call made by the change at ``at`` in the transaction that
+    commits at ``commit_lsn``: its WAL position (``Change.wal_position``), or its
+    ordinal for a change stored before positions were kept."""
+    return digest(f"{namespace}\x1e{rule_id}\x1e{int(commit_lsn)}\x1e{at}")
 
 
 def digest(material: str) -> str:

@@ -289,7 +289,10 @@ class Mapper:
                     return ids.digest(material)
                 return ids.with_traits(material, _traits_json(fields))
         return ids.position_id(
-            self.namespace, plan.rule.id, change.commit_lsn, change.ordinal
+            self.namespace,
+            plan.rule.id,
+            change.commit_lsn,
+            change.wal_position or change.ordinal,
         )
 
     def _timestamp(self, commit_time: datetime) -> str:
@@ -535,5 +538,6 @@ def change_letter(change: Change, rule_id: str, reason: str) -> DeadLetter:
             # Enough to rebuild the change and its messageIds on a retry.
             "table": change.table,
             "key": list(change.key),
+            "wal_position": change.wal_position,
         },
     )

@@ -53,6 +53,7 @@ class _Row(msgspec.Struct, gc=False):
     action: str
     timestamp: str | None = None  # null on a message outside a transaction
     nextlsn: str = ""
+    lsn: str = ""  # of the change's own WAL record
     schema: str = ""
     table: str = ""
     columns: list[_Column] | None = None
@@ -97,14 +98,17 @@ class Message:
 
 
 class Transaction:
-    """Decoding state across rows: which transaction we are in and its ordinal."""
+    """Decoding state across rows: which transaction we are in, its ordinal, and
+    the last change's WAL position with how many changes shared it."""
 
-    __slots__ = ("commit_lsn", "commit_time", "ordinal")
+    __slots__ = ("commit_lsn", "commit_time", "last_lsn", "ordinal", "sharing")
 
     def __init__(self) -> None:
         self.commit_lsn = Lsn(0)
         self.commit_time = datetime.min
         self.ordinal = 0
+        self.last_lsn = ""
+        self.sharing = 0
 
 
 Event = Begin | Change | Commit | Truncate | Message
@@ -147,6 +151,7 @@ def _begin(row: _Row, tx: Transaction) -> Begin:
     tx.commit_lsn = Lsn.parse(row.nextlsn)
     tx.commit_time = datetime.fromisoformat(row.timestamp or "")
     tx.ordinal = 0
+    tx.last_lsn = ""
     return Begin(tx.commit_lsn, tx.commit_time)
 
 
@@ -170,6 +175,14 @@ def _change(row: _Row, action: Action, tx: Transaction) -> Change:
                 types.setdefault(column.name, column.type)
     ordinal = tx.ordinal
     tx.ordinal = ordinal + 1
+    # One WAL record may hold several rows (COPY's multi-row inserts), all of one
+    # table: they share its position, told apart by their order within it.
+    wal_position = row.lsn
+    if wal_position == tx.last_lsn:
+        tx.sharing += 1
+        wal_position = f"{wal_position}.{tx.sharing}"
+    else:
+        tx.last_lsn, tx.sharing = wal_position, 0
     # Positional: keywords cost a fifth of this function, once per change.
     return Change(
         row.schema + "." + row.table,
@@ -181,4 +194,5 @@ def _change(row: _Row, action: Action, tx: Transaction) -> Change:
         ordinal,
         tx.commit_time,
         tuple([pk.name for pk in row.pk]),
+        wal_position,
     )
