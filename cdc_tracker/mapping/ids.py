@@ -70,19 +70,6 @@ def digest(material: str) -> str:
     return PREFIX + blake2b(material.encode(), digest_size=16).hexdigest()
 
 
-def snapshot_id(
-    namespace: str,
-    rule_id: str,
-    definition: str,
-    key_values: Iterable[Any],
-    version: object,
-) -> str:
-    """The id of a backfilled call on a table whose insert ids are positional."""
-    return digest(
-        snapshot_material(namespace, rule_id, definition, key_values, version)
-    )
-
-
 def snapshot_material(
     namespace: str,
     rule_id: str,
@@ -90,7 +77,8 @@ def snapshot_material(
     key_values: Iterable[Any],
     version: object,
 ) -> str:
-    """What ``snapshot_id`` hashes."""
+    """What names a backfilled call on a table whose insert ids are positional:
+    its rule and definition, its key and the row's cursor value (``version``)."""
     key = key_text(key_values)
     return f"{namespace}\x1e{rule_id}\x1e{definition}\x1e{key}\x1e{version}"
 

@@ -270,30 +270,36 @@ class Mapper:
     def _message_id(self, plan: _Plan, change: Change, fields: dict[str, Any]) -> str:
         if change.action is Action.INSERT and change.key and change.new is not None:
             values = [change.new.get(column) for column in change.key]
-            if plan.by_key and not (self.snapshot and plan.identify):
-                return ids.digest(plan.insert_prefix + ids.key_text(values))
             if self.snapshot:
-                # A backfill sends rows as they are now, and cannot know an
-                # insert's WAL position (see ids.with_traits).
-                if plan.by_key:
-                    material = plan.insert_prefix + ids.key_text(values)
-                else:
-                    material = ids.snapshot_material(
-                        self.namespace,
-                        plan.rule.id,
-                        plan.definition,
-                        values,
-                        change.commit_time,
-                    )
-                if not plan.identify:
-                    return ids.digest(material)
-                return ids.with_traits(material, _traits_json(fields))
+                return self._snapshot_id(plan, change, values, fields)
+            if plan.by_key:
+                return ids.digest(plan.insert_prefix + ids.key_text(values))
         return ids.position_id(
             self.namespace,
             plan.rule.id,
             change.commit_lsn,
             change.wal_position or change.ordinal,
         )
+
+    def _snapshot_id(
+        self, plan: _Plan, change: Change, values: list[Any], fields: dict[str, Any]
+    ) -> str:
+        """A backfilled call's id: by key as the live insert's, or else by key and
+        cursor value (it cannot know the insert's WAL position); an identify's
+        carries its traits too, since it sends the row as it is now."""
+        if plan.by_key:
+            material = plan.insert_prefix + ids.key_text(values)
+        else:
+            material = ids.snapshot_material(
+                self.namespace,
+                plan.rule.id,
+                plan.definition,
+                values,
+                change.commit_time,
+            )
+        if plan.identify:
+            return ids.with_traits(material, _traits_json(fields))
+        return ids.digest(material)
 
     def _timestamp(self, commit_time: datetime) -> str:
         # Every change of a transaction shares its commit time: format it once.
