@@ -262,3 +262,24 @@ def test_a_deleted_rulebook_is_said_once_and_its_return_reloads(tmp_path: Path) 
         "rulebook file is missing; the rules loaded last stay in force",
         "rulebook file is back",
     ]
+
+
+def test_the_slot_lag_grows_while_an_outage_holds_delivery(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """The WAL piles up during an outage: that is when the lag must show it."""
+    settings = settings_for(db, receiver, example_rulebook)
+    with running_daemon(settings) as daemon:
+        daemon.caught_up()
+        receiver.fail_for(60, status=503)
+        sql(db, "insert into merchants (shop_domain) values ('waiting')")
+        wait_until(lambda: receiver.requests, 10)  # delivery is now held
+        sql(
+            db,
+            "create table filler (x text)",
+            "insert into filler select repeat('x', 1000) from generate_series(1, 8000)",
+        )
+        counters = daemon.daemon.counters
+        wait_until(lambda: counters.lag_bytes > 8_000_000, 20)
+        receiver.fail_for(0)
+        daemon.caught_up()

@@ -21,6 +21,7 @@ destination confirmed it.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections import Counter, deque
@@ -36,6 +37,7 @@ from cdc_tracker.daemon.counters import Counters
 from cdc_tracker.daemon.shipping import Outcome, Shipper
 from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.batching import EncodedCall
+from cdc_tracker.errors import SourceError
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Change, DeadLetter, Lsn
 from cdc_tracker.settings import Settings
@@ -130,7 +132,7 @@ class Window:
         """Process one window: wait up to ``poll_interval`` for its first row."""
         assert self.slot is not None
         assert self.stream is not None
-        self.counters.lag_bytes = max(0, self.slot.flush_lsn() - self.done)
+        self._note_lag()
         stream = self.stream
         if (stream.tables, stream.schemas) != (self.tables, self.schemas):
             # The rulebook changed: everything before is settled and confirmed.
@@ -158,6 +160,11 @@ class Window:
         if quiet and self.advance_slot and self.checkpoints is not None:
             self.checkpoints.mark_caught_up()  # for status: nothing was pending
         self.counters.last_progress = time.monotonic()
+
+    def _note_lag(self) -> None:
+        """How far the server's WAL is past what is handled, for /metrics."""
+        if self.slot is not None:
+            self.counters.lag_bytes = max(0, self.slot.flush_lsn() - self.done)
 
     def _parent(self, table: str) -> str | None:
         """The tracked table a streamed table's changes belong to, if any: a name
@@ -408,6 +415,9 @@ class Window:
             try:
                 return future.result(timeout=every)
             except concurrent.futures.TimeoutError:
+                # An outage is when the WAL piles up: the lag must show it.
+                with contextlib.suppress(SourceError):
+                    self._note_lag()
                 if self.refresh_sources is not None:
                     # Notice partitions leaving meanwhile, so that rows written
                     # to them after are not taken for their table's.
