@@ -157,12 +157,14 @@ class RudderStackClient:
         content = igzip.compress(body, level, mtime=0) if use_gzip else body
         self._count_request(len(batch), len(content))
         started = time.perf_counter()
+        request = self._client.build_request(
+            "POST",
+            self.settings.endpoint,
+            content=content,
+            headers=_GZIP_HEADERS if use_gzip else None,
+        )
         try:
-            response = self._client.post(
-                self.settings.endpoint,
-                content=content,
-                headers=_GZIP_HEADERS if use_gzip else None,
-            )
+            response = self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             self.stats.count_error("timeout")
             raise RetryableDelivery(
@@ -175,6 +177,14 @@ class RudderStackClient:
                 f"{self._host} could not be reached or dropped the connection "
                 f"({type(exc).__name__}) during a request of {len(batch)} calls"
             ) from exc
+        try:
+            response.read()
+        except httpx.HTTPError:
+            # A body cut short, or one that does not decode (gzip said, plain
+            # sent): the status has answered already, and decides alone.
+            pass
+        finally:
+            response.close()
         log.debug(
             "request answered",
             host=self._host,
@@ -401,7 +411,11 @@ class RudderStackClient:
 
 def _detail(response: httpx.Response) -> str:
     """The start of a refusal's answer, on one line: the destination's reason."""
-    text = response.content[: _DETAIL_CHARS * 2].decode("utf-8", "replace")
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:  # its reading failed (see ``post``)
+        return ""
+    text = content[: _DETAIL_CHARS * 2].decode("utf-8", "replace")
     return " ".join(text.split())[:_DETAIL_CHARS]
 
 

@@ -435,3 +435,26 @@ def test_stop_during_an_outage_after_a_refusal_keeps_the_refused_call_pending() 
     assert result.delivered == 1
     assert ids(result.pending) == ["m0", "m2", "m3"]
     assert result.dead_letters == []
+
+
+def test_a_2xx_whose_body_does_not_decode_is_delivered_once() -> None:
+    """The status decides: an answer saying gzip and sending plain text is no
+    dropped connection, and the stored calls are not sent again."""
+    requests: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        plain = httpx.ByteStream(b"OK")  # read as it arrives, as from a socket
+        return httpx.Response(200, stream=plain, headers={"Content-Encoding": "gzip"})
+
+    client = RudderStackClient(
+        DestinationSettings(url=URL, write_key=WRITE_KEY),
+        transport=httpx.MockTransport(answer),
+        backoff=Backoff(initial=0.01, cap=0.01),
+    )
+    result = client.deliver(encoded(3))
+    client.close()
+
+    assert result.delivered == 3
+    assert len(requests) == 1
+    assert client.stats.errors_by_status == {}
