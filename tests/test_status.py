@@ -14,6 +14,7 @@ import pytest
 from cdc_tracker.cli import main
 from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.deadletters.store import DeadLetterStore
+from cdc_tracker.errors import ConfigError
 from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.ops.status import Status, read_status, render_table, to_document
 from cdc_tracker.settings import Settings
@@ -108,6 +109,44 @@ def test_a_missing_slot_is_reported_and_unhealthy(settings: Settings) -> None:
     assert not status.healthy
     assert "does not exist" in render_table(status)
     assert to_document(status)["exists"] is False
+
+
+def test_a_slot_lost_after_it_was_read_says_how_to_recover(
+    settings: Settings,
+) -> None:
+    with running_daemon(settings) as daemon:
+        daemon.caught_up()
+    sql(settings.dsn, f"select pg_drop_replication_slot('{settings.slot}')")
+
+    text = render_table(status_of(settings))
+
+    assert "the slot does not exist, yet it was read up to commit" in text
+    assert "it was lost; recreate the slot with 'cdc-tracker run --recreate-slot'" in (
+        text
+    )
+    assert "'cdc-tracker run' creates it" not in text
+
+
+def test_a_daemon_that_shipped_nothing_yet_says_since_when_it_reads(
+    settings: Settings,
+) -> None:
+    with running_daemon(settings) as daemon:
+        daemon.caught_up()
+
+    text = render_table(status_of(settings))
+
+    assert "none shipped yet; reading since 20" in text
+
+
+def test_a_physical_slot_of_the_name_is_named_not_a_traceback(
+    settings: Settings,
+) -> None:
+    sql(settings.dsn, f"select pg_create_physical_replication_slot('{settings.slot}')")
+    try:
+        with pytest.raises(ConfigError, match="is a physical slot"):
+            status_of(settings)
+    finally:
+        sql(settings.dsn, f"select pg_drop_replication_slot('{settings.slot}')")
 
 
 def test_unshipped_age_is_bounded_by_the_last_shipped_commit(

@@ -16,7 +16,9 @@ from typing import Any
 import orjson
 import psycopg
 
+from cdc_tracker.daemon.checkpoint import Checkpoint
 from cdc_tracker.deadletters.store import DeadLetterStore, Selection
+from cdc_tracker.errors import ConfigError
 from cdc_tracker.model import Lsn
 from cdc_tracker.source.slot import LOCK_CLASS, slot_lock_id, translate_errors
 from cdc_tracker.wording import counted
@@ -138,6 +140,11 @@ def _position(conn: Connection, slot: str) -> SlotPosition | None:
     if row is None:
         return None
     plugin, confirmed, restart, current, retained, pending, wal_status, safe = row
+    if confirmed is None:  # a physical slot: no logical position to show
+        raise ConfigError(
+            f"replication slot '{slot}' is a physical slot, not cdc-tracker's",
+            hint="choose the daemon's slot name with --slot or CDC_TRACKER_SLOT",
+        )
     return SlotPosition(
         plugin=str(plugin),
         confirmed=Lsn.parse(confirmed),
@@ -295,6 +302,16 @@ def render_table(status: Status) -> str:
 
 def _position_rows(status: Status) -> list[tuple[str, str]]:
     position = status.position
+    shipping = status.shipping
+    if position is None and shipping is not None:
+        lost = Checkpoint(shipping.commit_lsn, shipping.commit_time)
+        return [
+            (
+                "position",
+                f"the slot does not exist, yet it was read up to {lost.describe()}: "
+                f"it was lost; {lost.recovery_hint()}",
+            )
+        ]
     if position is None:
         return [("position", "the slot does not exist ('cdc-tracker run' creates it)")]
     rows = [
@@ -315,6 +332,9 @@ def _shipping_rows(status: Status) -> list[tuple[str, str]]:
         oldest = "none: caught up"
     if shipping is None:
         return [("oldest unshipped", oldest), ("last batch", "none shipped yet")]
+    if shipping.batches_total == 0:  # the checkpoint of the slot's start only
+        started = f"none shipped yet; reading since {shipping.commit_time.isoformat()}"
+        return [("oldest unshipped", oldest), ("last batch", started)]
     totals = ""
     if shipping.calls_total is not None:
         totals = (
