@@ -255,9 +255,10 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
         )
 
     if name in _CHOICES:
-        if str(value) not in _CHOICES[name]:
+        chosen = str(value).lower()  # INFO as info
+        if chosen not in _CHOICES[name]:
             raise bad(" or ".join(_CHOICES[name]))
-        return str(value)
+        return chosen
     if kind == "int":
         return _whole_number(name, value, bad)
     if kind == "float":
@@ -280,6 +281,9 @@ def _convert(name: str, kind: str, value: Any, source: str) -> Any:
         return _boolean(value, bad)
     if name == "slot" and not _SLOT_NAME.fullmatch(str(value)):
         raise bad("a slot name of lowercase letters, digits and _ (at most 63)")
+    if name.endswith("write_key"):
+        # A key read from a secret file often ends with a newline; no key has one.
+        return str(value).strip()
     if name == "namespace" and str(value) != str(value).strip():
         # Every messageId is made from it: a stray space would make them all new.
         raise bad("a namespace without spaces at its ends")

@@ -106,6 +106,25 @@ def test_segment_batch_calls_past_2500_are_refused_naming_the_flag() -> None:
         )
 
 
+def test_choices_are_taken_in_any_case() -> None:
+    settings = load_settings(
+        None,
+        environ={"CDC_TRACKER_LOG_LEVEL": "INFO", "CDC_TRACKER_DESTINATION": "Segment"},
+    )
+    assert (settings.log_level, settings.destination) == ("info", "segment")
+
+
+def test_a_write_key_read_from_a_file_loses_its_newline() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "RUDDERSTACK_WRITE_KEY": "wk-123\n",
+            "RUDDERSTACK_DATA_PLANE_URL": "http://127.0.0.1:9",
+        },
+    )
+    assert settings.destination_settings().write_key == "wk-123"
+
+
 @pytest.mark.parametrize("namespace", ["  ", " shop", "shop\n"])
 def test_a_namespace_with_spaces_at_its_ends_is_refused(namespace: str) -> None:
     """Every messageId is made from it: a stray space would make them all new."""

@@ -129,3 +129,10 @@ def _check_url(url: str) -> None:
             "destination url must be http:// or https:// with a host",
             hint="the data plane URL, for example https://hosted.example/",
         )
+    if parsed.userinfo:
+        # They would be sent as the request's Basic auth, in the write key's place.
+        raise ConfigError(
+            "destination url must hold no user or password",
+            hint="the write key authenticates: RUDDERSTACK_WRITE_KEY "
+            "(SEGMENT_WRITE_KEY for Segment)",
+        )
