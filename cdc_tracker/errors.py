@@ -111,8 +111,9 @@ class PermanentDelivery(DeliveryError):
 class DestinationAuthError(DeliveryError):
     """The write key or URL is wrong (401, 403, 404): nothing is dropped, we wait."""
 
-    def __init__(self, message: str, *, status: int) -> None:
+    def __init__(self, message: str, *, status: int, detail: str = "") -> None:
         super().__init__(
             message, hint="check RUDDERSTACK_WRITE_KEY and the data plane URL"
         )
         self.status = status
+        self.detail = detail  # the start of the answer ("Invalid write key")

@@ -341,11 +341,13 @@ class RudderStackClient:
         self.stats.count_error(str(status))
         what = f"{self._host} answered {status} to a request of {calls} calls"
         if status in _AUTH_STATUSES:
-            raise DestinationAuthError(what, status=status)
+            raise DestinationAuthError(what, status=status, detail=_detail(response))
         if status in _RETRY_STATUSES or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise RetryableDelivery(what, retry_after=retry_after)
-        raise PermanentDelivery(what, status=status, detail=_detail(response))
+        location = response.headers.get("Location")
+        detail = f"redirected to {location}" if location else _detail(response)
+        raise PermanentDelivery(what, status=status, detail=detail)
 
     def _count_request(self, calls: int, size: int) -> None:
         self.stats.requests += 1
@@ -379,6 +381,7 @@ class RudderStackClient:
                 calls=calls,
                 suppressed=self._pause_log.take_suppressed(),
                 error=str(exc),
+                answer=getattr(exc, "detail", "") or None,
             )
 
     def _note_answered(self) -> None:

@@ -458,3 +458,30 @@ def test_a_2xx_whose_body_does_not_decode_is_delivered_once() -> None:
     assert result.delivered == 3
     assert len(requests) == 1
     assert client.stats.errors_by_status == {}
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (httpx.Response(401, text="Invalid write key\n"), "Invalid write key"),
+        (
+            httpx.Response(307, headers={"Location": "https://elsewhere.example/"}),
+            "redirected to https://elsewhere.example/",
+        ),
+    ],
+)
+def test_a_pause_says_what_the_destination_answered(
+    answer: httpx.Response, said: str
+) -> None:
+    answers = iter([answer])
+    client = RudderStackClient(
+        DestinationSettings(url=URL, write_key=WRITE_KEY),
+        transport=httpx.MockTransport(lambda _: next(answers, httpx.Response(200))),
+        backoff=Backoff(initial=0.01, cap=0.01),
+    )
+    with capture_logs() as logs:
+        assert client.deliver(encoded(1)).delivered == 1
+    client.close()
+
+    [paused] = [e for e in logs if e["log_level"] == "error"]
+    assert paused["answer"] == said
