@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper, Outcome
@@ -287,3 +288,20 @@ def test_the_slot_moves_while_a_long_window_is_still_being_read(
     positions = sorted(set(confirmed))
     # Each window confirms once at its end; settled batches confirm within it.
     assert len(positions) > windows + 10
+
+
+def test_a_batch_whose_every_call_is_refused_is_logged_as_such(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """Not 'batch shipped' with no call in it: a warning that says so."""
+    settings = settings_for(db, receiver, email_user_rulebook(tmp_path))
+    with running_daemon(settings) as daemon, capture_logs() as logs:
+        daemon.caught_up()
+        receiver.fail_for(60, status=400)
+        sql(db, "insert into merchants (shop_domain, email) values ('a', 'a@x')")
+        daemon.caught_up()
+        receiver.fail_for(0)
+    [refused] = [e for e in logs if e["event"].startswith("batch refused")]
+    assert refused["event"] == "batch refused: every call is a dead letter"
+    assert refused["log_level"] == "warning"
+    assert (refused["calls"], refused["dead_letters"]) == (0, 1)

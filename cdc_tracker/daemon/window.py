@@ -385,8 +385,12 @@ class Window:
         self.done = max(self.done, batch.completed)
         self._count_delivered(batch, outcome)
         if batch.calls:
-            log.info(
-                "batch shipped" if self.advance_slot else "batch printed (dry run)",
+            event = "batch shipped" if self.advance_slot else "batch printed (dry run)"
+            say = log.info
+            if outcome.delivered == 0 and outcome.dead_letters:
+                event, say = "batch refused: every call is a dead letter", log.warning
+            say(
+                event,
                 calls=outcome.delivered,
                 requests=outcome.requests,
                 dead_letters=len(dead),

@@ -107,7 +107,9 @@ class DaemonCollector(Collector):
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_destination_refusing",
-            "1 while the destination refuses every call it is sent (400 to all).",
+            "1 while calls the destination refused one after another (400s to "
+            "a request's end) are resent as an outage; a lone call refused is a "
+            "dead letter at once (see dead_letters_total).",
             value=1 if d.refusing else 0,
         )
 
