@@ -19,6 +19,7 @@ from cdc_tracker.model import DeadLetter, Lsn
 from cdc_tracker.ops.status import Status, read_status, render_table, to_document
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect
+from cdc_tracker.source.stream import Stream
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import create_slot, running_daemon, settings_for, sql
 
@@ -147,6 +148,24 @@ def test_a_physical_slot_of_the_name_is_named_not_a_traceback(
             status_of(settings)
     finally:
         sql(settings.dsn, f"select pg_drop_replication_slot('{settings.slot}')")
+
+
+def test_a_slot_streamed_by_another_reader_is_told(settings: Settings) -> None:
+    """Not 'no cdc-tracker holds the slot' as if all were idle: someone else
+    reads it, and no daemon can while they do."""
+    create_slot(settings)
+    other = Stream(settings.dsn, settings.slot, ["public.merchants"], [])
+    other.open()
+    try:
+        status = status_of(settings)
+    finally:
+        other.close()
+
+    assert status.replica is None
+    assert status.position is not None
+    assert status.position.reader_pid
+    assert "streamed by another process (server pid" in render_table(status)
+    assert to_document(status)["position"]["reader_pid"] == status.position.reader_pid
 
 
 def test_unshipped_age_is_bounded_by_the_last_shipped_commit(

@@ -30,7 +30,7 @@ SELECT plugin, confirmed_flush_lsn::text, restart_lsn::text,
        pg_current_wal_lsn()::text,
        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
        pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-       wal_status, safe_wal_size
+       wal_status, safe_wal_size, active_pid
 FROM pg_replication_slots WHERE slot_name = %s
 """
 
@@ -64,6 +64,7 @@ class SlotPosition:
     pending_bytes: int
     wal_status: str | None
     safe_wal_bytes: int | None
+    reader_pid: int | None = None  # the server process streaming the slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ def _position(conn: Connection, slot: str) -> SlotPosition | None:
     row = conn.execute(_SLOT_SQL, (slot,)).fetchone()
     if row is None:
         return None
-    plugin, confirmed, restart, current, retained, pending, wal_status, safe = row
+    plugin, confirmed, restart, current, retained, pending, wal_status, safe, pid = row
     if confirmed is None:  # a physical slot: no logical position to show
         raise ConfigError(
             f"replication slot '{slot}' is a physical slot, not cdc-tracker's",
@@ -154,6 +155,7 @@ def _position(conn: Connection, slot: str) -> SlotPosition | None:
         pending_bytes=max(int(pending), 0),
         wal_status=wal_status,
         safe_wal_bytes=safe,
+        reader_pid=pid,
     )
 
 
@@ -250,6 +252,7 @@ def to_document(status: Status) -> dict[str, Any]:
             "current_lsn": str(position.current),
             "wal_status": position.wal_status,
             "safe_wal_bytes": position.safe_wal_bytes,
+            "reader_pid": position.reader_pid,
         },
         "lag": {
             "retained_bytes": None if position is None else position.retained_bytes,
@@ -366,6 +369,12 @@ def _letters_text(letters: dict[str, int]) -> str:
 
 def _replica_text(status: Status) -> str:
     replica = status.replica
+    reader = None if status.position is None else status.position.reader_pid
+    if replica is None and reader is not None:
+        return (
+            f"none, yet the slot is streamed by another process (server pid "
+            f"{reader}): no cdc-tracker can read it meanwhile"
+        )
     if replica is None:
         return "none: no cdc-tracker holds the slot"
     where = replica.client_addr or "local socket"
