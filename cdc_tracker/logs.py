@@ -35,6 +35,35 @@ def configure(
     )
     for noisy in ("httpx", "httpcore", "psycopg", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # What libraries log (psycopg's pool losing its server, say) in the same
+    # format as ours, not as bare text in the middle of JSON lines.
+    _LIBRARIES.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    if _LIBRARIES not in root.handlers:
+        root.addHandler(_LIBRARIES)
+    root.setLevel(_LEVELS[level])
+
+
+class _StderrHandler(logging.Handler):
+    """A ``logging`` handler writing to whatever ``sys.stderr`` is (see below)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _StderrLogger().msg(self.format(record))
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+_LIBRARIES = _StderrHandler()
 
 
 class _StderrLogger:
