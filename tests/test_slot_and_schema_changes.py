@@ -27,6 +27,7 @@ from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import (
+    Running,
     email_user_rulebook,
     running_daemon,
     settings_for,
@@ -47,6 +48,17 @@ def _drop_slot(dsn: str, slot: str) -> None:
     sql(dsn, f"select pg_drop_replication_slot('{slot}')")
 
 
+def _lost_when_dropped(daemon: Running, dsn: str, slot: str) -> str:
+    """Drop the slot ``daemon`` streams (its backend ended first, as an operator
+    would) and return the message of the ``SlotLost`` it stops with."""
+    _drop_slot_when_free(dsn, slot)
+    daemon.thread.join(timeout=20)
+    assert isinstance(daemon.error, SlotLost)
+    message = str(daemon.error)
+    daemon.error = None  # expected: the harness would raise it
+    return message
+
+
 def test_slot_dropped_while_running_stops_with_the_replay_hint(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
@@ -55,12 +67,7 @@ def test_slot_dropped_while_running_stops_with_the_replay_hint(
     with running_daemon(settings) as daemon:
         sql(db, INSERT)
         daemon.caught_up()
-        # The stream holds the slot: an operator ends its backend, then drops it.
-        _drop_slot_when_free(db, settings.slot)
-        daemon.thread.join(timeout=20)
-        assert isinstance(daemon.error, SlotLost)
-        message = str(daemon.error)
-        daemon.error = None
+        message = _lost_when_dropped(daemon, db, settings.slot)
     assert f"replication slot '{settings.slot}' does not exist" in message
     assert "shipped up to commit" in message
     assert "cdc-tracker replay --since 20" in message
@@ -151,11 +158,7 @@ def test_a_slot_dropped_before_any_call_was_shipped_is_lost_not_recreated(
         sql(db, "insert into merchants (shop_domain) values ('no email')")
         daemon.caught_up()
         assert receiver.calls == []
-        _drop_slot_when_free(db, settings.slot)
-        daemon.thread.join(timeout=20)
-        assert isinstance(daemon.error, SlotLost)
-        message = str(daemon.error)
-        daemon.error = None
+        message = _lost_when_dropped(daemon, db, settings.slot)
     assert f"replication slot '{settings.slot}' does not exist" in message
     assert "cdc-tracker replay --since 20" in message
     assert not slot_exists(db, settings.slot)
@@ -170,10 +173,7 @@ def test_recreate_slot_holds_for_the_start_only(
     with running_daemon(settings, recreate_slot=True) as daemon:
         sql(db, INSERT)
         daemon.caught_up()
-        _drop_slot_when_free(db, settings.slot)
-        daemon.thread.join(timeout=20)
-        assert isinstance(daemon.error, SlotLost)
-        daemon.error = None
+        _lost_when_dropped(daemon, db, settings.slot)
     assert not slot_exists(db, settings.slot)
 
 

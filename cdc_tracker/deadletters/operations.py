@@ -204,8 +204,12 @@ def retry_letters(
     ``stop`` (Ctrl-C, SIGTERM) left some as they were.
     """
     rulebook = load_rulebook(settings.rulebook)
+    # No patience with refusals: a letter still refused stays a letter, so
+    # nothing is lost by narrowing at once, and --timeout is not spent waiting.
     destination = (
-        settings.dry_run_limits() if dry_run else settings.destination_settings()
+        settings.dry_run_limits()
+        if dry_run
+        else replace(settings.destination_settings(), refusal_patience=0.0)
     )
     report = _retry(
         settings, chosen, rulebook, destination, stop=stop, timeout=timeout, out=out
