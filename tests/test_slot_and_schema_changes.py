@@ -236,8 +236,16 @@ def test_invalidated_slot_stops_with_a_clear_error(
                 PrintShipper(io.StringIO()),
                 threading.Event(),
             ).run()
+        # What the hint says gets over it: --recreate-slot replaces the slot.
+        with running_daemon(settings, recreate_slot=True) as daemon:
+            sql(dsn, "update merchants set plan_name = 'after'")
+            daemon.caught_up()
+        assert _slot_status(dsn, settings.slot) == "reserved"
     assert "invalidated" in str(raised.value) or "no longer" in str(raised.value)
     assert "replay --since" in str(raised.value)
+    assert "--recreate-slot" in str(raised.value)
+    changed = [c.payload for c in receiver.calls if c.event == "Plan Changed"]
+    assert [payload["properties"]["to"] for payload in changed] == ["after"]
 
 
 def _slot_status(dsn: str, slot: str) -> str:

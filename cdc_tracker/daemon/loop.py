@@ -414,6 +414,8 @@ class Daemon:
             if slot.exists():
                 return slot.ensure(create=False), False
             return SlotState(Lsn(0), Lsn(0), None), True
+        if self.recreate_slot:
+            slot.drop_if_invalidated()  # recreated below, as asked
         if slot.exists() or self.window.checkpoint is None:
             state = slot.ensure(create=True, stop=self.stop)
             if self.window.checkpoint is None:

@@ -94,11 +94,25 @@ class Slot:
         if wal_status == "lost":
             raise SlotLost(
                 f"replication slot '{self.name}' is invalidated (wal_status = lost)",
-                hint="drop and recreate it, then 'cdc-tracker replay --since'",
+                hint="recreate it with 'cdc-tracker run --recreate-slot', then "
+                "backfill with 'cdc-tracker replay --since'",
             )
         return SlotState(
             Lsn.parse(str(confirmed)), Lsn.parse(str(flush)), str(wal_status)
         )
+
+    def drop_if_invalidated(self) -> bool:
+        """Drop the slot when the server invalidated it (the WAL it needed is
+        gone, so it can never be read again); returns whether it did."""
+        with translate_errors(self.name):
+            row = self.conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND wal_status = 'lost'",
+                (self.name,),
+            ).fetchone()
+        if row is not None:
+            log.warning("invalidated replication slot dropped", slot=self.name)
+        return row is not None
 
     def exists(self) -> bool:
         """Whether the slot exists on the server."""

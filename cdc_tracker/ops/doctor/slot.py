@@ -46,8 +46,8 @@ def replication_slot(ctx: Context) -> Finding:
         return failed(
             name,
             f"slot '{slot}' is invalidated (wal_status lost): WAL it needed is gone",
-            f"SELECT pg_drop_replication_slot('{slot}'); then 'cdc-tracker run' "
-            "and backfill with 'cdc-tracker replay --since'",
+            "recreate it with 'cdc-tracker run --recreate-slot', then backfill "
+            "with 'cdc-tracker replay --since'",
         )
     if wal_status == "unreserved":
         return warned(
