@@ -81,6 +81,10 @@ def test_check_and_docs_take_the_rulebook_as_run_does(
     monkeypatch.chdir(tmp_path)
     assert cli_main(["check"]) == 2
     assert "config/rulebook.yaml: cannot read rulebook" in capsys.readouterr().err
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"rulebook: {example_rulebook}\n")
+    assert cli_main(["check", "--config", str(settings)]) == 0
+    assert capsys.readouterr().out == ok
 
 
 def test_check_of_a_missing_file_exits_2(tmp_path: Path) -> None:

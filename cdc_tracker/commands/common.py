@@ -58,21 +58,26 @@ def add_rulebook(sub: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="?",
         metavar="RULEBOOK",
-        help=f"the rulebook (default: CDC_TRACKER_RULEBOOK, then {DEFAULT_RULEBOOK})",
+        help="the rulebook (default: the one --config or CDC_TRACKER_RULEBOOK "
+        f"names, then {DEFAULT_RULEBOOK})",
     )
     sub.add_argument(
         "--rulebook", type=Path, metavar="PATH", help="the same as RULEBOOK"
     )
+    sub.add_argument(
+        "--config", type=Path, metavar="FILE", help="settings file (YAML): its rulebook"
+    )
 
 
 def rulebook_of(args: argparse.Namespace) -> Path:
-    """The rulebook ``add_rulebook``'s arguments name; raises ``ConfigError`` when
-    they name two."""
+    """The rulebook ``add_rulebook``'s arguments name, else the one the settings
+    name (``--config``, the environment), as for ``run``; raises ``ConfigError``
+    when the arguments name two."""
     given, flag = args.rulebook_file, args.rulebook
     if given is not None and flag is not None and given != flag:
         raise ConfigError(f"two rulebooks given, {given} and {flag}: give one")
-    chosen = given or flag or os.environ.get("CDC_TRACKER_RULEBOOK")
-    return Path(chosen) if chosen else DEFAULT_RULEBOOK
+    chosen: Path | None = given or flag
+    return chosen or load_settings(args.config).rulebook
 
 
 @contextmanager
