@@ -46,6 +46,13 @@ class Plan:
         for table in self.tables:
             rules = [rule for rule in self.rulebook.rules if rule.table == table]
             lines.append(f"replaying {table}: {', '.join(r.id for r in rules)}")
+            for rule in rules:
+                if rule.kind == "track" and Action.UPDATE in rule.on:
+                    lines.append(
+                        f"note: rule '{rule.id}' fires on update too: a row whose "
+                        "event the daemon sent from an update is sent again, named "
+                        "as its insert's"
+                    )
             positional = self.rulebook.tables[table].insert_ids == "position"
             if positional and any(rule.kind == "track" for rule in rules):
                 lines.append(

@@ -199,6 +199,25 @@ def test_the_plan_warns_that_a_positional_table_resends_shipped_events(
     assert "rows the daemon already shipped send their events again" in notes[0]
 
 
+def test_the_plan_warns_that_an_insert_and_update_event_may_be_sent_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(
+        "version: 1\ntables:\n  public.payouts:\n    user_id: merchant_id\n"
+        "    cursor: created_at\ntrack:\n  - event: Paid\n    table: payouts\n"
+        "    on: [insert, update]\n    when: status == 'paid'\n"
+        "  - event: Seen\n    table: payouts\n    on: insert\n"
+    )
+
+    notes = [line for line in make_plan(load_rulebook(path)).report() if "note" in line]
+
+    assert notes == [
+        "note: rule 'Paid' fires on update too: a row whose event the daemon sent "
+        "from an update is sent again, named as its insert's"
+    ]
+
+
 def test_wall_clock_bounds_at_the_ends_of_time_stop_there() -> None:
     """Widened past the first or last time Python holds, a bound is that time
     (it was an OverflowError, a traceback)."""
