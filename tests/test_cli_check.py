@@ -130,11 +130,12 @@ def test_check_with_dsn_refuses_ordering_types_by_their_text(
         db,
         "create type tier as enum ('free', 'pro', 'enterprise')",
         "create table plans (id int primary key, name text, tier tier,"
-        " trial interval, opens time, code varchar(8))",
+        " trial interval, opens time, code varchar(8), other int)",
     )
     path = tmp_path / "rulebook.yaml"
     path.write_text(
-        "version: 1\ntables:\n  plans:\n    user_id: id\ntrack:\n"
+        "version: 1\ntables:\n  plans:\n    user_id: id\n    lookups:\n"
+        "      peer: {table: plans, key: {id: other}}\ntrack:\n"
         "  - event: Big\n    table: plans\n    on: insert\n"
         "    when: tier >= 'pro'\n"
         "  - event: Long\n    table: plans\n    on: insert\n"
@@ -143,19 +144,27 @@ def test_check_with_dsn_refuses_ordering_types_by_their_text(
         "    when: opens > '09:00'\n"
         "  - event: Fine\n    table: plans\n    on: insert\n"
         "    when: tier == 'pro' and name < 'm' and code >= 'A'"
-        " and opens in ('10:00:00')\n"
+        " and opens in ('10:00:00') and peer.name > 'a'\n"
+        "  - event: Through\n    table: plans\n    on: insert\n"
+        "    when: peer.tier >= 'pro'\n"
+        "  - event: Merged\n    table: plans\n    on: insert\n"
+        "    when: coalesce(name, tier) > 'free'\n"
     )
     done = cdc_tracker("check", path, "--dsn", db)
     assert done.returncode == 2
     lines = done.stderr.splitlines()
     assert [line.split(": ")[0] for line in lines] == [
-        f"{path}:9",
-        f"{path}:13",
-        f"{path}:17",
+        f"{path}:11",
+        f"{path}:15",
+        f"{path}:19",
+        f"{path}:27",
+        f"{path}:31",
     ], lines
     assert "'>=' would order column 'tier'" in lines[0]
     assert "by the text PostgreSQL prints" in lines[0]
     assert "compare it with == or in (...)" in lines[0]
+    assert "'>=' would order column 'peer.tier'" in lines[3]
+    assert "'>' would order column 'tier'" in lines[4]
 
 
 @pytest.mark.parametrize(

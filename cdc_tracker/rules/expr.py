@@ -31,6 +31,7 @@ from typing import Any
 from cdc_tracker.rules.expr_check import (
     Kind,
     LookupKind,
+    TextOrdered,
     children,
     kind_of,
     static_type,
@@ -127,7 +128,7 @@ class Expression:
         *,
         known_columns: Iterable[str] = (),
         lookup_kind: LookupKind | None = None,
-        text_ordered: Callable[[str], bool] | None = None,
+        text_ordered: TextOrdered | None = None,
     ) -> Kind:
         """The expression's result kind, given each column's kind.
 

@@ -54,6 +54,8 @@ class Kind(Enum):
 TEXT, NUMBER, BOOL, ANY = Kind.TEXT, Kind.NUMBER, Kind.BOOL, Kind.ANY
 # (lookup name, column) -> the column's kind, or None when the related table lacks it
 LookupKind = Callable[[str, str], Kind | None]
+# (column, lookup or None for the table's own) -> whether it orders as its text
+TextOrdered = Callable[[str, "str | None"], bool]
 KINDS: dict[type, Kind] = {
     str: TEXT,
     int: NUMBER,
@@ -168,7 +170,7 @@ class _Typer:
         column_kind: Callable[[str], Kind | None],
         known: tuple[str, ...],
         lookup_kind: LookupKind | None = None,
-        text_ordered: Callable[[str], bool] | None = None,
+        text_ordered: TextOrdered | None = None,
     ) -> None:
         self.column_kind = column_kind
         self.known = known
@@ -247,19 +249,28 @@ class _Typer:
                 self.ordered_as_text(side, op)
 
     def ordered_as_text(self, node: Node, op: str) -> None:
-        """Raise when ``node`` is a column whose values are compared as the text
-        PostgreSQL prints, which its type orders otherwise."""
-        if (
-            self.text_ordered is None
-            or not isinstance(node, Col)
-            or self.column_kind(node.ref.column) is not TEXT
-            or self.text_ordered(node.ref.column)
-        ):
+        """Raise when ``node`` reads a column (its own, a lookup's, or one inside
+        coalesce()) whose values are compared as the text PostgreSQL prints,
+        which its type orders otherwise."""
+        if self.text_ordered is None:
             return
+        if isinstance(node, Call) and node.name == "coalesce":
+            for arg in node.args:
+                self.ordered_as_text(arg, op)
+            return
+        if isinstance(node, Col):
+            name, lookup = node.ref.column, None
+        elif isinstance(node, LookupCol):
+            name, lookup = node.ref.column, node.ref.lookup
+        else:
+            return
+        if self.kind(node) is not TEXT or self.text_ordered(name, lookup):
+            return
+        shown = name if lookup is None else f"{lookup}.{name}"
         raise ExpressionError(
-            f"'{op}' would order column '{node.ref.column}' by the text "
-            "PostgreSQL prints, not as its type orders it (an enum, an interval, "
-            "a time of day, money...): compare it with == or in (...)",
+            f"'{op}' would order column '{shown}' by the text PostgreSQL prints, "
+            "not as its type orders it (an enum, an interval, a time of day, "
+            "money...): compare it with == or in (...)",
             node.offset,
         )
 
@@ -295,7 +306,7 @@ def static_type(
     column_kind: Callable[[str], Kind | None],
     known_columns: Iterable[str] = (),
     lookup_kind: LookupKind | None = None,
-    text_ordered: Callable[[str], bool] | None = None,
+    text_ordered: TextOrdered | None = None,
 ) -> Kind:
     """The kind ``node`` yields; raises ``ExpressionError`` on a type error."""
     typer = _Typer(column_kind, tuple(known_columns), lookup_kind, text_ordered)

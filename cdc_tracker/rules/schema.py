@@ -87,6 +87,12 @@ class _Lookups:
         declared = info.columns.get(column)
         return None if declared is None else kind_of(declared)
 
+    def text_ordered(self, lookup: str, column: str) -> bool:
+        """Whether the column orders as its text (see ``orders_as_text``)."""
+        info = self.tables.get(lookup)
+        declared = None if info is None else info.columns.get(column)
+        return declared is None or orders_as_text(declared)
+
     def unknown_columns(self, key: str, expr: Expression) -> list[str]:
         messages = []
         for ref in sorted(expr.lookups, key=lambda ref: (ref.lookup, ref.column)):
@@ -213,6 +219,11 @@ def _typed(
         declared = info.columns.get(column)
         return None if declared is None else kind_of(declared)
 
+    def text_ordered(column: str, lookup: str | None) -> bool:
+        if lookup is not None:
+            return lookups.text_ordered(lookup, column)
+        return orders_as_text(info.columns[column])
+
     unknown = lookups.unknown_columns(key, expr)
     if unknown:
         return [(path, line, message) for message in unknown]
@@ -221,7 +232,7 @@ def _typed(
             column_kind,
             known_columns=info.columns,
             lookup_kind=lookups.kind,
-            text_ordered=lambda column: orders_as_text(info.columns[column]),
+            text_ordered=text_ordered,
         )
     except ExpressionError as exc:
         return [(path, line, f"{key}: {exc} (table {info.name})")]
