@@ -219,7 +219,7 @@ def _compare_with_literal(
                 return _compare_time(node, op, a, moment)
             _check_kind(node, a, expected)
         elif moment is not None and (beyond := _beyond(a)) is not None:
-            return op(beyond, 0)
+            return _compare_beyond(op, a, beyond, moment)
         try:
             return op(a, value)
         except (TypeError, ArithmeticError):
@@ -242,7 +242,7 @@ def _compare_value(
     if moment is not None and isinstance(a, date):
         return _compare_time(node, op, a, moment)
     if moment is not None and (beyond := _beyond(a)) is not None:
-        return op(beyond, 0)
+        return _compare_beyond(op, a, beyond, moment)
     _check_kind(node, a, expected)
     try:
         return op(a, value)
@@ -289,12 +289,36 @@ def _beyond(value: Any) -> int | None:
         return 1
     if value == "-infinity" or (value.endswith(" BC") and _EARLY.match(value)):
         return -1
-    # A wall time whose instant is past either end (see values._timestamp_in).
+    # A wall time whose instant is past either end (see values._timestamp_in);
+    # beside a literal, see _compare_beyond.
     if value.startswith("9999-12-31"):
         return 1
     if value.startswith("0001-01-01"):
         return -1
     return None
+
+
+def _compare_beyond(
+    op: Callable[[Any, Any], Any], text: str, place: int, moment: date
+) -> Any:
+    """A time Python holds as text (see ``_beyond``) against a time literal.
+    A wall time at an end of the calendar, text because its instant is past it
+    in the column's zone, compares as a wall time with a literal without an
+    offset, as SQL compares a timestamp column; any other such time lies before
+    (``place`` -1) or after (1) every literal."""
+    if getattr(moment, "tzinfo", None) is None and text[:10] in _EDGES:
+        try:
+            wall = datetime.fromisoformat(text)
+        except ValueError:
+            wall = None
+        if wall is not None and wall.tzinfo is None:
+            if not isinstance(moment, datetime):
+                moment = datetime.combine(moment, time())
+            return op(wall, moment)
+    return op(place, 0)
+
+
+_EDGES = frozenset({"9999-12-31", "0001-01-01"})
 
 
 def _ends_of_time(a: Any, b: Any) -> tuple[int, int] | None:
@@ -393,6 +417,10 @@ def _in_literals(
                 found = any(_compare_time(node, operator.eq, value, m) for m in times)
                 return found is not negated
             _check_kind(node, value, expected)
+        elif times and (place := _beyond(value)) is not None:
+            eq = operator.eq
+            found = any(_compare_beyond(eq, value, place, m) for m in times)
+            return found is not negated
         try:
             return (value in values) is not negated
         except (TypeError, ArithmeticError):  # unhashable, or a signalling NaN

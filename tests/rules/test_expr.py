@@ -748,6 +748,12 @@ PAID_AT = {
         ("t > '0001-01-01'", {"t": datetime(2026, 1, 1, tzinfo=TOKYO)}, True),
         ("t > '2026-01-01'", {"t": "9999-12-31 23:59:59"}, True),
         ("t < '2026-01-01'", {"t": "0001-01-01 00:00:00"}, True),
+        # Such a wall time compares as one with a literal without an offset.
+        ("t == '9999-12-31 23:59:59'", {"t": "9999-12-31 23:59:59"}, True),
+        ("t >= '9999-12-31 23:59:59'", {"t": "9999-12-31 23:59:58"}, False),
+        ("t in ('9999-12-31T23:59:59')", {"t": "9999-12-31 23:59:59"}, True),
+        ("t not in ('9999-12-31')", {"t": "9999-12-31 23:59:59"}, True),
+        ("t < '9999-12-31T23:59:59-05:00'", {"t": "9999-12-31 23:59:59"}, False),
         # Beside another column, in (...) included.
         ("t > u", {"t": "infinity", "u": JAN_1}, True),
         ("u >= t", {"t": "infinity", "u": JAN_1}, False),
