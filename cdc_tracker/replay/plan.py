@@ -87,7 +87,9 @@ def make_plan(
     """Select rules by ``--table`` and ``--rule``; raise ``ConfigError`` on a bad pick.
 
     Naming an unknown table or rule, or a rule that cannot be replayed, is an
-    error. A selection that leaves nothing to run makes a plan without rules:
+    error; without ``--table``, the rules of a table without a ``cursor`` are
+    skipped with the reason. A selection that leaves nothing to run makes a plan
+    without rules:
     ``check_rules`` refuses it, once the plan's report has listed what was skipped.
     """
     wanted = {qualify(name) for name in tables}
@@ -103,6 +105,11 @@ def make_plan(
     runnable, skipped = [], []
     for rule in candidates:
         reason = skip_reason(rule)
+        if reason is None and not wanted and rulebook.tables[rule.table].cursor is None:
+            # Not asked for by name (--table refuses it): the other tables go on.
+            reason = (
+                "its table has no 'cursor' to replay by; give it one to backfill it"
+            )
         if reason is None:
             runnable.append(rule)
         else:

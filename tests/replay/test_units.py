@@ -218,6 +218,29 @@ def test_the_plan_warns_that_an_insert_and_update_event_may_be_sent_again(
     ]
 
 
+def test_without_table_the_rules_of_a_table_without_cursor_are_skipped(
+    tmp_path: Path,
+) -> None:
+    """The backfill the lost-slot hint gives runs for the tables it can."""
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(
+        "version: 1\ntables:\n  public.merchants:\n    user_id: id\n"
+        "    cursor: updated_at\n  public.payouts:\n    user_id: merchant_id\n"
+        "track:\n  - event: Seen\n    table: merchants\n    on: insert\n"
+        "  - event: Paid\n    table: payouts\n    on: insert\n"
+    )
+    rulebook = load_rulebook(path)
+
+    plan = make_plan(rulebook)
+
+    assert plan.tables == ["public.merchants"]
+    assert [(item.rule, item.reason) for item in plan.skipped] == [
+        ("Paid", "its table has no 'cursor' to replay by; give it one to backfill it")
+    ]
+    named = make_plan(rulebook, ("public.payouts",))  # named: check_tables refuses
+    assert named.tables == ["public.payouts"]
+
+
 def test_wall_clock_bounds_at_the_ends_of_time_stop_there() -> None:
     """Widened past the first or last time Python holds, a bound is that time
     (it was an OverflowError, a traceback)."""
