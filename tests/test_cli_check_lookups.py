@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from psycopg.conninfo import make_conninfo
+
+from tests.harness import sql
 from tests.test_cli_check import cdc_tracker
 
 RULEBOOK = """\
@@ -67,4 +70,31 @@ def test_check_without_dsn_refuses_an_undeclared_lookup(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"{path}:17: properties.plan: 'merchnt.plan' names no lookup; "
         "did you mean 'merchant'?"
+    ]
+
+
+def test_check_with_dsn_names_a_lookup_table_the_role_may_not_read(
+    db: str, tmp_path: Path
+) -> None:
+    """Every change of the rule would be a dead letter (permission denied)."""
+    sql(
+        db,
+        "create table owners (id bigint primary key, name text)",
+        "create role check_reader login",
+        "grant select on merchants, payouts to check_reader",
+    )
+    path = tmp_path / "lookups.yaml"
+    path.write_text(RULEBOOK)
+    try:
+        done = cdc_tracker(
+            "check", path, "--dsn", make_conninfo(db, user="check_reader")
+        )
+    finally:
+        sql(db, "drop owned by check_reader", "drop role check_reader")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"{path}:9: lookup 'owner': this role may not read public.owners; fix: "
+        "GRANT SELECT ON public.owners TO check_reader;",
+        f"{path}:17: properties.plan: column 'plan' of lookup 'merchant' is not in "
+        "public.merchants; did you mean 'plan_name'?",
     ]

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
+
+from cdc_tracker.errors import RulebookError
 from cdc_tracker.model import TableInfo
 from cdc_tracker.replay.plan import is_cursor_type
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
-from cdc_tracker.rules.schema import require_fit
+from cdc_tracker.rules.schema import check_schema, sql_name
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.slot import connect
 
@@ -25,10 +28,49 @@ def check_rulebook(path: Path, dsn: str | None) -> str:
     if dsn:
         with connect(dsn) as conn:
             catalog = read_catalog(conn, rulebook.schema_tables)
-        require_fit(rulebook, catalog)
+            unreadable = _unreadable_lookups(conn, rulebook, catalog)
+        problems = check_schema(rulebook, catalog) + unreadable
+        if problems:
+            raise RulebookError(sorted(problems, key=lambda problem: problem[1] or 0))
         where = "structure, expressions and the live schema"
         notes = _cursor_notes(rulebook, catalog)
     return "\n".join([f"{path}: ok ({where}): {rulebook.size}", *notes])
+
+
+def _unreadable_lookups(
+    conn: psycopg.Connection[tuple[object, ...]],
+    rulebook: Rulebook,
+    catalog: dict[str, TableInfo],
+) -> list[tuple[str, int | None, str]]:
+    """A lookup whose table this role may not read: every change of its rules
+    would be a dead letter."""
+    specs = {
+        (spec.name, spec.table, spec.line): spec
+        for table in rulebook.tables.values()
+        for spec in table.lookups.values()
+    } | {
+        (spec.name, spec.table, spec.line): spec
+        for rule in rulebook.rules
+        for spec in rule.lookups.values()
+    }
+    problems: list[tuple[str, int | None, str]] = []
+    for spec in sorted(specs.values(), key=lambda spec: spec.line):
+        if spec.table not in catalog:
+            continue  # said by check_schema
+        row = conn.execute(
+            "SELECT has_table_privilege(%s, 'SELECT')", (sql_name(spec.table),)
+        ).fetchone()
+        if row is not None and not row[0]:
+            problems.append(
+                (
+                    str(rulebook.path),
+                    spec.line,
+                    f"lookup '{spec.name}': this role may not read {spec.table}; "
+                    f"fix: GRANT SELECT ON {sql_name(spec.table)} TO "
+                    f"{conn.info.user};",
+                )
+            )
+    return problems
 
 
 def _cursor_notes(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[str]:

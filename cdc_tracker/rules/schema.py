@@ -191,7 +191,7 @@ def _no_old_key(info: TableInfo) -> str:
 _PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
-def _sql_name(table: str) -> str:
+def sql_name(table: str) -> str:
     """``schema.name`` as SQL: a part that is not plain lower case is quoted."""
     return ".".join(
         part if _PLAIN.fullmatch(part) else '"' + part.replace('"', '""') + '"'
@@ -202,7 +202,7 @@ def _sql_name(table: str) -> str:
 def full_fix(tables: list[str]) -> str:
     """The statements giving ``tables`` (``schema.name``) REPLICA IDENTITY FULL."""
     return " ".join(
-        f"ALTER TABLE {_sql_name(table)} REPLICA IDENTITY FULL;" for table in tables
+        f"ALTER TABLE {sql_name(table)} REPLICA IDENTITY FULL;" for table in tables
     )
 
 
