@@ -24,6 +24,7 @@ from cdc_tracker.ops.metrics import DaemonCollector
 from cdc_tracker.replay.main import run_replay
 from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.rules.rulebook import load_rulebook
+from cdc_tracker.settings import Settings
 from cdc_tracker.testing.postgres import ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import (
@@ -42,6 +43,16 @@ INSERT = (
     "insert into merchants (shop_domain, owner_name, plan_name) "
     "values ('a.myshopify.com', 'Ada', 'basic')"
 )
+
+
+def _start(settings: Settings) -> None:
+    """Start a dry-shipping daemon in this thread: for starts that must fail."""
+    Daemon(
+        settings,
+        load_rulebook(settings.rulebook),
+        PrintShipper(io.StringIO()),
+        threading.Event(),
+    ).run()
 
 
 def _drop_slot(dsn: str, slot: str) -> None:
@@ -130,12 +141,7 @@ def test_missing_slot_with_a_checkpoint_is_not_recreated_silently(
     sql(db, "update merchants set plan_name = 'lost'")
 
     with pytest.raises(SlotLost, match="changes committed since then were not read"):
-        Daemon(
-            settings,
-            load_rulebook(settings.rulebook),
-            PrintShipper(io.StringIO()),
-            threading.Event(),
-        ).run()
+        _start(settings)
 
     with running_daemon(settings, recreate_slot=True) as daemon:
         sql(db, "update merchants set plan_name = 'after'")
@@ -195,12 +201,7 @@ def test_a_checkpoint_past_the_servers_wal_is_refused_not_trusted(
     with pytest.raises(
         ConfigError, match="past the end of this server's WAL"
     ) as raised:
-        Daemon(
-            settings,
-            load_rulebook(settings.rulebook),
-            PrintShipper(io.StringIO()),
-            threading.Event(),
-        ).run()
+        _start(settings)
     assert "DELETE FROM cdc_tracker.checkpoints" in str(raised.value.hint)
     assert slot_position(db, settings.slot) < Lsn.parse("FF/0")
 
@@ -230,12 +231,7 @@ def test_invalidated_slot_stops_with_a_clear_error(
         state = _slot_status(dsn, settings.slot)
         assert state == "lost"
         with pytest.raises(SlotLost) as raised:
-            Daemon(
-                settings,
-                load_rulebook(settings.rulebook),
-                PrintShipper(io.StringIO()),
-                threading.Event(),
-            ).run()
+            _start(settings)
         # What the hint says gets over it: --recreate-slot replaces the slot.
         with running_daemon(settings, recreate_slot=True) as daemon:
             sql(dsn, "update merchants set plan_name = 'after'")
