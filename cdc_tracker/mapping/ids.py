@@ -12,9 +12,9 @@ An identify rule is named with a fingerprint of its definition, so that a trait
 added to it makes new ids: a backfill then delivers the new traits instead of
 having them dropped as duplicates. A backfill of a table whose inserts are named
 by position (keys reused) names calls by (rule, definition, key, cursor value).
-A backfill's identify also carries its traits in its id (``with_traits``): it
-sends the row as it is now, and a row updated since its insert (or since the last
-backfill) must not be dropped as that call's duplicate.
+A backfill's identify also carries its traits and the row's cursor value in its
+id (``with_traits``): it sends the row as it is now, and a row updated since its
+insert (or since the last backfill) must not be dropped as that call's duplicate.
 
 The namespace (database and slot by default) keeps ids unique across everything a
 workspace receives, since dedup is not scoped per source.

@@ -286,7 +286,8 @@ class Mapper:
     ) -> str:
         """A backfilled call's id: by key as the live insert's, or else by key and
         cursor value (it cannot know the insert's WAL position); an identify's
-        carries its traits too, since it sends the row as it is now."""
+        carries its traits and the cursor value too, since it sends the row as
+        it is now."""
         if plan.by_key:
             material = plan.insert_prefix + ids.key_text(values)
         else:
@@ -298,6 +299,10 @@ class Mapper:
                 change.commit_time,
             )
         if plan.identify:
+            # The cursor value too: traits changed and changed back since the
+            # last backfill must not repeat its id (the destination kept those
+            # in between).
+            material += f"\x1e{change.commit_time.isoformat()}"
             return ids.with_traits(material, _traits_json(fields))
         return ids.digest(material)
 

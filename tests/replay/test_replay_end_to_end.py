@@ -175,6 +175,14 @@ def test_replay_beside_the_live_daemon_resends_no_event_and_rows_as_they_are(
         sql(db, "update merchants set plan_name = 'pro' where id = 7")
         daemon.caught_up()  # the daemon goes on undisturbed
         second = replay()
+        # Changed back, as the first replay sent it: the destination holds 'pro'
+        # meanwhile, so the row must be sent again, not dropped as a repeat.
+        sql(
+            db,
+            "update merchants set plan_name = 'basic', updated_at = now() where id = 7",
+        )
+        daemon.caught_up()
+        third = replay()
 
     assert len(live) == 2 * 300 + 500
     assert len(first["track"]) == 300 + 500
@@ -183,6 +191,7 @@ def test_replay_beside_the_live_daemon_resends_no_event_and_rows_as_they_are(
     assert not first["identify"] & live
     assert second["track"] == first["track"]
     assert len(second["identify"] - first["identify"]) == 1
+    assert len(third["identify"] - first["identify"] - second["identify"]) == 1
 
 
 def test_replay_leaves_the_slot_where_it_was(
