@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from cdc_tracker import __version__, logs
 from cdc_tracker.commands.common import (
     add_rulebook,
@@ -69,17 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    logs.forget_format()  # an earlier command's, in the same process (tests)
     if not hasattr(args, "handler"):
         parser.print_help()
         return EXIT_CONFIG
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
-        _report(exc)
-        return EXIT_CONFIG
+        return _report(exc, args, EXIT_CONFIG)
     except CdcTrackerError as exc:
-        _report(exc)
-        return EXIT_FAILED
+        return _report(exc, args, EXIT_FAILED)
     except BrokenPipeError:
         # Whoever read our output has gone (`... | head`): stop as Unix tools do,
         # quietly, and without a second error when Python flushes at exit.
@@ -102,10 +103,20 @@ def _silence_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _report(exc: CdcTrackerError) -> None:
+def _report(exc: CdcTrackerError, args: argparse.Namespace, code: int) -> int:
+    """Tell the error that ends the command; returns its exit ``code``."""
+    if logs.json_lines() and getattr(args, "errors_as_logs", False):
+        # Among the JSON lines of run or replay, the error that ends it is one
+        # too; other commands' errors stay lines for people (and editors).
+        message, _, _ = str(exc).partition("\nhint: ")
+        structlog.get_logger("cdc_tracker").error(
+            "stopped on an error", error=message, hint=exc.hint, exit_code=code
+        )
+        return code
     # A rulebook's problems are "file:line: problem" lines, as editors read them.
     prefix = "" if isinstance(exc, RulebookError) else "cdc-tracker: "
     sys.stderr.write(f"{prefix}{exc}\n")
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,7 +184,8 @@ def _add_run(commands: Any) -> None:
         help="create the slot again after it was lost (changes since are skipped: "
         "backfill them with replay)",
     )
-    sub.set_defaults(handler=_run)
+    # Its stderr goes to a log shipper: the error that ends it is a log line too.
+    sub.set_defaults(handler=_run, errors_as_logs=True)
 
 
 def _add_check(commands: Any) -> None:

@@ -15,7 +15,9 @@ def configure(
     format: Literal["auto", "console", "json"] = "auto", level: str = "info"
 ) -> None:
     """Route structlog to stderr; quiet the chatty third-party loggers."""
+    global _json_lines  # noqa: PLW0603 -- one switch for the whole process
     use_console = format == "console" or (format == "auto" and sys.stderr.isatty())
+    _json_lines = not use_console
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if use_console
@@ -51,6 +53,21 @@ def configure(
     if _LIBRARIES not in root.handlers:
         root.addHandler(_LIBRARIES)
     root.setLevel(_LEVELS[level])
+
+
+def json_lines() -> bool:
+    """Whether logs go out as JSON lines: then so must the error that ends a
+    command (a log shipper reads stderr whole)."""
+    return _json_lines
+
+
+_json_lines = False
+
+
+def forget_format() -> None:
+    """Back to plain text until ``configure`` is called again."""
+    global _json_lines  # noqa: PLW0603
+    _json_lines = False
 
 
 class _StderrHandler(logging.Handler):

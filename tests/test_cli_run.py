@@ -338,3 +338,22 @@ def test_output_to_a_full_device_is_an_error_line_not_a_traceback() -> None:
     assert result.stderr == (
         "cdc-tracker: cannot write the output: No space left on device\n"
     )
+
+
+def test_the_error_that_stops_run_is_a_json_line_among_json_logs(
+    tmp_path: Path,
+) -> None:
+    """A log shipper reads stderr whole: the line saying why it stopped parses."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", "run", "--log-format", "json",
+         "--rulebook", str(tmp_path / "absent.yaml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert lines[-1]["event"] == "stopped on an error"
+    assert lines[-1]["error"].endswith(
+        "absent.yaml: cannot read rulebook: No such file or directory"
+    )
+    assert lines[-1]["exit_code"] == 2

@@ -93,7 +93,7 @@ def register(
         "--page-rows", type=int, default=5_000, metavar="N", help="rows per page"
     )
     sub.add_argument("--slot", help="namespace of the messageIds, and dead letters")
-    sub.set_defaults(handler=_replay)
+    sub.set_defaults(handler=_replay, errors_as_logs=True)  # see cli._run's
 
 
 def _replay(args: argparse.Namespace) -> int:

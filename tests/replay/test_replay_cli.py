@@ -204,7 +204,12 @@ def test_nothing_to_replay_lists_the_skipped_rules_before_the_error(
     assert code == 2
     skipped = err.find("skipped rule 'Plan Set' (public.merchants): reads the old row")
     assert 0 <= skipped < err.index("nothing to replay"), err
-    assert "hint: see the skipped rules above" in err
+    # Not on a terminal, the logs are JSON lines, and so is the error ending it.
+    stopped = json.loads(err.splitlines()[-1])
+    assert stopped["event"] == "stopped on an error"
+    assert stopped["error"].startswith("nothing to replay")
+    assert stopped["hint"].startswith("see the skipped rules above")
+    assert stopped["exit_code"] == 2
 
 
 @pytest.mark.usefixtures("default_logging")
