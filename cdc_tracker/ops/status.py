@@ -123,7 +123,7 @@ def read_status(conn: Connection, slot: str) -> Status:
         position = _position(conn, slot)
         shipping = _shipping(conn, slot, now)
         letters = _dead_letters(conn, slot)
-        replica = _replica(conn, slot)
+        replica = holder(conn, slot)
     return Status(
         slot=slot,
         database=database,
@@ -206,7 +206,8 @@ def _dead_letters(conn: Connection, slot: str) -> dict[str, int]:
     return dict(DeadLetterStore(conn, slot).count_by_reason(Selection()))
 
 
-def _replica(conn: Connection, slot: str) -> Replica | None:
+def holder(conn: Connection, slot: str) -> Replica | None:
+    """The cdc-tracker process holding the slot's lock, if one does."""
     key = slot_lock_id(slot) & 0xFFFFFFFF  # the oid pg_locks shows for an int4
     row = conn.execute(_REPLICA_SQL, (LOCK_CLASS, key)).fetchone()
     if row is None:

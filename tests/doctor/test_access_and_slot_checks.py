@@ -14,6 +14,7 @@ from cdc_tracker.daemon.checkpoint import CheckpointStore
 from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect
+from cdc_tracker.source.stream import Stream
 from cdc_tracker.testing.postgres import PostgresServer
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.doctor.helpers import doctor_settings, findings
@@ -162,3 +163,25 @@ def test_a_slot_lost_after_shipping_fails_with_the_recovery_to_run(
     assert "shipped up to commit" in slot.detail
     assert "--recreate-slot" in slot.fix
     assert "replay --since 20" in slot.fix
+
+
+def test_a_slot_streamed_by_another_reader_fails(settings: Settings, db: str) -> None:
+    """The daemon would wait on it for ever, not ready: doctor says why."""
+    create_slot(settings)
+    other = Stream(settings.dsn, settings.slot, ["public.merchants"], [])
+    other.open()
+    try:
+        slot = findings(settings)["slot"]
+    finally:
+        other.close()
+
+    assert slot.status == "fail"
+    assert "is streamed by another process (server pid" in slot.detail
+    assert "pg_terminate_backend(" in slot.fix
+
+
+def test_a_daemon_streaming_its_slot_passes(settings: Settings, db: str) -> None:
+    with running_daemon(settings) as daemon:
+        daemon.caught_up()
+        slot = findings(settings)["slot"]
+    assert slot.status == "pass"

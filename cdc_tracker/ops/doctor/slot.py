@@ -5,10 +5,11 @@ from __future__ import annotations
 from cdc_tracker.daemon.checkpoint import Checkpoint, CheckpointStore
 from cdc_tracker.ops.doctor.context import Context
 from cdc_tracker.ops.doctor.result import Finding, failed, passed, warned
+from cdc_tracker.ops.status import holder
 
 _SLOT_SQL = (
-    "SELECT plugin, slot_type, database, current_database(), wal_status "
-    "FROM pg_replication_slots WHERE slot_name = %s"
+    "SELECT plugin, slot_type, database, current_database(), wal_status, "
+    "active_pid FROM pg_replication_slots WHERE slot_name = %s"
 )
 
 
@@ -32,22 +33,33 @@ def replication_slot(ctx: Context) -> Finding:
             "nothing to do: 'cdc-tracker run' creates it; changes committed before "
             "then are not read",
         )
-    plugin, kind, database, current, wal_status = found[0]
+    plugin, kind, database, current, wal_status, reader = found[0]
     other = "choose another slot name with CDC_TRACKER_SLOT"
-    if kind != "logical" or plugin != "wal2json":
-        return failed(
-            name, f"slot '{slot}' is {kind} with plugin {plugin}, not wal2json", other
-        )
+    if kind != "logical":
+        return failed(name, f"slot '{slot}' is a {kind} slot, not wal2json", other)
+    if plugin != "wal2json":
+        return failed(name, f"slot '{slot}' uses plugin {plugin}, not wal2json", other)
     if database != current:
         return failed(
             name, f"slot '{slot}' belongs to database {database}, not {current}", other
         )
     if wal_status == "lost":
+        shipped = _checkpoint(ctx)
         return failed(
             name,
             f"slot '{slot}' is invalidated (wal_status lost): WAL it needed is gone",
-            "recreate it with 'cdc-tracker run --recreate-slot', then backfill "
-            "with 'cdc-tracker replay --since'",
+            shipped.recovery_hint()
+            if shipped is not None
+            else "recreate it with 'cdc-tracker run --recreate-slot', then "
+            "backfill with 'cdc-tracker replay --since'",
+        )
+    if reader is not None and holder(ctx.db(), slot) is None:
+        return failed(
+            name,
+            f"slot '{slot}' is streamed by another process (server pid {reader}): "
+            "no cdc-tracker can read it meanwhile",
+            f"stop that reader (SELECT pg_terminate_backend({reader}) ends it), or "
+            "give cdc-tracker a slot of its own with CDC_TRACKER_SLOT",
         )
     if wal_status == "unreserved":
         return warned(
