@@ -151,8 +151,13 @@ def _common(sub: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="rulebook file (CDC_TRACKER_RULEBOOK, default config/rulebook.yaml)",
     )
-    sub.add_argument("--log-format", choices=["auto", "console", "json"])
-    sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    # In any case, as the environment takes them (--log-level INFO).
+    sub.add_argument(
+        "--log-format", type=str.lower, choices=["auto", "console", "json"]
+    )
+    sub.add_argument(
+        "--log-level", type=str.lower, choices=["debug", "info", "warning", "error"]
+    )
 
 
 def _add_run(commands: Any) -> None:

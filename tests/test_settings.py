@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cdc_tracker import cli
 from cdc_tracker.errors import ConfigError
 from cdc_tracker.settings import load_settings, unknown_variables
 
@@ -112,6 +113,12 @@ def test_choices_are_taken_in_any_case() -> None:
         environ={"CDC_TRACKER_LOG_LEVEL": "INFO", "CDC_TRACKER_DESTINATION": "Segment"},
     )
     assert (settings.log_level, settings.destination) == ("info", "segment")
+
+
+def test_log_flags_are_taken_in_any_case() -> None:
+    flags = ["status", "--log-level", "INFO", "--log-format", "JSON"]
+    parsed = cli._parser().parse_args(flags)
+    assert (parsed.log_level, parsed.log_format) == ("info", "json")
 
 
 def test_a_write_key_read_from_a_file_loses_its_newline() -> None:

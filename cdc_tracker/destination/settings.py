@@ -129,6 +129,12 @@ def _check_url(url: str) -> None:
             "destination url must be http:// or https:// with a host",
             hint="the data plane URL, for example https://hosted.example/",
         )
+    if parsed.query or parsed.fragment:
+        # The batch route is joined to it: what follows would end up before it.
+        raise ConfigError(
+            "destination url must hold no query (?...) or fragment (#...)",
+            hint="the data plane URL, for example https://hosted.example/",
+        )
     if parsed.userinfo:
         # They would be sent as the request's Basic auth, in the write key's place.
         raise ConfigError(

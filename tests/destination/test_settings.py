@@ -47,6 +47,8 @@ def test_endpoint_is_the_batch_route_of_the_data_plane(url: str) -> None:
         ({"url": "127.0.0.1:8080"}, "url"),
         ({"url": "ftp://127.0.0.1/"}, "url"),
         ({"url": "http://proxy:secret@127.0.0.1:8080/"}, "no user or password"),
+        ({"url": "http://127.0.0.1:8080/?x=1"}, "no query"),
+        ({"url": "http://127.0.0.1:8080/#f"}, "or fragment"),
         ({"write_key": "  "}, "write_key"),
         ({"kind": "mixpanel"}, "kind"),
         ({"gzip_level": 4}, "gzip_level"),
