@@ -280,7 +280,7 @@ class Replay:
                 table=info.name,
                 column=cursor,
                 rows=unplaced,
-                hint=f"give them a {cursor} to replay them",
+                hint=f"set their {cursor} to replay them",
             )
         return reader
 
