@@ -21,7 +21,8 @@ letters waiting by reason, and the session holding the slot's lock.
 exit codes:
   0    the slot exists and has the WAL it needs
   1    the slot does not exist or is invalidated, or the database failed
-  2    bad usage or settings
+  2    bad usage or settings, a DSN that names no database, or a slot that is
+       not cdc-tracker's
 """
 
 

@@ -51,6 +51,12 @@ LOCK_RETRY_SECONDS = 2.0
 TABLE_CHECK_SECONDS = 30.0
 
 
+_FIRST_CONNECTION = (
+    "waiting for the database; if it should answer by now, check the DSN "
+    "(cdc-tracker doctor)"
+)
+
+
 class Daemon:
     """Runs the pipeline until ``stop`` is set; see ``run`` for the failure contract."""
 
@@ -124,7 +130,12 @@ class Daemon:
                         continue  # e.g. a connection the stop cancelled
                     delay = self.reconnect.next_delay()
                     log.warning(
-                        "source unavailable", error=str(exc), retry_in_s=round(delay, 1)
+                        "source unavailable",
+                        error=str(exc),
+                        retry_in_s=round(delay, 1),
+                        # Waited for, from the first start too (a database may
+                        # come up after us): a wrong DSN looks the same.
+                        hint=None if self._has_read else _FIRST_CONNECTION,
                     )
                     self.stop.wait(delay)
                 finally:

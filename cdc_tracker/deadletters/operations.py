@@ -277,7 +277,8 @@ def _retry_report(report: RetryReport, slot: str, dry_run: bool) -> str:
         f"{len(report.still_dead)} still dead",
     ]
     if report.no_call:
-        parts.append(f"{report.no_call} owed no call any more (removed)")
+        removed = "would be removed" if dry_run else "removed"
+        parts.append(f"{report.no_call} owed no call any more ({removed})")
     if report.pending:
         why = "in time" if report.timed_out else "before the stop"
         parts.append(f"{report.pending} not acknowledged {why} (kept as they were)")

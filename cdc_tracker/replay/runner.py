@@ -43,6 +43,7 @@ from cdc_tracker.settings import Settings
 from cdc_tracker.source.catalog import read_catalog
 from cdc_tracker.source.connection import lock_key, try_advisory_lock
 from cdc_tracker.source.slot import connect, translate_errors
+from cdc_tracker.wording import counted
 
 log = structlog.get_logger(__name__)
 
@@ -191,7 +192,7 @@ class Replay:
                 raise ConfigError(
                     "a replay of this selection stopped before its end (interrupted, "
                     "or on an error) and is waiting: "
-                    f"{waiting.rows} rows sent of its window from "
+                    f"{counted(waiting.rows, 'row')} sent of its window from "
                     f"{waiting.window.since.isoformat()} to "
                     f"{waiting.window.until.isoformat()}",
                     hint="finish it with --resume (same --table and --rule), or "
