@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from cdc_tracker.errors import RulebookError
 from cdc_tracker.mapping import lookups as lookups_module
 from cdc_tracker.mapping.lookups import Lookups
+from cdc_tracker.ops.metrics import DaemonCollector
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import running_daemon, settings_for, sql
 
@@ -109,12 +110,18 @@ def test_payout_of_a_missing_merchant_is_skipped_and_counted_with_skip(
         sql(db, payout(ABSENT_MERCHANT), payout(7))
         daemon.caught_up()
         stats = lookups_of(daemon).stats
+        exposed = DaemonCollector(daemon.daemon.counters, None).collect()
+        skips = next(m for m in exposed if m.name == "cdc_tracker_lookup_skips")
     assert [call["userId"] for call in payouts_sent(receiver)] == [
         "shop7.myshopify.com"
     ]
     # Big Payout's 'when' is false for it, before its userId is looked up.
     assert stats.skipped == {"Payout Fetched": 1}
     assert stats.no_row == 1
+    # On /metrics, as the README says.
+    assert [(s.labels, s.value) for s in skips.samples] == [
+        ({"rule": "Payout Fetched"}, 1.0)
+    ]
     with psycopg.connect(db) as conn:
         assert conn.execute(
             "select count(*) from cdc_tracker.dead_letters"

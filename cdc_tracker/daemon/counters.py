@@ -44,6 +44,9 @@ class Counters:
     reload_failures: int = 0
     lag_bytes: int = 0
     missing_tables: list[str] = field(default_factory=list)
+    # Rules not fired because a lookup found no row (missing: skip), by rule id;
+    # the lookups of every rulebook the daemon loads count here.
+    lookup_skips: dict[str, int] = field(default_factory=dict)
     # Where the rulebook stopped fitting the schema while running (file:line: why).
     schema_problems: list[str] = field(default_factory=list)
     delay: DelayHistogram = field(default_factory=DelayHistogram)

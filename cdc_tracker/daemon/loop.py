@@ -467,6 +467,8 @@ class Daemon:
         if self.window.mapper.lookups is not None:  # a reload replaces the mapper
             self.window.mapper.lookups.close()
         lookups = Lookups.for_rulebook(self.rulebook, self.settings.require_dsn())
+        if lookups is not None:  # its skips add up across reloads, for /metrics
+            lookups.stats.skipped = self.counters.lookup_skips
         return Mapper(self.rulebook, namespace, schema, lookups=lookups)
 
     def _connect(self) -> psycopg.Connection[tuple[object, ...]]:

@@ -55,7 +55,15 @@ class DaemonCollector(Collector):
         )
         for reason, count in sorted(c.drops_by_reason.items()):
             dead.add_metric([reason], count)
+        skips = CounterMetricFamily(
+            f"{PREFIX}_lookup_skips",
+            "Rules not fired because a lookup found no row (missing: skip), by rule.",
+            labels=["rule"],
+        )
+        for rule, count in sorted(c.lookup_skips.items()):
+            skips.add_metric([rule], count)
         yield dead
+        yield skips
         reloads = CounterMetricFamily(
             f"{PREFIX}_rulebook_reloads",
             "Rulebook reloads, by result.",
