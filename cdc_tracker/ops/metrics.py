@@ -6,7 +6,7 @@ counters of the daemon and of the destination client when ``/metrics`` is asked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -48,22 +48,16 @@ class DaemonCollector(Collector):
         for (kind, event), count in sorted(c.calls_by_event.items()):
             calls.add_metric([kind, event], count)
         yield calls
-        dead = CounterMetricFamily(
-            f"{PREFIX}_dead_letters",
-            "Dead letters stored, by reason.",
-            labels=["reason"],
-        )
-        for reason, count in sorted(c.drops_by_reason.items()):
-            dead.add_metric([reason], count)
-        skips = CounterMetricFamily(
-            f"{PREFIX}_lookup_skips",
+        yield _counter_by(
+            "dead_letters", "Dead letters stored, by reason.", "reason",
+            c.drops_by_reason,
+        )  # fmt: skip
+        yield _counter_by(
+            "lookup_skips",
             "Rules not fired because a lookup found no row (missing: skip), by rule.",
-            labels=["rule"],
+            "rule",
+            c.lookup_skips,
         )
-        for rule, count in sorted(c.lookup_skips.items()):
-            skips.add_metric([rule], count)
-        yield dead
-        yield skips
         reloads = CounterMetricFamily(
             f"{PREFIX}_rulebook_reloads",
             "Rulebook reloads, by result.",
@@ -100,14 +94,12 @@ class DaemonCollector(Collector):
         yield _counter(
             "bytes_sent", "Request body bytes sent, compressed.", d.bytes_sent
         )
-        errors = CounterMetricFamily(
-            f"{PREFIX}_destination_errors",
+        yield _counter_by(
+            "destination_errors",
             "Failed requests by HTTP status, or timeout / connection.",
-            labels=["status"],
+            "status",
+            d.errors_by_status,
         )
-        for status, count in sorted(d.errors_by_status.items()):
-            errors.add_metric([status], count)
-        yield errors
         yield GaugeMetricFamily(
             f"{PREFIX}_destination_paused",
             "1 while the destination refuses our write key or URL.",
@@ -124,6 +116,16 @@ class DaemonCollector(Collector):
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
+
+
+def _counter_by(
+    name: str, documentation: str, label: str, counts: Mapping[str, int]
+) -> CounterMetricFamily:
+    """A counter with one label, a sample per key of ``counts``."""
+    family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
 
 
 def _delay_histogram(c: Counters) -> HistogramMetricFamily:
