@@ -291,11 +291,7 @@ def _beyond(value: Any) -> int | None:
         return -1
     # A wall time whose instant is past either end (see values._timestamp_in);
     # beside a literal, see _compare_beyond.
-    if value.startswith("9999-12-31"):
-        return 1
-    if value.startswith("0001-01-01"):
-        return -1
-    return None
+    return _EDGES.get(value[:10])
 
 
 def _compare_beyond(
@@ -318,9 +314,6 @@ def _compare_beyond(
     return op(place, 0)
 
 
-_EDGES = frozenset({"9999-12-31", "0001-01-01"})
-
-
 def _ends_of_time(a: Any, b: Any) -> tuple[int, int] | None:
     """Where ``a`` and ``b`` lie against each other when one is a time Python
     cannot hold (text: ``infinity``, BC, year 10000 on) and the other a time it
@@ -334,6 +327,9 @@ def _ends_of_time(a: Any, b: Any) -> tuple[int, int] | None:
     return None
 
 
+# The first and last days of Python's calendar, and where a wall time on them
+# that stayed text lies.
+_EDGES = {"9999-12-31": 1, "0001-01-01": -1}
 _LATE = re.compile(r"[0-9]{5,}-[0-9]{2}-[0-9]{2}", re.ASCII)
 _EARLY = re.compile(r"[0-9]{4,}-[0-9]{2}-[0-9]{2}", re.ASCII)
 
