@@ -20,7 +20,6 @@ import structlog
 from cdc_tracker import __version__
 from cdc_tracker.destination.batching import (
     MAX_CALL_BYTES,
-    SENT_AT_BYTES,
     EncodedCall,
     oversize_reason,
 )
@@ -237,25 +236,24 @@ class Mapper:
                     change_letter(change, plan.rule.id, f"cannot encode: {exc}")
                 )
                 return
-        if len(body) + SENT_AT_BYTES > MAX_CALL_BYTES:
+        made = EncodedCall(
+            message_id,
+            user_id,
+            body,
+            plan.rule.id,
+            change.table,
+            change.commit_lsn,
+            change.ordinal,
+            plan.kind,
+            plan.event,
+        )
+        if made.sent_size > MAX_CALL_BYTES:
             # A letter of the change, not of the call: a retry maps it again,
             # with the rulebook that no longer makes it this large.
-            reason = oversize_reason(len(body) + SENT_AT_BYTES)
+            reason = oversize_reason(made.sent_size)
             dead.append(change_letter(change, plan.rule.id, reason))
             return
-        encoded.append(
-            EncodedCall(
-                message_id,
-                user_id,
-                body,
-                plan.rule.id,
-                change.table,
-                change.commit_lsn,
-                change.ordinal,
-                plan.kind,
-                plan.event,
-            )
-        )
+        encoded.append(made)
 
     def _skipped(self, rule: Rule, spec: LookupSpec) -> None:
         assert self.lookups is not None  # only a lookup raises LookupMissing
