@@ -3,8 +3,11 @@
 #   docker run -v $PWD/config:/config -e CDC_TRACKER_DSN=... \
 #     -e RUDDERSTACK_DATA_PLANE_URL=... -e RUDDERSTACK_WRITE_KEY=... cdc-tracker
 FROM python:3.11-slim AS build
+# The wal2json row reader is compiled; the image that runs it needs no compiler.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY cdc_tracker ./cdc_tracker
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
