@@ -19,6 +19,6 @@ setup(
             extra_compile_args=FLAGS,
             optional=True,
         )
-        for name in ("source/_rowparse",)
+        for name in ("source/_rowparse", "mapping/_writer")
     ]
 )

@@ -10,6 +10,7 @@ query that could not run: the caller retries the window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
@@ -38,11 +39,24 @@ from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.mapping.values import (
     converter_for,
     output_converter_for,
+    output_kind,
 )
 from cdc_tracker.model import MISSING, Action, Call, Change, DeadLetter
 from cdc_tracker.rules.expr import EvaluationError, Expression
 from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Fields, Rule, Rulebook
+
+_write_call: Callable[..., bytes | None] | None
+try:
+    from cdc_tracker.mapping._writer import configure
+    from cdc_tracker.mapping._writer import write as _write_call
+except ImportError:  # built without a C compiler: every call is a dict, then orjson
+    _write_call = None
+else:
+    configure(
+        Decimal,
+        lambda value: orjson.dumps(value, default=encode_other, option=ENCODE_OPTIONS),
+    )
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +91,10 @@ class Mapper:
         self._converters = Converters(converter_for, rulebook.timezone)
         # Declared type -> converter for values sent as they are (see _fields).
         self._outputs = Converters(output_converter_for, rulebook.timezone)
+        # Declared type -> how the C writer writes its values (see values.py).
+        self._kinds = _Kinds(rulebook.timezone)
+        # Snapshot ids read the traits as a dict: replay makes its calls as dicts.
+        self._write = None if snapshot else _write_call
         by_key = {
             name: spec.insert_ids == "key" for name, spec in rulebook.tables.items()
         }
@@ -115,15 +133,16 @@ class Mapper:
         # The general reader, made when a rule first needs it (most need none).
         row: RowView | None = None
         timestamp = self._timestamp(change.commit_time)
+        write = encoded is not None
         for plan in plans:
             if plan.needs_row and row is None:
                 row = self._row(change)
             try:
-                call = self._apply(plan, change, row, timestamp)
+                call = self._apply(plan, change, row, timestamp, write)
             except _NeedsRow:
                 row = self._row(change)
                 try:
-                    call = self._apply(plan, change, row, timestamp)
+                    call = self._apply(plan, change, row, timestamp, write)
                 except (LookupMissing, EvaluationError) as exc:
                     self._failed(plan, change, exc, dead)
                     continue
@@ -161,12 +180,18 @@ class Mapper:
             dead.append(change_letter(change, plan.rule.id, str(exc)))
 
     def _apply(
-        self, plan: _Plan, change: Change, row: RowView | None, timestamp: str
+        self,
+        plan: _Plan,
+        change: Change,
+        row: RowView | None,
+        timestamp: str,
+        write: bool,
     ) -> _Payload | None:
         """The rule's (messageId, userId, payload) for the change; None when its
-        condition does not hold. Raises ``EvaluationError`` when its userId is
-        null or of a kind no userId is, and ``_NeedsRow`` when ``row`` is None
-        and a value needs the general reader."""
+        condition does not hold. With ``write``, the payload may come as its
+        JSON already (from the C writer). Raises ``EvaluationError`` when its
+        userId is null or of a kind no userId is, and ``_NeedsRow`` when ``row``
+        is None and a value needs the general reader."""
         if row is not None:
             row.specs = plan.rule.lookups
             if plan.when is not None and plan.when(row) is not True:
@@ -187,6 +212,21 @@ class Mapper:
             raise EvaluationError(
                 plan.null_user_id if _blank(value) else plan.not_a_user_id(value)
             )
+        if write and plan.template is not None and self._write is not None:
+            message_id = self._live_id(plan, change)
+            body = self._write(
+                plan.template,
+                plan.written,
+                change.new,
+                change.types,
+                self._kinds,
+                self._outputs,
+                message_id,
+                user_id,
+                timestamp,
+            )
+            if body is not None:
+                return message_id, user_id, body
         fields = _fields(plan.fields, row, change.new, change.types, self._outputs)
         message_id = self._message_id(plan, change, fields)
         if plan.identify:
@@ -225,7 +265,11 @@ class Mapper:
         message_id, user_id, payload = call
         try:
             # encode_value's first attempt, inline: this runs once per call.
-            body = orjson.dumps(payload, default=encode_other, option=ENCODE_OPTIONS)
+            body = (
+                payload
+                if type(payload) is bytes
+                else orjson.dumps(payload, default=encode_other, option=ENCODE_OPTIONS)
+            )
         except orjson.JSONEncodeError:
             # Rare (an integer past 64 bits, a value JSON cannot carry): the
             # general encoder widens what it can and names what it cannot.
@@ -266,12 +310,27 @@ class Mapper:
         )
 
     def _message_id(self, plan: _Plan, change: Change, fields: dict[str, Any]) -> str:
-        if change.action is Action.INSERT and change.key and change.new is not None:
+        if (
+            self.snapshot
+            and change.action is Action.INSERT
+            and change.key
+            and change.new is not None
+        ):
             values = [change.new.get(column) for column in change.key]
-            if self.snapshot:
-                return self._snapshot_id(plan, change, values, fields)
-            if plan.by_key:
-                return ids.digest(plan.insert_prefix + ids.key_text(values))
+            return self._snapshot_id(plan, change, values, fields)
+        return self._live_id(plan, change)
+
+    def _live_id(self, plan: _Plan, change: Change) -> str:
+        """A call's id off a snapshot: by key for an insert (unless the table
+        names inserts by position), by WAL position for anything else."""
+        if (
+            plan.by_key
+            and change.action is Action.INSERT
+            and change.key
+            and change.new is not None
+        ):
+            values = [change.new.get(column) for column in change.key]
+            return ids.digest(plan.insert_prefix + ids.key_text(values))
         return ids.position_id(
             self.namespace,
             plan.rule.id,
@@ -316,8 +375,9 @@ class Mapper:
 # ``nested`` when the field is an object of fields; ``constant`` holds a literal's
 # value (``_SLOW`` for any other field).
 _Field = tuple[str, "str | None", "Expression | None", "tuple[_Field, ...] | None", Any]
-# A rule's call before it is a ``Call``: messageId, userId, payload.
-_Payload = tuple[str, str, dict[str, Any]]
+# A rule's call before it is a ``Call``: messageId, userId, payload (as a dict, or
+# as the JSON the C writer made of it).
+_Payload = tuple[str, str, "dict[str, Any] | bytes"]
 
 
 class _NeedsRow(Exception):
@@ -341,9 +401,11 @@ class _Plan:
         "needs_row",
         "null_user_id",
         "rule",
+        "template",
         "user_column",
         "user_id",
         "when",
+        "written",
     )
 
     def __init__(self, rule: Rule, namespace: str, by_key: bool, zone: tzinfo) -> None:
@@ -369,6 +431,10 @@ class _Plan:
             or self.user_column is None
             or not _all_inline(self.fields)
         )
+        # For the C writer: the payload's fixed bytes, and the fields it writes;
+        # None when a field is not a column of the new row or a literal.
+        self.written = _written_fields(self.fields)
+        self.template = None if self.written is None else _template(self)
 
     def not_a_user_id(self, value: Any) -> str:
         """The reason a value that is neither text nor a number makes no call."""
@@ -390,8 +456,89 @@ def _plan_fields(fields: Fields) -> tuple[_Field, ...]:
     return tuple(planned)
 
 
+# The C writer's placeholders in a template, and how it reads a field.
+_FIELDS, _MESSAGE_ID, _USER_ID, _TIMESTAMP = range(4)
+_COLUMN, _CONSTANT, _NESTED = range(3)
+_WrittenField = tuple[bytes, int, Any]
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=encode_other, option=ENCODE_OPTIONS)
+
+
+def _written_fields(fields: tuple[_Field, ...]) -> tuple[_WrittenField, ...] | None:
+    """The fields as the C writer reads them, when each is a column of the new
+    row, a literal or an object of those."""
+    written: list[_WrittenField] = []
+    for name, column, expr, nested, constant in fields:
+        key = _dumps(name) + b":"
+        if nested is not None:
+            inner = _written_fields(nested)
+            if inner is None:
+                return None
+            written.append((key, _NESTED, inner))
+        elif column is not None:
+            written.append((key, _COLUMN, column))
+        elif expr is None:
+            try:
+                written.append((key, _CONSTANT, _dumps(constant)))
+            except orjson.JSONEncodeError:
+                return None
+        else:
+            return None
+    return tuple(written)
+
+
+def _template(plan: _Plan) -> tuple[bytes | int, ...] | None:
+    """The payload ``_apply`` makes for ``plan``, as fixed bytes around the C
+    writer's placeholders, in the same order of keys."""
+    try:
+        context = _dumps(plan.context)
+        integrations = (
+            b""
+            if plan.integrations is None
+            else b',"integrations":' + _dumps(plan.integrations)
+        )
+    except orjson.JSONEncodeError:
+        return None
+    head: tuple[bytes | int, ...] = (
+        b'{"type":"' + plan.kind.encode() + b'","messageId":',
+        _MESSAGE_ID,
+        b',"userId":',
+        _USER_ID,
+    )
+    end = (
+        b',"timestamp":',
+        _TIMESTAMP,
+        b',"originalTimestamp":',
+        _TIMESTAMP,
+        integrations + b"}",
+    )
+    if plan.identify:
+        if "traits" in plan.context:
+            return None  # the payload's traits would take the context's place
+        context_open = context[:-1] + (b',"traits":' if plan.context else b'"traits":')
+        return (*head, b',"traits":', _FIELDS, b',"context":' + context_open,
+                _FIELDS, b"}", *end)  # fmt: skip
+    event = b',"event":' + _dumps(plan.event) + b',"properties":'
+    return (*head, event, _FIELDS, b',"context":' + context, *end)
+
+
+class _Kinds(dict[str, int]):
+    """Declared type -> how the C writer writes its values, made on first sight."""
+
+    def __init__(self, zone: tzinfo) -> None:
+        super().__init__()
+        self.zone = zone
+
+    def __missing__(self, declared: str) -> int:
+        kind = self[declared] = output_kind(declared, self.zone)
+        return kind
+
+
 def _as_call(plan: _Plan, change: Change, made: _Payload) -> Call:
     message_id, user_id, payload = made
+    assert isinstance(payload, dict)  # only calls to encode are written in C
     return Call(
         message_id,
         user_id,

@@ -199,6 +199,34 @@ def output_converter_for(declared: str, zone: tzinfo) -> Converter:
     return convert
 
 
+# How the call writer (mapping/_writer.c) writes a declared type's values: as
+# they are (SAME), an int as it is (INTEGER), a bool as it is (BOOLEAN), a Decimal
+# or an int as its exact text (NUMBER), a text without its blank padding
+# (PADDED), the server's text of a timestamptz as orjson writes its datetime
+# (TIMESTAMPTZ); anything else, and any other value or form of those types,
+# through the type's output converter (CONVERTED).
+SAME, INTEGER, BOOLEAN, NUMBER, CONVERTED, PADDED, TIMESTAMPTZ = range(7)
+
+
+@lru_cache(maxsize=512)
+def output_kind(declared: str, zone: tzinfo) -> int:
+    """The writer's kind for one declared type (see above)."""
+    convert = converter_for(declared, zone)
+    if convert is _same:
+        return SAME
+    if convert is _integer:
+        return INTEGER
+    if convert is _boolean:
+        return BOOLEAN
+    if convert is _number:
+        return NUMBER
+    if convert is _blank_padded:
+        return PADDED
+    if convert is _timestamptz:
+        return TIMESTAMPTZ
+    return CONVERTED
+
+
 def _array(value: Any, element: Converter) -> Any:
     if not isinstance(value, str):
         return value

@@ -1,0 +1,593 @@
+/* A call's JSON written in one pass from its rule's plan and the change's row.
+ *
+ * write(template, fields, new, types, kinds, outputs, message_id, user_id,
+ *       timestamp) returns the call's body as bytes, the same bytes the mapper's
+ * Python path makes (a payload dict, then orjson), or None when this writer
+ * declines the call: a column the new row does not carry, a value it does not
+ * know how to write, a conversion that fails. The mapper then makes the call
+ * its general way, which reads, converts and explains as it always did: this
+ * file only has to be exact where it answers, never complete.
+ *
+ * ``template`` is the payload's fixed bytes, prepared once per rule, with
+ * four placeholders (small ints): the fields object, the messageId, the userId
+ * and the timestamp. ``fields`` is a tuple of (key, how, what): ``key`` the
+ * field's name as JSON with its colon, ``how`` COLUMN (``what`` a column of the
+ * new row), CONSTANT (``what`` its JSON) or NESTED (``what`` a tuple of fields).
+ * A column's value is written by its declared type's kind (``kinds``, a dict
+ * that fills itself): values wal2json decoded as they are sent (text, integers,
+ * booleans, exact numerics) are written here; any other goes through its output
+ * converter (``outputs``) and, unless it is then one of those, through ``dumps``
+ * (orjson with the mapper's options).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+enum { FIELDS = 0, MESSAGE_ID = 1, USER_ID = 2, TIMESTAMP = 3 };
+enum { COLUMN = 0, CONSTANT = 1, NESTED = 2 };
+enum { SAME = 0, INTEGER = 1, BOOLEAN = 2, NUMBER = 3, CONVERTED = 4, PADDED = 5,
+       TIMESTAMPTZ = 6 };
+
+static PyObject *decimal_type;  /* decimal.Decimal */
+static PyObject *dumps;         /* value -> bytes, the mapper's orjson options */
+
+/* ---- the buffer ----------------------------------------------------------- */
+
+typedef struct {
+    char *data;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+    char small[4096];
+} Buffer;
+
+static int
+reserve(Buffer *b, Py_ssize_t more)
+{
+    if (b->len + more <= b->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = b->cap * 2;
+    while (cap < b->len + more) {
+        cap *= 2;
+    }
+    char *data;
+    if (b->data == b->small) {
+        data = PyMem_Malloc((size_t)cap);
+        if (data != NULL) {
+            memcpy(data, b->small, (size_t)b->len);
+        }
+    }
+    else {
+        data = PyMem_Realloc(b->data, (size_t)cap);
+    }
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int
+put(Buffer *b, const char *s, Py_ssize_t len)
+{
+    if (reserve(b, len) < 0) {
+        return -1;
+    }
+    memcpy(b->data + b->len, s, (size_t)len);
+    b->len += len;
+    return 0;
+}
+
+#define PUT_LITERAL(b, s) put((b), (s), (Py_ssize_t)sizeof(s) - 1)
+
+static int
+put_bytes(Buffer *b, PyObject *bytes)
+{
+    return put(b, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
+}
+
+/* ---- values --------------------------------------------------------------- */
+
+/* A str as a JSON string, escaped as orjson escapes: quote, backslash and the
+ * control characters, the usual ones short, the others as \u00xx. */
+static int
+put_utf8(Buffer *b, const char *s, Py_ssize_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (reserve(b, len * 6 + 2) < 0) {
+        return -1;
+    }
+    char *o = b->data + b->len;
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o++ = '"';
+    b->len = o - b->data;
+    return 0;
+}
+
+static int
+put_str(Buffer *b, PyObject *str)
+{
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(str, &len);
+    if (s == NULL) {
+        return -1; /* a lone surrogate: the mapper names it */
+    }
+    return put_utf8(b, s, len);
+}
+
+/* A character(n) value without its blank padding, as values.py trims it. */
+static int
+put_padded(Buffer *b, PyObject *str)
+{
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(str, &len);
+    if (s == NULL) {
+        return -1;
+    }
+    while (len > 0 && s[len - 1] == ' ') {
+        len--; /* a space is one byte, never part of a longer UTF-8 character */
+    }
+    return put_utf8(b, s, len);
+}
+
+static int
+digits_at(const char *s, int count, int *value)
+{
+    int v = 0;
+    for (int i = 0; i < count; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return -1;
+        }
+        v = v * 10 + (s[i] - '0');
+    }
+    *value = v;
+    return 0;
+}
+
+static int
+days_in_month(int year, int month)
+{
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return days[month - 1] + (month == 2 && leap);
+}
+
+/* A timestamptz as the server prints it (2026-12-05 11:39:24.4698+00) written
+ * as orjson writes the datetime values.py makes of it
+ * ("2026-12-05T11:39:24.469800Z"); 1 for any other form (a BC date, a year past
+ * 9999, infinity, an offset with seconds), which takes the Python path. */
+static int
+put_timestamptz(Buffer *b, PyObject *str)
+{
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(str, &len);
+    if (s == NULL) {
+        return -1;
+    }
+    int year, month, day, hour, minute, second, offset_hours, offset_minutes = 0;
+    if (len < 22 || s[4] != '-' || s[7] != '-' || s[10] != ' ' || s[13] != ':' ||
+        s[16] != ':' || digits_at(s, 4, &year) || digits_at(s + 5, 2, &month) ||
+        digits_at(s + 8, 2, &day) || digits_at(s + 11, 2, &hour) ||
+        digits_at(s + 14, 2, &minute) || digits_at(s + 17, 2, &second) ||
+        year < 1 || month < 1 || month > 12 || day < 1 ||
+        day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 59) {
+        return 1;
+    }
+    Py_ssize_t at = 19;
+    char fraction[6] = {'0', '0', '0', '0', '0', '0'};
+    int nonzero = 0;
+    if (s[at] == '.') {
+        Py_ssize_t start = ++at;
+        while (at < len && s[at] >= '0' && s[at] <= '9') {
+            if (at - start < 6) {
+                fraction[at - start] = s[at];
+                nonzero |= s[at] != '0';
+            }
+            at++;
+        }
+        if (at == start || at - start > 6) {
+            return 1;
+        }
+    }
+    Py_ssize_t rest = len - at;
+    if ((rest != 3 && rest != 6) || (s[at] != '+' && s[at] != '-') ||
+        digits_at(s + at + 1, 2, &offset_hours) || offset_hours > 23 ||
+        (rest == 6 && (s[at + 3] != ':' || digits_at(s + at + 4, 2, &offset_minutes) ||
+                       offset_minutes > 59))) {
+        return 1;
+    }
+    if (reserve(b, 40) < 0) {
+        return -1;
+    }
+    char *o = b->data + b->len;
+    *o++ = '"';
+    memcpy(o, s, 10);
+    o[10] = 'T';
+    memcpy(o + 11, s + 11, 8);
+    o += 19;
+    if (nonzero) {
+        *o++ = '.';
+        memcpy(o, fraction, 6);
+        o += 6;
+    }
+    if (offset_hours == 0 && offset_minutes == 0) {
+        *o++ = 'Z';
+    }
+    else {
+        *o++ = s[at];
+        memcpy(o, s + at + 1, 2);
+        o[2] = ':';
+        o[3] = (char)('0' + offset_minutes / 10);
+        o[4] = (char)('0' + offset_minutes % 10);
+        o += 5;
+    }
+    *o++ = '"';
+    b->len = o - b->data;
+    return 0;
+}
+
+static int
+put_dumped(Buffer *b, PyObject *value)
+{
+    PyObject *json = PyObject_CallOneArg(dumps, value);
+    if (json == NULL) {
+        return -1;
+    }
+    int failed = !PyBytes_Check(json) || put_bytes(b, json) < 0;
+    Py_DECREF(json);
+    return failed ? -1 : 0;
+}
+
+static int
+put_int(Buffer *b, PyObject *value)
+{
+    int overflow;
+    long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow) {
+        return put_dumped(b, value); /* orjson takes up to 2**64 - 1 */
+    }
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    char digits[24];
+    int len = snprintf(digits, sizeof(digits), "%lld", n);
+    return put(b, digits, len);
+}
+
+/* A finite Decimal as its text, when str() writes it plainly (no E-); any
+ * other through dumps, whose default writes it exactly or refuses it. */
+static int
+put_decimal(Buffer *b, PyObject *value)
+{
+    PyObject *text = PyObject_Str(value);
+    if (text == NULL) {
+        return -1;
+    }
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(text, &len);
+    int plain = s != NULL && len > 0;
+    for (Py_ssize_t i = 0; plain && i < len; i++) {
+        char c = s[i];
+        plain = (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+                (c == 'E' && i + 1 < len && s[i + 1] == '+') ||
+                (c == '+' && i > 0 && s[i - 1] == 'E');
+    }
+    int result = plain ? put(b, s, len) : put_dumped(b, value);
+    Py_DECREF(text);
+    return result;
+}
+
+static int
+put_value(Buffer *b, PyObject *value)
+{
+    if (PyUnicode_CheckExact(value)) {
+        return put_str(b, value);
+    }
+    if (value == Py_None) {
+        return PUT_LITERAL(b, "null");
+    }
+    if (value == Py_True) {
+        return PUT_LITERAL(b, "true");
+    }
+    if (value == Py_False) {
+        return PUT_LITERAL(b, "false");
+    }
+    if (PyLong_CheckExact(value)) {
+        return put_int(b, value);
+    }
+    if ((PyObject *)Py_TYPE(value) == decimal_type) {
+        return put_decimal(b, value);
+    }
+    return put_dumped(b, value);
+}
+
+/* ---- fields --------------------------------------------------------------- */
+
+static int
+kind_of(PyObject *kinds, PyObject *declared)
+{
+    PyObject *kind = PyDict_GetItemWithError(kinds, declared);
+    if (kind != NULL) {
+        return (int)PyLong_AsLong(kind);
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    kind = PyObject_GetItem(kinds, declared); /* made on first sight */
+    if (kind == NULL) {
+        return -1;
+    }
+    int result = (int)PyLong_AsLong(kind);
+    Py_DECREF(kind);
+    return result;
+}
+
+static int
+put_converted(Buffer *b, PyObject *outputs, PyObject *declared, PyObject *raw)
+{
+    PyObject *convert = PyObject_GetItem(outputs, declared);
+    if (convert == NULL) {
+        return -1;
+    }
+    PyObject *value = PyObject_CallOneArg(convert, raw);
+    Py_DECREF(convert);
+    if (value == NULL) {
+        return -1;
+    }
+    int result = put_value(b, value);
+    Py_DECREF(value);
+    return result;
+}
+
+typedef struct {
+    PyObject *new, *types, *kinds, *outputs;
+} Row;
+
+static int
+put_column(Buffer *b, const Row *row, PyObject *column)
+{
+    PyObject *raw = PyDict_GetItemWithError(row->new, column);
+    if (raw == NULL) {
+        return -1; /* not carried: the general reader says what it is */
+    }
+    if (raw == Py_None) {
+        return PUT_LITERAL(b, "null");
+    }
+    PyObject *declared = PyDict_GetItemWithError(row->types, column);
+    if (declared == NULL) {
+        return -1;
+    }
+    switch (kind_of(row->kinds, declared)) {
+    case SAME:
+        return put_value(b, raw);
+    case INTEGER:
+        if (PyLong_CheckExact(raw)) {
+            return put_int(b, raw);
+        }
+        break;
+    case BOOLEAN:
+        if (PyBool_Check(raw)) {
+            return put_value(b, raw);
+        }
+        break;
+    case NUMBER:
+        if ((PyObject *)Py_TYPE(raw) == decimal_type) {
+            return put_decimal(b, raw);
+        }
+        if (PyLong_CheckExact(raw)) {
+            return put_int(b, raw);
+        }
+        break;
+    case PADDED:
+        if (PyUnicode_CheckExact(raw)) {
+            return put_padded(b, raw);
+        }
+        break;
+    case TIMESTAMPTZ:
+        if (PyUnicode_CheckExact(raw)) {
+            int written = put_timestamptz(b, raw);
+            if (written <= 0) {
+                return written;
+            }
+        }
+        break;
+    case CONVERTED:
+        break;
+    default:
+        return -1;
+    }
+    return put_converted(b, row->outputs, declared, raw);
+}
+
+static int
+put_fields(Buffer *b, const Row *row, PyObject *fields)
+{
+    if (!PyTuple_Check(fields) || PUT_LITERAL(b, "{") < 0) {
+        return -1;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(fields);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *field = PyTuple_GET_ITEM(fields, i);
+        if (!PyTuple_Check(field) || PyTuple_GET_SIZE(field) != 3) {
+            return -1;
+        }
+        PyObject *key = PyTuple_GET_ITEM(field, 0);
+        long how = PyLong_AsLong(PyTuple_GET_ITEM(field, 1));
+        PyObject *what = PyTuple_GET_ITEM(field, 2);
+        if (!PyBytes_Check(key) || (i > 0 && PUT_LITERAL(b, ",") < 0) ||
+            put_bytes(b, key) < 0) {
+            return -1;
+        }
+        int failed;
+        if (how == COLUMN) {
+            failed = put_column(b, row, what);
+        }
+        else if (how == CONSTANT && PyBytes_Check(what)) {
+            failed = put_bytes(b, what);
+        }
+        else if (how == NESTED) {
+            failed = put_fields(b, row, what);
+        }
+        else {
+            failed = -1;
+        }
+        if (failed) {
+            return -1;
+        }
+    }
+    return PUT_LITERAL(b, "}");
+}
+
+/* ---- the call ------------------------------------------------------------- */
+
+static int
+put_template(Buffer *b, PyObject *const *args)
+{
+    PyObject *template = args[0];
+    Row row = {args[2], args[3], args[4], args[5]};
+    if (!PyTuple_Check(template) || !PyDict_CheckExact(row.new) ||
+        !PyDict_CheckExact(row.types) || !PyDict_Check(row.kinds)) {
+        return -1;
+    }
+    Py_ssize_t fields_start = -1, fields_end = -1;
+    Py_ssize_t count = PyTuple_GET_SIZE(template);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *part = PyTuple_GET_ITEM(template, i);
+        int failed;
+        if (PyBytes_Check(part)) {
+            failed = put_bytes(b, part);
+        }
+        else {
+            switch (PyLong_AsLong(part)) {
+            case FIELDS:
+                if (fields_start < 0) {
+                    fields_start = b->len;
+                    failed = put_fields(b, &row, args[1]);
+                    fields_end = b->len;
+                }
+                else { /* an identify's traits, again in its context */
+                    Py_ssize_t len = fields_end - fields_start;
+                    failed = reserve(b, len);
+                    if (!failed) {
+                        memcpy(b->data + b->len, b->data + fields_start, (size_t)len);
+                        b->len += len;
+                    }
+                }
+                break;
+            case MESSAGE_ID:
+                failed = !PyUnicode_CheckExact(args[6]) || put_str(b, args[6]);
+                break;
+            case USER_ID:
+                failed = !PyUnicode_CheckExact(args[7]) || put_str(b, args[7]);
+                break;
+            case TIMESTAMP:
+                failed = !PyUnicode_CheckExact(args[8]) || put_str(b, args[8]);
+                break;
+            default:
+                failed = -1;
+            }
+        }
+        if (failed) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+write_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "write() takes 9 arguments");
+        return NULL;
+    }
+    if (dumps == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "write() before configure()");
+        return NULL;
+    }
+    Buffer b;
+    b.data = b.small;
+    b.len = 0;
+    b.cap = (Py_ssize_t)sizeof(b.small);
+    PyObject *result = NULL;
+    if (put_template(&b, args) == 0) {
+        result = PyBytes_FromStringAndSize(b.data, b.len);
+    }
+    if (b.data != b.small) {
+        PyMem_Free(b.data);
+    }
+    if (result == NULL) {
+        PyErr_Clear(); /* the mapper's general path meets it and says what */
+        Py_RETURN_NONE;
+    }
+    return result;
+}
+
+static PyObject *
+configure(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *decimal, *dump;
+    if (!PyArg_ParseTuple(args, "OO:configure", &decimal, &dump)) {
+        return NULL;
+    }
+    Py_XSETREF(decimal_type, Py_NewRef(decimal));
+    Py_XSETREF(dumps, Py_NewRef(dump));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"write", (PyCFunction)(void (*)(void))write_call, METH_FASTCALL,
+     "write(template, fields, new, types, kinds, outputs, message_id, user_id,\n"
+     "      timestamp) -> bytes | None\n\n"
+     "A call's body as the mapper's Python path writes it; None to leave the\n"
+     "call to that path."},
+    {"configure", configure, METH_VARARGS,
+     "configure(decimal_type, dumps): what write() calls on."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    "_writer",
+    "A one-pass writer of calls (see mapping/mapper.py).",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__writer(void)
+{
+    return PyModule_Create(&module_def);
+}

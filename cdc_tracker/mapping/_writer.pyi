@@ -1,0 +1,19 @@
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+def configure(
+    decimal_type: type[Decimal], dumps: Callable[[Any], bytes], /
+) -> None: ...
+def write(
+    template: tuple[bytes | int, ...],
+    fields: tuple[tuple[bytes, int, Any], ...],
+    new: dict[str, Any] | None,
+    types: dict[str, str],
+    kinds: dict[str, int],
+    outputs: dict[str, Callable[[Any], Any]],
+    message_id: str,
+    user_id: str,
+    timestamp: str,
+    /,
+) -> bytes | None: ...

@@ -1,0 +1,181 @@
+"""The C call writer makes the bytes the mapper's Python path makes, or declines.
+
+``Mapper.map_encoded`` hands a rule whose fields are columns of the new row and
+literals to ``_writer``; a call it declines is made as a dict and encoded by
+orjson, as every call is without it. Each test maps the same real changes both
+ways (the writer switched off by ``_write = None``) and compares calls byte for
+byte, dead letters included; and checks that the writer did answer, so that a
+writer declining everything would fail here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from cdc_tracker.destination.batching import EncodedCall
+from cdc_tracker.mapping.mapper import Mapper
+from cdc_tracker.model import Action, Change, DeadLetter, Lsn
+from cdc_tracker.rules.rulebook import load_rulebook
+from tests.harness import live_changes
+from tests.mapping.test_map_encoded import MORE_ROWS, RULEBOOK, _encoded, _letter
+from tests.replay.test_values_match_live import ROWS, TYPES_TABLE
+
+TEXTS = """
+version: 1
+tables:
+  public.texts:
+    user_id: id
+identify:
+  - table: texts
+    on: [insert, update]
+    traits:
+      body: body
+      padded: padded
+      moment: moment
+      constant: "'x'"
+track:
+  - event: Text Written
+    table: texts
+    on: insert
+    properties:
+      body: body
+      nested:
+        padded: padded
+        moment: moment
+"""
+# Every ASCII control character, quotes, backslashes, and each UTF-8 length.
+TEXTS_TABLE = (
+    "create table texts (id int primary key, body text, padded char(6), "
+    "moment timestamptz)"
+)
+TEXT_ROWS = [
+    "insert into texts select i, 'c' || chr(i) || '\"\\/', chr(i + 64), "
+    "'2026-12-04 16:42:12.5+02' from generate_series(1, 31) i",
+    "insert into texts values "
+    "(40, 'é 中 😀 \u2028', 'é  ', '2026-02-28 23:59:59.999999+00')",
+    "insert into texts values (41, '', '', '0001-01-01 00:00:00+00')",
+    "insert into texts values (42, null, null, null)",
+    "insert into texts values (43, 'ends \\', '      ', '1200-06-30 12:00:00 BC')",
+    "insert into texts values (44, 'x', 'y', 'infinity')",
+    "insert into texts values (45, 'x', 'y', '2024-02-29 00:00:00.000001+00')",
+    "update texts set body = body || '!' where id <= 3",
+]
+
+
+def _both_ways(
+    rulebook: Path, changes: list[Change]
+) -> tuple[list[Any], list[Any], int]:
+    """Each way's calls and dead letters, and how many calls the writer wrote."""
+    book = load_rulebook(rulebook)
+    written = 0
+    results = []
+    for use_writer in (True, False):
+        mapper = Mapper(book, "ns")
+        write = mapper._write
+        assert write is not None, "the C writer is not built"
+        if use_writer:
+
+            def counting(*args: Any, _write: Callable[..., Any] = write) -> Any:
+                nonlocal written
+                body = _write(*args)
+                written += body is not None
+                return body
+
+            mapper._write = counting
+        else:
+            mapper._write = None
+        calls: list[EncodedCall] = []
+        dead: list[DeadLetter] = []
+        for change in changes:
+            mapper.map_encoded(change, calls, dead)
+        results.append(([_encoded(call) for call in calls], sorted(map(_letter, dead))))
+    return results[0], results[1], written
+
+
+def test_a_column_of_every_kind_is_written_as_python_writes_it(
+    empty_db: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(RULEBOOK)
+    changes = live_changes(empty_db, [TYPES_TABLE, *ROWS, *MORE_ROWS], ["public.kinds"])
+
+    fast, slow, written = _both_ways(path, changes)
+
+    assert fast == slow
+    assert len(fast[0]) > 10
+    # The identify of every column and the "Flagged" track are written in C;
+    # rules reading old values or expressions are not the writer's.
+    assert written >= len(changes)
+
+
+def test_texts_and_times_are_written_as_python_writes_them(
+    empty_db: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(TEXTS)
+    changes = live_changes(empty_db, [TEXTS_TABLE, *TEXT_ROWS], ["public.texts"])
+
+    fast, slow, written = _both_ways(path, changes)
+
+    assert fast == slow
+    calls = fast[0]
+    assert len(calls) == 2 * 37 + 3
+    # A BC date or infinity, which the writer hands to values.py, included.
+    assert written == len(calls)
+    bodies = b"".join(call[2] for call in calls)
+    assert b'"c\\u001f\\"\\\\/"' in bodies
+    assert b'"moment":"2026-12-04T14:42:12.500000Z"' in bodies
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Asia/Kolkata", "America/St_Johns", "Europe/Amsterdam"]
+)
+def test_times_the_server_prints_in_any_zone_are_written_as_python_writes_them(
+    empty_db: str, tmp_path: Path, zone: str
+) -> None:
+    # The daemon reads in UTC; these are the server's prints in other zones
+    # (offsets with minutes, and Amsterdam's local mean time of 1850, +00:19:32).
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(f"set timezone = '{zone}'")
+        printed = [
+            str(row[0])
+            for row in conn.execute(
+                "select t::text from unnest(array["
+                "'2026-12-04 16:42:12.123456+00', '2026-07-01 00:00:00+00',"
+                "'1850-01-01 12:00:00.5+00', '9999-12-31 23:59:59.99+00',"
+                "'2000-02-29 12:00:00.000010+00']::timestamptz[]) t"
+            )
+        ]
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(TEXTS)
+    changes = [
+        Change(
+            "public.texts",
+            Action.INSERT,
+            {"id": n, "body": "b", "padded": "p", "moment": text},
+            None,
+            {
+                "id": "integer",
+                "body": "text",
+                "padded": "character(6)",
+                "moment": "timestamp with time zone",
+            },
+            Lsn(0x1000),
+            n,
+            datetime(2026, 12, 4, tzinfo=UTC),
+            ("id",),
+            f"0/1.{n}",
+        )
+        for n, text in enumerate(printed)
+    ]
+
+    fast, slow, written = _both_ways(path, changes)
+
+    assert fast == slow
+    assert written >= 2 * (len(printed) - 1)  # LMT's offset in seconds is Python's
