@@ -22,6 +22,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 enum { FIELDS = 0, MESSAGE_ID = 1, USER_ID = 2, TIMESTAMP = 3 };
@@ -550,6 +551,222 @@ write_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* ---- messageIds ---------------------------------------------------------- */
+
+/* BLAKE2b (RFC 7693) with a 16-byte digest, unkeyed: what ids.digest hashes
+ * with hashlib, here without a Python object per step. */
+
+static const uint64_t blake2b_iv[8] = {
+    0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL,
+    0xA54FF53A5F1D36F1ULL, 0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL,
+    0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL,
+};
+
+static const uint8_t blake2b_sigma[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+static inline uint64_t
+rotr64(uint64_t x, int n)
+{
+    return (x >> n) | (x << (64 - n));
+}
+
+static inline uint64_t
+load64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+#define MIX(a, b, c, d, x, y)           \
+    do {                                \
+        v[a] = v[a] + v[b] + (x);       \
+        v[d] = rotr64(v[d] ^ v[a], 32); \
+        v[c] = v[c] + v[d];             \
+        v[b] = rotr64(v[b] ^ v[c], 24); \
+        v[a] = v[a] + v[b] + (y);       \
+        v[d] = rotr64(v[d] ^ v[a], 16); \
+        v[c] = v[c] + v[d];             \
+        v[b] = rotr64(v[b] ^ v[c], 63); \
+    } while (0)
+
+static void
+blake2b_compress(uint64_t h[8], const unsigned char block[128], uint64_t counted,
+                 int last)
+{
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = blake2b_iv[i];
+    }
+    v[12] ^= counted; /* the counter's high word stays 0: ids are short */
+    if (last) {
+        v[14] = ~v[14];
+    }
+    for (int i = 0; i < 16; i++) {
+        m[i] = load64(block + 8 * i);
+    }
+    for (int round = 0; round < 12; round++) {
+        const uint8_t *s = blake2b_sigma[round];
+        MIX(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        MIX(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        MIX(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        MIX(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        MIX(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        MIX(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        MIX(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        MIX(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) {
+        h[i] ^= v[i] ^ v[i + 8];
+    }
+}
+
+#define ID_DIGEST_BYTES 16
+
+/* "cdct-" and the hex of the 16-byte BLAKE2b of ``data``, as ids.digest. */
+static PyObject *
+digest_id(const unsigned char *data, Py_ssize_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t h[8];
+    for (int i = 0; i < 8; i++) {
+        h[i] = blake2b_iv[i];
+    }
+    h[0] ^= 0x01010000ULL ^ ID_DIGEST_BYTES;
+    uint64_t counted = 0;
+    while (len > 128) {
+        counted += 128;
+        blake2b_compress(h, data, counted, 0);
+        data += 128;
+        len -= 128;
+    }
+    unsigned char block[128] = {0};
+    memcpy(block, data, (size_t)len);
+    counted += (uint64_t)len;
+    blake2b_compress(h, block, counted, 1);
+    PyObject *id = PyUnicode_New(5 + 2 * ID_DIGEST_BYTES, 127);
+    if (id == NULL) {
+        return NULL;
+    }
+    Py_UCS1 *o = PyUnicode_1BYTE_DATA(id);
+    memcpy(o, "cdct-", 5);
+    o += 5;
+    for (int i = 0; i < ID_DIGEST_BYTES; i++) {
+        unsigned char byte = (unsigned char)(h[i / 8] >> (8 * (i % 8)));
+        *o++ = (Py_UCS1)hex[byte >> 4];
+        *o++ = (Py_UCS1)hex[byte & 15];
+    }
+    return id;
+}
+
+/* str(value)'s UTF-8, as ids.key_text joins it. */
+static int
+put_text_of(Buffer *b, PyObject *value)
+{
+    if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (!overflow && !(n == -1 && PyErr_Occurred())) {
+            char digits[24];
+            int len = snprintf(digits, sizeof(digits), "%lld", n);
+            return put(b, digits, len);
+        }
+        PyErr_Clear();
+    }
+    PyObject *text =
+        PyUnicode_CheckExact(value) ? Py_NewRef(value) : PyObject_Str(value);
+    if (text == NULL) {
+        return -1;
+    }
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(text, &len);
+    int result = s == NULL ? -1 : put(b, s, len);
+    Py_DECREF(text);
+    return result;
+}
+
+static PyObject *
+finish_id(Buffer *b, int failed)
+{
+    PyObject *id = failed ? NULL : digest_id((const unsigned char *)b->data, b->len);
+    if (b->data != b->small) {
+        PyMem_Free(b->data);
+    }
+    return id;
+}
+
+/* key_id(prefix, new, key): ids.digest(prefix + ids.key_text(the key's values
+ * in new)), a column new lacks read as None, as Mapper._live_id names an
+ * insert's calls. */
+static PyObject *
+key_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1]) ||
+        !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "key_id(prefix: bytes, new: dict, key: tuple)");
+        return NULL;
+    }
+    Buffer b;
+    b.data = b.small;
+    b.len = 0;
+    b.cap = (Py_ssize_t)sizeof(b.small);
+    int failed = put_bytes(&b, args[0]) < 0;
+    Py_ssize_t count = PyTuple_GET_SIZE(args[2]);
+    for (Py_ssize_t i = 0; i < count && !failed; i++) {
+        PyObject *value = PyDict_GetItemWithError(args[1], PyTuple_GET_ITEM(args[2], i));
+        if (value == NULL && PyErr_Occurred()) {
+            failed = 1;
+            break;
+        }
+        failed = (i > 0 && PUT_LITERAL(&b, "\x1f") < 0) ||
+                 put_text_of(&b, value != NULL ? value : Py_None) < 0;
+    }
+    return finish_id(&b, failed);
+}
+
+/* position_id_after(prefix, commit_lsn, at): ids.digest(prefix + f"{commit_lsn}\x1e
+ * {at}"), the prefix being "{namespace}\x1e{rule}\x1e", as ids.position_id. */
+static PyObject *
+position_id_after(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "position_id_after(prefix: bytes, commit_lsn: int, at: str | int)");
+        return NULL;
+    }
+    unsigned long long lsn = PyLong_AsUnsignedLongLong(args[1]);
+    if (lsn == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Buffer b;
+    b.data = b.small;
+    b.len = 0;
+    b.cap = (Py_ssize_t)sizeof(b.small);
+    char digits[24];
+    int len = snprintf(digits, sizeof(digits), "%llu\x1e", lsn);
+    int failed = put_bytes(&b, args[0]) < 0 || put(&b, digits, len) < 0 ||
+                 put_text_of(&b, args[2]) < 0;
+    return finish_id(&b, failed);
+}
+
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
@@ -569,6 +786,11 @@ static PyMethodDef methods[] = {
      "      timestamp) -> bytes | None\n\n"
      "A call's body as the mapper's Python path writes it; None to leave the\n"
      "call to that path."},
+    {"key_id", (PyCFunction)(void (*)(void))key_id, METH_FASTCALL,
+     "key_id(prefix, new, key) -> str: an insert's messageId (see ids.py)."},
+    {"position_id_after", (PyCFunction)(void (*)(void))position_id_after, METH_FASTCALL,
+     "position_id_after(prefix, commit_lsn, at) -> str: a change's messageId by its\n"
+     "WAL position (see ids.py)."},
     {"configure", configure, METH_VARARGS,
      "configure(decimal_type, dumps): what write() calls on."},
     {NULL, NULL, 0, NULL},

@@ -22,7 +22,7 @@ workspace receives, since dedup is not scoped per source.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, tzinfo
 from hashlib import blake2b
 from typing import Any
@@ -62,7 +62,24 @@ def position_id(namespace: str, rule_id: str, commit_lsn: Lsn, at: str | int) ->
     """The id of a call made by the change at ``at`` in the transaction that
     commits at ``commit_lsn``: its WAL position (``Change.wal_position``), or its
     ordinal for a change stored before positions were kept."""
-    return digest(f"{namespace}\x1e{rule_id}\x1e{int(commit_lsn)}\x1e{at}")
+    return _position_id_after(position_prefix(namespace, rule_id), commit_lsn, at)
+
+
+def position_prefix(namespace: str, rule_id: str) -> bytes:
+    """What every position id of a rule is made of before the position (the hot
+    path builds it once per rule)."""
+    return f"{namespace}\x1e{rule_id}\x1e".encode()
+
+
+def _position_id_after(prefix: bytes, commit_lsn: Lsn, at: str | int) -> str:
+    """``position_id`` from the rule's ``position_prefix``."""
+    return digest(prefix.decode() + f"{int(commit_lsn)}\x1e{at}")
+
+
+def _key_id(prefix: bytes, new: dict[str, Any], key: tuple[str, ...]) -> str:
+    """``insert_id`` from the rule's ``insert_prefix`` (encoded) and the new
+    row, a key column it lacks read as None."""
+    return digest(prefix.decode() + key_text([new.get(column) for column in key]))
 
 
 def digest(material: str) -> str:
@@ -121,3 +138,13 @@ def definition(rule: Rule, zone: tzinfo = UTC) -> str:
     if str(zone) != "UTC":
         parts.append(f"timezone={zone}")
     return blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
+
+
+# The hot path names every call with one of these two: computed in C
+# (mapping/_writer.c) when it is built, the same ids.
+key_id: Callable[[bytes, dict[str, Any], tuple[str, ...]], str]
+position_id_after: Callable[[bytes, Lsn, str | int], str]
+try:
+    from cdc_tracker.mapping._writer import key_id, position_id_after
+except ImportError:  # built without a C compiler
+    key_id, position_id_after = _key_id, _position_id_after

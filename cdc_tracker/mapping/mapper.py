@@ -329,11 +329,9 @@ class Mapper:
             and change.key
             and change.new is not None
         ):
-            values = [change.new.get(column) for column in change.key]
-            return ids.digest(plan.insert_prefix + ids.key_text(values))
-        return ids.position_id(
-            self.namespace,
-            plan.rule.id,
+            return ids.key_id(plan.insert_material, change.new, change.key)
+        return ids.position_id_after(
+            plan.position_material,
             change.commit_lsn,
             change.wal_position or change.ordinal,
         )
@@ -395,11 +393,13 @@ class _Plan:
         "event",
         "fields",
         "identify",
+        "insert_material",
         "insert_prefix",
         "integrations",
         "kind",
         "needs_row",
         "null_user_id",
+        "position_material",
         "rule",
         "template",
         "user_column",
@@ -423,6 +423,8 @@ class _Plan:
         self.by_key = by_key
         self.definition = ids.definition(rule, zone)
         self.insert_prefix = ids.insert_prefix(namespace, ids.insert_name(rule, zone))
+        self.insert_material = self.insert_prefix.encode()
+        self.position_material = ids.position_prefix(namespace, rule.id)
         # Whether the rule reads anything but bare columns of the new row and
         # literals; if not, its calls are made without a RowView.
         self.needs_row = bool(
