@@ -32,6 +32,7 @@ enum { SAME = 0, INTEGER = 1, BOOLEAN = 2, NUMBER = 3, CONVERTED = 4, PADDED = 5
 
 static PyObject *decimal_type;  /* decimal.Decimal */
 static PyObject *dumps;         /* value -> bytes, the mapper's orjson options */
+static PyObject *body_name;     /* "body", of an EncodedCall */
 
 /* ---- the buffer ----------------------------------------------------------- */
 
@@ -767,6 +768,72 @@ position_id_after(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return finish_id(&b, failed);
 }
 
+/* ---- request bodies ------------------------------------------------------ */
+
+/* join_bodies(calls, tail): b'{"batch":[' + each call's body but its closing
+ * brace, followed by ``tail`` (its sentAt and the brace), comma-separated +
+ * b']}', as batching.request_body joins them; None when a body is not bytes
+ * or is shorter than {} plus a key (the Python path handles "{}"). */
+static PyObject *
+join_bodies(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    static const char open[] = "{\"batch\":[";
+    static const char close[] = "]}";
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "join_bodies(calls: list, tail: bytes)");
+        return NULL;
+    }
+    PyObject *calls = args[0];
+    Py_ssize_t count = PyList_GET_SIZE(calls);
+    Py_ssize_t tail_len = PyBytes_GET_SIZE(args[1]);
+    PyObject **bodies = PyMem_Malloc(sizeof(PyObject *) * (size_t)(count ? count : 1));
+    if (bodies == NULL) {
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t total = (Py_ssize_t)sizeof(open) - 1 + (Py_ssize_t)sizeof(close) - 1;
+    Py_ssize_t got = 0;
+    PyObject *result = NULL;
+    for (; got < count; got++) {
+        PyObject *body = PyObject_GetAttr(PyList_GET_ITEM(calls, got), body_name);
+        if (body == NULL) {
+            goto done;
+        }
+        bodies[got] = body;
+        if (!PyBytes_Check(body) || PyBytes_GET_SIZE(body) < 3) {
+            got++;
+            Py_INCREF(Py_None);
+            result = Py_None;
+            goto done;
+        }
+        total += PyBytes_GET_SIZE(body) - 1 + tail_len + (got > 0);
+    }
+    result = PyBytes_FromStringAndSize(NULL, total);
+    if (result == NULL) {
+        goto done;
+    }
+    char *o = PyBytes_AS_STRING(result);
+    memcpy(o, open, sizeof(open) - 1);
+    o += sizeof(open) - 1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (i > 0) {
+            *o++ = ',';
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(bodies[i]) - 1;
+        memcpy(o, PyBytes_AS_STRING(bodies[i]), (size_t)len);
+        o += len;
+        memcpy(o, PyBytes_AS_STRING(args[1]), (size_t)tail_len);
+        o += tail_len;
+    }
+    memcpy(o, close, sizeof(close) - 1);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        Py_DECREF(bodies[i]);
+    }
+    PyMem_Free(bodies);
+    return result;
+}
+
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
@@ -791,6 +858,8 @@ static PyMethodDef methods[] = {
     {"position_id_after", (PyCFunction)(void (*)(void))position_id_after, METH_FASTCALL,
      "position_id_after(prefix, commit_lsn, at) -> str: a change's messageId by its\n"
      "WAL position (see ids.py)."},
+    {"join_bodies", (PyCFunction)(void (*)(void))join_bodies, METH_FASTCALL,
+     "join_bodies(calls, tail) -> bytes | None: a request body (see batching.py)."},
     {"configure", configure, METH_VARARGS,
      "configure(decimal_type, dumps): what write() calls on."},
     {NULL, NULL, 0, NULL},
@@ -811,5 +880,9 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__writer(void)
 {
+    body_name = PyUnicode_InternFromString("body");
+    if (body_name == NULL) {
+        return NULL;
+    }
     return PyModule_Create(&module_def);
 }

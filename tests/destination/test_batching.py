@@ -7,7 +7,13 @@ from datetime import datetime
 import orjson
 import pytest
 
-from cdc_tracker.destination import BatchLimits, EncodedCall, make_batches, request_body
+from cdc_tracker.destination import (
+    BatchLimits,
+    EncodedCall,
+    batching,
+    make_batches,
+    request_body,
+)
 from cdc_tracker.destination.encode import rfc3339_ms
 from tests.destination.conftest import encoded, make_call
 
@@ -78,3 +84,28 @@ def test_request_body_is_a_batch_envelope_with_sent_at_on_every_call() -> None:
 
 def test_no_calls_make_no_requests() -> None:
     assert make_batches([], BatchLimits()).requests == []
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 500])
+def test_request_bodies_joined_in_c_are_the_python_join(
+    count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = encoded(count)
+
+    assert batching._join_bodies is not None, "the C writer is not built"
+    joined = request_body(calls, SENT_AT)
+    monkeypatch.setattr(batching, "_join_bodies", None)
+
+    assert joined == request_body(calls, SENT_AT)
+    assert [call["sentAt"] for call in orjson.loads(joined)["batch"]] == [
+        SENT_AT
+    ] * count
+
+
+def test_an_empty_object_call_takes_the_python_join() -> None:
+    call = encoded(1)[0]
+    call.body = b"{}"
+
+    body = request_body([call, *encoded(1)], SENT_AT)
+
+    assert orjson.loads(body)["batch"][0] == {"sentAt": SENT_AT}
