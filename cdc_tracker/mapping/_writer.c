@@ -834,6 +834,55 @@ done:
     return result;
 }
 
+/* ---- userIds -------------------------------------------------------------- */
+
+static int
+is_ascii_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F);
+}
+
+/* user_text(new, types, kinds, column): the userId Mapper._user_id makes of a
+ * bare column of the new row, in its two common cases: an integer (its decimal
+ * text) and a text with nothing to strip; None for anything else (absent,
+ * null, another type or kind, spaces at its ends, non-ASCII), which the Python
+ * path reads, converts and explains. */
+static PyObject *
+user_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4 || !PyDict_Check(args[0]) || !PyDict_Check(args[1]) ||
+        !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "user_text(new: dict, types: dict, kinds: dict, column: str)");
+        return NULL;
+    }
+    PyObject *raw = PyDict_GetItemWithError(args[0], args[3]);
+    PyObject *declared = raw == NULL ? NULL : PyDict_GetItemWithError(args[1], args[3]);
+    if (declared == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    int kind = kind_of(args[2], declared);
+    if (kind < 0) {
+        return NULL;
+    }
+    if (PyLong_CheckExact(raw) && (kind == SAME || kind == INTEGER || kind == NUMBER)) {
+        return PyObject_Str(raw);
+    }
+    if (PyUnicode_CheckExact(raw) && (kind == SAME || kind == PADDED) &&
+        PyUnicode_IS_ASCII(raw)) {
+        Py_ssize_t len = PyUnicode_GET_LENGTH(raw);
+        const unsigned char *s = PyUnicode_1BYTE_DATA(raw);
+        if (len > 0 && !is_ascii_space(s[0]) && !is_ascii_space(s[len - 1])) {
+            return Py_NewRef(raw);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
@@ -860,6 +909,8 @@ static PyMethodDef methods[] = {
      "WAL position (see ids.py)."},
     {"join_bodies", (PyCFunction)(void (*)(void))join_bodies, METH_FASTCALL,
      "join_bodies(calls, tail) -> bytes | None: a request body (see batching.py)."},
+    {"user_text", (PyCFunction)(void (*)(void))user_text, METH_FASTCALL,
+     "user_text(new, types, kinds, column) -> str | None: a bare column's userId."},
     {"configure", configure, METH_VARARGS,
      "configure(decimal_type, dumps): what write() calls on."},
     {NULL, NULL, 0, NULL},

@@ -47,11 +47,15 @@ from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Fields, Rule, Rulebook
 
 _write_call: Callable[..., bytes | None] | None
+_user_text: (
+    Callable[[dict[str, Any], dict[str, str], dict[str, int], str], str | None] | None
+)
 try:
     from cdc_tracker.mapping._writer import configure
+    from cdc_tracker.mapping._writer import user_text as _user_text
     from cdc_tracker.mapping._writer import write as _write_call
 except ImportError:  # built without a C compiler: every call is a dict, then orjson
-    _write_call = None
+    _write_call = _user_text = None
 else:
     configure(
         Decimal,
@@ -198,20 +202,18 @@ class Mapper:
                 return None
         elif plan.needs_row:
             raise _NeedsRow
-        value = _SLOW
-        if plan.user_column is not None:
-            value = _read_new(
-                plan.user_column, change.new, change.types, self._converters
+        user_id = None
+        if (
+            plan.user_column is not None
+            and _user_text is not None
+            and change.new is not None
+        ):
+            # The common cases in C: an integer, a text with nothing to strip.
+            user_id = _user_text(
+                change.new, change.types, self._kinds, plan.user_column
             )
-        if value is _SLOW:
-            if row is None:
-                raise _NeedsRow
-            value = plan.user_id(row)
-        user_id = _user_id(value)
         if user_id is None:
-            raise EvaluationError(
-                plan.null_user_id if _blank(value) else plan.not_a_user_id(value)
-            )
+            user_id = self._user_id(plan, change, row)
         if write and plan.template is not None and self._write is not None:
             message_id = self._live_id(plan, change)
             body = self._write(
@@ -253,6 +255,24 @@ class Mapper:
         if plan.integrations is not None:
             payload["integrations"] = plan.integrations
         return message_id, user_id, payload
+
+    def _user_id(self, plan: _Plan, change: Change, row: RowView | None) -> str:
+        """The rule's userId for the change; raises as ``_apply`` says."""
+        value = _SLOW
+        if plan.user_column is not None:
+            value = _read_new(
+                plan.user_column, change.new, change.types, self._converters
+            )
+        if value is _SLOW:
+            if row is None:
+                raise _NeedsRow
+            value = plan.user_id(row)
+        user_id = _user_id(value)
+        if user_id is None:
+            raise EvaluationError(
+                plan.null_user_id if _blank(value) else plan.not_a_user_id(value)
+            )
+        return user_id
 
     def _encode(
         self,

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from cdc_tracker.destination.batching import EncodedCall
+from cdc_tracker.mapping import mapper as mapper_module
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Action, Change, DeadLetter, Lsn
 from cdc_tracker.rules.rulebook import load_rulebook
@@ -48,6 +49,12 @@ track:
       nested:
         padded: padded
         moment: moment
+  - event: By Body
+    table: texts
+    on: insert
+    user_id: body
+    properties:
+      padded: padded
 """
 # Every ASCII control character, quotes, backslashes, and each UTF-8 length.
 TEXTS_TABLE = (
@@ -64,18 +71,21 @@ TEXT_ROWS = [
     "insert into texts values (43, 'ends \\', '      ', '1200-06-30 12:00:00 BC')",
     "insert into texts values (44, 'x', 'y', 'infinity')",
     "insert into texts values (45, 'x', 'y', '2024-02-29 00:00:00.000001+00')",
+    "insert into texts values (46, e' spaced\\t', 'z', null)",
     "update texts set body = body || '!' where id <= 3",
 ]
 
 
 def _both_ways(
-    rulebook: Path, changes: list[Change]
+    rulebook: Path, changes: list[Change], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[Any], list[Any], int]:
     """Each way's calls and dead letters, and how many calls the writer wrote."""
     book = load_rulebook(rulebook)
     written = 0
     results = []
     for use_writer in (True, False):
+        if not use_writer:
+            monkeypatch.setattr(mapper_module, "_user_text", None)
         mapper = Mapper(book, "ns")
         write = mapper._write
         assert write is not None, "the C writer is not built"
@@ -99,13 +109,13 @@ def _both_ways(
 
 
 def test_a_column_of_every_kind_is_written_as_python_writes_it(
-    empty_db: str, tmp_path: Path
+    empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "rulebook.yaml"
     path.write_text(RULEBOOK)
     changes = live_changes(empty_db, [TYPES_TABLE, *ROWS, *MORE_ROWS], ["public.kinds"])
 
-    fast, slow, written = _both_ways(path, changes)
+    fast, slow, written = _both_ways(path, changes, monkeypatch)
 
     assert fast == slow
     assert len(fast[0]) > 10
@@ -115,17 +125,20 @@ def test_a_column_of_every_kind_is_written_as_python_writes_it(
 
 
 def test_texts_and_times_are_written_as_python_writes_them(
-    empty_db: str, tmp_path: Path
+    empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "rulebook.yaml"
     path.write_text(TEXTS)
     changes = live_changes(empty_db, [TEXTS_TABLE, *TEXT_ROWS], ["public.texts"])
 
-    fast, slow, written = _both_ways(path, changes)
+    fast, slow, written = _both_ways(path, changes, monkeypatch)
 
     assert fast == slow
-    calls = fast[0]
-    assert len(calls) == 2 * 37 + 3
+    calls, letters = fast
+    # 38 inserts (identify, Text Written), 3 updates (identify), and "By Body"
+    # for every insert but the empty and the null body (dead letters).
+    assert len(calls) == 2 * 38 + 3 + 36
+    assert len(letters) == 2
     # A BC date or infinity, which the writer hands to values.py, included.
     assert written == len(calls)
     bodies = b"".join(call[2] for call in calls)
@@ -137,7 +150,7 @@ def test_texts_and_times_are_written_as_python_writes_them(
     "zone", ["UTC", "Asia/Kolkata", "America/St_Johns", "Europe/Amsterdam"]
 )
 def test_times_the_server_prints_in_any_zone_are_written_as_python_writes_them(
-    empty_db: str, tmp_path: Path, zone: str
+    empty_db: str, tmp_path: Path, zone: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The daemon reads in UTC; these are the server's prints in other zones
     # (offsets with minutes, and Amsterdam's local mean time of 1850, +00:19:32).
@@ -175,7 +188,7 @@ def test_times_the_server_prints_in_any_zone_are_written_as_python_writes_them(
         for n, text in enumerate(printed)
     ]
 
-    fast, slow, written = _both_ways(path, changes)
+    fast, slow, written = _both_ways(path, changes, monkeypatch)
 
     assert fast == slow
     assert written >= 2 * (len(printed) - 1)  # LMT's offset in seconds is Python's
