@@ -42,6 +42,7 @@ from benchmarks.workload import (
     seed,
     write_workload,
 )
+from cdc_tracker import compiled
 from cdc_tracker.testing.postgres import ThrowawayPostgres, find_install
 
 SLOTS = ("bench_sql", "bench_recv", "bench_daemon")
@@ -322,10 +323,15 @@ def _header(args: argparse.Namespace, r: Results, version: str) -> list[str]:
         f"machine: {_cpu()}, {_cores()} cores, {_memory_gb():.0f} GB RAM, "
         f"{platform.system()} {platform.release()}",
         f"software: PostgreSQL {version}, wal2json {_wal2json()}, "
-        f"Python {platform.python_version()}",
+        f"Python {platform.python_version()}, compiled hot path {_compiled()}",
         f"workload (scale {args.scale}): {r.written.changes:,} changes in "
         f"{r.written.transactions:,} transactions; {r.calls:,} calls made",
     ]
+
+
+def _compiled() -> str:
+    absent = compiled.missing()
+    return f"not built ({', '.join(absent)})" if absent else "built"
 
 
 def server_version(dsn: str) -> str:

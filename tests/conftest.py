@@ -13,11 +13,22 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cdc_tracker import compiled
 from cdc_tracker.testing.postgres import PostgresServer, start_postgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import EXAMPLES, WRITE_KEY
 
 _databases = itertools.count(1)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The suite tests the compiled modules too: without them it would pass on
+    the Python path alone and say nothing of the code the daemon runs."""
+    absent = compiled.missing()
+    if absent:
+        pytest.exit(
+            f"not built: {', '.join(absent)}: {compiled.HOW_TO_BUILD}", returncode=2
+        )
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
+from cdc_tracker import compiled
 from cdc_tracker.ops.doctor import Finding, exit_code, render_json, render_text
+from cdc_tracker.ops.doctor.run import compiled_hot_path
 
 PASS = Finding("pass", "wal_level", "logical")
 WARN = Finding("warn", "slot", "not created yet", "nothing to do")
@@ -47,3 +50,20 @@ def test_json_carries_every_check_and_the_exit_code() -> None:
         "detail": "not created yet",
         "fix": "nothing to do",
     }
+
+
+def test_the_compiled_hot_path_passes_when_built_and_warns_when_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built = compiled_hot_path()
+    monkeypatch.setattr(
+        compiled, "MODULES", (*compiled.MODULES, "cdc_tracker.no_such_module")
+    )
+    missing = compiled_hot_path()
+
+    assert built.status == "pass"
+    assert missing.status == "warn"
+    assert "cdc_tracker.no_such_module" in missing.detail
+    assert "1.8 times the CPU" in missing.detail
+    assert missing.fix is not None
+    assert "apt-get install gcc" in missing.fix

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import structlog
 
+from cdc_tracker import compiled
 from cdc_tracker.errors import CdcTrackerError
 from cdc_tracker.ops.doctor import access, destination, rulebook, server, slot
 from cdc_tracker.ops.doctor.context import Context, NotChecked
@@ -37,7 +38,22 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("destination", destination.destination),
     ("destination health", destination.health),
     ("write key", destination.write_key),
+    ("compiled hot path", lambda ctx: compiled_hot_path()),
 )
+
+
+def compiled_hot_path() -> Finding:
+    """Whether rows are read and calls written in C (see cdc_tracker.compiled)."""
+    name = "compiled hot path"
+    absent = compiled.missing()
+    if absent:
+        return warned(
+            name,
+            f"not built ({', '.join(absent)}): every change takes the Python "
+            "path, at about 1.8 times the CPU",
+            compiled.HOW_TO_BUILD,
+        )
+    return passed(name, "change rows are read and calls written in C")
 
 
 def run_doctor(
