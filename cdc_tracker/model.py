@@ -11,6 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 
 class Lsn(int):
     """A WAL position. Prints the way PostgreSQL does: ``16/B374D848``."""
@@ -60,8 +62,7 @@ class Missing:
 MISSING = Missing()
 
 
-@dataclass(slots=True)
-class Change:
+class Change(msgspec.Struct):
     """One row change, as wal2json reported it, named by (commit_lsn, ordinal).
 
     ``new`` holds the columns wal2json wrote for the new row image (``None`` for a
@@ -76,6 +77,9 @@ class Change:
     position (``0/15071B8``; ``0/15071B8.2`` for the third row of one multi-row
     record, as COPY writes). It names the calls of updates and deletes; empty for
     a change read from a table (a replay).
+
+    A msgspec struct rather than a dataclass: one is made per change, in a
+    tenth of a microsecond instead of three.
     """
 
     table: str

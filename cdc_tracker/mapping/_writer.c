@@ -371,20 +371,10 @@ typedef struct {
     PyObject *new, *types, *kinds, *outputs;
 } Row;
 
+/* A column's value by its declared type's kind (see values.py). */
 static int
-put_column(Buffer *b, const Row *row, PyObject *column)
+put_value_of_kind(Buffer *b, const Row *row, PyObject *declared, PyObject *raw)
 {
-    PyObject *raw = PyDict_GetItemWithError(row->new, column);
-    if (raw == NULL) {
-        return -1; /* not carried: the general reader says what it is */
-    }
-    if (raw == Py_None) {
-        return PUT_LITERAL(b, "null");
-    }
-    PyObject *declared = PyDict_GetItemWithError(row->types, column);
-    if (declared == NULL) {
-        return -1;
-    }
     switch (kind_of(row->kinds, declared)) {
     case SAME:
         return put_value(b, raw);
@@ -425,6 +415,30 @@ put_column(Buffer *b, const Row *row, PyObject *column)
         return -1;
     }
     return put_converted(b, row->outputs, declared, raw);
+}
+
+static int
+put_column(Buffer *b, const Row *row, PyObject *column)
+{
+    PyObject *raw = PyDict_GetItemWithError(row->new, column);
+    if (raw == NULL) {
+        return -1; /* not carried: the general reader says what it is */
+    }
+    if (raw == Py_None) {
+        return PUT_LITERAL(b, "null");
+    }
+    PyObject *declared = PyDict_GetItemWithError(row->types, column);
+    if (declared == NULL) {
+        return -1;
+    }
+    /* Held while Python code runs (a kind made on first sight, a converter):
+     * the dicts they were borrowed from could change meanwhile. */
+    Py_INCREF(raw);
+    Py_INCREF(declared);
+    int result = put_value_of_kind(b, row, declared, raw);
+    Py_DECREF(declared);
+    Py_DECREF(raw);
+    return result;
 }
 
 static int
@@ -736,8 +750,10 @@ key_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             failed = 1;
             break;
         }
-        failed = (i > 0 && PUT_LITERAL(&b, "\x1f") < 0) ||
-                 put_text_of(&b, value != NULL ? value : Py_None) < 0;
+        value = value != NULL ? value : Py_None;
+        Py_INCREF(value); /* str() of it may run Python code */
+        failed = (i > 0 && PUT_LITERAL(&b, "\x1f") < 0) || put_text_of(&b, value) < 0;
+        Py_DECREF(value);
     }
     return finish_id(&b, failed);
 }
@@ -842,11 +858,30 @@ is_ascii_space(unsigned char c)
     return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F);
 }
 
+/* The userId of a column's raw value of this kind, in the two common cases:
+ * an integer (its decimal text) and an ASCII text with nothing to strip; None
+ * for anything else. */
+static PyObject *
+user_text_of(PyObject *raw, int kind)
+{
+    if (PyLong_CheckExact(raw) && (kind == SAME || kind == INTEGER || kind == NUMBER)) {
+        return PyObject_Str(raw);
+    }
+    if (PyUnicode_CheckExact(raw) && (kind == SAME || kind == PADDED) &&
+        PyUnicode_IS_ASCII(raw)) {
+        Py_ssize_t len = PyUnicode_GET_LENGTH(raw);
+        const unsigned char *s = PyUnicode_1BYTE_DATA(raw);
+        if (len > 0 && !is_ascii_space(s[0]) && !is_ascii_space(s[len - 1])) {
+            return Py_NewRef(raw);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 /* user_text(new, types, kinds, column): the userId Mapper._user_id makes of a
- * bare column of the new row, in its two common cases: an integer (its decimal
- * text) and a text with nothing to strip; None for anything else (absent,
- * null, another type or kind, spaces at its ends, non-ASCII), which the Python
- * path reads, converts and explains. */
+ * bare column of the new row, in user_text_of's cases; None for anything else
+ * (absent, null, another type or kind, spaces at its ends, non-ASCII), which
+ * the Python path reads, converts and explains. */
 static PyObject *
 user_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -865,22 +900,14 @@ user_text(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_RETURN_NONE;
     }
+    /* Held while a kind made on first sight runs Python code. */
+    Py_INCREF(raw);
+    Py_INCREF(declared);
     int kind = kind_of(args[2], declared);
-    if (kind < 0) {
-        return NULL;
-    }
-    if (PyLong_CheckExact(raw) && (kind == SAME || kind == INTEGER || kind == NUMBER)) {
-        return PyObject_Str(raw);
-    }
-    if (PyUnicode_CheckExact(raw) && (kind == SAME || kind == PADDED) &&
-        PyUnicode_IS_ASCII(raw)) {
-        Py_ssize_t len = PyUnicode_GET_LENGTH(raw);
-        const unsigned char *s = PyUnicode_1BYTE_DATA(raw);
-        if (len > 0 && !is_ascii_space(s[0]) && !is_ascii_space(s[len - 1])) {
-            return Py_NewRef(raw);
-        }
-    }
-    Py_RETURN_NONE;
+    PyObject *result = kind < 0 ? NULL : user_text_of(raw, kind);
+    Py_DECREF(declared);
+    Py_DECREF(raw);
+    return result;
 }
 
 static PyObject *

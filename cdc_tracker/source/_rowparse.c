@@ -557,38 +557,33 @@ read_key(Reader *r)
     if (!take(r, ']')) {
         do {
             PyObject *name = NULL;
-            int have_type = 0;
-            if (expect(r, '{') < 0) {
-                goto fail;
-            }
-            do {
+            int have_type = 0, failed = expect(r, '{') < 0;
+            while (!failed) {
                 Span key;
                 if (read_span(r, &key) < 0 || expect(r, ':') < 0) {
-                    goto fail;
+                    failed = 1;
                 }
-                if (SPAN_IS(&key, "name") && name == NULL) {
+                else if (SPAN_IS(&key, "name") && name == NULL) {
                     name = read_str(r, 1);
-                    if (name == NULL) {
-                        goto fail;
-                    }
+                    failed = name == NULL;
                 }
                 else if (SPAN_IS(&key, "type") && !have_type) {
-                    if (skip_str(r) < 0) {
-                        Py_DECREF(name);
-                        goto fail;
-                    }
+                    failed = skip_str(r) < 0;
                     have_type = 1;
                 }
                 else {
-                    Py_XDECREF(name);
-                    goto fail;
+                    failed = 1; /* another key, or one repeated */
                 }
-            } while (take(r, ','));
-            if (name == NULL || expect(r, '}') < 0 || PyList_Append(names, name) < 0) {
-                Py_XDECREF(name);
+                if (!failed && !take(r, ',')) {
+                    break;
+                }
+            }
+            failed = failed || name == NULL || expect(r, '}') < 0 ||
+                     PyList_Append(names, name) < 0;
+            Py_XDECREF(name); /* the list holds its own reference */
+            if (failed) {
                 goto fail;
             }
-            Py_DECREF(name);
         } while (take(r, ','));
         if (expect(r, ']') < 0) {
             goto fail;

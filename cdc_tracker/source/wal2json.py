@@ -166,7 +166,13 @@ def parse_row(data: str | bytes | memoryview, tx: Transaction) -> Event:
             return Truncate(f"{row.schema}.{row.table}")
         if action == "M":
             return Message(row.prefix, row.transactional)
-    except (msgspec.DecodeError, ValueError, KeyError, TypeError) as exc:
+    except (
+        msgspec.DecodeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        ArithmeticError,
+    ) as exc:
         raise DecodeError(
             f"cannot parse wal2json row in transaction {tx.commit_lsn}: "
             f"{type(exc).__name__}"

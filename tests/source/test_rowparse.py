@@ -131,7 +131,7 @@ def _exact(value: Any) -> Any:
         return type(value).__name__, [_exact(item) for item in value]
     if isinstance(value, Change):
         return _exact(
-            [getattr(value, name) for name in Change.__dataclass_fields__]
+            [getattr(value, name) for name in Change.__struct_fields__]
             + [type(value.action)]
         )
     return type(value).__name__, str(value)
@@ -219,3 +219,32 @@ def test_rows_with_a_byte_changed_are_declined_or_read_alike(
     fast, slow = _both_ways(changed, monkeypatch)
 
     assert fast == slow
+
+
+@pytest.mark.parametrize(
+    "entry", ['{"type":null,"name":"a"}', '{"type":"größe","name":"a"}']
+)
+def test_a_key_entry_naming_its_type_first_is_read_alike(
+    rows: list[str], monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    # wal2json writes "name" first; a reader must not crash on the other order.
+    (row,) = [row for row in rows if '"value":100}' in row and '"action":"I"' in row]
+    changed = row.replace('{"name":"a","type":"integer"}', entry)
+    assert changed != row
+
+    fast, slow = _both_ways([changed.encode()], monkeypatch)
+
+    assert fast == slow
+    assert isinstance(_events([changed.encode()])[0], Change)
+
+
+def test_a_number_past_decimals_range_is_a_decode_error(
+    rows: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (row,) = [row for row in rows if '"value":100}' in row and '"action":"I"' in row]
+    changed = row.replace('"value":100}', '"value":1e999999999999999999999}', 1)
+
+    fast, slow = _both_ways([changed.encode()], monkeypatch)
+
+    assert fast == slow
+    assert "cannot parse wal2json row" in str(_events([changed.encode()])[0])
