@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from cdc_tracker.destination.encode import encode_call, with_sent_at
 from cdc_tracker.exact_json import loads
 from cdc_tracker.model import Call, Lsn
@@ -24,21 +26,20 @@ except ImportError:  # built without a C compiler
     _join_bodies = None
 
 
-# Not frozen: a frozen dataclass costs microseconds per call to build, on the hot path.
 # The largest call sent: Segment takes 32 KB; RudderStack more, but a call this
 # large is a mistake more often than a need.
 MAX_CALL_BYTES = 32_000
 
 
-@dataclass(slots=True)
-class EncodedCall:
+class EncodedCall(msgspec.Struct):
     """A call as JSON bytes (without ``sentAt``), encoded once for every send, and
     what names it in counts, logs and dead letters.
 
     The daemon encodes each call right after mapping it, while its payload is still
     in the processor's cache, and keeps only these bytes: the payload dict is freed
     at once instead of living until its batch is acknowledged. Treat it as
-    immutable: resends must carry the same bytes.
+    immutable: resends must carry the same bytes. A msgspec struct rather than a
+    dataclass: one is made per call, in 0.05 us instead of 0.16.
     """
 
     message_id: str
