@@ -26,6 +26,7 @@ from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import Slot, connect
 from cdc_tracker.source.stream import Stream
 from cdc_tracker.source.wal2json import Transaction, parse_row
+from cdc_tracker.testing.postgres import PostgresServer
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "cdc_tracker" / "examples"
@@ -204,6 +205,28 @@ def read_slot(dsn: str, slot: str, tables: list[str]) -> list[str]:
     finally:
         stream.close()
     return rows
+
+
+@contextmanager
+def module_database(
+    pg: PostgresServer, name: str, slot: str, schema: str
+) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A database of its own for a test module, with ``schema`` and ``slot``
+    made; dropped, with the slot, afterwards."""
+    dsn = pg.create_database(name)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(schema)
+            Slot(conn, slot).ensure()
+            yield conn
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            conn.execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
+                "where slot_name = %s",
+                (slot,),
+            )
+            conn.execute(f'drop database if exists "{name}" with (force)')
 
 
 def live_changes(dsn: str, statements: list[str], tables: list[str]) -> list[Change]:

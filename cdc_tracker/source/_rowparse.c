@@ -143,6 +143,13 @@ read_span(Reader *r, Span *span)
     return -1;
 }
 
+/* An object member's name and its colon. */
+static int
+read_member_name(Reader *r, Span *name)
+{
+    return read_span(r, name) < 0 || expect(r, ':') < 0 ? -1 : 0;
+}
+
 static int
 span_is(const Span *span, const char *word, Py_ssize_t len)
 {
@@ -475,7 +482,7 @@ read_column(Reader *r, PyObject **name, PyObject **type, PyObject **value)
     }
     do {
         Span key;
-        if (read_span(r, &key) < 0 || expect(r, ':') < 0) {
+        if (read_member_name(r, &key) < 0) {
             return -1;
         }
         PyObject **slot;
@@ -560,7 +567,7 @@ read_key(Reader *r)
             int have_type = 0, failed = expect(r, '{') < 0;
             while (!failed) {
                 Span key;
-                if (read_span(r, &key) < 0 || expect(r, ':') < 0) {
+                if (read_member_name(r, &key) < 0) {
                     failed = 1;
                 }
                 else if (SPAN_IS(&key, "name") && name == NULL) {
@@ -635,7 +642,7 @@ read_row(Reader *r, Row *row)
     }
     do {
         Span key;
-        if (read_span(r, &key) < 0 || expect(r, ':') < 0) {
+        if (read_member_name(r, &key) < 0) {
             return -1;
         }
         if (SPAN_IS(&key, "action") && row->action == NULL) {

@@ -206,26 +206,16 @@ def _change(row: _Row, action: Action, tx: Transaction) -> Change:
             # unchanged TOASTed value): their types come from it.
             for column in identity:
                 types.setdefault(column.name, column.type)
-    ordinal, wal_position = tx.place(row.lsn)
-    # Positional: keywords cost a fifth of this function, once per change.
-    return Change(
-        row.schema + "." + row.table,
-        action,
-        new,
-        old,
-        types,
-        tx.commit_lsn,
-        ordinal,
-        tx.commit_time,
-        tuple([pk.name for pk in row.pk]),
-        wal_position,
-    )
+    key = tuple([pk.name for pk in row.pk])
+    return _read((row.action, row.schema, row.table, row.lsn, new, old, types, key), tx)
 
 
 def _read(read: tuple[Any, ...], tx: Transaction) -> Change:
-    """The change of a row ``_rowparse`` read."""
+    """The change of a row as ``_rowparse`` reads it: (action, schema, table,
+    lsn, new, old, types, key)."""
     action, schema, table, lsn, new, old, types, key = read
     ordinal, wal_position = tx.place(lsn)
+    # Positional: keywords cost a fifth of this function, once per change.
     return Change(
         schema + "." + table,
         _ACTIONS[action],

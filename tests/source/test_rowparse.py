@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import sql
 
@@ -24,10 +23,9 @@ from cdc_tracker.errors import DecodeError
 from cdc_tracker.model import Change
 from cdc_tracker.source import wal2json
 from cdc_tracker.source._rowparse import change as read_change
-from cdc_tracker.source.slot import Slot
 from cdc_tracker.source.wal2json import Event, Transaction, parse_row
 from cdc_tracker.testing.postgres import PostgresServer
-from tests.harness import read_slot
+from tests.harness import module_database, read_slot
 
 DATABASE = "rowparse_rows"
 SLOT = "rowparse_rows"
@@ -87,23 +85,11 @@ STATEMENTS = [
 @pytest.fixture(scope="module")
 def rows(pg: PostgresServer) -> Iterator[list[str]]:
     """Every row the server wrote for STATEMENTS, as the daemon streams them."""
-    dsn = pg.create_database(DATABASE)
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(SCHEMA)
-            conn.execute("alter table nokey replica identity full")
-            Slot(conn, SLOT).ensure()
-            for statement in STATEMENTS:
-                conn.execute(statement)
-        yield read_slot(dsn, SLOT, TABLES)
-    finally:
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
-                "where slot_name = %s",
-                (SLOT,),
-            )
-            conn.execute(f'drop database if exists "{DATABASE}" with (force)')
+    with module_database(pg, DATABASE, SLOT, SCHEMA) as conn:
+        conn.execute("alter table nokey replica identity full")
+        for statement in STATEMENTS:
+            conn.execute(statement)
+        yield read_slot(conn.info.dsn, SLOT, TABLES)
 
 
 def _msgspec_path(monkeypatch: pytest.MonkeyPatch) -> None:

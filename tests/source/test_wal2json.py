@@ -18,7 +18,6 @@ import pytest
 
 from cdc_tracker.errors import DecodeError
 from cdc_tracker.model import Action, Change
-from cdc_tracker.source.slot import Slot
 from cdc_tracker.source.wal2json import (
     Begin,
     Commit,
@@ -29,7 +28,7 @@ from cdc_tracker.source.wal2json import (
     parse_row,
 )
 from cdc_tracker.testing.postgres import PostgresServer
-from tests.harness import read_slot
+from tests.harness import module_database, read_slot
 
 DATABASE = "wal2json_rows"
 SLOT = "wal2json_rows"
@@ -106,21 +105,9 @@ SCENARIOS: dict[str, list[str]] = {
 def wal(pg: PostgresServer) -> Iterator[dict[str, list[str]]]:
     """The rows the server wrote for each scenario, read as the daemon reads them."""
     # empty_db is per test; one database and one slot serve this whole module.
-    dsn = pg.create_database(DATABASE)
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(SCHEMA)
-            Slot(conn, SLOT).ensure()
-            rows = {name: _capture(conn, dsn, sql) for name, sql in SCENARIOS.items()}
-        yield rows
-    finally:
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            conn.execute(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots "
-                "where slot_name = %s",
-                (SLOT,),
-            )
-            conn.execute(f'drop database if exists "{DATABASE}" with (force)')
+    with module_database(pg, DATABASE, SLOT, SCHEMA) as conn:
+        dsn = conn.info.dsn
+        yield {name: _capture(conn, dsn, sql) for name, sql in SCENARIOS.items()}
 
 
 def _capture(
