@@ -6,6 +6,7 @@ import signal
 import threading
 from typing import IO
 
+from cdc_tracker.compiled import warn_if_not_compiled
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper, Shipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
@@ -27,6 +28,7 @@ def run_daemon(
     rulebook = load_rulebook(settings.rulebook)
     settings.require_dsn()
     tune_gc()
+    warn_if_not_compiled()
     if dry_run:
         shipper: Shipper = PrintShipper(out, settings.dry_run_limits())
         daemon = Daemon(settings, rulebook, shipper, stop, advance=False)

@@ -1,7 +1,7 @@
 /* A call's JSON written in one pass from its rule's plan and the change's row.
  *
  * write(template, fields, new, types, kinds, outputs, message_id, user_id,
- *       timestamp) returns the call's body as bytes, the same bytes the mapper's
+ *       timestamp, depth) returns the call's body as bytes, the same bytes the mapper's
  * Python path makes (a payload dict, then orjson), or None when this writer
  * declines the call: a column the new row does not carry, a value it does not
  * know how to write, a conversion that fails. The mapper then makes the call
@@ -266,6 +266,44 @@ put_dumped(Buffer *b, PyObject *value)
     return failed ? -1 : 0;
 }
 
+/* A value ``depth`` containers deep in the call, through dumps: wrapped in as
+ * many lists, so that orjson's nesting limit counts what encoding the whole
+ * call would count (a json document too deep is then refused here as there),
+ * and written without them. */
+static int
+put_dumped_at(Buffer *b, PyObject *value, int depth)
+{
+    PyObject *wrapped = Py_NewRef(value);
+    for (int i = 0; i < depth && wrapped != NULL; i++) {
+        PyObject *list = PyList_New(1);
+        if (list == NULL) {
+            Py_CLEAR(wrapped);
+            break;
+        }
+        PyList_SET_ITEM(list, 0, wrapped); /* steals the reference */
+        wrapped = list;
+    }
+    if (wrapped == NULL) {
+        return -1;
+    }
+    PyObject *json = PyObject_CallOneArg(dumps, wrapped);
+    Py_DECREF(wrapped);
+    if (json == NULL) {
+        return -1;
+    }
+    int failed = !PyBytes_Check(json) || PyBytes_GET_SIZE(json) < 2 * depth;
+    if (!failed) {
+        const char *s = PyBytes_AS_STRING(json);
+        Py_ssize_t len = PyBytes_GET_SIZE(json);
+        for (int i = 0; i < depth && !failed; i++) {
+            failed = s[i] != '[' || s[len - 1 - i] != ']';
+        }
+        failed = failed || put(b, s + depth, len - 2 * depth) < 0;
+    }
+    Py_DECREF(json);
+    return failed ? -1 : 0;
+}
+
 static int
 put_int(Buffer *b, PyObject *value)
 {
@@ -306,7 +344,7 @@ put_decimal(Buffer *b, PyObject *value)
 }
 
 static int
-put_value(Buffer *b, PyObject *value)
+put_value(Buffer *b, PyObject *value, int depth)
 {
     if (PyUnicode_CheckExact(value)) {
         return put_str(b, value);
@@ -326,7 +364,7 @@ put_value(Buffer *b, PyObject *value)
     if ((PyObject *)Py_TYPE(value) == decimal_type) {
         return put_decimal(b, value);
     }
-    return put_dumped(b, value);
+    return put_dumped_at(b, value, depth);
 }
 
 /* ---- fields --------------------------------------------------------------- */
@@ -350,10 +388,17 @@ kind_of(PyObject *kinds, PyObject *declared)
     return result;
 }
 
+/* What a call's values are read from, and how many containers deep in the
+ * call the value being written sits. */
+typedef struct {
+    PyObject *new, *types, *kinds, *outputs;
+    int depth;
+} Row;
+
 static int
-put_converted(Buffer *b, PyObject *outputs, PyObject *declared, PyObject *raw)
+put_converted(Buffer *b, const Row *row, PyObject *declared, PyObject *raw)
 {
-    PyObject *convert = PyObject_GetItem(outputs, declared);
+    PyObject *convert = PyObject_GetItem(row->outputs, declared);
     if (convert == NULL) {
         return -1;
     }
@@ -362,14 +407,10 @@ put_converted(Buffer *b, PyObject *outputs, PyObject *declared, PyObject *raw)
     if (value == NULL) {
         return -1;
     }
-    int result = put_value(b, value);
+    int result = put_value(b, value, row->depth);
     Py_DECREF(value);
     return result;
 }
-
-typedef struct {
-    PyObject *new, *types, *kinds, *outputs;
-} Row;
 
 /* A column's value by its declared type's kind (see values.py). */
 static int
@@ -377,7 +418,7 @@ put_value_of_kind(Buffer *b, const Row *row, PyObject *declared, PyObject *raw)
 {
     switch (kind_of(row->kinds, declared)) {
     case SAME:
-        return put_value(b, raw);
+        return put_value(b, raw, row->depth);
     case INTEGER:
         if (PyLong_CheckExact(raw)) {
             return put_int(b, raw);
@@ -385,7 +426,7 @@ put_value_of_kind(Buffer *b, const Row *row, PyObject *declared, PyObject *raw)
         break;
     case BOOLEAN:
         if (PyBool_Check(raw)) {
-            return put_value(b, raw);
+            return put_value(b, raw, row->depth);
         }
         break;
     case NUMBER:
@@ -414,7 +455,7 @@ put_value_of_kind(Buffer *b, const Row *row, PyObject *declared, PyObject *raw)
     default:
         return -1;
     }
-    return put_converted(b, row->outputs, declared, raw);
+    return put_converted(b, row, declared, raw);
 }
 
 static int
@@ -468,7 +509,9 @@ put_fields(Buffer *b, const Row *row, PyObject *fields)
             failed = put_bytes(b, what);
         }
         else if (how == NESTED) {
-            failed = put_fields(b, row, what);
+            Row inner = *row;
+            inner.depth++;
+            failed = put_fields(b, &inner, what);
         }
         else {
             failed = -1;
@@ -486,7 +529,11 @@ static int
 put_template(Buffer *b, PyObject *const *args)
 {
     PyObject *template = args[0];
-    Row row = {args[2], args[3], args[4], args[5]};
+    int depth = (int)PyLong_AsLong(args[9]);
+    if (depth < 0 || depth > 64) {
+        return -1;
+    }
+    Row row = {args[2], args[3], args[4], args[5], depth};
     if (!PyTuple_Check(template) || !PyDict_CheckExact(row.new) ||
         !PyDict_CheckExact(row.types) || !PyDict_Check(row.kinds)) {
         return -1;
@@ -540,8 +587,8 @@ static PyObject *
 write_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "write() takes 9 arguments");
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "write() takes 10 arguments");
         return NULL;
     }
     if (dumps == NULL) {
@@ -926,7 +973,7 @@ configure(PyObject *module, PyObject *args)
 static PyMethodDef methods[] = {
     {"write", (PyCFunction)(void (*)(void))write_call, METH_FASTCALL,
      "write(template, fields, new, types, kinds, outputs, message_id, user_id,\n"
-     "      timestamp) -> bytes | None\n\n"
+     "      timestamp, depth) -> bytes | None\n\n"
      "A call's body as the mapper's Python path writes it; None to leave the\n"
      "call to that path."},
     {"key_id", (PyCFunction)(void (*)(void))key_id, METH_FASTCALL,

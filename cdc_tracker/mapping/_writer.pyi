@@ -15,6 +15,7 @@ def write(
     message_id: str,
     user_id: str,
     timestamp: str,
+    depth: int,
     /,
 ) -> bytes | None: ...
 def key_id(prefix: bytes, new: dict[str, Any], key: tuple[str, ...], /) -> str: ...

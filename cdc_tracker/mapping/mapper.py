@@ -226,6 +226,7 @@ class Mapper:
                 message_id,
                 user_id,
                 timestamp,
+                plan.depth,
             )
             if body is not None:
                 return message_id, user_id, body
@@ -410,6 +411,7 @@ class _Plan:
         "by_key",
         "context",
         "definition",
+        "depth",
         "event",
         "fields",
         "identify",
@@ -457,6 +459,9 @@ class _Plan:
         # None when a field is not a column of the new row or a literal.
         self.written = _written_fields(self.fields)
         self.template = None if self.written is None else _template(self)
+        # How many objects enclose a field's value in the call, at its deepest:
+        # an identify's traits are also in its context.
+        self.depth = 3 if self.identify else 2
 
     def not_a_user_id(self, value: Any) -> str:
         """The reason a value that is neither text nor a number makes no call."""

@@ -8,6 +8,7 @@ from typing import IO
 
 import structlog
 
+from cdc_tracker.compiled import warn_if_not_compiled
 from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.errors import EXIT_INTERRUPTED, EXIT_OK
@@ -39,6 +40,7 @@ def run_replay(
         window_of(options, datetime.now(UTC))  # a bad window is refused first
     plan = make_plan(load_rulebook(settings.rulebook), options.tables, options.rules)
     tune_gc()
+    warn_if_not_compiled()
     _report_plan(plan, err)
     check_rules(plan)
     settings.require_dsn()

@@ -192,3 +192,52 @@ def test_times_the_server_prints_in_any_zone_are_written_as_python_writes_them(
 
     assert fast == slow
     assert written >= 2 * (len(printed) - 1)  # LMT's offset in seconds is Python's
+
+
+DEEP = """
+version: 1
+tables:
+  public.deep:
+    user_id: id
+identify:
+  - table: deep
+    on: insert
+    traits:
+      doc: doc
+track:
+  - event: Deep
+    table: deep
+    on: insert
+    properties:
+      doc: doc
+      nested:
+        doc: doc
+"""
+
+
+def test_json_nested_near_the_encoders_limit_is_refused_alike(
+    empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # orjson refuses past 255 levels: a document 250 to 256 deep fits in some
+    # places of a call and not in others (an identify's traits are also in its
+    # context, a nested field is one level deeper).
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(DEEP)
+    rows = [
+        f"insert into deep values ({depth}, '{'[' * depth}{']' * depth}')"
+        for depth in range(248, 257)
+    ]
+    changes = live_changes(
+        empty_db,
+        ["create table deep (id int primary key, doc json)", *rows],
+        ["public.deep"],
+    )
+
+    fast, slow, written = _both_ways(path, changes, monkeypatch)
+
+    assert fast == slow
+    calls, letters = fast
+    assert calls
+    assert letters
+    assert all("cannot encode" in letter[3] for letter in letters)
+    assert written == len(calls)
