@@ -135,7 +135,10 @@ def plain_text(value: Decimal) -> str:
 
 def _reason(exc: orjson.JSONEncodeError) -> str:
     cause = exc.__cause__
-    return str(cause) if isinstance(cause, ValueError | TypeError) else str(exc)
+    reason = str(cause) if isinstance(cause, ValueError | TypeError) else str(exc)
+    if reason == "Recursion limit reached":  # orjson's words
+        return "a json value nests too deeply (past 255 levels with the call's own)"
+    return reason
 
 
 def widen_big_ints(value: Any) -> Any:
