@@ -8,7 +8,7 @@ through ``float``. Datetimes come out RFC 3339 (naive ones are taken as UTC).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +16,9 @@ import orjson
 
 from cdc_tracker.model import Call
 
-ENCODE_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+# Times are written by moment_text (encode_other), not by orjson: orjson rounds an
+# offset with seconds (local mean time, before time zones) to the minute.
+ENCODE_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
 # The most digits a PostgreSQL numeric holds after the point, and before it.
 NUMERIC_MAX_SCALE = 16_383
 NUMERIC_MAX_INTEGER_DIGITS = 131_072
@@ -82,11 +84,34 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=encode_other, option=ENCODE_OPTIONS)
 
 
-def encode_other(value: object) -> orjson.Fragment:
-    """orjson's ``default``: a ``Decimal`` as its exact text; nothing else."""
+def encode_other(value: object) -> orjson.Fragment | str:
+    """orjson's ``default``: a ``Decimal`` as its exact text, a time as
+    ``moment_text`` writes it; nothing else."""
     if isinstance(value, Decimal):
         return orjson.Fragment(_decimal_text(value))
+    if isinstance(value, datetime):
+        return moment_text(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, time) and value.tzinfo is None:
+        return value.isoformat()
     raise TypeError(f"cannot encode a value of type {type(value).__name__}")
+
+
+def moment_text(value: datetime) -> str:
+    """A time as RFC 3339 writes it, to the microsecond (none when zero): in its
+    own offset, ``Z`` for UTC or a naive time (taken as UTC), and in UTC when
+    its offset has seconds, which RFC 3339 cannot write (Amsterdam until 1937
+    was 19 min 32 s ahead): the instant stays exact."""
+    offset = value.utcoffset()
+    if offset is None or not offset:
+        return value.replace(tzinfo=None).isoformat() + "Z"
+    if offset.seconds % 60 or offset.microseconds:
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    hours, minutes = divmod(abs(minutes), 60)
+    return f"{value.replace(tzinfo=None).isoformat()}{sign}{hours:02}:{minutes:02}"
 
 
 def _decimal_text(value: Decimal) -> str:

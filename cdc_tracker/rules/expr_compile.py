@@ -17,9 +17,7 @@ from datetime import MAXYEAR, UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, Protocol
 
-import orjson
-
-from cdc_tracker.destination.encode import ENCODE_OPTIONS, plain_text
+from cdc_tracker.destination.encode import moment_text, plain_text
 from cdc_tracker.errors import CdcTrackerError
 from cdc_tracker.model import MISSING
 from cdc_tracker.moments import wall_time
@@ -550,7 +548,7 @@ def text_of(value: Any) -> str:
         return plain_text(value)  # keeps every digit and the scale: never 1E-9
     if isinstance(value, datetime):
         # As a payload writes it: 2024-05-01T12:30:00Z, not +00:00.
-        return orjson.dumps(value, option=ENCODE_OPTIONS)[1:-1].decode()
+        return moment_text(value)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, list | tuple | dict):

@@ -243,3 +243,51 @@ def test_bytea_is_hex_digits_alone_in_an_array_too(
     assert [call.payload["traits"] for call in receiver.calls] == [
         {"b": "00ff10", "bs": ["00", None]}
     ]
+
+
+def test_a_wall_time_whose_offset_has_seconds_is_sent_as_its_exact_instant(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """Amsterdam kept local mean time until 1937 (+00:19:32): RFC 3339 writes
+    offsets in minutes, so such a time goes out in UTC, as the instant the server
+    reads (a trait, and string() of it), not rounded to +00:20."""
+    sql(db, "create table visits (id int primary key, at timestamp)")
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        "version: 1\ntimezone: Europe/Amsterdam\ntables:\n  public.visits:\n"
+        "    user_id: id\nidentify:\n  - table: public.visits\n    traits:\n"
+        "      at: at\n      text: string(at)\n"
+    )
+    walls = ["1850-06-01 12:00:00", "1937-07-01 00:00:00", "2026-06-01 12:00:00"]
+    with psycopg.connect(db) as conn:
+        conn.execute("set timezone = 'UTC'")
+        server = [
+            str(
+                conn.execute(
+                    "select to_char((%s::timestamp at time zone 'Europe/Amsterdam')"
+                    " at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+                    (wall,),
+                ).fetchone()[0]  # type: ignore[index]
+            )
+            for wall in walls
+        ]
+    with running_daemon(settings_for(db, receiver, rulebook)) as daemon:
+        sql(
+            db,
+            *(
+                f"insert into visits values ({n}, '{wall}')"
+                for n, wall in enumerate(walls)
+            ),
+        )
+        daemon.caught_up()
+
+    traits = {call.user_id: call.payload["traits"] for call in receiver.calls}
+    assert traits["0"] == {"at": server[0], "text": server[0]}
+    assert server[0] == "1850-06-01T11:40:28Z"
+    # A skipped wall time keeps the offset from before (+00:19:32 then).
+    assert traits["1"] == {"at": server[1], "text": server[1]}
+    # Offsets in whole minutes are written as they were.
+    assert traits["2"] == {
+        "at": "2026-06-01T12:00:00+02:00",
+        "text": "2026-06-01T12:00:00+02:00",
+    }
