@@ -193,18 +193,35 @@ def create_slot(settings: Settings) -> None:
 
 def read_slot(dsn: str, slot: str, tables: list[str]) -> list[str]:
     """The wal2json rows waiting in ``slot`` for ``tables``, streamed as the daemon
-    streams them (until none follows within half a second); the slot is then
-    moved past them."""
+    streams them, until none follows within half a second between transactions
+    (a busy server may be slower than that within one, or before its first row);
+    the slot is then moved past them."""
     stream = Stream(dsn, slot, tables, [])
     stream.open()
     try:
-        rows = []
-        while (data := stream.read(0.5)) is not None:
-            rows.append(bytes(data).decode())
+        rows: list[str] = []
+        inside = False
+        deadline = time.monotonic() + _READ_SLOT_SECONDS
+        while time.monotonic() < deadline:
+            data = stream.read(0.5)
+            if data is None:
+                if rows and not inside:
+                    break
+                continue
+            row = bytes(data).decode()
+            rows.append(row)
+            if row.startswith('{"action":"B"'):
+                inside = True
+            elif row.startswith('{"action":"C"'):
+                inside = False
         stream.confirm(stream.sent_upto)
     finally:
         stream.close()
     return rows
+
+
+# How long read_slot waits at most for rows that do not come.
+_READ_SLOT_SECONDS = 10.0
 
 
 @contextmanager
