@@ -195,19 +195,24 @@ def read_slot(dsn: str, slot: str, tables: list[str]) -> list[str]:
     """The wal2json rows waiting in ``slot`` for ``tables``, streamed as the daemon
     streams them, until none follows within half a second between transactions
     (a busy server may be slower than that within one, or before its first row);
-    the slot is then moved past them."""
+    the slot is then moved past them. Raises when the server sends nothing for
+    ``_READ_SLOT_SECONDS`` before the first row or inside a transaction."""
     stream = Stream(dsn, slot, tables, [])
     stream.open()
     try:
         rows: list[str] = []
         inside = False
         deadline = time.monotonic() + _READ_SLOT_SECONDS
-        while time.monotonic() < deadline:
+        while True:
             data = stream.read(0.5)
             if data is None:
                 if rows and not inside:
                     break
+                if time.monotonic() > deadline:
+                    where = "inside a transaction" if rows else "before any row"
+                    raise AssertionError(f"slot {slot}: nothing came {where}")
                 continue
+            deadline = time.monotonic() + _READ_SLOT_SECONDS
             row = bytes(data).decode()
             rows.append(row)
             if row.startswith('{"action":"B"'):
@@ -220,7 +225,7 @@ def read_slot(dsn: str, slot: str, tables: list[str]) -> list[str]:
     return rows
 
 
-# How long read_slot waits at most for rows that do not come.
+# How long read_slot waits for a row that does not come.
 _READ_SLOT_SECONDS = 10.0
 
 

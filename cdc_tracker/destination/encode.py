@@ -107,8 +107,11 @@ def moment_text(value: datetime) -> str:
     if offset is None or not offset:
         return value.replace(tzinfo=None).isoformat() + "Z"
     if offset.seconds % 60 or offset.microseconds:
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
-    minutes = int(offset.total_seconds()) // 60
+        try:
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+        except OverflowError:
+            pass  # its instant is outside years 1-9999: the offset to the minute
+    minutes = round(offset.total_seconds() / 60)
     sign = "-" if minutes < 0 else "+"
     hours, minutes = divmod(abs(minutes), 60)
     return f"{value.replace(tzinfo=None).isoformat()}{sign}{hours:02}:{minutes:02}"

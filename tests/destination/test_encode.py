@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from cdc_tracker.destination import encode_call, rfc3339_ms, with_sent_at
+from cdc_tracker.destination.encode import ENCODE_OPTIONS, encode_other, moment_text
 from cdc_tracker.model import Call, Lsn
 
 
@@ -128,3 +129,41 @@ def test_rfc3339_ms_writes_utc_with_milliseconds_and_z(
     moment: datetime, text: str
 ) -> None:
     assert rfc3339_ms(moment) == text
+
+
+# Times orjson wrote itself before times were ours to write: every offset in
+# whole minutes, naive times, years at both ends, microseconds.
+_ORJSON_TIMES = [
+    datetime(2026, 12, 4, 16, 42, 12, 123456, tzinfo=UTC),
+    datetime(2026, 12, 4, 16, 42, 12),
+    datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(-timedelta(hours=12))),
+    datetime(999, 6, 1, 0, 0, 0, 1, tzinfo=timezone(-timedelta(minutes=30))),
+    datetime(2026, 3, 29, 2, 30, tzinfo=timezone(timedelta(hours=5, minutes=45))),
+    date(5, 3, 4),
+]
+
+
+@pytest.mark.parametrize("value", _ORJSON_TIMES, ids=str)
+def test_times_are_written_as_orjson_wrote_them(value: datetime | date) -> None:
+    orjson_wrote = orjson.dumps(value, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
+
+    assert orjson.dumps(value, default=encode_other, option=ENCODE_OPTIONS) == (
+        orjson_wrote
+    )
+
+
+def test_an_offset_with_seconds_is_written_as_its_instant_in_utc() -> None:
+    local_mean_time = timezone(timedelta(minutes=19, seconds=32))  # Amsterdam, 1850
+
+    assert moment_text(datetime(1850, 6, 1, 12, tzinfo=local_mean_time)) == (
+        "1850-06-01T11:40:28Z"
+    )
+    # Past the calendar's ends in UTC: the offset to the minute, as orjson wrote it.
+    assert moment_text(datetime(1, 1, 1, tzinfo=local_mean_time)) == (
+        "0001-01-01T00:00:00+00:20"
+    )
+    west = timezone(-timedelta(minutes=19, seconds=32))
+    assert moment_text(datetime(9999, 12, 31, 23, 59, tzinfo=west)) == (
+        "9999-12-31T23:59:00-00:20"
+    )
