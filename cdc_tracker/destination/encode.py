@@ -80,7 +80,9 @@ def exact_number(value: Any) -> Any:
     return value
 
 
-def _dumps(value: Any) -> bytes:
+def dumps(value: Any) -> bytes:
+    """``value`` as JSON, numbers exact and times as ``moment_text`` writes them;
+    raises ``orjson.JSONEncodeError`` (``encode_value`` widens and explains)."""
     return orjson.dumps(value, default=encode_other, option=ENCODE_OPTIONS)
 
 
@@ -136,13 +138,13 @@ def encode_value(value: Any) -> bytes:
     """``value`` as a payload writes it: numbers exact, dates in ISO 8601.
     Raises ``ValueError`` for a value JSON cannot carry, naming the problem."""
     try:
-        return _dumps(value)
+        return dumps(value)
     except orjson.JSONEncodeError as exc:
         if str(exc) != "Integer exceeds 64-bit range":
             raise ValueError(_reason(exc)) from exc
     # Rare: a numeric without a fraction decoded to an int beyond 64 bits.
     try:
-        return _dumps(widen_big_ints(value))
+        return dumps(widen_big_ints(value))
     except orjson.JSONEncodeError as exc:
         raise ValueError(_reason(exc)) from exc
 

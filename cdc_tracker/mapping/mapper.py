@@ -26,6 +26,7 @@ from cdc_tracker.destination.batching import (
 )
 from cdc_tracker.destination.encode import (
     ENCODE_OPTIONS,
+    dumps,
     encode_other,
     encode_value,
     exact_number,
@@ -34,7 +35,7 @@ from cdc_tracker.destination.encode import (
 )
 from cdc_tracker.mapping import ids
 from cdc_tracker.mapping.lookups import LookupMissing, Lookups
-from cdc_tracker.mapping.row_view import Converters, RowView
+from cdc_tracker.mapping.row_view import ByType, Converters, RowView
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.mapping.values import (
     converter_for,
@@ -57,10 +58,7 @@ try:
 except ImportError:  # built without a C compiler: every call is a dict, then orjson
     _write_call = _user_text = None
 else:
-    configure(
-        Decimal,
-        lambda value: orjson.dumps(value, default=encode_other, option=ENCODE_OPTIONS),
-    )
+    configure(Decimal, dumps)
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +94,7 @@ class Mapper:
         # Declared type -> converter for values sent as they are (see _fields).
         self._outputs = Converters(output_converter_for, rulebook.timezone)
         # Declared type -> how the C writer writes its values (see values.py).
-        self._kinds = _Kinds(rulebook.timezone)
+        self._kinds = ByType(output_kind, rulebook.timezone)
         # Snapshot ids read the traits as a dict: replay makes its calls as dicts.
         self._write = None if snapshot else _write_call
         by_key = {
@@ -489,16 +487,12 @@ _COLUMN, _CONSTANT, _NESTED = range(3)
 _WrittenField = tuple[bytes, int, Any]
 
 
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=encode_other, option=ENCODE_OPTIONS)
-
-
 def _written_fields(fields: tuple[_Field, ...]) -> tuple[_WrittenField, ...] | None:
     """The fields as the C writer reads them, when each is a column of the new
     row, a literal or an object of those."""
     written: list[_WrittenField] = []
     for name, column, expr, nested, constant in fields:
-        key = _dumps(name) + b":"
+        key = dumps(name) + b":"
         if nested is not None:
             inner = _written_fields(nested)
             if inner is None:
@@ -508,7 +502,7 @@ def _written_fields(fields: tuple[_Field, ...]) -> tuple[_WrittenField, ...] | N
             written.append((key, _COLUMN, column))
         elif expr is None:
             try:
-                written.append((key, _CONSTANT, _dumps(constant)))
+                written.append((key, _CONSTANT, dumps(constant)))
             except orjson.JSONEncodeError:
                 return None
         else:
@@ -520,11 +514,11 @@ def _template(plan: _Plan) -> tuple[bytes | int, ...] | None:
     """The payload ``_apply`` makes for ``plan``, as fixed bytes around the C
     writer's placeholders, in the same order of keys."""
     try:
-        context = _dumps(plan.context)
+        context = dumps(plan.context)
         integrations = (
             b""
             if plan.integrations is None
-            else b',"integrations":' + _dumps(plan.integrations)
+            else b',"integrations":' + dumps(plan.integrations)
         )
     except orjson.JSONEncodeError:
         return None
@@ -547,20 +541,8 @@ def _template(plan: _Plan) -> tuple[bytes | int, ...] | None:
         context_open = context[:-1] + (b',"traits":' if plan.context else b'"traits":')
         return (*head, b',"traits":', _FIELDS, b',"context":' + context_open,
                 _FIELDS, b"}", *end)  # fmt: skip
-    event = b',"event":' + _dumps(plan.event) + b',"properties":'
+    event = b',"event":' + dumps(plan.event) + b',"properties":'
     return (*head, event, _FIELDS, b',"context":' + context, *end)
-
-
-class _Kinds(dict[str, int]):
-    """Declared type -> how the C writer writes its values, made on first sight."""
-
-    def __init__(self, zone: tzinfo) -> None:
-        super().__init__()
-        self.zone = zone
-
-    def __missing__(self, declared: str) -> int:
-        kind = self[declared] = output_kind(declared, self.zone)
-        return kind
 
 
 def _as_call(plan: _Plan, change: Change, made: _Payload) -> Call:

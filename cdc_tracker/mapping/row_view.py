@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import tzinfo
-from typing import Any
+from typing import Any, TypeVar
 
 from cdc_tracker.mapping.lookups import LookupMissing, Lookups
 from cdc_tracker.mapping.schema_view import SchemaView
@@ -15,18 +15,24 @@ from cdc_tracker.rules.expr import EvaluationError, MissingValue
 from cdc_tracker.rules.expr_parse import Image
 from cdc_tracker.rules.lookup_spec import LookupSpec
 
+_T = TypeVar("_T")
 
-class Converters(dict[str, Converter]):
-    """Declared type -> its converter, made by ``make`` on first sight."""
 
-    def __init__(self, make: Callable[[str, tzinfo], Converter], zone: tzinfo) -> None:
+class ByType(dict[str, _T]):
+    """Declared type -> what ``make`` makes of it (a converter, the C writer's
+    kind), made on first sight."""
+
+    def __init__(self, make: Callable[[str, tzinfo], _T], zone: tzinfo) -> None:
         super().__init__()
         self.make = make
         self.zone = zone
 
-    def __missing__(self, declared: str) -> Converter:
-        convert = self[declared] = self.make(declared, self.zone)
-        return convert
+    def __missing__(self, declared: str) -> _T:
+        made = self[declared] = self.make(declared, self.zone)
+        return made
+
+
+Converters = ByType[Converter]
 
 
 _NO_SPECS: dict[str, LookupSpec] = {}  # a rule without lookups
