@@ -143,6 +143,14 @@ read_span(Reader *r, Span *span)
     return -1;
 }
 
+/* An object's opening brace; -1 for anything else, an empty object included
+ * (every object this file reads has members it requires). */
+static int
+open_members(Reader *r)
+{
+    return expect(r, '{') < 0 || take(r, '}') ? -1 : 0;
+}
+
 /* An object member's name and its colon. */
 static int
 read_member_name(Reader *r, Span *name)
@@ -474,10 +482,7 @@ static int
 read_column(Reader *r, PyObject **name, PyObject **type, PyObject **value)
 {
     *name = *type = *value = NULL;
-    if (expect(r, '{') < 0) {
-        return -1;
-    }
-    if (take(r, '}')) {
+    if (open_members(r) < 0) {
         return -1;
     }
     do {
@@ -630,14 +635,11 @@ read_row(Reader *r, Row *row)
 {
     int seen_timestamp = 0, seen_nextlsn = 0, seen_columns = 0, seen_identity = 0;
     char action = 0;
-    if (expect(r, '{') < 0) {
+    if (open_members(r) < 0) {
         return -1;
     }
     row->types = PyDict_New();
     if (row->types == NULL) {
-        return -1;
-    }
-    if (take(r, '}')) {
         return -1;
     }
     do {
