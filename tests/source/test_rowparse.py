@@ -153,9 +153,7 @@ def test_both_paths_make_the_same_events(
     assert fast == slow
 
 
-def test_rows_read_through_sql_as_text_make_the_same_events(
-    rows: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_rows_read_through_sql_as_text_make_the_same_events(rows: list[str]) -> None:
     tx, text_tx = Transaction(), Transaction()
     for row in rows:
         assert _exact(parse_row(row, text_tx)) == _exact(parse_row(row.encode(), tx))
