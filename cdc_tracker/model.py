@@ -69,7 +69,8 @@ class Change(msgspec.Struct):
     delete); ``old`` the ``identity`` image (the key, or the whole old row under
     REPLICA IDENTITY FULL). A column absent from ``new`` is unknown, not null. Values
     are as decoded from JSON (numbers as ``int`` or ``Decimal``); ``types`` names each
-    column's declared type so that the mapping converts them by type, lazily. ``key``
+    column's declared type so that the mapping converts them by type, lazily: the
+    stream's rows of one table share one ``types`` dict, so never change it. ``key``
     names the primary-key columns.
 
     ``ordinal`` counts the changes streamed in the transaction, and so depends on

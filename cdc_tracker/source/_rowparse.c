@@ -27,6 +27,7 @@ static PyObject *decimal_type; /* decimal.Decimal */
 
 #define CACHE_SLOTS 1024 /* a power of two */
 #define CACHE_MAX_LEN 63
+#define CACHE_WAYS 4
 
 typedef struct {
     Py_ssize_t len;
@@ -36,20 +37,18 @@ typedef struct {
 
 static CacheSlot cache[CACHE_SLOTS];
 
-/* Cheap and good enough for a cache slot: a collision costs a decode, never a
- * wrong name (the slot keeps its text and is compared whole). */
+/* Every byte counts: names that share a length and a few letters
+ * ("merchants", "onboarding_completed") must not share a slot, or each row of
+ * theirs would make both again. */
 static inline uint32_t
 slot_of(const char *s, Py_ssize_t len)
 {
     const unsigned char *u = (const unsigned char *)s;
-    uint32_t h = (uint32_t)len * 0x9E3779B1u;
-    if (len > 0) {
-        h ^= (uint32_t)u[0] * 0x85EBCA6Bu;
-        h ^= (uint32_t)u[len - 1] * 0xC2B2AE35u;
-        h ^= (uint32_t)u[len / 2] * 0x27D4EB2Fu;
-        h ^= (uint32_t)u[len / 3] * 0x165667B1u;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < len; i++) {
+        h = (h ^ u[i]) * 16777619u;
     }
-    return (h ^ (h >> 15)) & (CACHE_SLOTS - 1);
+    return (h ^ (h >> 16)) & (CACHE_SLOTS - 1);
 }
 
 /* ---- reading -------------------------------------------------------------- */
@@ -298,18 +297,28 @@ make_str(const Span *span)
     return str;
 }
 
-/* A name that repeats on every row, from the cache when it was seen before. */
+/* A name that repeats on every row, from the cache when it was seen before.
+ * A name looks in its slot and the next CACHE_WAYS - 1; a new one takes the
+ * first empty of them, or its own slot. */
 static PyObject *
 cached_str(const Span *span)
 {
     if (span->escaped || span->len > CACHE_MAX_LEN) {
         return make_str(span);
     }
-    CacheSlot *slot = &cache[slot_of(span->start, span->len)];
-    if (slot->str != NULL && slot->len == span->len &&
-        memcmp(slot->text, span->start, (size_t)span->len) == 0) {
-        Py_INCREF(slot->str);
-        return slot->str;
+    uint32_t home = slot_of(span->start, span->len);
+    CacheSlot *slot = &cache[home];
+    for (uint32_t way = 0; way < CACHE_WAYS; way++) {
+        CacheSlot *candidate = &cache[(home + way) & (CACHE_SLOTS - 1)];
+        if (candidate->str == NULL) {
+            slot = candidate;
+            break;
+        }
+        if (candidate->len == span->len &&
+            memcmp(candidate->text, span->start, (size_t)span->len) == 0) {
+            Py_INCREF(candidate->str);
+            return candidate->str;
+        }
     }
     PyObject *str = utf8_str(span->start, span->len);
     if (str == NULL) {
@@ -519,10 +528,119 @@ read_column(Reader *r, PyObject **name, PyObject **type, PyObject **value)
     return 0;
 }
 
-/* A list of columns into ``values`` and ``types`` (types only where the name
- * has none yet when ``fill_types``); null leaves ``*values`` NULL. */
+/* The columns' names and types in the order read, each marked when it came
+ * from the old image: every row of a table has the same shape, and one types
+ * dict serves them all (see shape_types). */
+#define MAX_SHAPE 64
+
+typedef struct {
+    Py_ssize_t len; /* -1 once past MAX_SHAPE columns: the dict is made apart */
+    PyObject *names[MAX_SHAPE];
+    PyObject *types[MAX_SHAPE];
+    char old[MAX_SHAPE];
+} Shape;
+
+static void
+shape_clear(Shape *shape)
+{
+    for (Py_ssize_t i = 0; i < shape->len; i++) {
+        Py_CLEAR(shape->names[i]);
+        Py_CLEAR(shape->types[i]);
+    }
+    shape->len = 0;
+}
+
+/* A list of columns into ``values``, their names and types onto ``shape``
+ * (or into a ``types`` dict made once the shape is too long to keep); null
+ * leaves ``*values`` NULL. */
+/* A column's type into ``types``: the new image's first, then those only the
+ * old image has (a delete, an unchanged TOASTed value), as msgspec's path. */
 static int
-read_columns(Reader *r, PyObject **values, PyObject *types, int fill_types)
+add_type(PyObject *types, PyObject *name, PyObject *type, int old)
+{
+    return old ? (PyDict_SetDefault(types, name, type) == NULL ? -1 : 0)
+               : PyDict_SetItem(types, name, type);
+}
+
+/* The shape's types into ``types``, emptying the shape. */
+static int
+shape_to_dict(Shape *shape, PyObject *types)
+{
+    for (Py_ssize_t i = 0; i < shape->len; i++) {
+        if (add_type(types, shape->names[i], shape->types[i], shape->old[i]) < 0) {
+            return -1;
+        }
+    }
+    shape_clear(shape);
+    return 0;
+}
+
+/* The types dict of the rows of a table with this shape, made once: rows of
+ * one table share it, and nobody changes it (Change says so). Only shapes of
+ * names from the cache are remembered (the same text is the same object). */
+#define SHAPES 64
+
+typedef struct {
+    PyObject *schema, *table, *types;
+    Shape shape;
+} KnownShape;
+
+static KnownShape shapes[SHAPES];
+static unsigned int next_shape;
+
+static int
+same_shape(const Shape *a, const Shape *b)
+{
+    size_t n = (size_t)a->len;
+    return a->len == b->len &&
+           memcmp(a->names, b->names, n * sizeof(PyObject *)) == 0 &&
+           memcmp(a->types, b->types, n * sizeof(PyObject *)) == 0 &&
+           memcmp(a->old, b->old, n) == 0;
+}
+
+static PyObject *
+types_of(PyObject *schema, PyObject *table, Shape *shape)
+{
+    for (int k = 0; k < SHAPES; k++) {
+        KnownShape *known = &shapes[k];
+        if (known->table == table && known->schema == schema &&
+            same_shape(&known->shape, shape)) {
+            return Py_NewRef(known->types);
+        }
+    }
+    int stable = PyUnicode_CHECK_INTERNED(schema) && PyUnicode_CHECK_INTERNED(table);
+    for (Py_ssize_t i = 0; i < shape->len && stable; i++) {
+        stable = PyUnicode_CHECK_INTERNED(shape->names[i]) &&
+                 PyUnicode_CHECK_INTERNED(shape->types[i]);
+    }
+    PyObject *types = PyDict_New();
+    if (types == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < shape->len; i++) {
+        if (add_type(types, shape->names[i], shape->types[i], shape->old[i]) < 0) {
+            Py_DECREF(types);
+            return NULL;
+        }
+    }
+    if (stable) {
+        KnownShape *known = &shapes[next_shape++ % SHAPES];
+        Py_XSETREF(known->schema, Py_NewRef(schema));
+        Py_XSETREF(known->table, Py_NewRef(table));
+        Py_XSETREF(known->types, Py_NewRef(types));
+        shape_clear(&known->shape);
+        for (Py_ssize_t i = 0; i < shape->len; i++) {
+            known->shape.names[i] = Py_NewRef(shape->names[i]);
+            known->shape.types[i] = Py_NewRef(shape->types[i]);
+            known->shape.old[i] = shape->old[i];
+        }
+        known->shape.len = shape->len;
+    }
+    return types;
+}
+
+static int
+read_columns(Reader *r, PyObject **values, Shape *shape, PyObject **types, int old)
 {
     skip_space(r);
     if (take_word(r, "null", 4)) {
@@ -542,9 +660,23 @@ read_columns(Reader *r, PyObject **values, PyObject *types, int fill_types)
     do {
         PyObject *name, *type, *value;
         int failed = read_column(r, &name, &type, &value) < 0 ||
-                     PyDict_SetItem(dict, name, value) < 0 ||
-                     (fill_types ? PyDict_SetDefault(types, name, type) == NULL
-                                 : PyDict_SetItem(types, name, type) < 0);
+                     PyDict_SetItem(dict, name, value) < 0;
+        if (!failed && shape->len >= 0 && shape->len < MAX_SHAPE) {
+            Py_ssize_t i = shape->len++;
+            shape->names[i] = Py_NewRef(name);
+            shape->types[i] = Py_NewRef(type);
+            shape->old[i] = (char)old;
+        }
+        else if (!failed) {
+            /* Too many columns to keep: the dict is made as they come. */
+            if (*types == NULL) {
+                *types = PyDict_New();
+            }
+            failed = *types == NULL ||
+                     (shape->len >= 0 && shape_to_dict(shape, *types) < 0) ||
+                     add_type(*types, name, type, old) < 0;
+            shape->len = -1;
+        }
         Py_XDECREF(name);
         Py_XDECREF(type);
         Py_XDECREF(value);
@@ -613,6 +745,7 @@ fail:
 
 typedef struct {
     PyObject *action, *schema, *table, *lsn, *new, *old, *types, *key;
+    Shape shape;
 } Row;
 
 static void
@@ -626,6 +759,7 @@ row_clear(Row *row)
     Py_CLEAR(row->old);
     Py_CLEAR(row->types);
     Py_CLEAR(row->key);
+    shape_clear(&row->shape);
 }
 
 /* 0 with ``row`` filled, 1 for a row this file leaves to msgspec, -1 when the
@@ -636,10 +770,6 @@ read_row(Reader *r, Row *row)
     int seen_timestamp = 0, seen_nextlsn = 0, seen_columns = 0, seen_identity = 0;
     char action = 0;
     if (open_members(r) < 0) {
-        return -1;
-    }
-    row->types = PyDict_New();
-    if (row->types == NULL) {
         return -1;
     }
     do {
@@ -693,13 +823,13 @@ read_row(Reader *r, Row *row)
             /* Before "identity", as wal2json writes them: the new image's types
              * come first, as msgspec's path makes them. */
             seen_columns = 1;
-            if (read_columns(r, &row->new, row->types, 0) < 0) {
+            if (read_columns(r, &row->new, &row->shape, &row->types, 0) < 0) {
                 return -1;
             }
         }
         else if (SPAN_IS(&key, "identity") && !seen_identity) {
             seen_identity = 1;
-            if (read_columns(r, &row->old, row->types, 1) < 0) {
+            if (read_columns(r, &row->old, &row->shape, &row->types, 1) < 0) {
                 return -1;
             }
         }
@@ -732,6 +862,12 @@ read_row(Reader *r, Row *row)
     if (row->key == NULL) {
         row->key = PyTuple_New(0);
         if (row->key == NULL) {
+            return -1;
+        }
+    }
+    if (row->shape.len >= 0) {
+        row->types = types_of(row->schema, row->table, &row->shape);
+        if (row->types == NULL) {
             return -1;
         }
     }

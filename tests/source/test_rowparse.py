@@ -29,8 +29,10 @@ from tests.harness import module_database, read_slot
 
 DATABASE = "rowparse_rows"
 SLOT = "rowparse_rows"
-TABLES = ['public."Odd ""Name"".x"', "public.plain", "public.nokey"]
-SCHEMA = """
+TABLES = ['public."Odd ""Name"".x"', "public.plain", "public.nokey", "public.wide"]
+# Wider than the reader's shape of 64 columns: its types dict is made as read.
+WIDE_COLUMNS = ", ".join(f"c{i} int" for i in range(1, 70))
+SCHEMA = f"""
 create type mood as enum ('ok', 'sad "very"');
 create table "Odd ""Name"".x" (
   "id" bigint primary key, "two words" text, "é\\" text
@@ -44,6 +46,8 @@ create table plain (
 alter table plain replica identity full;
 alter table plain alter column notes set storage external;
 create table nokey (v text);
+create table wide (id int primary key, {WIDE_COLUMNS});
+alter table wide replica identity full;
 """
 NASTY_TEXT = [
     "",
@@ -78,6 +82,9 @@ STATEMENTS = [
     "insert into nokey values ('no key'), (null)",
     "delete from nokey where v is null",
     "truncate nokey",
+    "insert into wide (id, c69) values (1, 69)",
+    "update wide set c1 = 1 where id = 1",
+    "delete from wide where id = 1",
     "select pg_logical_emit_message(true, 'cdc-tracker', 'hi')",
 ]
 
@@ -176,6 +183,27 @@ def test_values_keep_their_kinds(rows: list[str]) -> None:
     assert new["big"] == 123456789012345678901234567890
     assert new["n"] == 'sad "very"'
     assert result[7] == ("a", "b")
+
+
+def test_rows_of_one_shape_share_one_types_dict(rows: list[str]) -> None:
+    def types(table: str, action: str) -> list[dict[str, str]]:
+        read = [read_change(row) for row in rows]
+        return [
+            change[6]
+            for change in read
+            if change is not None and change[2] == table and change[0] == action
+        ]
+
+    inserts = types("plain", "I")
+    (delete,) = types("plain", "D")
+    wide = types("wide", "I") + types("wide", "U") + types("wide", "D")
+
+    assert len(inserts) > 5
+    assert all(each is inserts[0] for each in inserts)
+    assert delete is not inserts[0]
+    assert delete == inserts[0]  # a FULL identity: every column, from the old image
+    assert [len(each) for each in wide] == [70, 70, 70]
+    assert wide[0] is not wide[1]
 
 
 def test_cut_rows_are_declined_or_read_alike(
