@@ -42,13 +42,15 @@ class DaemonRun:
             raise RuntimeError(f"daemon did not start reading:\n{tail}")
         return self.reading_at
 
+    def pids(self) -> list[int]:
+        """The daemon's process and its children (the shipping process)."""
+        return [self.process.pid, *children(self.process.pid)]
+
     def peak_rss_mb(self) -> float:
-        """The process's peak resident set so far (VmHWM), in MB."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM in /proc status")
+        """The peak resident set so far (VmHWM) of the daemon's process plus
+        that of each of its children, in MB: an upper bound of their peak
+        together."""
+        return sum(_peak_rss_kb(pid) for pid in self.pids()) / 1024
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -78,6 +80,27 @@ def environment(
         "CDC_TRACKER_METRICS_ADDRESS": "off",
         **{f"CDC_TRACKER_{name.upper()}": value for name, value in settings.items()},
     }
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _peak_rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
 def cpu_seconds(pids: list[int]) -> float:

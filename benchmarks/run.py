@@ -150,7 +150,7 @@ def _daemon_run(
     try:
         started = run.wait_reading()
         processes = {
-            "daemon": [run.process.pid],
+            "daemon": run.pids(),  # with its shipping process
             "its server backends": server_backends(conn),
             "receiver": [receiver.process.pid],
         }

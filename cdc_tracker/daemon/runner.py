@@ -8,8 +8,9 @@ from typing import IO
 
 from cdc_tracker.compiled import warn_if_not_compiled
 from cdc_tracker.daemon.loop import Daemon
-from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper, Shipper
-from cdc_tracker.destination.rudderstack import RudderStackClient
+from cdc_tracker.daemon.ship_process import ProcessShipper
+from cdc_tracker.daemon.shipping import PrintShipper, Shipper
+from cdc_tracker.destination.stats import DeliveryStats
 from cdc_tracker.ops.health import HealthServer, Probe
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.runtime import tune_gc
@@ -35,11 +36,16 @@ def run_daemon(
         _reload_on_sighup(daemon)
         daemon.run()
         return daemon
-    with RudderStackClient(settings.destination_settings()) as client:
-        shipper = DestinationShipper(client)
+    # Delivery runs in a process of its own, off this one's lock (see
+    # daemon.ship_process).
+    with ProcessShipper(
+        settings.destination_settings(),
+        log_format=settings.log_format,
+        log_level=settings.log_level,
+    ) as shipper:
         daemon = Daemon(settings, rulebook, shipper, stop, recreate_slot=recreate_slot)
         _reload_on_sighup(daemon)
-        health = _serve_health(settings, daemon, client)
+        health = _serve_health(settings, daemon, shipper.stats)
         try:
             daemon.run()
         finally:
@@ -49,13 +55,13 @@ def run_daemon(
 
 
 def _serve_health(
-    settings: Settings, daemon: Daemon, client: RudderStackClient
+    settings: Settings, daemon: Daemon, stats: DeliveryStats
 ) -> HealthServer | None:
     if settings.metrics_address in ("", "off"):
         return None
     probe = Probe(
         daemon.counters,
-        client.stats,
+        stats,
         active=lambda: daemon.slot is not None,
         stall_seconds=settings.stall_seconds,
     )

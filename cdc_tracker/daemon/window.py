@@ -5,7 +5,8 @@ a transaction's end once it holds ``window_changes`` rows or has been open for
 ``poll_interval``, or when the stream goes quiet between transactions.
 
 Shipping runs on a thread of its own, one request at a time and in order, so that
-the next batches are read and mapped while one is on the wire; up to
+the next batches are read and mapped while one is on the wire (with ``run``, that
+thread hands each batch to a delivery process: ``daemon.ship_process``); up to
 ``PENDING_BATCHES`` wait their turn there. Once a batch's delivery is interrupted
 (a stop), the batches after it are not sent: a later batch delivered before an
 earlier one would break per-user order when both are read again.

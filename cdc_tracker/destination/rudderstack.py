@@ -407,7 +407,6 @@ class RudderStackClient:
             "call dead-lettered",
             message_id=call.message_id,
             rule=call.rule,
-            lsn=str(call.commit_lsn),
             reason=reason,
         )
 

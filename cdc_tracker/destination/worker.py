@@ -1,0 +1,202 @@
+"""Delivery in a process of its own: ``python -m cdc_tracker.destination.worker``.
+
+The daemon's main thread reads, parses and maps under Python's one lock. A
+shipping thread beside it takes that lock for each request's Python (batching,
+httpx, the answer) and waits for it again after each system call, so each slows
+the other. The daemon runs delivery here instead (``daemon.ship_process``), and
+its shipping thread only writes a batch's bytes to this process and waits for
+the outcome.
+
+The two talk through this process's standard input and output in frames: a
+4-byte big-endian length, then a MessagePack map. In (from the daemon):
+
+- ``{"settings": {...}, "log_format": ..., "log_level": ...}`` first, once;
+  answered ``{"ready": true}`` once the client is made;
+- ``{"bodies": [...], "ids": [...], "rules": [...]}``: a batch of encoded calls
+  (without ``sentAt``), their messageIds and rules, to deliver in order;
+- ``{"stop": true}``: give up the batch being delivered at its next wait (the
+  daemon is stopping).
+
+Out: ``{"stats": {...}}`` whenever the delivery counters change (every
+``STATS_SECONDS`` at most, so that ``/readyz`` sees an outage while it lasts),
+and ``{"outcome": {...}, "stats": {...}}`` once a batch is over: delivered, bytes,
+requests, the dead letters as ``[index, reason]`` and the pending calls' indices.
+
+Standard input closing (the daemon stopped, or died) stops the delivery at its
+next wait and ends the process; it ignores SIGINT and SIGTERM, which a terminal
+or a service manager sends to the whole group: the daemon stops it in order.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import signal
+import struct
+import sys
+import threading
+from dataclasses import asdict
+from typing import Any
+
+import msgspec
+import structlog
+
+from cdc_tracker import logs
+from cdc_tracker.destination.batching import EncodedCall
+from cdc_tracker.destination.rudderstack import RudderStackClient
+from cdc_tracker.destination.settings import DestinationSettings
+from cdc_tracker.model import Lsn
+
+log = structlog.get_logger(__name__)
+
+STATS_SECONDS = 0.5
+_LENGTH = struct.Struct("!I")
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
+
+
+class FrameWriter:
+    """Writes frames to a pipe; safe to share between threads."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Raises ``OSError`` (``BrokenPipeError``) once the reader is gone."""
+        payload = _encode(message)
+        data = memoryview(_LENGTH.pack(len(payload)) + payload)
+        with self._lock:
+            while data:
+                data = data[os.write(self.fd, data) :]
+
+
+class FrameReader:
+    """Reads frames from a pipe, waiting at most a given time for the next."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+
+    def next(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next frame's message; None when none is whole within ``timeout``.
+        Raises ``EOFError`` once the writer is gone."""
+        while True:
+            message = self._take()
+            if message is not None:
+                return message
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+            if not ready:
+                return None
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                raise EOFError("the other process closed the pipe")
+            self._buffer += chunk
+
+    def _take(self) -> dict[str, Any] | None:
+        buffer = self._buffer
+        if len(buffer) < _LENGTH.size:
+            return None
+        (size,) = _LENGTH.unpack_from(buffer)
+        end = _LENGTH.size + size
+        if len(buffer) < end:
+            return None
+        message = _decode(memoryview(buffer)[_LENGTH.size : end])
+        del buffer[:end]
+        return message
+
+
+def stats_of(client: RudderStackClient) -> dict[str, Any]:
+    return asdict(client.stats.snapshot())
+
+
+def main() -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    frames = FrameReader(sys.stdin.fileno())
+    out = FrameWriter(sys.stdout.fileno())
+    try:
+        hello = frames.next(timeout=None)
+    except EOFError:
+        return 0
+    assert hello is not None
+    logs.configure(hello["log_format"], hello["log_level"])
+    with RudderStackClient(DestinationSettings(**hello["settings"])) as client:
+        out.send({"ready": True})
+        _serve(frames, out, client)
+    return 0
+
+
+def _serve(frames: FrameReader, out: FrameWriter, client: RudderStackClient) -> None:
+    """Read batches and stops until standard input closes; deliver on a thread."""
+    work: queue.SimpleQueue[tuple[list[EncodedCall], threading.Event] | None]
+    work = queue.SimpleQueue()
+    deliverer = threading.Thread(
+        target=_deliver_each, args=(work, out, client), name="cdc-tracker-deliver"
+    )
+    deliverer.start()
+    stop = threading.Event()  # the batch being delivered: the latest one sent
+    sent = stats_of(client)
+    try:
+        while True:
+            try:
+                message = frames.next(STATS_SECONDS)
+            except EOFError:
+                break
+            if message is not None and "bodies" in message:
+                stop = threading.Event()
+                work.put((_calls(message), stop))
+            elif message is not None and message.get("stop"):
+                stop.set()
+            stats = stats_of(client)
+            if stats != sent:
+                out.send({"stats": stats})
+                sent = stats
+    except BrokenPipeError:
+        pass  # the daemon is gone
+    finally:
+        stop.set()
+        work.put(None)
+        deliverer.join()
+
+
+def _calls(message: dict[str, Any]) -> list[EncodedCall]:
+    """The batch's calls, numbered by their place in it (``ordinal``): only what
+    delivery reads of them crosses the pipe."""
+    return [
+        EncodedCall(message_id, "", body, rule, "", Lsn(0), index, "", "")
+        for index, (body, message_id, rule) in enumerate(
+            zip(message["bodies"], message["ids"], message["rules"], strict=True)
+        )
+    ]
+
+
+def _deliver_each(
+    work: queue.SimpleQueue[tuple[list[EncodedCall], threading.Event] | None],
+    out: FrameWriter,
+    client: RudderStackClient,
+) -> None:
+    while (item := work.get()) is not None:
+        calls, stop = item
+        sent_before = client.stats.bytes_sent
+        result = client.deliver(calls, stop)
+        outcome = {
+            "delivered": result.delivered,
+            "bytes": client.stats.bytes_sent - sent_before,
+            "requests": result.requests,
+            "dead": [[call.ordinal, reason] for call, reason in result.dead_letters],
+            "pending": [call.ordinal for call in result.pending],
+        }
+        try:
+            out.send({"outcome": outcome, "stats": stats_of(client)})
+        except BrokenPipeError:
+            log.warning(
+                "shipping process: the daemon is gone before the outcome of a batch",
+                delivered=result.delivered,
+            )
+            return
+
+
+if __name__ == "__main__":
+    sys.exit(main())
