@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc_tracker.destination.batching import EncodedCall
+from cdc_tracker.destination.batching import MAX_CALL_BYTES, SENT_AT_BYTES, EncodedCall
 from cdc_tracker.mapping import mapper as mapper_module
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Action, Change, DeadLetter, Lsn
@@ -241,3 +241,48 @@ def test_json_nested_near_the_encoders_limit_is_refused_alike(
     assert letters
     assert all("cannot encode" in letter[3] for letter in letters)
     assert written == len(calls)
+
+
+SIZED = """
+version: 1
+tables:
+  public.sized:
+    user_id: id
+track:
+  - event: Sized
+    table: sized
+    on: insert
+    properties:
+      body: body
+"""
+
+
+def test_a_call_at_the_per_call_limit_is_sent_and_one_byte_more_is_a_dead_letter(
+    empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(SIZED)
+    table = "create table sized (id int primary key, body text)"
+    [probe] = live_changes(
+        empty_db, [table, "insert into sized values (1, 'x')"], ["public.sized"]
+    )
+    fast, _, _ = _both_ways(path, [probe], monkeypatch)
+    # What the call takes beyond its body's text, sentAt included.
+    overhead = len(fast[0][0][2]) + SENT_AT_BYTES - 1
+    fits = MAX_CALL_BYTES - overhead
+    changes = live_changes(
+        empty_db,
+        [
+            f"insert into sized values (2, repeat('y', {fits}))",
+            f"insert into sized values (3, repeat('z', {fits + 1}))",
+        ],
+        ["public.sized"],
+    )
+
+    fast, slow, written = _both_ways(path, changes, monkeypatch)
+
+    assert fast == slow
+    [call], [letter] = fast
+    assert len(call[2]) + SENT_AT_BYTES == MAX_CALL_BYTES
+    assert f"the call is {MAX_CALL_BYTES + 1} bytes" in str(letter)
+    assert written == 2
