@@ -37,6 +37,7 @@ import struct
 import sys
 import threading
 from dataclasses import asdict
+from itertools import repeat
 from typing import Any
 
 import msgspec
@@ -51,6 +52,7 @@ from cdc_tracker.model import Lsn
 log = structlog.get_logger(__name__)
 
 STATS_SECONDS = 0.5
+_NOWHERE = Lsn(0)  # the calls' positions stay with the daemon
 _LENGTH = struct.Struct("!I")
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
@@ -164,12 +166,22 @@ def _serve(frames: FrameReader, out: FrameWriter, client: RudderStackClient) -> 
 def _calls(message: dict[str, Any]) -> list[EncodedCall]:
     """The batch's calls, numbered by their place in it (``ordinal``): only what
     delivery reads of them crosses the pipe."""
-    return [
-        EncodedCall(message_id, "", body, rule, "", Lsn(0), index, "", "")
-        for index, (body, message_id, rule) in enumerate(
-            zip(message["bodies"], message["ids"], message["rules"], strict=True)
+    bodies = message["bodies"]
+    blank = repeat("")
+    return list(
+        map(
+            EncodedCall,
+            message["ids"],
+            blank,
+            bodies,
+            message["rules"],
+            blank,
+            repeat(_NOWHERE),
+            range(len(bodies)),
+            blank,
+            blank,
         )
-    ]
+    )
 
 
 def _deliver_each(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 
 import orjson
@@ -49,6 +50,36 @@ def test_every_request_body_fits_max_bytes_and_none_could_take_one_more(
         assert len(request_body([*batch, following[0]], SENT_AT)) > max_bytes
     assert len(request_body(batches.requests[-1], SENT_AT)) <= max_bytes
     assert flat_ids(batches.requests) == [call.message_id for call in calls]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_calls_of_any_sizes_are_cut_where_the_next_would_not_fit(seed: int) -> None:
+    rng = random.Random(seed)
+    calls = [
+        EncodedCall.of(make_call(n, notes="x" * rng.choice([0, 9, 300, 1_200, 4_500])))
+        for n in range(rng.randint(1, 400))
+    ]
+    limits = BatchLimits(
+        max_calls=rng.choice([1, 7, 100, 500]),
+        max_bytes=rng.choice([9_500, 20_000, 64_000, 475_000]),
+        max_call_bytes=9_400,
+    )
+
+    batches = make_batches(calls, limits)
+
+    assert batches.oversize == []
+    for batch, following in zip(batches.requests, batches.requests[1:], strict=False):
+        full = len(batch) == limits.max_calls
+        assert (
+            full
+            or len(request_body([*batch, following[0]], SENT_AT)) > limits.max_bytes
+        )
+    for batch in batches.requests:
+        assert len(batch) <= limits.max_calls
+        assert len(batch) == 1 or len(request_body(batch, SENT_AT)) <= limits.max_bytes
+    assert flat_ids(batches.requests) == [call.message_id for call in calls]
+    # The same cuts as the call-by-call path, which takes over with an oversize call.
+    assert batches == batching._batches_call_by_call(calls, limits)
 
 
 def test_a_call_that_exactly_fills_the_request_is_sent_alone() -> None:
