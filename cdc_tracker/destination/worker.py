@@ -109,8 +109,24 @@ class FrameReader:
         return message
 
 
-def stats_of(client: RudderStackClient) -> dict[str, Any]:
-    return asdict(client.stats.snapshot())
+class Reporter:
+    """Sends the delivery counters when they changed, and outcomes with them:
+    one at a time, so that counters never arrive older than an outcome's."""
+
+    def __init__(self, out: FrameWriter, client: RudderStackClient) -> None:
+        self.out = out
+        self.client = client
+        self._lock = threading.Lock()
+        self._sent: dict[str, Any] | None = None
+
+    def report(self, outcome: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            stats = asdict(self.client.stats.snapshot())
+            if outcome is not None:
+                self.out.send({"outcome": outcome, "stats": stats})
+            elif stats != self._sent:
+                self.out.send({"stats": stats})
+            self._sent = stats
 
 
 def main() -> int:
@@ -126,20 +142,20 @@ def main() -> int:
     logs.configure(hello["log_format"], hello["log_level"])
     with RudderStackClient(DestinationSettings(**hello["settings"])) as client:
         out.send({"ready": True})
-        _serve(frames, out, client)
+        _serve(frames, Reporter(out, client), client)
     return 0
 
 
-def _serve(frames: FrameReader, out: FrameWriter, client: RudderStackClient) -> None:
+def _serve(frames: FrameReader, reporter: Reporter, client: RudderStackClient) -> None:
     """Read batches and stops until standard input closes; deliver on a thread."""
     work: queue.SimpleQueue[tuple[list[EncodedCall], threading.Event] | None]
     work = queue.SimpleQueue()
     deliverer = threading.Thread(
-        target=_deliver_each, args=(work, out, client), name="cdc-tracker-deliver"
+        target=_deliver_each, args=(work, reporter, client), name="cdc-tracker-deliver"
     )
     deliverer.start()
     stop = threading.Event()  # the batch being delivered: the latest one sent
-    sent = stats_of(client)
+    reporter.report()
     try:
         while True:
             try:
@@ -151,10 +167,7 @@ def _serve(frames: FrameReader, out: FrameWriter, client: RudderStackClient) -> 
                 work.put((_calls(message), stop))
             elif message is not None and message.get("stop"):
                 stop.set()
-            stats = stats_of(client)
-            if stats != sent:
-                out.send({"stats": stats})
-                sent = stats
+            reporter.report()
     except BrokenPipeError:
         pass  # the daemon is gone
     finally:
@@ -186,7 +199,7 @@ def _calls(message: dict[str, Any]) -> list[EncodedCall]:
 
 def _deliver_each(
     work: queue.SimpleQueue[tuple[list[EncodedCall], threading.Event] | None],
-    out: FrameWriter,
+    reporter: Reporter,
     client: RudderStackClient,
 ) -> None:
     while (item := work.get()) is not None:
@@ -201,7 +214,7 @@ def _deliver_each(
             "pending": [call.ordinal for call in result.pending],
         }
         try:
-            out.send({"outcome": outcome, "stats": stats_of(client)})
+            reporter.report(outcome)
         except BrokenPipeError:
             log.warning(
                 "shipping process: the daemon is gone before the outcome of a batch",
