@@ -6,11 +6,14 @@ answer is the same ``Outcome``, its dead letters and pending calls the window's
 own ``EncodedCall`` objects. ``stats`` follows the worker's delivery counters
 for ``/metrics`` and ``/readyz``.
 
-If the worker dies (killed, out of memory), a new one is started and the batch
-is sent again whole: none of it was confirmed to the slot, and calls the
+If the worker dies (killed, out of memory, a bug), a new one is started and the
+batch is sent again whole: none of it was confirmed to the slot, and calls the
 destination took already are sent with the same messageIds. A worker dying
 again on the same batch is a ``DeliveryError``: the daemon stops, and a
-restart reads the batch again.
+restart reads the batch again. ``stats`` adds up the counters of every worker
+so far, so that /metrics never goes back. Once a stop is asked, the worker has
+the request in flight's timeout and ``END_SECONDS`` more to answer; then it is
+killed, its batch counted as not delivered.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -28,7 +32,7 @@ from cdc_tracker.daemon.shipping import Outcome, undeliverable
 from cdc_tracker.destination.batching import EncodedCall
 from cdc_tracker.destination.settings import DestinationSettings
 from cdc_tracker.destination.stats import DeliveryStats
-from cdc_tracker.destination.worker import FrameReader, FrameWriter
+from cdc_tracker.destination.worker import FrameError, FrameReader, FrameWriter
 from cdc_tracker.errors import DeliveryError
 
 log = structlog.get_logger(__name__)
@@ -38,7 +42,20 @@ _WAIT_SECONDS = 0.2
 # How long the worker has to start, and to end once its input is closed.
 START_SECONDS = 60.0
 END_SECONDS = 15.0
-_STAT_FIELDS = [field.name for field in fields(DeliveryStats)]
+# Counters that add up across workers; the other fields are the live worker's.
+_COUNTERS = (
+    "requests",
+    "calls_sent",
+    "bytes_sent",
+    "calls_delivered",
+    "calls_dead_lettered",
+    "retries",
+)
+_STATES = [
+    field.name
+    for field in fields(DeliveryStats)
+    if field.name not in _COUNTERS and field.name != "errors_by_status"
+]
 
 
 class WorkerDied(Exception):
@@ -57,6 +74,9 @@ class ProcessShipper:
     ) -> None:
         self.settings = settings
         self.stats = DeliveryStats()
+        # The counters of the workers before this one (see _take_stats).
+        self._before = DeliveryStats()
+        self._latest = DeliveryStats()
         self._hello = {
             "settings": asdict(settings),
             "log_format": log_format,
@@ -119,8 +139,11 @@ class ProcessShipper:
 
     def _start(self) -> None:
         self.close()
+        self._before = _added(self._before, self._latest)
+        self._latest = DeliveryStats()
         process = subprocess.Popen(
-            [sys.executable, "-m", "cdc_tracker.destination.worker"],
+            # -P: the worker imports what the daemon does, whatever the directory.
+            [sys.executable, "-P", "-m", "cdc_tracker.destination.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
@@ -134,6 +157,7 @@ class ProcessShipper:
             self._send(self._hello)
             ready = self._receive(START_SECONDS)
         except WorkerDied as died:
+            self.close()
             raise DeliveryError(
                 f"the shipping process did not start ({died})",
                 hint="its error is logged above",
@@ -153,13 +177,16 @@ class ProcessShipper:
                 "rules": [call.rule for call in calls],
             }
         )
-        stopping = False
+        given_up_at = None  # once a stop is asked: when the worker is killed
         while True:
-            if stop.is_set() and not stopping:
+            if stop.is_set() and given_up_at is None:
                 self._send({"stop": True})
-                stopping = True
+                given_up_at = time.monotonic() + self.settings.timeout + END_SECONDS
             message = self._receive(_WAIT_SECONDS)
             if message is None:
+                if given_up_at is not None and time.monotonic() > given_up_at:
+                    self._kill()
+                    raise WorkerDied("no answer after a stop; killed")
                 continue
             if "stats" in message:
                 self._take_stats(message["stats"])
@@ -177,6 +204,14 @@ class ProcessShipper:
             return self._reader.next(timeout)
         except EOFError as exc:
             raise WorkerDied(self._ended()) from exc
+        except FrameError as exc:
+            self._kill()
+            raise WorkerDied(f"{exc}; killed") from exc
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
 
     def _ended(self) -> str:
         """Why the worker is gone, once it is."""
@@ -193,9 +228,24 @@ class ProcessShipper:
         return f"exit code {code}"
 
     def _take_stats(self, stats: dict[str, Any]) -> None:
-        for name in _STAT_FIELDS:
-            if name in stats:
-                setattr(self.stats, name, stats[name])
+        """The live worker's counters, added to its predecessors'."""
+        latest = DeliveryStats(**stats)
+        self._latest = latest
+        total = _added(self._before, latest)
+        for name in (*_COUNTERS, "errors_by_status", *_STATES):
+            setattr(self.stats, name, getattr(total, name))
+
+
+def _added(before: DeliveryStats, latest: DeliveryStats) -> DeliveryStats:
+    """``latest`` with ``before``'s counters added (its states its own)."""
+    total = latest.snapshot()
+    for name in _COUNTERS:
+        setattr(total, name, getattr(before, name) + getattr(latest, name))
+    errors = dict(before.errors_by_status)
+    for key, count in latest.errors_by_status.items():
+        errors[key] = errors.get(key, 0) + count
+    total.errors_by_status = errors
+    return total
 
 
 def _outcome(calls: list[EncodedCall], answer: dict[str, Any]) -> Outcome:

@@ -23,8 +23,13 @@ and ``{"outcome": {...}, "stats": {...}}`` once a batch is over: delivered, byte
 requests, the dead letters as ``[index, reason]`` and the pending calls' indices.
 
 Standard input closing (the daemon stopped, or died) stops the delivery at its
-next wait and ends the process; it ignores SIGINT and SIGTERM, which a terminal
-or a service manager sends to the whole group: the daemon stops it in order.
+next wait and ends the process; it ignores SIGINT, SIGTERM and SIGHUP, which a
+terminal or a service manager sends to the whole group (SIGHUP reloads the
+daemon's rulebook): the daemon stops it in order. The frames go out on a copy of
+standard output made at start, and standard output itself then points at
+standard error: nothing printed by mistake can break a frame. A delivery that
+fails in a way delivery does not handle (a bug) is logged and ends the process
+with code 70, and the daemon starts a new one.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ from cdc_tracker.model import Lsn
 log = structlog.get_logger(__name__)
 
 STATS_SECONDS = 0.5
+# No frame is this large (a batch is a few MB): a length past it is not a frame.
+MAX_FRAME = 1 << 30
+CRASHED = 70  # the exit code of a worker whose delivery failed unexpectedly
 _NOWHERE = Lsn(0)  # the calls' positions stay with the daemon
 _LENGTH = struct.Struct("!I")
 _encode = msgspec.msgpack.Encoder().encode
@@ -74,6 +82,10 @@ class FrameWriter:
                 data = data[os.write(self.fd, data) :]
 
 
+class FrameError(Exception):
+    """The pipe holds something that is not a frame."""
+
+
 class FrameReader:
     """Reads frames from a pipe, waiting at most a given time for the next."""
 
@@ -83,7 +95,8 @@ class FrameReader:
 
     def next(self, timeout: float | None) -> dict[str, Any] | None:
         """The next frame's message; None when none is whole within ``timeout``.
-        Raises ``EOFError`` once the writer is gone."""
+        Raises ``EOFError`` once the writer is gone, ``FrameError`` for bytes
+        that are no frame."""
         while True:
             message = self._take()
             if message is not None:
@@ -101,10 +114,15 @@ class FrameReader:
         if len(buffer) < _LENGTH.size:
             return None
         (size,) = _LENGTH.unpack_from(buffer)
+        if size > MAX_FRAME:
+            raise FrameError(f"a frame of {size} bytes announced")
         end = _LENGTH.size + size
         if len(buffer) < end:
             return None
-        message = _decode(memoryview(buffer)[_LENGTH.size : end])
+        try:
+            message = _decode(memoryview(buffer)[_LENGTH.size : end])
+        except msgspec.DecodeError as exc:
+            raise FrameError(f"an unreadable frame: {exc}") from exc
         del buffer[:end]
         return message
 
@@ -130,10 +148,13 @@ class Reporter:
 
 
 def main() -> int:
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     frames = FrameReader(sys.stdin.fileno())
-    out = FrameWriter(sys.stdout.fileno())
+    # The frames' own copy of standard output, which then goes to standard error.
+    out = FrameWriter(os.dup(sys.stdout.fileno()))
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
         hello = frames.next(timeout=None)
     except EOFError:
@@ -205,7 +226,18 @@ def _deliver_each(
     while (item := work.get()) is not None:
         calls, stop = item
         sent_before = client.stats.bytes_sent
-        result = client.deliver(calls, stop)
+        try:
+            result = client.deliver(calls, stop)
+        except BaseException:
+            # Not a failure delivery handles (those are retried or dead letters):
+            # a bug, or memory running out. A new worker sends the batch again.
+            log.exception(
+                "shipping process: delivery failed unexpectedly; it exits and the "
+                "daemon starts a new one",
+                calls=len(calls),
+            )
+            sys.stderr.flush()
+            os._exit(CRASHED)
         outcome = {
             "delivered": result.delivered,
             "bytes": client.stats.bytes_sent - sent_before,

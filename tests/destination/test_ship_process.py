@@ -14,11 +14,14 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from cdc_tracker.daemon import ship_process
 from cdc_tracker.daemon.ship_process import ProcessShipper
 from cdc_tracker.destination import DestinationSettings
+from cdc_tracker.destination.worker import FrameError, FrameReader
 from cdc_tracker.errors import DeliveryError
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.destination.conftest import encoded
@@ -110,14 +113,27 @@ def test_a_killed_worker_is_replaced_and_its_batch_sent_again(
     fake.fail_for(1.5)
     first = shipper.pid
     assert first is not None
-    killer = threading.Timer(0.5, os.kill, (first, signal.SIGKILL))
+    failures: list[int] = []
+
+    def kill_once_failing() -> None:
+        _until(lambda: shipper.stats.errors_by_status.get("503", 0) >= 1)
+        failures.append(shipper.stats.errors_by_status["503"])
+        os.kill(first, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once_failing)
     killer.start()
 
     outcome = shipper.ship(calls, threading.Event())
+    killer.join()
 
     assert shipper.pid not in (first, None)
     assert outcome.delivered == 20
     assert set(fake.message_ids()) == {call.message_id for call in calls}
+    # The counters go on from what the first worker reported: /metrics never
+    # goes back (a request it made after its last report is not counted).
+    assert shipper.stats.errors_by_status["503"] >= failures[0]
+    assert failures[0] + 1 <= shipper.stats.requests <= len(fake.requests)
+    assert shipper.stats.calls_delivered == 20
 
 
 def test_a_worker_dying_twice_on_one_batch_stops_delivery(
@@ -142,7 +158,7 @@ def test_a_worker_dying_twice_on_one_batch_stops_delivery(
     assert "killed by signal 9" in str(raised.value)
 
 
-def test_the_worker_ignores_a_terminals_interrupt(
+def test_the_worker_ignores_the_signals_sent_to_its_group(
     fake: FakeRudderStack, shipper: ProcessShipper
 ) -> None:
     pid = shipper.pid
@@ -151,6 +167,7 @@ def test_the_worker_ignores_a_terminals_interrupt(
 
     os.kill(pid, signal.SIGINT)
     os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGHUP)  # the daemon's reload signal, sent to the group
     outcome = shipper.ship(encoded(4), threading.Event())
 
     assert outcome.delivered == 4
@@ -206,3 +223,117 @@ def test_close_ends_the_worker(fake: FakeRudderStack) -> None:
 
     assert not _alive(pid)
     assert shipper.pid is None
+
+
+def test_a_stopped_worker_that_does_not_answer_is_killed(
+    fake: FakeRudderStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ship_process, "END_SECONDS", 1.0)
+    settings = DestinationSettings(url=fake.url, write_key=WRITE_KEY, timeout=1.0)
+    fake.fail_for(60)
+    with ProcessShipper(settings) as shipper:
+        pid = shipper.pid
+        assert pid is not None
+        stop = threading.Event()
+
+        def freeze_then_stop() -> None:
+            _until(lambda: len(fake.statuses()) >= 1)
+            os.kill(pid, signal.SIGSTOP)  # a hung worker
+            stop.set()
+
+        threading.Thread(target=freeze_then_stop).start()
+        started = time.monotonic()
+        outcome = shipper.ship(encoded(3), stop)
+
+        assert outcome.interrupted
+        assert len(outcome.pending) == 3
+        assert time.monotonic() - started < 15
+        assert not _alive(pid)
+
+
+@pytest.fixture
+def worker_patch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``sitecustomize`` the worker imports at start (through PYTHONPATH), for
+    faults no real input makes: write the patch into the returned file."""
+    site = tmp_path / "site"
+    site.mkdir()
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    monkeypatch.setenv("PYTHONPATH", path)
+    return site / "sitecustomize.py"
+
+
+def test_a_worker_whose_delivery_fails_unexpectedly_is_replaced(
+    fake: FakeRudderStack, worker_patch: Path, tmp_path: Path
+) -> None:
+    # The first worker's delivery raises; the second, started after it, works.
+    marker = tmp_path / "crashed-once"
+    worker_patch.write_text(
+        textwrap.dedent(
+            f"""
+            import pathlib
+            from cdc_tracker.destination import rudderstack
+            deliver = rudderstack.RudderStackClient.deliver
+            def crash_once(self, calls, stop=None):
+                marker = pathlib.Path({str(marker)!r})
+                if not marker.exists():
+                    marker.touch()
+                    raise MemoryError("injected")
+                return deliver(self, calls, stop)
+            rudderstack.RudderStackClient.deliver = crash_once
+            """
+        )
+    )
+    calls = encoded(5)
+    with ProcessShipper(DestinationSettings(url=fake.url, write_key=WRITE_KEY)) as s:
+        first = s.pid
+
+        outcome = s.ship(calls, threading.Event())
+
+        assert marker.exists()
+        assert s.pid != first
+    assert outcome.delivered == 5
+    assert fake.message_ids() == [call.message_id for call in calls]
+
+
+def test_what_the_worker_prints_by_mistake_does_not_break_its_frames(
+    fake: FakeRudderStack, worker_patch: Path
+) -> None:
+    worker_patch.write_text(
+        textwrap.dedent(
+            """
+            from cdc_tracker.destination import rudderstack
+            deliver = rudderstack.RudderStackClient.deliver
+            def chatty(self, calls, stop=None):
+                print("a line on standard output", flush=True)
+                return deliver(self, calls, stop)
+            rudderstack.RudderStackClient.deliver = chatty
+            """
+        )
+    )
+    with ProcessShipper(DestinationSettings(url=fake.url, write_key=WRITE_KEY)) as s:
+        outcome = s.ship(encoded(5), threading.Event())
+
+    assert outcome.delivered == 5
+
+
+def test_the_worker_imports_the_daemons_code_whatever_the_directory(
+    fake: FakeRudderStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "msgspec.py").write_text("raise ImportError('not this one')\n")
+    monkeypatch.chdir(tmp_path)
+
+    with ProcessShipper(DestinationSettings(url=fake.url, write_key=WRITE_KEY)) as s:
+        outcome = s.ship(encoded(2), threading.Event())
+
+    assert outcome.delivered == 2
+
+
+def test_bytes_that_are_no_frame_are_refused() -> None:
+    read, write = os.pipe()
+    try:
+        os.write(write, b"\xff\xff\xff\xffa line printed by mistake")
+        with pytest.raises(FrameError, match="frame of 4294967295 bytes"):
+            FrameReader(read).next(1.0)
+    finally:
+        os.close(read)
+        os.close(write)
