@@ -109,7 +109,8 @@ class Message:
 
 class Transaction:
     """Decoding state across rows: which transaction we are in, its ordinal, and
-    the last change's WAL position with how many changes shared it."""
+    the last change's WAL position with how many changes shared it (see
+    ``_read``)."""
 
     __slots__ = ("commit_lsn", "commit_time", "last_lsn", "ordinal", "sharing")
 
@@ -119,19 +120,6 @@ class Transaction:
         self.ordinal = 0
         self.last_lsn = ""
         self.sharing = 0
-
-    def place(self, lsn: str) -> tuple[int, str]:
-        """The next change's ordinal and its WAL position (``lsn``, told apart
-        from the rows before it that share its record)."""
-        ordinal = self.ordinal
-        self.ordinal = ordinal + 1
-        # One WAL record may hold several rows (COPY's multi-row inserts), all of
-        # one table: they share its position, told apart by their order in it.
-        if lsn == self.last_lsn:
-            self.sharing += 1
-            return ordinal, f"{lsn}.{self.sharing}"
-        self.last_lsn, self.sharing = lsn, 0
-        return ordinal, lsn
 
 
 Event = Begin | Change | Commit | Truncate | Message
@@ -214,7 +202,17 @@ def _read(read: tuple[Any, ...], tx: Transaction) -> Change:
     """The change of a row as ``_rowparse`` reads it: (action, schema, table,
     lsn, new, old, types, key)."""
     action, schema, table, lsn, new, old, types, key = read
-    ordinal, wal_position = tx.place(lsn)
+    ordinal = tx.ordinal
+    tx.ordinal = ordinal + 1
+    # One WAL record may hold several rows (COPY's multi-row inserts), all of
+    # one table: they share its position, told apart by their order in it.
+    # (Inline, not a method: this runs once per change.)
+    if lsn == tx.last_lsn:
+        tx.sharing += 1
+        wal_position = f"{lsn}.{tx.sharing}"
+    else:
+        tx.last_lsn, tx.sharing = lsn, 0
+        wal_position = lsn
     # Positional: keywords cost a fifth of this function, once per change.
     return Change(
         schema + "." + table,
