@@ -25,6 +25,7 @@ import structlog
 from benchmarks import baselines, delay, receiving
 from benchmarks.daemon_proc import (
     EXAMPLES,
+    children,
     cpu_seconds,
     main_thread_cpu_seconds,
     replay,
@@ -156,6 +157,8 @@ def _daemon_run(
         }
         cpu_before = {name: cpu_seconds(pids) for name, pids in processes.items()}
         main_before = main_thread_cpu_seconds(run.process.pid)
+        delivery = children(run.process.pid)
+        delivery_before = cpu_seconds(delivery)
         wait_confirmed(conn, "bench_daemon", written.before_big, run)
         rss_before = run.peak_rss_mb()
         finished = wait_confirmed(conn, "bench_daemon", written.end, run)
@@ -164,9 +167,11 @@ def _daemon_run(
             name: cpu_seconds(pids) - cpu_before[name]
             for name, pids in processes.items()
         }
+        # Parts of the daemon's: its main thread, and its delivery process.
         cpu["daemon main thread"] = (
             main_thread_cpu_seconds(run.process.pid) - main_before
         )
+        cpu["daemon delivery process"] = cpu_seconds(delivery) - delivery_before
     finally:
         run.stop()
         if spy is not None:
@@ -296,8 +301,11 @@ def _rows(r: Results) -> list[Row]:
 
 
 def _busy(cpu: dict[str, float]) -> float:
-    """CPU seconds of every process (the main thread is part of the daemon's)."""
-    return sum(seconds for name, seconds in cpu.items() if "thread" not in name)
+    """CPU seconds of every process ("daemon ..." entries are parts of the
+    daemon's: its main thread, its delivery process)."""
+    return sum(
+        seconds for name, seconds in cpu.items() if not name.startswith("daemon ")
+    )
 
 
 def _p50_p99(delays: list[float]) -> tuple[float, float]:
