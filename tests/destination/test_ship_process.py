@@ -195,11 +195,12 @@ def test_the_worker_ends_when_its_daemon_is_killed(fake: FakeRudderStack) -> Non
     with subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
     ) as daemon:
-        assert daemon.stdout is not None
-        worker = int(daemon.stdout.readline())
-        _until(lambda: len(fake.statuses()) >= 1)
-
-        daemon.kill()
+        try:
+            assert daemon.stdout is not None
+            worker = int(daemon.stdout.readline())
+            _until(lambda: len(fake.statuses()) >= 1)
+        finally:
+            daemon.kill()  # the test's point, and never left running on a failure
 
     _until(lambda: not _alive(worker), seconds=15)
 
