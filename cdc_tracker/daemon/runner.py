@@ -26,6 +26,10 @@ def run_daemon(
     out: IO[str],
 ) -> Daemon:
     """Run until ``stop`` is set; raises ``CdcTrackerError`` when it cannot go on."""
+    if threading.current_thread() is threading.main_thread():
+        # A SIGHUP before the reload handler is in place finds the rulebook
+        # being read anyway: ignored, not fatal.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     rulebook = load_rulebook(settings.rulebook)
     settings.require_dsn()
     tune_gc()

@@ -98,6 +98,13 @@ class ProcessShipper:
     def ship(self, calls: list[EncodedCall], stop: threading.Event) -> Outcome:
         if not calls:
             return Outcome()
+        if self._process is not None and self._process.poll() is not None:
+            # It died between batches: nothing of this one was sent yet.
+            log.error(
+                "shipping process died while idle: starting a new one",
+                reason=self._ended(),
+            )
+            self._start()
         try:
             return self._ship(calls, stop)
         except WorkerDied as died:
@@ -147,6 +154,10 @@ class ProcessShipper:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
+            # A group of its own: Ctrl-C, SIGHUP or SIGTERM sent to the daemon's
+            # group (a terminal, a service manager) are the daemon's to handle,
+            # even while the worker starts, before it ignores them.
+            process_group=0,
         )
         self._process = process
         assert process.stdin is not None
@@ -185,6 +196,11 @@ class ProcessShipper:
             message = self._receive(_WAIT_SECONDS)
             if message is None:
                 if given_up_at is not None and time.monotonic() > given_up_at:
+                    log.warning(
+                        "shipping process did not answer the stop: killed; its "
+                        "batch is read again at the next start",
+                        calls=len(calls),
+                    )
                     self._kill()
                     raise WorkerDied("no answer after a stop; killed")
                 continue

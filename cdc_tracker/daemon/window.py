@@ -433,8 +433,8 @@ class Window:
                     stream.keep_alive()
                 else:
                     log.warning(
-                        "delivery still failing: replication stream closed until "
-                        "it succeeds",
+                        "delivery not over after 10 s (an outage, or a slow "
+                        "destination): replication stream closed until it is",
                         slot=stream.slot,
                     )
                     stream.close()

@@ -136,6 +136,34 @@ def test_a_killed_worker_is_replaced_and_its_batch_sent_again(
     assert shipper.stats.calls_delivered == 20
 
 
+def test_a_worker_that_died_idle_is_replaced_and_not_counted_against_the_batch(
+    fake: FakeRudderStack, shipper: ProcessShipper
+) -> None:
+    idle = shipper.pid
+    assert idle is not None
+    os.kill(idle, signal.SIGKILL)
+    _until(lambda: not _alive(idle))
+    fake.fail_for(1.5)
+    killed: list[int] = []
+
+    def kill_the_next_once_failing() -> None:
+        _until(lambda: len(fake.statuses()) >= 1)
+        pid = shipper.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    threading.Thread(target=kill_the_next_once_failing).start()
+    calls = encoded(4)
+
+    outcome = shipper.ship(calls, threading.Event())
+
+    assert killed
+    assert killed[0] != idle
+    assert outcome.delivered == 4
+    assert set(fake.message_ids()) == {call.message_id for call in calls}
+
+
 def test_a_worker_dying_twice_on_one_batch_stops_delivery(
     fake: FakeRudderStack, shipper: ProcessShipper
 ) -> None:
@@ -163,6 +191,8 @@ def test_the_worker_ignores_the_signals_sent_to_its_group(
 ) -> None:
     pid = shipper.pid
     assert pid is not None
+    # A group of its own: what a terminal sends the daemon's group misses it.
+    assert os.getpgid(pid) == pid != os.getpgid(0)
     time.sleep(0.3)  # past its start: the handler is in place once it answered
 
     os.kill(pid, signal.SIGINT)
