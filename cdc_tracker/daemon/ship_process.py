@@ -105,27 +105,26 @@ class ProcessShipper:
                 reason=self._ended(),
             )
             self._start()
-        try:
-            return self._ship(calls, stop)
-        except WorkerDied as died:
-            if stop.is_set():
-                return Outcome(interrupted=True, pending=list(calls))
-            log.error(
-                "shipping process died: starting a new one, which sends its "
-                "batch again",
-                reason=str(died),
-                calls=len(calls),
-            )
-        self._start()
-        try:
-            return self._ship(calls, stop)
-        except WorkerDied as died:
-            if stop.is_set():
-                return Outcome(interrupted=True, pending=list(calls))
-            raise DeliveryError(
-                f"the shipping process died twice on one batch ({died})",
-                hint="its error is logged above; a restart reads the batch again",
-            ) from died
+        for attempt in (1, 2):
+            try:
+                return self._ship(calls, stop)
+            except WorkerDied as died:
+                if stop.is_set():
+                    return Outcome(interrupted=True, pending=list(calls))
+                if attempt == 2:
+                    raise DeliveryError(
+                        f"the shipping process died twice on one batch ({died})",
+                        hint="its error is logged above; a restart reads the "
+                        "batch again",
+                    ) from died
+                log.error(
+                    "shipping process died: starting a new one, which sends its "
+                    "batch again",
+                    reason=str(died),
+                    calls=len(calls),
+                )
+                self._start()
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def close(self) -> None:
         """Close the worker's input and wait for it to end."""
