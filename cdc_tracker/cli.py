@@ -64,6 +64,13 @@ examples:
   cdc-tracker run --dsn postgresql://tracker@db/app
   cdc-tracker run --dry-run          # print the calls as JSON lines, advance nothing
   RUDDERSTACK_WRITE_KEY=... RUDDERSTACK_DATA_PLANE_URL=https://... cdc-tracker run
+
+while running:
+  SIGHUP reloads the rulebook; SIGTERM or Ctrl-C stops after the request in flight.
+  /healthz, /readyz and /metrics answer on CDC_TRACKER_METRICS_ADDRESS
+  (default 127.0.0.1:9187; "off" for none).
+  Calls are sent by a delivery process the daemon starts and stops
+  (python -P -m cdc_tracker.destination.worker); --dry-run starts none.
 """
 
 
