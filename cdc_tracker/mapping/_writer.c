@@ -254,22 +254,10 @@ put_timestamptz(Buffer *b, PyObject *str)
     return 0;
 }
 
-static int
-put_dumped(Buffer *b, PyObject *value)
-{
-    PyObject *json = PyObject_CallOneArg(dumps, value);
-    if (json == NULL) {
-        return -1;
-    }
-    int failed = !PyBytes_Check(json) || put_bytes(b, json) < 0;
-    Py_DECREF(json);
-    return failed ? -1 : 0;
-}
-
 /* A value ``depth`` containers deep in the call, through dumps: wrapped in as
  * many lists, so that orjson's nesting limit counts what encoding the whole
  * call would count (a json document too deep is then refused here as there),
- * and written without them. */
+ * and written without them. A scalar goes at depth 0. */
 static int
 put_dumped_at(Buffer *b, PyObject *value, int depth)
 {
@@ -310,7 +298,7 @@ put_int(Buffer *b, PyObject *value)
     int overflow;
     long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
     if (overflow) {
-        return put_dumped(b, value); /* orjson takes up to 2**64 - 1 */
+        return put_dumped_at(b, value, 0); /* orjson takes up to 2**64 - 1 */
     }
     if (n == -1 && PyErr_Occurred()) {
         return -1;
@@ -338,7 +326,7 @@ put_decimal(Buffer *b, PyObject *value)
                 (c == 'E' && i + 1 < len && s[i + 1] == '+') ||
                 (c == '+' && i > 0 && s[i - 1] == 'E');
     }
-    int result = plain ? put(b, s, len) : put_dumped(b, value);
+    int result = plain ? put(b, s, len) : put_dumped_at(b, value, 0);
     Py_DECREF(text);
     return result;
 }

@@ -530,7 +530,7 @@ read_column(Reader *r, PyObject **name, PyObject **type, PyObject **value)
 
 /* The columns' names and types in the order read, each marked when it came
  * from the old image: every row of a table has the same shape, and one types
- * dict serves them all (see shape_types). */
+ * dict serves them all (see types_of). */
 #define MAX_SHAPE 64
 
 typedef struct {
@@ -550,9 +550,6 @@ shape_clear(Shape *shape)
     shape->len = 0;
 }
 
-/* A list of columns into ``values``, their names and types onto ``shape``
- * (or into a ``types`` dict made once the shape is too long to keep); null
- * leaves ``*values`` NULL. */
 /* A column's type into ``types``: the new image's first, then those only the
  * old image has (a delete, an unchanged TOASTed value), as msgspec's path. */
 static int
@@ -562,16 +559,15 @@ add_type(PyObject *types, PyObject *name, PyObject *type, int old)
                : PyDict_SetItem(types, name, type);
 }
 
-/* The shape's types into ``types``, emptying the shape. */
+/* The shape's types into ``types``. */
 static int
-shape_to_dict(Shape *shape, PyObject *types)
+add_types(PyObject *types, const Shape *shape)
 {
     for (Py_ssize_t i = 0; i < shape->len; i++) {
         if (add_type(types, shape->names[i], shape->types[i], shape->old[i]) < 0) {
             return -1;
         }
     }
-    shape_clear(shape);
     return 0;
 }
 
@@ -617,11 +613,9 @@ types_of(PyObject *schema, PyObject *table, Shape *shape)
     if (types == NULL) {
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < shape->len; i++) {
-        if (add_type(types, shape->names[i], shape->types[i], shape->old[i]) < 0) {
-            Py_DECREF(types);
-            return NULL;
-        }
+    if (add_types(types, shape) < 0) {
+        Py_DECREF(types);
+        return NULL;
     }
     if (stable) {
         KnownShape *known = &shapes[next_shape++ % SHAPES];
@@ -639,6 +633,9 @@ types_of(PyObject *schema, PyObject *table, Shape *shape)
     return types;
 }
 
+/* A list of columns into ``values``, their names and types onto ``shape``
+ * (or into a ``types`` dict made once the shape is too long to keep); null
+ * leaves ``*values`` NULL. */
 static int
 read_columns(Reader *r, PyObject **values, Shape *shape, PyObject **types, int old)
 {
@@ -672,9 +669,9 @@ read_columns(Reader *r, PyObject **values, Shape *shape, PyObject **types, int o
             if (*types == NULL) {
                 *types = PyDict_New();
             }
-            failed = *types == NULL ||
-                     (shape->len >= 0 && shape_to_dict(shape, *types) < 0) ||
+            failed = *types == NULL || add_types(*types, shape) < 0 ||
                      add_type(*types, name, type, old) < 0;
+            shape_clear(shape);
             shape->len = -1;
         }
         Py_XDECREF(name);
