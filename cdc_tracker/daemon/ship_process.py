@@ -51,11 +51,7 @@ _COUNTERS = (
     "calls_dead_lettered",
     "retries",
 )
-_STATES = [
-    field.name
-    for field in fields(DeliveryStats)
-    if field.name not in _COUNTERS and field.name != "errors_by_status"
-]
+_FIELDS = [field.name for field in fields(DeliveryStats)]
 
 
 class WorkerDied(Exception):
@@ -247,7 +243,7 @@ class ProcessShipper:
         latest = DeliveryStats(**stats)
         self._latest = latest
         total = _added(self._before, latest)
-        for name in (*_COUNTERS, "errors_by_status", *_STATES):
+        for name in _FIELDS:
             setattr(self.stats, name, getattr(total, name))
 
 
