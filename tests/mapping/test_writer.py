@@ -77,10 +77,16 @@ TEXT_ROWS = [
 
 
 def _both_ways(
-    rulebook: Path, changes: list[Change], monkeypatch: pytest.MonkeyPatch
+    rulebook: str,
+    changes: list[Change],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[list[Any], list[Any], int]:
-    """Each way's calls and dead letters, and how many calls the writer wrote."""
-    book = load_rulebook(rulebook)
+    """Each way's calls and dead letters under ``rulebook`` (its YAML), and how
+    many calls the writer wrote."""
+    path = tmp_path / "rulebook.yaml"
+    path.write_text(rulebook)
+    book = load_rulebook(path)
     written = 0
     results = []
     for use_writer in (True, False):
@@ -111,11 +117,9 @@ def _both_ways(
 def test_a_column_of_every_kind_is_written_as_python_writes_it(
     empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "rulebook.yaml"
-    path.write_text(RULEBOOK)
     changes = live_changes(empty_db, [TYPES_TABLE, *ROWS, *MORE_ROWS], ["public.kinds"])
 
-    fast, slow, written = _both_ways(path, changes, monkeypatch)
+    fast, slow, written = _both_ways(RULEBOOK, changes, tmp_path, monkeypatch)
 
     assert fast == slow
     assert len(fast[0]) > 10
@@ -127,11 +131,9 @@ def test_a_column_of_every_kind_is_written_as_python_writes_it(
 def test_texts_and_times_are_written_as_python_writes_them(
     empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "rulebook.yaml"
-    path.write_text(TEXTS)
     changes = live_changes(empty_db, [TEXTS_TABLE, *TEXT_ROWS], ["public.texts"])
 
-    fast, slow, written = _both_ways(path, changes, monkeypatch)
+    fast, slow, written = _both_ways(TEXTS, changes, tmp_path, monkeypatch)
 
     assert fast == slow
     calls, letters = fast
@@ -165,8 +167,6 @@ def test_times_the_server_prints_in_any_zone_are_written_as_python_writes_them(
                 "'2000-02-29 12:00:00.000010+00']::timestamptz[]) t"
             )
         ]
-    path = tmp_path / "rulebook.yaml"
-    path.write_text(TEXTS)
     changes = [
         Change(
             "public.texts",
@@ -188,7 +188,7 @@ def test_times_the_server_prints_in_any_zone_are_written_as_python_writes_them(
         for n, text in enumerate(printed)
     ]
 
-    fast, slow, written = _both_ways(path, changes, monkeypatch)
+    fast, slow, written = _both_ways(TEXTS, changes, tmp_path, monkeypatch)
 
     assert fast == slow
     assert written >= 2 * (len(printed) - 1)  # LMT's offset in seconds is Python's
@@ -221,8 +221,6 @@ def test_json_nested_near_the_encoders_limit_is_refused_alike(
     # orjson refuses past 255 levels: a document 250 to 256 deep fits in some
     # places of a call and not in others (an identify's traits are also in its
     # context, a nested field is one level deeper).
-    path = tmp_path / "rulebook.yaml"
-    path.write_text(DEEP)
     rows = [
         f"insert into deep values ({depth}, '{'[' * depth}{']' * depth}')"
         for depth in range(248, 257)
@@ -233,7 +231,7 @@ def test_json_nested_near_the_encoders_limit_is_refused_alike(
         ["public.deep"],
     )
 
-    fast, slow, written = _both_ways(path, changes, monkeypatch)
+    fast, slow, written = _both_ways(DEEP, changes, tmp_path, monkeypatch)
 
     assert fast == slow
     calls, letters = fast
@@ -260,13 +258,11 @@ track:
 def test_a_call_at_the_per_call_limit_is_sent_and_one_byte_more_is_a_dead_letter(
     empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "rulebook.yaml"
-    path.write_text(SIZED)
     table = "create table sized (id int primary key, body text)"
     [probe] = live_changes(
         empty_db, [table, "insert into sized values (1, 'x')"], ["public.sized"]
     )
-    fast, _, _ = _both_ways(path, [probe], monkeypatch)
+    fast, _, _ = _both_ways(SIZED, [probe], tmp_path, monkeypatch)
     # What the call takes beyond its body's text, sentAt included.
     overhead = len(fast[0][0][2]) + SENT_AT_BYTES - 1
     fits = MAX_CALL_BYTES - overhead
@@ -279,7 +275,7 @@ def test_a_call_at_the_per_call_limit_is_sent_and_one_byte_more_is_a_dead_letter
         ["public.sized"],
     )
 
-    fast, slow, written = _both_ways(path, changes, monkeypatch)
+    fast, slow, written = _both_ways(SIZED, changes, tmp_path, monkeypatch)
 
     assert fast == slow
     [call], [letter] = fast
