@@ -167,11 +167,15 @@ def _daemon_run(
             name: cpu_seconds(pids) - cpu_before[name]
             for name, pids in processes.items()
         }
-        # Parts of the daemon's: its main thread, and its delivery process.
-        cpu["daemon main thread"] = (
-            main_thread_cpu_seconds(run.process.pid) - main_before
-        )
+        # Parts of the daemon's: its main thread, its delivery process, and its
+        # other threads (the one reading the stream ahead, the one feeding the
+        # delivery process).
+        main = main_thread_cpu_seconds(run.process.pid) - main_before
+        cpu["daemon main thread"] = main
         cpu["daemon delivery process"] = cpu_seconds(delivery) - delivery_before
+        cpu["daemon other threads"] = (
+            cpu["daemon"] - main - cpu["daemon delivery process"]
+        )
     finally:
         run.stop()
         if spy is not None:
@@ -302,7 +306,7 @@ def _rows(r: Results) -> list[Row]:
 
 def _busy(cpu: dict[str, float]) -> float:
     """CPU seconds of every process ("daemon ..." entries are parts of the
-    daemon's: its main thread, its delivery process)."""
+    daemon's: its main thread, its delivery process, its other threads)."""
     return sum(
         seconds for name, seconds in cpu.items() if not name.startswith("daemon ")
     )

@@ -44,6 +44,7 @@ ENVIRONMENT = {
     "CDC_TRACKER_HTTP_TIMEOUT": "http_timeout",
     "CDC_TRACKER_POLL_INTERVAL": "poll_interval",
     "CDC_TRACKER_WINDOW_CHANGES": "window_changes",
+    "CDC_TRACKER_READ_AHEAD_MB": "read_ahead_mb",
     "CDC_TRACKER_NAMESPACE": "namespace",
     "CDC_TRACKER_LOG_FORMAT": "log_format",
     "CDC_TRACKER_LOG_LEVEL": "log_level",
@@ -73,6 +74,7 @@ class Settings:
     http_timeout: float = 10.0
     poll_interval: float = 0.2
     window_changes: int = 20_000
+    read_ahead_mb: int = 32
     namespace: str = ""
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -139,6 +141,7 @@ _POSITIVE = {
     "poll_interval",
     "stall_seconds",
     "window_changes",
+    "read_ahead_mb",
 }
 
 

@@ -20,6 +20,7 @@ from cdc_tracker.settings import load_settings, unknown_variables
         ("batch_calls: 0", "batch_calls is 0; expected a positive whole number"),
         ("batch_bytes: 1e400", "batch_bytes is 1E+400; expected a whole number"),
         ("window_changes: true", "window_changes is true; expected a whole number"),
+        ("read_ahead_mb: 0", "read_ahead_mb is 0; expected a positive whole number"),
         ("batch_calls: ~", "batch_calls is null; expected a whole number"),
         ("poll_interval: 1e400", "poll_interval is 1E+400; expected a finite number"),
         ("poll_interval: 2026-01-01", "poll_interval is 2026-01-01; expected a number"),
@@ -45,8 +46,10 @@ def test_a_bad_number_in_the_file_is_refused_as_written(
 def test_good_numbers_keep_their_value(tmp_path: Path) -> None:
     path = tmp_path / "settings.yaml"
     path.write_text("batch_calls: 4e2\npoll_interval: 0.05\nhttp_timeout: 2\n")
-    settings = load_settings(path, environ={"CDC_TRACKER_WINDOW_CHANGES": "5000"})
+    environ = {"CDC_TRACKER_WINDOW_CHANGES": "5000", "CDC_TRACKER_READ_AHEAD_MB": "8"}
+    settings = load_settings(path, environ=environ)
     assert (settings.batch_calls, settings.poll_interval) == (400, 0.05)
+    assert settings.read_ahead_mb == 8
     assert (settings.http_timeout, settings.window_changes) == (2.0, 5000)
 
 

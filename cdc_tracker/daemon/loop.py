@@ -413,6 +413,7 @@ class Daemon:
             self.window.schemas,
             confirm=self.advance_slot,
             stop=self.stop,
+            read_ahead=self.settings.read_ahead_mb << 20,
         )
         stream.open(temporary=temporary)
         return stream

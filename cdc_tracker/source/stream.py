@@ -38,6 +38,12 @@ from cdc_tracker.source.connection import (
     refuse_unreadable,
     translate_errors,
 )
+from cdc_tracker.source.read_ahead import (
+    ENDED,
+    Keepalive,
+    ReadAhead,
+    UnexpectedMessage,
+)
 from cdc_tracker.source.wal2json import MESSAGE_PREFIX, PLUGIN_OPTIONS
 
 log = structlog.get_logger(__name__)
@@ -50,12 +56,11 @@ CLOSE_SECONDS = 2.0
 CONNECT_SECONDS = 10
 SLOT_WAIT = "30s"  # longest a temporary slot waits for running transactions
 _WAIT_SECONDS = 0.2  # how often a wait looks at the stop
+# How far ahead of the daemon's use rows are read (see ``read_ahead``).
+READ_AHEAD_BYTES = 32 << 20
 
-_ROW_HEADER = 25  # "w", start, end of WAL, send time
-_KEEPALIVE = struct.Struct("!QQB")  # end of WAL, send time, reply requested
 _STATUS = struct.Struct("!cQQQQB")  # "r", written, flushed, applied, time, reply
 _POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
-_W, _K = ord("w"), ord("k")
 
 
 class Stream:
@@ -63,7 +68,9 @@ class Stream:
     ``tables``, and of every table in ``schemas`` (the home of a partitioned
     table, whose changes carry the names of its partitions, new ones included).
 
-    ``confirm`` is off for a dry run: the slot is read, never moved.
+    ``confirm`` is off for a dry run: the slot is read, never moved. Rows are
+    read on a thread of their own up to ``read_ahead`` bytes ahead of ``read``
+    (``source.read_ahead``).
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class Stream:
         *,
         confirm: bool = True,
         stop: threading.Event | None = None,
+        read_ahead: int = READ_AHEAD_BYTES,
     ) -> None:
         self.dsn = dsn
         self.stop = stop  # set: a connection or command still waiting is cancelled
@@ -88,12 +96,20 @@ class Stream:
         self._pgconn: pq.abc.PGconn | None = None
         self._status_at = 0.0
         self._temporary = False
+        self.read_ahead = read_ahead
+        self._ahead: ReadAhead | None = None
         # How often our status must go out; set from the server's settings.
         self.status_seconds = STATUS_SECONDS
 
     @property
     def is_open(self) -> bool:
         return self._pgconn is not None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of rows read from the server ahead of ``read`` (see
+        ``read_ahead``): at most ``read_ahead`` and one row."""
+        return self._ahead.buffered if self._ahead is not None else 0
 
     def open(self, *, temporary: bool = False) -> None:
         """Connect and start streaming from the slot's confirmed position.
@@ -126,6 +142,7 @@ class Stream:
             raise
         self._pgconn = pgconn
         self.send_status()  # what we confirmed before, if the server lost it
+        self._ahead = ReadAhead(pgconn, self.read_ahead)
         log.debug("streaming slot", slot=self.slot, tables=len(self.tables))
 
     def reopen(self, tables: list[str], schemas: list[str]) -> None:
@@ -135,43 +152,41 @@ class Stream:
         self.tables, self.schemas = tables, schemas
         self.open(temporary=self._temporary)
 
-    def read(self, timeout: float) -> memoryview | None:
+    def read(self, timeout: float) -> bytes | None:
         """The next wal2json row, or None when none arrived within ``timeout`` (or
         a stop came first)."""
-        pgconn = self._pgconn
-        assert pgconn is not None
+        ahead = self._ahead
+        assert ahead is not None
         deadline = 0.0
         while True:
-            size, data = pgconn.get_copy_data(1)
-            if size > 0:
-                kind = data[0]
-                if kind == _W:
-                    return data[_ROW_HEADER:]
-                if kind != _K:
-                    raise DecodeError(
-                        f"unexpected replication message {chr(kind)!r} "
-                        f"from slot '{self.slot}'"
-                    )
-                end, _, reply = _KEEPALIVE.unpack_from(data, 1)
-                if end > self.sent_upto:
-                    self.sent_upto = Lsn(end)
-                if reply:
+            item = ahead.take()
+            if type(item) is bytes:
+                return item
+            if item is None:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + timeout
+                self.keep_alive(now)  # however long the wait
+                if now >= deadline or (self.stop is not None and self.stop.is_set()):
+                    return None
+                # A long wait (a large poll_interval) still notices a stop soon.
+                ahead.wait(min(deadline - now, _WAIT_SECONDS))
+            elif type(item) is Keepalive:
+                if item.end > self.sent_upto:
+                    self.sent_upto = Lsn(item.end)
+                if item.reply:
                     self.send_status()
-                continue
-            if size < 0:
+            elif type(item) is UnexpectedMessage:
+                raise DecodeError(
+                    f"unexpected replication message {item.kind!r} "
+                    f"from slot '{self.slot}'"
+                )
+            elif item is ENDED:
                 self._ended()
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + timeout
-            self.keep_alive(now)  # however long the wait
-            if now >= deadline or (self.stop is not None and self.stop.is_set()):
-                return None
-            # A long wait (a large poll_interval) still notices a stop soon.
-            wait = min(deadline - now, _WAIT_SECONDS)
-            ready, _, _ = select.select([pgconn.socket], [], [], wait)
-            if ready:
+            else:
+                assert isinstance(item, BaseException)
                 with translate_errors(self.slot, self.dsn):
-                    pgconn.consume_input()
+                    raise item
 
     def confirm(self, lsn: Lsn) -> None:
         """Tell the server every change below ``lsn`` is handled: the slot moves."""
@@ -206,6 +221,9 @@ class Stream:
         pgconn, self._pgconn = self._pgconn, None
         if pgconn is None:
             return
+        if self._ahead is not None:
+            self._ahead.close()  # the connection is this thread's alone again
+            self._ahead = None
         try:
             if pgconn.status == pq.ConnStatus.OK:
                 self._send_status(pgconn)
