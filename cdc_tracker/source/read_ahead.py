@@ -121,10 +121,10 @@ class ReadAhead:
                 if self._read - self._taken >= self.limit:
                     self._wait_for_room()
                     continue
-                taken = self._drain()
-                if taken < 0:
+                kept = self._drain()
+                if kept < 0:
                     return  # the stream ended
-                if taken:
+                if kept:
                     # More may have come meanwhile: read it without a wait, which
                     # would give Python's lock away and wait to get it back.
                     pgconn.consume_input()
