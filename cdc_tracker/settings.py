@@ -55,6 +55,8 @@ ENVIRONMENT = {
 
 
 DEFAULT_RULEBOOK = Path("config/rulebook.yaml")
+# More rows read ahead than this is a typo, not a plan: they are held in memory.
+MOST_READ_AHEAD_MB = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +225,12 @@ def _build(values: dict[str, tuple[Any, str]]) -> Settings:
         converted[name] = _convert(name, str(types[name]), value, source)
     settings = replace(settings, **converted)
     _check_batch_limits(settings, values)
+    if settings.read_ahead_mb > MOST_READ_AHEAD_MB:
+        raise ConfigError(
+            f"setting read_ahead_mb from {values['read_ahead_mb'][1]} is "
+            f"{settings.read_ahead_mb}; expected at most {MOST_READ_AHEAD_MB} "
+            "(megabytes of rows held in memory)"
+        )
     return settings
 
 

@@ -21,6 +21,11 @@ from cdc_tracker.settings import load_settings, unknown_variables
         ("batch_bytes: 1e400", "batch_bytes is 1E+400; expected a whole number"),
         ("window_changes: true", "window_changes is true; expected a whole number"),
         ("read_ahead_mb: 0", "read_ahead_mb is 0; expected a positive whole number"),
+        (
+            "read_ahead_mb: 5000",
+            "read_ahead_mb is 5000; expected at most 4096 (megabytes of rows held "
+            "in memory)",
+        ),
         ("batch_calls: ~", "batch_calls is null; expected a whole number"),
         ("poll_interval: 1e400", "poll_interval is 1E+400; expected a finite number"),
         ("poll_interval: 2026-01-01", "poll_interval is 2026-01-01; expected a number"),

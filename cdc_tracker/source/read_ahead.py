@@ -8,13 +8,17 @@ bookkeeping), so that the server's silences are spent on the rows it sent
 before them; past the bound it stops reading, and the server waits, as it does
 for any slow client.
 
-One thread reads; the daemon's main thread takes. Both call into the same libpq
-connection (the main thread sends our status on it), which psycopg does while
-holding Python's lock: calls never overlap. What the reader meets is kept in
-the order met, after the rows before it: a row (``bytes``, the wal2json text
-without its header), a ``Keepalive``, an ``UnexpectedMessage``, ``ENDED`` (the
-server ended the stream), or the exception that reading raised; reading stops
-after any of the last three.
+One thread reads; the daemon's main thread takes. Both use the same libpq
+connection (the main thread sends our status on it when it confirms), each
+call under ``lock``: psycopg's pure-Python build lets go of Python's lock inside
+libpq. The reader also keeps the connection alive whatever the main thread is
+doing: it calls ``keep_alive`` between reads (our status is due every few
+seconds, or the server drops us) and ``reply`` as soon as it reads a keepalive
+asking for our status, which would otherwise wait behind every row read before
+it. What the reader meets is kept in the order met, after the rows before it:
+a row (``bytes``, the wal2json text without its header), a ``Keepalive``, an
+``UnexpectedMessage``, ``ENDED`` (the server ended the stream), or the
+exception that reading raised; reading stops after any of the last three.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import select
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from psycopg import pq
@@ -37,10 +42,9 @@ _W, _K = ord("w"), ord("k")
 
 
 class Keepalive(NamedTuple):
-    """The server has sent every row below ``end``; ``reply``: it wants our status."""
+    """The server has sent every row below ``end`` (answered on the reader)."""
 
     end: int
-    reply: bool
 
 
 class UnexpectedMessage(NamedTuple):
@@ -60,11 +64,22 @@ Item = bytes | Keepalive | UnexpectedMessage | _Ended | BaseException
 
 
 class ReadAhead:
-    """Reads ``pgconn``'s replication messages on a thread until ``close``."""
+    """Reads ``pgconn``'s replication messages on a thread until ``close``;
+    ``keep_alive`` and ``reply`` are called on that thread, without ``lock``."""
 
-    def __init__(self, pgconn: pq.abc.PGconn, limit: int) -> None:
+    def __init__(
+        self,
+        pgconn: pq.abc.PGconn,
+        limit: int,
+        lock: threading.Lock,
+        keep_alive: Callable[[], None],
+        reply: Callable[[], None],
+    ) -> None:
         self.pgconn = pgconn
         self.limit = limit
+        self.lock = lock
+        self._keep_alive = keep_alive
+        self._reply = reply
         self._items: deque[Item] = deque()
         # Bytes read and bytes taken, each counted by one thread only.
         self._read = 0
@@ -115,25 +130,30 @@ class ReadAhead:
         self._items.clear()
 
     def _run(self) -> None:
-        pgconn = self.pgconn
+        pgconn, lock = self.pgconn, self.lock
         try:
             while not self._closed:
+                self._keep_alive()
                 if self._read - self._taken >= self.limit:
                     self._wait_for_room()
                     continue
-                kept = self._drain()
+                kept, reply = self._drain()
+                if reply:
+                    self._reply()
                 if kept < 0:
                     return  # the stream ended
                 if kept:
                     # More may have come meanwhile: read it without a wait, which
                     # would give Python's lock away and wait to get it back.
-                    pgconn.consume_input()
+                    with lock:
+                        pgconn.consume_input()
                     continue
                 ready, _, _ = select.select(
                     [pgconn.socket, self._wake_out], [], [], _WAIT_SECONDS
                 )
                 if pgconn.socket in ready:
-                    pgconn.consume_input()
+                    with lock:
+                        pgconn.consume_input()
         except BaseException as exc:  # raised in order, on the taking thread
             self._put(exc)
 
@@ -145,36 +165,39 @@ class ReadAhead:
         if self._read - self._taken >= self.limit:
             self._room.wait(_WAIT_SECONDS)
 
-    def _drain(self) -> int:
-        """Keep every message libpq holds whole, up to the bound: how many, or
-        -1 once the stream has ended."""
+    def _drain(self) -> tuple[int, bool]:
+        """Keep every message libpq holds whole, up to the bound: how many (-1
+        once the stream has ended), and whether the server asked for our status."""
         pgconn, items, limit = self.pgconn, self._items, self.limit
         count = 0
-        while self._read - self._taken < limit:
-            size, data = pgconn.get_copy_data(1)
-            if size == 0:
-                break
-            count += 1
-            if size < 0:
-                items.append(ENDED)
-                count = -1
-                break
-            kind = data[0]
-            if kind == _W:
-                row = data[_ROW_HEADER:].tobytes()
-                items.append(row)
-                self._read += len(row) + ROW_OVERHEAD
-            elif kind == _K:
-                end, _, reply = _KEEPALIVE.unpack_from(data, 1)
-                items.append(Keepalive(end, bool(reply)))
-            else:
-                items.append(UnexpectedMessage(chr(kind)))
-                count = -1
-                break
+        reply = False
+        with self.lock:
+            while self._read - self._taken < limit:
+                size, data = pgconn.get_copy_data(1)
+                if size == 0:
+                    break
+                count += 1
+                if size < 0:
+                    items.append(ENDED)
+                    count = -1
+                    break
+                kind = data[0]
+                if kind == _W:
+                    row = data[_ROW_HEADER:].tobytes()
+                    items.append(row)
+                    self._read += len(row) + ROW_OVERHEAD
+                elif kind == _K:
+                    end, _, asked = _KEEPALIVE.unpack_from(data, 1)
+                    items.append(Keepalive(end))
+                    reply = reply or bool(asked)
+                else:
+                    items.append(UnexpectedMessage(chr(kind)))
+                    count = -1
+                    break
         if count:
             with self._arrived:
                 self._arrived.notify()
-        return count
+        return count, reply
 
     def _put(self, item: Item) -> None:
         self._items.append(item)

@@ -98,6 +98,8 @@ class Stream:
         self._temporary = False
         self.read_ahead = read_ahead
         self._ahead: ReadAhead | None = None
+        # Held for each use of the connection while the reader thread runs.
+        self._lock = threading.Lock()
         # How often our status must go out; set from the server's settings.
         self.status_seconds = STATUS_SECONDS
 
@@ -142,8 +144,15 @@ class Stream:
             raise
         self._pgconn = pgconn
         self.send_status()  # what we confirmed before, if the server lost it
-        self._ahead = ReadAhead(pgconn, self.read_ahead)
-        log.debug("streaming slot", slot=self.slot, tables=len(self.tables))
+        self._ahead = ReadAhead(
+            pgconn, self.read_ahead, self._lock, self.keep_alive, self.send_status
+        )
+        log.debug(
+            "streaming slot",
+            slot=self.slot,
+            tables=len(self.tables),
+            read_ahead_mb=round(self.read_ahead / (1 << 20), 1),
+        )
 
     def reopen(self, tables: list[str], schemas: list[str]) -> None:
         """Stream other tables, from the slot's confirmed position (a temporary
@@ -174,8 +183,6 @@ class Stream:
             elif type(item) is Keepalive:
                 if item.end > self.sent_upto:
                     self.sent_upto = Lsn(item.end)
-                if item.reply:
-                    self.send_status()
             elif type(item) is UnexpectedMessage:
                 raise DecodeError(
                     f"unexpected replication message {item.kind!r} "
@@ -210,7 +217,7 @@ class Stream:
         position = self.confirmed if self.confirm_positions else 0
         sent_at = int((time.time() - _POSTGRES_EPOCH) * 1_000_000)
         message = _STATUS.pack(b"r", position, position, position, sent_at, 0)
-        with translate_errors(self.slot, self.dsn):
+        with translate_errors(self.slot, self.dsn), self._lock:
             if pgconn.put_copy_data(message) != 1 or pgconn.flush() != 0:
                 raise psycopg.OperationalError(pgconn.get_error_message())
         self._status_at = time.monotonic()

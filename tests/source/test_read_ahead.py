@@ -104,3 +104,36 @@ def test_closing_a_stream_whose_reader_waits_for_room_is_quick_and_confirms(
     stream.close()
     assert time.monotonic() - started < 1.0
     assert slot_position(db, "ahead_close") == stream.sent_upto
+
+
+@pytest.mark.parametrize("limit", [4096, 32 << 20], ids=["full", "roomy"])
+def test_the_connection_lives_while_rows_wait_unread(db: str, limit: int) -> None:
+    """Our status goes out from the reader whatever the main thread does: rows
+    waiting unread for four times wal_sender_timeout (the reader full and
+    waiting for room, or holding them all) do not get the stream dropped."""
+    _slot_with_rows(db, f"ahead_alive_{limit}", f"ahead_alive_{limit}")
+    stream = Stream(
+        db + " options='-c wal_sender_timeout=1s'",
+        f"ahead_alive_{limit}",
+        [f"public.ahead_alive_{limit}"],
+        [],
+        read_ahead=limit,
+    )
+    stream.open()
+    try:
+        walsender = _walsender(db, f"ahead_alive_{limit}")
+        time.sleep(4.0)
+        rows: list[bytes] = []
+        _read_into(stream, rows)
+        assert _walsender(db, f"ahead_alive_{limit}") == walsender is not None
+    finally:
+        stream.close()
+    assert _ids(rows) == list(range(1, ROWS + 1))
+
+
+def _walsender(dsn: str, slot: str) -> int | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select active_pid from pg_replication_slots where slot_name = %s", (slot,)
+        ).fetchone()
+    return None if row is None else row[0]
