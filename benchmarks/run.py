@@ -25,7 +25,6 @@ import structlog
 from benchmarks import baselines, delay, receiving
 from benchmarks.daemon_proc import (
     EXAMPLES,
-    children,
     cpu_seconds,
     main_thread_cpu_seconds,
     replay,
@@ -157,7 +156,7 @@ def _daemon_run(
         }
         cpu_before = {name: cpu_seconds(pids) for name, pids in processes.items()}
         main_before = main_thread_cpu_seconds(run.process.pid)
-        delivery = children(run.process.pid)
+        delivery = processes["daemon"][1:]
         delivery_before = cpu_seconds(delivery)
         wait_confirmed(conn, "bench_daemon", written.before_big, run)
         rss_before = run.peak_rss_mb()

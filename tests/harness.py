@@ -132,6 +132,15 @@ def flush_lsn(dsn: str) -> Lsn:
     return Lsn.parse(str(row[0]))
 
 
+def walsender_pid(dsn: str, slot: str) -> int | None:
+    """The server process streaming ``slot``, or None while none does."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select active_pid from pg_replication_slots where slot_name = %s", (slot,)
+        ).fetchone()
+    return None if row is None else row[0]
+
+
 def slot_position(dsn: str, slot: str | None = None) -> Lsn:
     slot = slot or f"cdc_tracker_{conninfo_to_dict(dsn)['dbname']}"
     with psycopg.connect(dsn, autocommit=True) as conn:

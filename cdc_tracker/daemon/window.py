@@ -402,8 +402,8 @@ class Window:
         return True
 
     def _outcome(self, future: Future[Outcome]) -> Outcome:
-        """Wait for a delivery (an outage lasts as long as it lasts), telling the
-        server we are still here meanwhile.
+        """Wait for a delivery (an outage lasts as long as it lasts); the stream's
+        reader thread tells the server we are still here meanwhile.
 
         A wait past ``RELEASE_SECONDS`` closes the stream: its server process
         would otherwise hold up a shutdown of PostgreSQL until the outage ends,
@@ -429,9 +429,7 @@ class Window:
                     self.refresh_sources()
                 if stream is None or not stream.is_open:
                     continue
-                if time.monotonic() < released:
-                    stream.keep_alive()
-                else:
+                if time.monotonic() >= released:
                     log.warning(
                         "delivery not over after 10 s (an outage, or a slow "
                         "destination): replication stream closed until it is",

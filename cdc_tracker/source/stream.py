@@ -175,7 +175,6 @@ class Stream:
                 now = time.monotonic()
                 if not deadline:
                     deadline = now + timeout
-                self.keep_alive(now)  # however long the wait
                 if now >= deadline or (self.stop is not None and self.stop.is_set()):
                     return None
                 # A long wait (a large poll_interval) still notices a stop soon.
@@ -201,11 +200,11 @@ class Stream:
             self.confirmed = lsn
             self.send_status()
 
-    def keep_alive(self, now: float | None = None) -> None:
-        """Send our status if none went out for ``status_seconds``; call it while
-        waiting on anything else, or the server drops the connection."""
-        now = time.monotonic() if now is None else now
-        if now - self._status_at >= self.status_seconds:
+    def keep_alive(self) -> None:
+        """Send our status if none went out for ``status_seconds``, or the server
+        drops the connection: the reader thread calls it between reads, whatever
+        the main thread is doing."""
+        if time.monotonic() - self._status_at >= self.status_seconds:
             self.send_status()
 
     def send_status(self) -> None:

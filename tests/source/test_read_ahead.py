@@ -15,7 +15,7 @@ from cdc_tracker.source.connection import connect
 from cdc_tracker.source.read_ahead import ROW_OVERHEAD
 from cdc_tracker.source.slot import Slot
 from cdc_tracker.source.stream import Stream
-from tests.harness import slot_position, sql, wait_until
+from tests.harness import slot_position, sql, wait_until, walsender_pid
 
 ROWS = 2_000
 BODY = "x" * 200
@@ -121,19 +121,11 @@ def test_the_connection_lives_while_rows_wait_unread(db: str, limit: int) -> Non
     )
     stream.open()
     try:
-        walsender = _walsender(db, f"ahead_alive_{limit}")
+        walsender = walsender_pid(db, f"ahead_alive_{limit}")
         time.sleep(4.0)
         rows: list[bytes] = []
         _read_into(stream, rows)
-        assert _walsender(db, f"ahead_alive_{limit}") == walsender is not None
+        assert walsender_pid(db, f"ahead_alive_{limit}") == walsender is not None
     finally:
         stream.close()
     assert _ids(rows) == list(range(1, ROWS + 1))
-
-
-def _walsender(dsn: str, slot: str) -> int | None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "select active_pid from pg_replication_slots where slot_name = %s", (slot,)
-        ).fetchone()
-    return None if row is None else row[0]

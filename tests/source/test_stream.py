@@ -10,7 +10,6 @@ from dataclasses import replace
 from email.message import Message
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from cdc_tracker.daemon import window
@@ -31,6 +30,7 @@ from tests.harness import (
     slot_position,
     sql,
     wait_until,
+    walsender_pid,
 )
 
 
@@ -52,14 +52,6 @@ class DownFor(FakeRudderStack):
         return super().receive(path, headers, raw)
 
 
-def _walsender(dsn: str, slot: str) -> int | None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "select active_pid from pg_replication_slots where slot_name = %s", (slot,)
-        ).fetchone()
-    return None if row is None else row[0]
-
-
 def test_an_outage_longer_than_wal_sender_timeout_keeps_the_stream(
     db: str, example_rulebook: Path
 ) -> None:
@@ -78,12 +70,12 @@ def test_an_outage_longer_than_wal_sender_timeout_keeps_the_stream(
         with running_daemon(settings) as running:
             insert_merchants(db, 10, per_transaction=10)
             wait_until(lambda: len(receiver.calls) == 20, 10)
-            walsender = _walsender(db, settings.slot)
+            walsender = walsender_pid(db, settings.slot)
             insert_merchants(db, 100, per_transaction=10)
             wait_until(lambda: len(receiver.calls) == 220, 30)
             running.caught_up()
             assert receiver.refused > 0
-            assert _walsender(db, settings.slot) == walsender is not None
+            assert walsender_pid(db, settings.slot) == walsender is not None
         assert len(set(receiver.message_ids())) == 220
 
 
@@ -169,7 +161,7 @@ def test_a_second_stream_on_the_slot_is_refused_as_busy(db: str) -> None:
             Stream(db, "stream_busy", ["public.merchants"], []).open()
     finally:
         first.close()
-    wait_until(lambda: _walsender(db, "stream_busy") is None, 5)
+    wait_until(lambda: walsender_pid(db, "stream_busy") is None, 5)
 
 
 def test_a_role_without_replication_is_a_configuration_error(db: str) -> None:
