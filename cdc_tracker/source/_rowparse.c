@@ -486,14 +486,19 @@ skip_str_or_null(Reader *r)
 }
 
 /* One {"name": ..., "type": ..., "value": ...} of a "columns" or "identity"
- * list: its three parts as new references, or -1. */
+ * list: its three parts as new references, or -1. ``*value_at`` is where the
+ * value starts when the keys came in that order (the column's head ends
+ * there, see Heads), else NULL. */
 static int
-read_column(Reader *r, PyObject **name, PyObject **type, PyObject **value)
+read_column(Reader *r, PyObject **name, PyObject **type, PyObject **value,
+            const char **value_at)
 {
     *name = *type = *value = NULL;
+    *value_at = NULL;
     if (open_members(r) < 0) {
         return -1;
     }
+    int in_order = 1;
     do {
         Span key;
         if (read_member_name(r, &key) < 0) {
@@ -503,13 +508,19 @@ read_column(Reader *r, PyObject **name, PyObject **type, PyObject **value)
         int cached = 1;
         if (SPAN_IS(&key, "name")) {
             slot = name;
+            in_order = in_order && *type == NULL && *value == NULL;
         }
         else if (SPAN_IS(&key, "type")) {
             slot = type;
+            in_order = in_order && *name != NULL && *value == NULL;
         }
         else if (SPAN_IS(&key, "value")) {
             slot = value;
             cached = 0;
+            in_order = in_order && *name != NULL && *type != NULL;
+            if (in_order) {
+                *value_at = r->p;
+            }
         }
         else {
             return -1;
@@ -633,12 +644,116 @@ types_of(PyObject *schema, PyObject *table, Shape *shape)
     return types;
 }
 
+/* ---- column heads ------------------------------------------------------- */
+
+/* A column's bytes up to its value, as wal2json writes them on every row of a
+ * table: {"name":"id","type":"bigint","value": . The heads of the last row of
+ * a table are kept; a column of the next row that starts with the same bytes
+ * has the same name and type, so those are not read again (comparing the bytes
+ * costs a fraction of reading two strings and finding them in the cache). A
+ * column that does not match is read in full, and that row's heads are kept
+ * instead. */
+typedef struct {
+    const char *start; /* in the row being read */
+    Py_ssize_t len;    /* 0: no head (its keys came in another order) */
+} HeadSpan;
+
+typedef struct {
+    Py_ssize_t count;
+    char *text; /* the heads one after another */
+    Py_ssize_t ends[MAX_SHAPE];
+    PyObject *names[MAX_SHAPE];
+    PyObject *types[MAX_SHAPE];
+} Heads;
+
+/* The heads of a table's new image ("columns") and old image ("identity"). */
+typedef struct {
+    PyObject *schema, *table;
+    Heads image[2];
+} TableHeads;
+
+#define TABLE_HEADS 16
+
+static TableHeads table_heads[TABLE_HEADS];
+static unsigned int next_table_heads;
+
+/* What a row's reading of one image saw of its columns' heads. */
+typedef struct {
+    HeadSpan spans[MAX_SHAPE];
+    Py_ssize_t count;
+    int changed; /* some column did not match the kept heads */
+} SeenHeads;
+
+static TableHeads *
+heads_of(PyObject *schema, PyObject *table)
+{
+    if (schema == NULL || table == NULL) {
+        return NULL; /* the columns came before them: read in full */
+    }
+    for (int k = 0; k < TABLE_HEADS; k++) {
+        TableHeads *known = &table_heads[k];
+        if (known->table == table && known->schema == schema) {
+            return known;
+        }
+    }
+    return NULL;
+}
+
+static void
+heads_clear(Heads *heads)
+{
+    for (Py_ssize_t i = 0; i < heads->count; i++) {
+        Py_CLEAR(heads->names[i]);
+        Py_CLEAR(heads->types[i]);
+    }
+    PyMem_Free(heads->text);
+    heads->text = NULL;
+    heads->count = 0;
+}
+
+/* Keep the heads ``seen`` for an image whose names and types are
+ * ``names``/``types`` (in the order read). Nothing is kept when some column
+ * had no head; -1 when memory ran out. */
+static int
+heads_keep(Heads *heads, const SeenHeads *seen, PyObject *const *names,
+           PyObject *const *types)
+{
+    heads_clear(heads);
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < seen->count; i++) {
+        if (seen->spans[i].len == 0) {
+            return 0;
+        }
+        total += seen->spans[i].len;
+    }
+    char *text = PyMem_Malloc(total > 0 ? (size_t)total : 1);
+    if (text == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t at = 0;
+    for (Py_ssize_t i = 0; i < seen->count; i++) {
+        memcpy(text + at, seen->spans[i].start, (size_t)seen->spans[i].len);
+        at += seen->spans[i].len;
+        heads->ends[i] = at;
+        heads->names[i] = Py_NewRef(names[i]);
+        heads->types[i] = Py_NewRef(types[i]);
+    }
+    heads->text = text;
+    heads->count = seen->count;
+    return 0;
+}
+
 /* A list of columns into ``values``, their names and types onto ``shape``
  * (or into a ``types`` dict made once the shape is too long to keep); null
- * leaves ``*values`` NULL. */
+ * leaves ``*values`` NULL. ``known`` holds the table's kept heads for this
+ * image, if any; ``seen`` gets this row's. */
 static int
-read_columns(Reader *r, PyObject **values, Shape *shape, PyObject **types, int old)
+read_columns(Reader *r, PyObject **values, Shape *shape, PyObject **types, int old,
+             const Heads *known, SeenHeads *seen)
 {
+    seen->count = 0;
+    seen->changed = 0;
     skip_space(r);
     if (take_word(r, "null", 4)) {
         return 0;
@@ -652,17 +767,50 @@ read_columns(Reader *r, PyObject **values, Shape *shape, PyObject **types, int o
     }
     *values = dict;
     if (take(r, ']')) {
+        seen->changed = known != NULL && known->count != 0;
         return 0;
     }
     do {
-        PyObject *name, *type, *value;
-        int failed = read_column(r, &name, &type, &value) < 0 ||
-                     PyDict_SetItem(dict, name, value) < 0;
+        PyObject *name = NULL, *type = NULL, *value = NULL;
+        Py_ssize_t i = seen->count;
+        skip_space(r);
+        const char *start = r->p;
+        const char *value_at = NULL;
+        int failed = 0;
+        Py_ssize_t head = 0;
+        if (known != NULL && i < known->count) {
+            head = known->ends[i] - (i ? known->ends[i - 1] : 0);
+            const char *text = known->text + known->ends[i] - head;
+            if (r->end - start < head || memcmp(start, text, (size_t)head) != 0) {
+                head = 0;
+            }
+        }
+        if (head) {
+            r->p += head;
+            name = Py_NewRef(known->names[i]);
+            type = Py_NewRef(known->types[i]);
+            value = read_value(r);
+            failed = value == NULL || expect(r, '}') < 0;
+        }
+        else {
+            seen->changed = 1;
+            failed = read_column(r, &name, &type, &value, &value_at) < 0;
+            head = value_at != NULL ? value_at - start : 0;
+        }
+        if (i < MAX_SHAPE) {
+            seen->spans[i].start = start;
+            seen->spans[i].len = head;
+            seen->count = i + 1;
+        }
+        else {
+            seen->changed = 1; /* too many columns to keep heads for */
+        }
+        failed = failed || PyDict_SetItem(dict, name, value) < 0;
         if (!failed && shape->len >= 0 && shape->len < MAX_SHAPE) {
-            Py_ssize_t i = shape->len++;
-            shape->names[i] = Py_NewRef(name);
-            shape->types[i] = Py_NewRef(type);
-            shape->old[i] = (char)old;
+            Py_ssize_t k = shape->len++;
+            shape->names[k] = Py_NewRef(name);
+            shape->types[k] = Py_NewRef(type);
+            shape->old[k] = (char)old;
         }
         else if (!failed) {
             /* Too many columns to keep: the dict is made as they come. */
@@ -681,6 +829,9 @@ read_columns(Reader *r, PyObject **values, Shape *shape, PyObject **types, int o
             return -1;
         }
     } while (take(r, ','));
+    if (known != NULL && seen->count != known->count) {
+        seen->changed = 1;
+    }
     return expect(r, ']');
 }
 
@@ -761,9 +912,41 @@ row_clear(Row *row)
 
 /* 0 with ``row`` filled, 1 for a row this file leaves to msgspec, -1 when the
  * row is not what it expects (also left to msgspec, which names the problem). */
+/* Keep the heads of a row read whole, where they differ from those kept. */
 static int
-read_row(Reader *r, Row *row)
+keep_heads(const Row *row, const SeenHeads *seen)
 {
+    if (!(seen[0].changed || seen[1].changed) || row->shape.len < 0 ||
+        !PyUnicode_CHECK_INTERNED(row->schema) || !PyUnicode_CHECK_INTERNED(row->table)) {
+        return 0;
+    }
+    TableHeads *heads = heads_of(row->schema, row->table);
+    if (heads == NULL) {
+        heads = &table_heads[next_table_heads++ % TABLE_HEADS];
+        heads_clear(&heads->image[0]);
+        heads_clear(&heads->image[1]);
+        Py_XSETREF(heads->schema, Py_NewRef(row->schema));
+        Py_XSETREF(heads->table, Py_NewRef(row->table));
+    }
+    Py_ssize_t at = 0; /* the image's first column in the shape */
+    for (int m = 0; m < 2; m++) {
+        if (seen[m].count < 0) {
+            continue; /* not in this row */
+        }
+        if (seen[m].changed &&
+            heads_keep(&heads->image[m], &seen[m], row->shape.names + at,
+                       row->shape.types + at) < 0) {
+            return -1;
+        }
+        at += seen[m].count;
+    }
+    return 0;
+}
+
+static int
+read_row(Reader *r, Row *row, SeenHeads *seen)
+{
+    TableHeads *known = NULL;
     int seen_timestamp = 0, seen_nextlsn = 0, seen_columns = 0, seen_identity = 0;
     char action = 0;
     if (open_members(r) < 0) {
@@ -820,13 +1003,17 @@ read_row(Reader *r, Row *row)
             /* Before "identity", as wal2json writes them: the new image's types
              * come first, as msgspec's path makes them. */
             seen_columns = 1;
-            if (read_columns(r, &row->new, &row->shape, &row->types, 0) < 0) {
+            known = known ? known : heads_of(row->schema, row->table);
+            if (read_columns(r, &row->new, &row->shape, &row->types, 0,
+                             known ? &known->image[0] : NULL, &seen[0]) < 0) {
                 return -1;
             }
         }
         else if (SPAN_IS(&key, "identity") && !seen_identity) {
             seen_identity = 1;
-            if (read_columns(r, &row->old, &row->shape, &row->types, 1) < 0) {
+            known = known ? known : heads_of(row->schema, row->table);
+            if (read_columns(r, &row->old, &row->shape, &row->types, 1,
+                             known ? &known->image[1] : NULL, &seen[1]) < 0) {
                 return -1;
             }
         }
@@ -868,7 +1055,7 @@ read_row(Reader *r, Row *row)
             return -1;
         }
     }
-    return 0;
+    return keep_heads(row, seen);
 }
 
 static PyObject *
@@ -897,7 +1084,10 @@ change(PyObject *module, PyObject *data)
         reader.end = (const char *)view.buf + view.len;
     }
     Row row = {0};
-    int outcome = read_row(&reader, &row);
+    SeenHeads seen[2];
+    seen[0].count = seen[1].count = -1; /* neither image read yet */
+    seen[0].changed = seen[1].changed = 0;
+    int outcome = read_row(&reader, &row, seen);
     if (view.obj != NULL) {
         PyBuffer_Release(&view);
     }

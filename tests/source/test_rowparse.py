@@ -29,7 +29,16 @@ from tests.harness import module_database, read_slot
 
 DATABASE = "rowparse_rows"
 SLOT = "rowparse_rows"
-TABLES = ['public."Odd ""Name"".x"', "public.plain", "public.nokey", "public.wide"]
+# More tables than the reader keeps columns' heads for (16): each evicts another.
+MANY = [f"many{i}" for i in range(20)]
+TABLES = [
+    'public."Odd ""Name"".x"',
+    "public.plain",
+    "public.nokey",
+    "public.wide",
+    "public.shifting",
+    *(f"public.{name}" for name in MANY),
+]
 # Wider than the reader's shape of 64 columns: its types dict is made as read.
 WIDE_COLUMNS = ", ".join(f"c{i} int" for i in range(1, 70))
 SCHEMA = f"""
@@ -48,7 +57,9 @@ alter table plain alter column notes set storage external;
 create table nokey (v text);
 create table wide (id int primary key, {WIDE_COLUMNS});
 alter table wide replica identity full;
-"""
+create table shifting (id int primary key, a text);
+alter table shifting replica identity full;
+""" + "".join(f"create table {name} (id int primary key, v text);\n" for name in MANY)
 NASTY_TEXT = [
     "",
     "plain",
@@ -86,6 +97,22 @@ STATEMENTS = [
     "update wide set c1 = 1 where id = 1",
     "delete from wide where id = 1",
     "select pg_logical_emit_message(true, 'cdc-tracker', 'hi')",
+    # A table's columns change between its rows: a column's bytes up to its
+    # value (kept from the row before) stop matching, by name, type or count.
+    "insert into shifting values (1, 'a')",
+    "insert into shifting values (2, 'b')",
+    "alter table shifting add column b int",
+    "insert into shifting values (3, 'c', 3)",
+    "update shifting set a = 'cc' where id = 3",
+    "alter table shifting alter column a type varchar(10)",
+    "insert into shifting values (4, 'd', 4)",
+    "update shifting set b = 5 where id = 4",
+    "alter table shifting drop column a",
+    "insert into shifting values (5, 5)",
+    "insert into plain (a, b) values (200, 1)",
+    "insert into shifting values (6, 6)",
+    *(f"insert into {name} values (1, 'one')" for name in MANY),
+    *(f"insert into {name} values (2, 'two')" for name in reversed(MANY)),
 ]
 
 
@@ -204,6 +231,22 @@ def test_rows_of_one_shape_share_one_types_dict(rows: list[str]) -> None:
     assert delete == inserts[0]  # a FULL identity: every column, from the old image
     assert [len(each) for each in wide] == [70, 70, 70]
     assert wide[0] is not wide[1]
+
+
+def test_a_column_matching_the_row_before_up_to_its_value_is_still_checked(
+    rows: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (row,) = [row for row in rows if '"value":"b"}' in row]
+    extra = row.replace('"value":"b"}', '"value":"b","value":"c"}')
+    spaced = row.replace('"value":"b"}', '"value": "b" }')
+    assert read_change(row) is not None  # its heads are kept
+
+    assert read_change(extra) is None  # a repeated key: msgspec's to judge
+    fast, slow = _both_ways(
+        [row.encode(), extra.encode(), spaced.encode()], monkeypatch
+    )
+    assert fast == slow
+    assert isinstance(_events([row.encode(), spaced.encode()])[1], Change)
 
 
 def test_cut_rows_are_declined_or_read_alike(
