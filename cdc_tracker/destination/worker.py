@@ -62,7 +62,7 @@ MAX_FRAME = 1 << 30
 CRASHED = 70  # the exit code of a worker whose delivery failed unexpectedly
 _NOWHERE = Lsn(0)  # the calls' positions stay with the daemon
 _LENGTH = struct.Struct("!I")
-_encode = msgspec.msgpack.Encoder().encode
+_encode_into = msgspec.msgpack.Encoder().encode_into
 _decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
 
 
@@ -72,14 +72,21 @@ class FrameWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._lock = threading.Lock()
+        # Reused: a batch's frame is megabytes, encoded in place after its length.
+        self._buffer = bytearray()
 
     def send(self, message: dict[str, Any]) -> None:
         """Raises ``OSError`` (``BrokenPipeError``) once the reader is gone."""
-        payload = _encode(message)
-        data = memoryview(_LENGTH.pack(len(payload)) + payload)
         with self._lock:
-            while data:
-                data = data[os.write(self.fd, data) :]
+            buffer = self._buffer
+            _encode_into(message, buffer, _LENGTH.size)
+            _LENGTH.pack_into(buffer, 0, len(buffer) - _LENGTH.size)
+            data = memoryview(buffer)
+            try:
+                while data:
+                    data = data[os.write(self.fd, data) :]
+            finally:
+                data.release()  # or the buffer could not be resized next time
 
 
 class FrameError(Exception):
@@ -87,43 +94,51 @@ class FrameError(Exception):
 
 
 class FrameReader:
-    """Reads frames from a pipe, waiting at most a given time for the next."""
+    """Reads frames from a pipe, waiting at most a given time for the next.
+
+    Each frame is read straight into a buffer of its own size: a batch's frame is
+    megabytes, and growing one buffer by the pipe's chunks copied it again and
+    again (a tenth of the shipping process's time)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._buffer = bytearray()
+        self._length = bytearray(_LENGTH.size)
+        self._frame: bytearray | None = None  # its length read: the frame
+        self._got = 0  # bytes of the length, then of the frame, read
 
     def next(self, timeout: float | None) -> dict[str, Any] | None:
         """The next frame's message; None when none is whole within ``timeout``.
         Raises ``EOFError`` once the writer is gone, ``FrameError`` for bytes
         that are no frame."""
         while True:
-            message = self._take()
-            if message is not None:
-                return message
+            target = self._length if self._frame is None else self._frame
+            if self._got == len(target):
+                message = self._finish()
+                if message is not None:
+                    return message
+                continue
             ready, _, _ = select.select([self.fd], [], [], timeout)
             if not ready:
                 return None
-            chunk = os.read(self.fd, 1 << 20)
-            if not chunk:
+            got = os.readv(self.fd, [memoryview(target)[self._got :]])
+            if not got:
                 raise EOFError("the other process closed the pipe")
-            self._buffer += chunk
+            self._got += got
 
-    def _take(self) -> dict[str, Any] | None:
-        buffer = self._buffer
-        if len(buffer) < _LENGTH.size:
+    def _finish(self) -> dict[str, Any] | None:
+        """The length read: make room for the frame. The frame read: decode it."""
+        self._got = 0
+        if self._frame is None:
+            (size,) = _LENGTH.unpack(self._length)
+            if size > MAX_FRAME:
+                raise FrameError(f"a frame of {size} bytes announced")
+            self._frame = bytearray(size)
             return None
-        (size,) = _LENGTH.unpack_from(buffer)
-        if size > MAX_FRAME:
-            raise FrameError(f"a frame of {size} bytes announced")
-        end = _LENGTH.size + size
-        if len(buffer) < end:
-            return None
+        frame, self._frame = self._frame, None
         try:
-            message = _decode(memoryview(buffer)[_LENGTH.size : end])
+            message: dict[str, Any] = _decode(frame)
         except msgspec.DecodeError as exc:
             raise FrameError(f"an unreadable frame: {exc}") from exc
-        del buffer[:end]
         return message
 
 

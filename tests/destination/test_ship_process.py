@@ -21,7 +21,7 @@ import pytest
 from cdc_tracker.daemon import ship_process
 from cdc_tracker.daemon.ship_process import ProcessShipper
 from cdc_tracker.destination import DestinationSettings
-from cdc_tracker.destination.worker import FrameError, FrameReader
+from cdc_tracker.destination.worker import FrameError, FrameReader, FrameWriter
 from cdc_tracker.errors import DeliveryError
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.destination.conftest import encoded
@@ -374,6 +374,64 @@ def test_bytes_that_are_no_frame_are_refused() -> None:
         os.write(write, b"\xff\xff\xff\xffa line printed by mistake")
         with pytest.raises(FrameError, match="frame of 4294967295 bytes"):
             FrameReader(read).next(1.0)
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_frames_of_any_size_arrive_whole_and_in_order() -> None:
+    # Larger than the pipe's buffer, so each is read in many pieces; and the
+    # writer's buffer is reused from a large frame to a small one and back.
+    messages = [{"bodies": [b"x" * size, b"y"]} for size in (0, 3_000_000, 1, 70_000)]
+    read, write = os.pipe()
+    writer = FrameWriter(write)
+
+    def send_all() -> None:
+        for message in messages:
+            writer.send(message)
+
+    sending = threading.Thread(target=send_all)
+    sending.start()
+    try:
+        reader = FrameReader(read)
+        received = [reader.next(10.0) for _ in messages]
+    finally:
+        sending.join()
+        os.close(read)
+        os.close(write)
+
+    assert received == messages
+
+
+def test_a_frame_cut_by_a_timeout_is_taken_up_where_it_stopped() -> None:
+    read, write = os.pipe()
+    try:
+        message = {"ids": ["a", "b"], "bodies": [b"{}"]}
+        frame = _frame_bytes(message)
+        reader = FrameReader(read)
+        os.write(write, frame[:2])  # within the length
+        assert reader.next(0.05) is None
+        os.write(write, frame[2:9])  # within the frame
+        assert reader.next(0.05) is None
+        os.write(write, frame[9:] + frame)
+        assert reader.next(1.0) == message
+        assert reader.next(1.0) == message
+        os.write(write, frame[:7])
+        os.close(write)
+        write = -1
+        with pytest.raises(EOFError):
+            reader.next(1.0)  # the writer is gone in the middle of a frame
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
+def _frame_bytes(message: dict[str, object]) -> bytes:
+    read, write = os.pipe()
+    try:
+        FrameWriter(write).send(message)
+        return os.read(read, 1 << 16)
     finally:
         os.close(read)
         os.close(write)
