@@ -652,7 +652,10 @@ types_of(PyObject *schema, PyObject *table, Shape *shape)
  * has the same name and type, so those are not read again (comparing the bytes
  * costs a fraction of reading two strings and finding them in the cache). A
  * column that does not match is read in full, and that row's heads are kept
- * instead. */
+ * instead. Making a value can run Python code (a Decimal made, a collection
+ * and its finalizers), which may read another row and replace the heads kept:
+ * each column compares its bytes with the heads kept at that moment, and takes
+ * the name and type that go with them, so the row is read alike. */
 typedef struct {
     const char *start; /* in the row being read */
     Py_ssize_t len;    /* 0: no head (its keys came in another order) */

@@ -12,6 +12,7 @@ declined or read as msgspec reads it: never different, never a crash.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -303,3 +304,37 @@ def test_a_number_past_decimals_range_is_a_decode_error(
 
     assert fast == slow
     assert "cannot parse wal2json row" in str(_events([changed.encode()])[0])
+
+
+def test_a_row_read_while_another_is_being_read_is_read_alike(
+    rows: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading a row can run Python code (a collection, and finalizers): here a
+    # finalizer reads rows of the same table, of another shape, in the middle.
+    shifting = [row.encode() for row in rows if '"table":"shifting"' in row]
+    first, other = shifting[0], shifting[-1]
+    assert read_change(first) is not None  # its heads are kept
+    inner: list[Any] = []
+
+    class ReadsOnCollection:
+        def __init__(self) -> None:
+            self.cycle = self
+
+        def __del__(self) -> None:
+            inner.append(read_change(other))
+
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(1)
+    try:
+        outer = []
+        for _ in range(50):
+            ReadsOnCollection()
+            outer.append(read_change(first))
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.collect()
+
+    assert inner  # a finalizer did read in the middle of the reads
+    assert all(_exact(each) == _exact(read_change(first)) for each in outer)
+    assert all(_exact(each) == _exact(read_change(other)) for each in inner)
