@@ -62,6 +62,8 @@ MAX_FRAME = 1 << 30
 CRASHED = 70  # the exit code of a worker whose delivery failed unexpectedly
 _NOWHERE = Lsn(0)  # the calls' positions stay with the daemon
 _LENGTH = struct.Struct("!I")
+# The frame buffer kept between sends: a batch of 2,000 calls is a few MB.
+KEEP_BUFFER = 16 << 20
 _encode_into = msgspec.msgpack.Encoder().encode_into
 _decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
 
@@ -87,6 +89,8 @@ class FrameWriter:
                     data = data[os.write(self.fd, data) :]
             finally:
                 data.release()  # or the buffer could not be resized next time
+            if len(buffer) > KEEP_BUFFER:
+                self._buffer = bytearray()  # a rare large frame: not kept for life
 
 
 class FrameError(Exception):

@@ -20,7 +20,7 @@ import pytest
 
 from cdc_tracker.daemon import ship_process
 from cdc_tracker.daemon.ship_process import ProcessShipper
-from cdc_tracker.destination import DestinationSettings
+from cdc_tracker.destination import DestinationSettings, worker
 from cdc_tracker.destination.worker import FrameError, FrameReader, FrameWriter
 from cdc_tracker.errors import DeliveryError
 from cdc_tracker.testing.rudderstack import FakeRudderStack
@@ -401,6 +401,30 @@ def test_frames_of_any_size_arrive_whole_and_in_order() -> None:
         os.close(write)
 
     assert received == messages
+
+
+def test_the_frame_buffer_is_kept_only_up_to_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "KEEP_BUFFER", 100_000)
+    read, write = os.pipe()
+    try:
+        writer = FrameWriter(write)
+        reader = FrameReader(read)
+        sizes = []
+        for size in (50_000, 200_000, 50_000):
+            sending = threading.Thread(target=writer.send, args=({"b": b"x" * size},))
+            sending.start()
+            assert reader.next(10.0) == {"b": b"x" * size}
+            sending.join()
+            sizes.append(len(writer._buffer))
+    finally:
+        os.close(read)
+        os.close(write)
+
+    assert sizes[0] > 50_000  # kept for the next frame
+    assert sizes[1] == 0  # past the bound: let go
+    assert sizes[2] > 50_000
 
 
 def test_a_frame_cut_by_a_timeout_is_taken_up_where_it_stopped() -> None:
