@@ -364,3 +364,11 @@ def start_postgres(
     if docker:
         return postgres_docker.DockerPostgres(settings=settings).start()
     return ThrowawayPostgres(settings=settings).start()
+
+
+if __name__ == "__main__":
+    import sys
+
+    from cdc_tracker.testing._postgres_cli import main
+
+    sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -185,3 +186,25 @@ def test_a_daemon_streaming_its_slot_passes(settings: Settings, db: str) -> None
         daemon.caught_up()
         slot = findings(settings)["slot"]
     assert slot.status == "pass"
+
+
+def test_the_readmes_role_passes_every_check(settings: Settings, db: str) -> None:
+    """The SQL that README.md gives for the daemon's role, run as written (but for
+    the role's and the database's names), leaves nothing for the doctor to fail."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("As a superuser, in the application's database")[1]
+    statements = block.split("```sql\n")[1].split("```")[0]
+    name = f"readme_tracker_{next(_roles)}"
+    database = psycopg.conninfo.conninfo_to_dict(db)["dbname"]
+    statements = statements.replace("tracker", name).replace(" app ", f" {database} ")
+    sql(db, *[s for s in statements.split(";") if s.strip()])
+    try:
+        found = findings(as_role(settings, name))
+    finally:
+        sql(db, f"DROP OWNED BY {name}", f"DROP ROLE {name}")
+
+    failed = {n: f.detail for n, f in found.items() if f.status == "fail"}
+    assert failed == {}
+    for check in ("replication privilege", "table grants", "state schema"):
+        assert found[check].status == "pass", found[check]
+    assert found["replication connection"].status == "pass"
