@@ -97,7 +97,8 @@ def register(
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from cdc_tracker.commands.common import (  # noqa: PLC0415 -- keep --help fast
+    from cdc_tracker import logs  # noqa: PLC0415 -- keep --help fast
+    from cdc_tracker.commands.common import (  # noqa: PLC0415
         settings_from,
         stop_on_signals,
     )
@@ -128,4 +129,11 @@ def _replay(args: argparse.Namespace) -> int:
         page_rows=args.page_rows,
     )
     with stop_on_signals() as stop:
-        return run_replay(settings, options, stop, out=sys.stdout, err=sys.stderr)
+        return run_replay(
+            settings,
+            options,
+            stop,
+            out=sys.stdout,
+            err=sys.stderr,
+            lines_as_logs=logs.json_lines(),
+        )

@@ -48,6 +48,8 @@ from cdc_tracker.wording import counted
 log = structlog.get_logger(__name__)
 
 PAGE_ROWS = 5_000
+# What an interrupted replay tells the operator to do next.
+RESUME_HINT = "continue with the same command and --resume"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,8 @@ class Replay:
             calls=self.result.calls,
             dead_letters=self.result.dead_letters,
             elapsed_ms=round(self.result.elapsed * 1000),
+            rows_per_s=round(self.result.rows_per_s),
+            hint=RESUME_HINT if self.result.interrupted else None,
         )
         return self.result
 

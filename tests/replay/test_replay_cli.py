@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -108,7 +107,7 @@ def test_dry_run_tells_a_call_over_the_size_limit_as_delivery_would(
     assert result.returncode == 0, result.stderr
     printed = [json.loads(line) for line in result.stdout.splitlines()]
     assert [c.get("event", c["type"]) for c in printed] == ["Merchant Installed"]
-    assert "replayed 1 row: 1 call, 1 dead letter" in result.stderr
+    assert _ended(result.stderr)[1:] == (1, 1, 1)  # rows, calls, dead letters
     assert receiver.requests == []
 
 
@@ -249,11 +248,36 @@ def test_a_table_without_primary_key_is_refused_with_its_own_fix(
     assert "cursor:" not in err
 
 
+def test_console_logs_keep_the_plan_and_summary_as_lines_for_people(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    sql(db, "insert into merchants (shop_domain) values ('a.myshopify.com')")
+    env = {**_env(db, receiver, example_rulebook), "CDC_TRACKER_LOG_FORMAT": "console"}
+
+    result = _cli(env, "--since", "1h", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        "replaying public.merchants: identify public.merchants, Merchant Installed"
+    )
+    assert "skipped rule 'Plan Changed' (public.merchants): " in result.stderr
+    assert lines[-1].startswith("replayed 1 row: 2 calls, 0 dead letters in ")
+    assert not any(line.startswith("{") for line in lines)
+
+
+def _ended(err: str) -> tuple[str, int, int, int]:
+    """The last line of a replay under JSON logs: its event, and the rows, calls
+    and dead letters it says were replayed. Every line before it is JSON too."""
+    lines = [json.loads(line) for line in err.splitlines()]
+    last = lines[-1]
+    assert last["event"] in ("replay finished", "replay interrupted"), err[-800:]
+    return last["event"], last["rows"], last["calls"], last["dead_letters"]
+
+
 def _summary(err: str) -> tuple[int, int]:
-    """The rows and calls the summary line says were replayed."""
-    match = re.search(r"replayed ([\d,]+) rows?: ([\d,]+) calls?", err)
-    assert match, err[-800:]
-    return int(match[1].replace(",", "")), int(match[2].replace(",", ""))
+    """The rows and calls the replay's last line says were replayed."""
+    return _ended(err)[1:3]
 
 
 def _payouts(db: str) -> None:
@@ -297,7 +321,10 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
     again = _cli(env, *args, "--resume")
 
     assert proc.returncode == 130, err
-    assert "continue with the same command and --resume" in err
+    assert _ended(err)[0] == "replay interrupted"
+    assert json.loads(err.splitlines()[-1])["hint"] == (
+        "continue with the same command and --resume"
+    )
     assert 600 <= len(first) < 3000
     assert _summary(err) == (len(first), len(first))  # one call per payout
     assert resumed.returncode == 0, resumed.stderr
