@@ -82,6 +82,36 @@ def test_health_ready_and_metrics_move_with_the_pipeline(
     assert _metric(text, "cdc_tracker_slot_lag_bytes") >= 0
 
 
+def test_read_ahead_bytes_show_rows_held_while_delivery_waits(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """During an outage the reading thread fills its bound, and /metrics says how
+    full it is; once delivered, nothing is held."""
+    settings = settings_for(db, receiver, example_rulebook, read_ahead_mb=1)
+    with running_daemon(settings) as daemon, serving(daemon) as url:
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 10)
+        receiver.fail_for(30)
+        sql(
+            db,
+            "insert into merchants (shop_domain, owner_name) select "
+            "'s' || g || '.myshopify.com', repeat('x', 200) from "
+            "generate_series(1, 20000) g",
+        )
+
+        def held() -> float:
+            text = httpx.get(f"{url}/metrics").text
+            return _metric(text, "cdc_tracker_read_ahead_bytes")
+
+        wait_until(lambda: held() > 900_000, 20)
+        during = held()
+        receiver.fail_for(0)
+        daemon.caught_up(timeout=60)
+        after = held()
+    assert 900_000 < during < (1 << 20) + 2_000  # the bound, and one row past it
+    assert after == 0
+    assert len(receiver.message_ids()) == 40_000
+
+
 def test_readiness_fails_while_the_write_key_is_refused(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 # Commit-to-acknowledged delay buckets, in seconds.
@@ -29,6 +29,10 @@ class DelayHistogram:
         self.count += times
 
 
+def _nothing_read() -> int:
+    return 0
+
+
 @dataclass(slots=True)
 class Counters:
     """What the daemon did since it started; drops counted by reason."""
@@ -43,6 +47,9 @@ class Counters:
     reloads: int = 0
     reload_failures: int = 0
     lag_bytes: int = 0
+    # Bytes of rows read from the server ahead of mapping: the open stream's own
+    # count, asked at scrape time (a delivery waiting out an outage holds the loop).
+    read_ahead: Callable[[], int] = _nothing_read
     missing_tables: list[str] = field(default_factory=list)
     # Rules not fired because a lookup found no row (missing: skip), by rule id;
     # the lookups of every rulebook the daemon loads count here.

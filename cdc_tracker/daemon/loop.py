@@ -416,6 +416,7 @@ class Daemon:
             read_ahead=self.settings.read_ahead_mb << 20,
         )
         stream.open(temporary=temporary)
+        self.counters.read_ahead = lambda: stream.buffered
         return stream
 
     def _ensure_slot(self, slot: Slot) -> tuple[SlotState, bool]:

@@ -72,6 +72,12 @@ class DaemonCollector(Collector):
             value=c.lag_bytes,
         )
         yield GaugeMetricFamily(
+            f"{PREFIX}_read_ahead_bytes",
+            "Rows read from the server and not mapped yet, in bytes with their "
+            "bookkeeping (at most read_ahead_mb and one row).",
+            value=c.read_ahead(),
+        )
+        yield GaugeMetricFamily(
             f"{PREFIX}_missing_tables",
             "Tracked tables the catalog no longer has (renamed or dropped).",
             value=len(c.missing_tables),
