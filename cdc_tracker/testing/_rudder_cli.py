@@ -35,10 +35,28 @@ def main(argv: list[str] | None = None) -> int:
         description="A strict fake RudderStack data plane on 127.0.0.1.",
         epilog="example: --port 8088 --write-key demo-key --segment",
     )
-    parser.add_argument("--port", type=int, default=8088, help="0 picks a free one")
-    parser.add_argument("--write-key", action="append", default=[], dest="write_keys")
-    parser.add_argument("--segment", action="store_true", help="apply Segment's limits")
-    parser.add_argument("--lenient", action="store_true", help="skip the strict checks")
+    parser.add_argument(
+        "--port", type=int, default=8088, help="default: 8088; 0 picks a free one"
+    )
+    parser.add_argument(
+        "--write-key",
+        action="append",
+        default=[],
+        dest="write_keys",
+        metavar="KEY",
+        help="a key it accepts; repeat for more (default: test-write-key)",
+    )
+    parser.add_argument(
+        "--segment",
+        action="store_true",
+        help="apply Segment's limits (32 KB a call, 500 KB and 2,500 calls a request)",
+    )
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip the per-call field checks (auth, the batch's shape, userIds "
+        "and the size limits still apply)",
+    )
     args = parser.parse_args(argv)
     # stdout carries the calls; logs go to stderr so the two never interleave.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
