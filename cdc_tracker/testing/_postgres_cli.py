@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(stopping, signal.default_int_handler)
     server = ThrowawayPostgres(port=args.port or None)
     try:
-        with server:
-            server.start()
+        with server:  # started on entering
             dsn = server.create_database(DATABASE)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(schema)
