@@ -98,3 +98,33 @@ def test_check_with_dsn_names_a_lookup_table_the_role_may_not_read(
         f"{path}:17: properties.plan: column 'plan' of lookup 'merchant' is not in "
         "public.merchants; did you mean 'plan_name'?",
     ]
+
+
+def test_check_with_dsn_names_the_schema_a_lookup_table_is_shut_in(
+    db: str, tmp_path: Path
+) -> None:
+    """SELECT on the table is not enough: its schema needs USAGE too."""
+    sql(
+        db,
+        "create schema crm",
+        "create table crm.owners (id bigint primary key, name text)",
+        "create role check_schema_reader login",
+        "grant select on merchants, payouts, crm.owners to check_schema_reader",
+    )
+    path = tmp_path / "lookups.yaml"
+    path.write_text(
+        RULEBOOK.replace("public.owners", "crm.owners").replace(
+            "plan: merchant.plan", "plan: merchant.plan_name"
+        )
+    )
+    try:
+        done = cdc_tracker(
+            "check", path, "--dsn", make_conninfo(db, user="check_schema_reader")
+        )
+    finally:
+        sql(db, "drop owned by check_schema_reader", "drop role check_schema_reader")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"{path}:9: lookup 'owner': this role may not read crm.owners; fix: "
+        "GRANT USAGE ON SCHEMA crm TO check_schema_reader;",
+    ]

@@ -57,20 +57,31 @@ def _unreadable_lookups(
     for spec in sorted(specs.values(), key=lambda spec: spec.line):
         if spec.table not in catalog:
             continue  # said by check_schema
-        row = conn.execute(
-            "SELECT has_table_privilege(%s, 'SELECT')", (sql_name(spec.table),)
-        ).fetchone()
-        if row is not None and not row[0]:
-            problems.append(
-                (
-                    str(rulebook.path),
-                    spec.line,
-                    f"lookup '{spec.name}': this role may not read {spec.table}; "
-                    f"fix: GRANT SELECT ON {sql_name(spec.table)} TO "
-                    f"{conn.info.user};",
-                )
+        schema, _, name = spec.table.partition(".")
+        row = conn.execute(_READABLE_SQL, (schema, name)).fetchone()
+        if row is None or all(row):
+            continue
+        select, usage = row
+        fixes = [] if usage else [f"GRANT USAGE ON SCHEMA {sql_name(schema)}"]
+        fixes += [] if select else [f"GRANT SELECT ON {sql_name(spec.table)}"]
+        role = conn.info.user
+        problems.append(
+            (
+                str(rulebook.path),
+                spec.line,
+                f"lookup '{spec.name}': this role may not read {spec.table}; "
+                f"fix: {' '.join(f'{fix} TO {role};' for fix in fixes)}",
             )
+        )
     return problems
+
+
+# Reading a table takes SELECT on it and USAGE on its schema.
+_READABLE_SQL = """
+SELECT has_table_privilege(c.oid, 'SELECT'), has_schema_privilege(n.oid, 'USAGE')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
+"""
 
 
 def _cursor_notes(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[str]:

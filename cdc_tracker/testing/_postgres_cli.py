@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import structlog
+from psycopg import sql
 
 from cdc_tracker.errors import ConfigError, SourceError
 from cdc_tracker.testing.postgres import ThrowawayPostgres
@@ -24,11 +25,9 @@ from cdc_tracker.testing.postgres import ThrowawayPostgres
 EXAMPLE_SCHEMA = Path(__file__).resolve().parent.parent / "examples" / "schema.sql"
 DATABASE = "app"
 ROLE = "tracker"
-# The README's grants (its "Running it"), on every table the schema made.
-_ROLE_SQL = (
-    f"CREATE ROLE {ROLE} LOGIN REPLICATION",
-    f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE}",
-    f"GRANT CREATE ON DATABASE {DATABASE} TO {ROLE}",
+_SCHEMAS_SQL = (
+    "SELECT nspname FROM pg_namespace WHERE nspname !~ '^pg_' "
+    "AND nspname <> 'information_schema'"
 )
 
 
@@ -38,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "A throwaway PostgreSQL with wal2json on 127.0.0.1, to try "
             "'cdc-tracker run' on: database 'app' with the schema, role 'tracker' "
-            "(REPLICATION, SELECT on its tables, CREATE on the database). Prints "
+            "(REPLICATION, USAGE and SELECT on every schema and table made, CREATE "
+            "on the database). Prints "
             "the role's URL, serves until Ctrl-C or SIGTERM, then deletes it all."
         ),
         epilog="example: --port 54329 --schema config/schema.sql",
@@ -47,12 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         "--schema",
         type=Path,
         default=EXAMPLE_SCHEMA,
-        help="SQL run in database 'app' first (default: the example schema)",
+        help="plain SQL run in database 'app' first, as one script (no psql "
+        "backslash commands; default: the example schema)",
     )
     parser.add_argument(
         "--port", type=int, default=0, help="port to listen on (default: a free one)"
     )
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not a port (1-65535)")
     try:
         schema = args.schema.read_text()
     except OSError as exc:
@@ -67,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             dsn = server.create_database(DATABASE)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(schema)
-                for statement in _ROLE_SQL:
-                    conn.execute(statement)
+                _create_role(conn)
             url = f"postgresql://{ROLE}@{server.host}:{server.port}/{DATABASE}"
             sys.stdout.write(f"{url}\n")
             sys.stdout.flush()
@@ -84,3 +86,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError, psycopg.Error) as exc:
         sys.stderr.write(f"throwaway postgres: {exc}\n")
         return 1
+
+
+def _create_role(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """The README's role (its "Running it"), reading every table the schema
+    made, in whatever schema."""
+    role = sql.Identifier(ROLE)
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(role))
+    conn.execute(
+        sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+            sql.Identifier(DATABASE), role
+        )
+    )
+    for (name,) in conn.execute(_SCHEMAS_SQL).fetchall():
+        schema = sql.Identifier(str(name))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role))
+        conn.execute(
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
+                schema, role
+            )
+        )

@@ -18,7 +18,7 @@ from cdc_tracker.source.slot import connect
 from cdc_tracker.source.stream import Stream
 from cdc_tracker.testing.postgres import PostgresServer
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.doctor.helpers import doctor_settings, findings
+from tests.doctor.helpers import doctor_settings, findings, with_rulebook
 from tests.harness import create_slot, running_daemon, sql
 
 _roles = itertools.count(1)
@@ -208,3 +208,66 @@ def test_the_readmes_role_passes_every_check(settings: Settings, db: str) -> Non
     for check in ("replication privilege", "table grants", "state schema"):
         assert found[check].status == "pass", found[check]
     assert found["replication connection"].status == "pass"
+
+
+SHOP_RULEBOOK = """\
+version: 1
+tables:
+  shop.customers:
+    user_id: id
+  public.merchants:
+    user_id: id
+identify:
+  - table: shop.customers
+    on: insert
+    traits: {name: name}
+"""
+
+
+def test_a_schema_the_role_may_not_use_fails_with_the_grant_of_usage(
+    settings: Settings, db: str, role: str, tmp_path: Path
+) -> None:
+    """SELECT alone does not read a table of a schema the role may not use
+    (replay and lookups would fail with "permission denied for schema")."""
+    sql(
+        db,
+        "CREATE SCHEMA shop",
+        "CREATE TABLE shop.customers (id bigint PRIMARY KEY, name text)",
+        f"ALTER ROLE {role} REPLICATION",
+        f"GRANT SELECT ON shop.customers, merchants TO {role}",
+    )
+    mine = with_rulebook(as_role(settings, role), tmp_path / "r.yaml", SHOP_RULEBOOK)
+
+    before = findings(mine)["table grants"]
+    sql(db, f"GRANT USAGE ON SCHEMA shop TO {role}")
+    after = findings(mine)["table grants"]
+
+    assert before.status == "fail"
+    assert before.detail == f"role {role} may not use schema shop"
+    assert before.fix == f'GRANT USAGE ON SCHEMA shop TO "{role}";'
+    assert after.status == "pass"
+    with psycopg.connect(mine.require_dsn()) as conn:  # the fix is all it takes
+        assert conn.execute("SELECT count(*) FROM shop.customers").fetchone() == (0,)
+
+
+def test_missing_usage_and_select_are_fixed_together(
+    settings: Settings, db: str, role: str, tmp_path: Path
+) -> None:
+    sql(
+        db,
+        "CREATE SCHEMA shop",
+        "CREATE TABLE shop.customers (id bigint PRIMARY KEY, name text)",
+        f"GRANT SELECT ON merchants TO {role}",
+    )
+    mine = with_rulebook(as_role(settings, role), tmp_path / "r.yaml", SHOP_RULEBOOK)
+
+    found = findings(mine)["table grants"]
+
+    assert found.status == "fail"
+    assert found.detail == (
+        f"role {role} may not use schema shop and may not SELECT from shop.customers"
+    )
+    assert found.fix == (
+        f'GRANT USAGE ON SCHEMA shop TO "{role}"; '
+        f'GRANT SELECT ON shop.customers TO "{role}";'
+    )

@@ -55,7 +55,10 @@ def test_it_serves_the_schema_to_the_tracker_role_until_stopped(
 
 def test_a_schema_file_of_ones_own_is_run_first(tmp_path: Path) -> None:
     schema = tmp_path / "mine.sql"
-    schema.write_text("create table accounts (id bigint primary key, plan text);")
+    schema.write_text(
+        "create table accounts (id bigint primary key, plan text);\n"
+        "create schema crm; create table crm.owners (id bigint primary key);"
+    )
     with subprocess.Popen(
         [*COMMAND, "--schema", str(schema)],
         stdout=subprocess.PIPE,
@@ -64,8 +67,10 @@ def test_a_schema_file_of_ones_own_is_run_first(tmp_path: Path) -> None:
     ) as process:
         try:
             with psycopg.connect(first_line(process), autocommit=True) as conn:
-                count = conn.execute("SELECT count(*) FROM accounts").fetchone()
-                assert count == (0,)
+                # The role reads every table, whatever its schema.
+                for table in ("accounts", "crm.owners"):
+                    count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                    assert count == (0,)
             process.terminate()
             assert process.wait(timeout=60) == 0
         finally:
@@ -83,6 +88,19 @@ def test_a_missing_schema_file_is_bad_usage(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "cannot read --schema" in done.stderr
     assert "nowhere.sql" in done.stderr
+
+
+def test_a_port_out_of_range_is_bad_usage_before_anything_starts() -> None:
+    done = subprocess.run(
+        [*COMMAND, "--port", "99999"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--port 99999 is not a port (1-65535)" in done.stderr
+    assert "throwaway postgres started" not in done.stderr
 
 
 def test_a_schema_that_fails_is_named_with_the_servers_error(

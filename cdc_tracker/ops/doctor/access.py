@@ -5,9 +5,11 @@ from __future__ import annotations
 from cdc_tracker.ops.doctor.context import Context
 from cdc_tracker.ops.doctor.result import Finding, failed, passed
 
+# A table is read (replay, lookups) with SELECT on it and USAGE on its schema.
 _GRANTS_SQL = """
-SELECT format('%%I.%%I', n.nspname, c.relname),
-       has_table_privilege(current_user, c.oid, 'SELECT')
+SELECT format('%%I.%%I', n.nspname, c.relname), format('%%I', n.nspname),
+       has_table_privilege(current_user, c.oid, 'SELECT'),
+       has_schema_privilege(current_user, n.oid, 'USAGE')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname || '.' || c.relname = ANY (%s) AND c.relkind IN ('r', 'p')
 ORDER BY 1
@@ -52,14 +54,18 @@ def table_grants(ctx: Context) -> Finding:
     tables = sorted(ctx.rules().tables)
     rows = ctx.rows(_GRANTS_SQL, (tables,))
     (role,) = ctx.row("SELECT current_user")
-    denied = [str(table) for table, allowed in rows if not allowed]
+    denied = [str(table) for table, _, select, _ in rows if not select]
+    closed = sorted({str(schema) for _, schema, _, usage in rows if not usage})
     name = "table grants"
-    if denied:
-        return failed(
-            name,
-            f"role {role} may not SELECT from {', '.join(denied)}",
-            f'GRANT SELECT ON {", ".join(denied)} TO "{role}";',
-        )
+    if denied or closed:
+        problems, fixes = [], []
+        if closed:
+            problems.append(f"may not use schema {', '.join(closed)}")
+            fixes.append(f'GRANT USAGE ON SCHEMA {", ".join(closed)} TO "{role}";')
+        if denied:
+            problems.append(f"may not SELECT from {', '.join(denied)}")
+            fixes.append(f'GRANT SELECT ON {", ".join(denied)} TO "{role}";')
+        return failed(name, f"role {role} {' and '.join(problems)}", " ".join(fixes))
     return passed(name, f"SELECT on {len(rows)} of {len(tables)} tracked tables")
 
 
