@@ -22,10 +22,11 @@ Out: ``{"stats": {...}}`` whenever the delivery counters change (every
 and ``{"outcome": {...}, "stats": {...}}`` once a batch is over: delivered, bytes,
 requests, the dead letters as ``[index, reason]`` and the pending calls' indices.
 
-Standard input closing (the daemon stopped, or died) stops the delivery at its
-next wait and ends the process; it ignores SIGINT, SIGTERM and SIGHUP, which a
-terminal or a service manager sends to the whole group (SIGHUP reloads the
-daemon's rulebook): the daemon stops it in order. The frames go out on a copy of
+Standard input closing ends the process: at once when a batch is still
+unanswered (the daemon died, or was told twice to stop), or else once idle. It
+ignores SIGINT, SIGTERM and SIGHUP, which a terminal or a service manager sends
+to the whole group (SIGHUP reloads the daemon's rulebook): the daemon stops it in
+order. The frames go out on a copy of
 standard output made at start, and standard output itself then points at
 standard error: nothing printed by mistake can break a frame. A delivery that
 fails in a way delivery does not handle (a bug) is logged and ends the process
@@ -155,12 +156,14 @@ class Reporter:
         self.client = client
         self._lock = threading.Lock()
         self._sent: dict[str, Any] | None = None
+        self.outcomes = 0  # sent
 
     def report(self, outcome: dict[str, Any] | None = None) -> None:
         with self._lock:
             stats = asdict(self.client.stats.snapshot())
             if outcome is not None:
                 self.out.send({"outcome": outcome, "stats": stats})
+                self.outcomes += 1
             elif stats != self._sent:
                 self.out.send({"stats": stats})
             self._sent = stats
@@ -195,6 +198,7 @@ def _serve(frames: FrameReader, reporter: Reporter, client: RudderStackClient) -
     )
     deliverer.start()
     stop = threading.Event()  # the batch being delivered: the latest one sent
+    batches = 0
     reporter.report()
     try:
         while True:
@@ -205,15 +209,31 @@ def _serve(frames: FrameReader, reporter: Reporter, client: RudderStackClient) -
             if message is not None and "bodies" in message:
                 stop = threading.Event()
                 work.put((_calls(message), stop))
+                batches += 1
             elif message is not None and message.get("stop"):
                 stop.set()
             reporter.report()
     except BrokenPipeError:
         pass  # the daemon is gone
     finally:
+        if batches > reporter.outcomes:
+            _abandon(batches - reporter.outcomes)
         stop.set()
         work.put(None)
         deliverer.join()
+
+
+def _abandon(batches: int) -> None:
+    """The daemon is gone with a batch not answered (killed, or told twice to
+    stop): it confirmed nothing past it, so the next daemon reads it again. End
+    now rather than send the rest beside that daemon, out of order."""
+    log.warning(
+        "shipping process: the daemon is gone before the outcome of a batch; "
+        "it ends without sending the rest",
+        batches=batches,
+    )
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _calls(message: dict[str, Any]) -> list[EncodedCall]:

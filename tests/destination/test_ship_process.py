@@ -235,6 +235,44 @@ def test_the_worker_ends_when_its_daemon_is_killed(fake: FakeRudderStack) -> Non
     _until(lambda: not _alive(worker), seconds=15)
 
 
+def test_a_worker_whose_daemon_died_mid_batch_sends_no_more_of_it() -> None:
+    """Killed (or told twice to stop), the daemon confirmed nothing past the
+    batch: the next daemon sends it again, so the worker must not go on sending
+    the rest beside it, out of order."""
+    with FakeRudderStack(
+        write_keys=[WRITE_KEY], on_accept=lambda call: time.sleep(0.4)
+    ) as slow:
+        script = textwrap.dedent(
+            f"""
+            import threading
+            from cdc_tracker import logs
+            from cdc_tracker.daemon.ship_process import ProcessShipper
+            from cdc_tracker.destination import DestinationSettings
+            from tests.destination.conftest import encoded
+            logs.configure("json", "warning")  # stdout carries the worker's pid
+            settings = DestinationSettings(
+                url={slow.url!r}, write_key={WRITE_KEY!r}, max_calls=1
+            )
+            shipper = ProcessShipper(settings)
+            print(shipper.pid, flush=True)
+            shipper.ship(encoded(10), threading.Event())  # ten requests, 4 s
+            """
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+        ) as daemon:
+            try:
+                assert daemon.stdout is not None
+                worker = int(daemon.stdout.readline())
+                _until(lambda: len(slow.calls) >= 1)
+            finally:
+                daemon.kill()
+        _until(lambda: not _alive(worker), seconds=2)
+        sent = len(slow.calls)
+        time.sleep(1.0)
+        assert len(slow.calls) == sent <= 3  # the request in flight at most
+
+
 def _exited(pid: int) -> bool:
     """Whether every thread of ``pid`` has ended: its parent can reap it now. (Its
     main thread shows as a zombie while the others still exit.)"""
