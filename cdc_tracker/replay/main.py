@@ -14,7 +14,6 @@ from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.errors import EXIT_INTERRUPTED, EXIT_OK
 from cdc_tracker.replay.plan import Plan, check_rules, make_plan
 from cdc_tracker.replay.runner import (
-    RESUME_HINT,
     Replay,
     ReplayOptions,
     ReplayResult,
@@ -95,5 +94,5 @@ def summary(result: ReplayResult) -> str:
         f"({result.rows_per_s:,.0f} rows/s)"
     )
     if result.interrupted:
-        line += f"; interrupted: {RESUME_HINT}"
+        line += f"; interrupted: {result.next_step}"
     return line

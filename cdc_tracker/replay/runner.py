@@ -49,7 +49,8 @@ log = structlog.get_logger(__name__)
 
 PAGE_ROWS = 5_000
 # What an interrupted replay tells the operator to do next.
-RESUME_HINT = "continue with the same command and --resume"
+RESUME_HINT = "finish it with --resume (same --table and --rule)"
+DRY_RUN_HINT = "a dry run keeps no state to resume: run it again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +84,19 @@ class ReplayResult:
     dead_letters: int = 0
     elapsed: float = 0.0
     interrupted: bool = False
+    dry_run: bool = False
     per_table: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def next_step(self) -> str | None:
+        """What to do after an interrupted replay; None after a whole one."""
+        if not self.interrupted:
+            return None
+        return DRY_RUN_HINT if self.dry_run else RESUME_HINT
 
 
 class Replay:
@@ -112,7 +121,7 @@ class Replay:
         self.progress_out = progress_out
         self.now = now or datetime.now(UTC)
         self.pacer = Pacer(options.rate, settings.batch_calls, stop)
-        self.result = ReplayResult()
+        self.result = ReplayResult(dry_run=options.dry_run)
         self.job = ""
         self.mapper: Mapper | None = None
         self.pool: ConnectionPool | None = None
@@ -157,7 +166,7 @@ class Replay:
             dead_letters=self.result.dead_letters,
             elapsed_ms=round(self.result.elapsed * 1000),
             rows_per_s=round(self.result.rows_per_s),
-            hint=RESUME_HINT if self.result.interrupted else None,
+            **({"hint": self.result.next_step} if self.result.next_step else {}),
         )
         return self.result
 

@@ -264,6 +264,7 @@ def test_console_logs_keep_the_plan_and_summary_as_lines_for_people(
     assert "skipped rule 'Plan Changed' (public.merchants): " in result.stderr
     assert lines[-1].startswith("replayed 1 row: 2 calls, 0 dead letters in ")
     assert not any(line.startswith("{") for line in lines)
+    assert "hint=" not in result.stderr  # a whole replay has no next step
 
 
 def _ended(err: str) -> tuple[str, int, int, int]:
@@ -323,7 +324,7 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
     assert proc.returncode == 130, err
     assert _ended(err)[0] == "replay interrupted"
     assert json.loads(err.splitlines()[-1])["hint"] == (
-        "continue with the same command and --resume"
+        "finish it with --resume (same --table and --rule)"
     )
     assert 600 <= len(first) < 3000
     assert _summary(err) == (len(first), len(first))  # one call per payout
@@ -339,6 +340,32 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
             "select rows_done, finished_at is not null from cdc_tracker.replay_state"
         ).fetchone()
     assert row == (3000, True)
+
+
+def test_an_interrupted_dry_run_says_to_run_it_again_not_to_resume(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    _payouts(db)
+    env = _env(db, receiver, example_rulebook)
+    args = ["--since", "1d", "--table", "payouts", "--dry-run", "--rate", "200"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "cdc_tracker", "replay", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # a call printed: the replay is under way
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+
+    assert proc.returncode == 130, err
+    assert _ended(err)[0] == "replay interrupted"
+    assert json.loads(err.splitlines()[-1])["hint"] == (
+        "a dry run keeps no state to resume: run it again"
+    )
+    assert "nothing to resume" in _cli(env, *args[:4], "--resume").stderr
 
 
 def test_a_replay_killed_inside_a_page_resends_at_most_the_delivery_in_flight(
