@@ -112,7 +112,7 @@ def _silence_stdout() -> None:
 
 def _report(exc: CdcTrackerError, args: argparse.Namespace, code: int) -> int:
     """Tell the error that ends the command; returns its exit ``code``."""
-    if logs.json_lines() and getattr(args, "errors_as_logs", False):
+    if getattr(args, "errors_as_logs", False) and _json_logs(args):
         # Among the JSON lines of run or replay, the error that ends it is one
         # too; other commands' errors stay lines for people (and editors).
         message, _, _ = str(exc).partition("\nhint: ")
@@ -124,6 +124,21 @@ def _report(exc: CdcTrackerError, args: argparse.Namespace, code: int) -> int:
     prefix = "" if isinstance(exc, RulebookError) else "cdc-tracker: "
     sys.stderr.write(f"{prefix}{exc}\n")
     return code
+
+
+def _json_logs(args: argparse.Namespace) -> bool:
+    """Whether logs are JSON lines, or were to be: an error may come before the
+    settings that configure them (a bad value of another setting, a bad flag),
+    and then the environment says."""
+    if logs.json_lines():
+        return True
+    asked = getattr(args, "log_format", None) or os.environ.get(
+        "CDC_TRACKER_LOG_FORMAT", ""
+    )
+    if asked.strip().lower() != "json":
+        return False
+    logs.configure("json", "info")
+    return True
 
 
 def _parser() -> argparse.ArgumentParser:

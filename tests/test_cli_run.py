@@ -357,3 +357,64 @@ def test_the_error_that_stops_run_is_a_json_line_among_json_logs(
         "absent.yaml: cannot read rulebook: No such file or directory"
     )
     assert lines[-1]["exit_code"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "error"),
+    [
+        (
+            ["replay", "--since", "1d", "--rate", "0"],
+            {"CDC_TRACKER_LOG_FORMAT": "json"},
+            "--rate is 0.0; expected calls per second from 0.01 to 1,000,000",
+        ),
+        (
+            ["run"],
+            {"CDC_TRACKER_LOG_FORMAT": "json", "CDC_TRACKER_BATCH_CALLS": "0"},
+            "setting batch_calls from CDC_TRACKER_BATCH_CALLS is '0'; "
+            "expected a positive whole number",
+        ),
+        (
+            ["run", "--log-format", "json"],
+            {"CDC_TRACKER_BATCH_CALLS": "0"},
+            "setting batch_calls from CDC_TRACKER_BATCH_CALLS is '0'; "
+            "expected a positive whole number",
+        ),
+    ],
+)
+def test_an_error_before_the_settings_are_read_is_a_json_line_when_asked(
+    args: list[str], env: dict[str, str], error: str
+) -> None:
+    """The settings that configure the logs may be what is wrong: the format
+    asked for in the environment or a flag still holds."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_TRACKER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(line["event"], line["error"]) for line in lines] == [
+        ("stopped on an error", error)
+    ]
+
+
+def test_an_error_before_the_settings_are_read_is_a_line_for_people_otherwise() -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_TRACKER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d", "--rate", "0"],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr == (
+        "cdc-tracker: --rate is 0.0; expected calls per second from 0.01 to 1,000,000\n"
+    )
