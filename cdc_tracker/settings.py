@@ -179,7 +179,7 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
         # Matched by the setting it names: CDC_TRACKER_WRITE_KEY means write_key,
         # which RUDDERSTACK_WRITE_KEY sets.
         meant = variable.removeprefix(_PREFIX).lower()
-        close = difflib.get_close_matches(meant, by_setting, n=1, cutoff=0.8)
+        close = difflib.get_close_matches(meant, by_setting, n=1, cutoff=0.7)
         hint = f" (did you mean {by_setting[close[0]]}?)" if close else ""
         found.append(variable + hint)
     return found
