@@ -158,6 +158,12 @@ class _Builder:
             self.problem(line, f"table '{name}' needs a mapping with 'user_id'")
             return None
         self.unknown_keys(body, _TABLE_KEYS, f"table '{name}'")
+        if "\x00" in name:
+            self.problem(
+                line,
+                f"table {name!r} holds a NUL character, which no PostgreSQL name can",
+            )
+            return None
         schema = dotted_schema(name)
         if schema is not None:
             self.problem(

@@ -451,6 +451,11 @@ PROBLEMS = [
         id="schema-with-a-period",
     ),
     pytest.param(
+        'version: 1\ntables:\n  "bad\\0name":\n    user_id: id\n',
+        "3: table 'bad\\x00name' holds a NUL character, which no PostgreSQL name can",
+        id="table-name-with-a-nul",
+    ),
+    pytest.param(
         TABLES + "identify:\n  - table: t\n    traits:\n      a: lower(name\n",
         "8: in expression 'lower(name': expected ')', found end of expression "
         "at column 11",
