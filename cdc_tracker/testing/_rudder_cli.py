@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with fake:
         sys.stderr.write(
-            f"fake rudderstack on {fake.url}/v1/batch, write key "
-            f"{' or '.join(sorted(fake.write_keys))} (Ctrl-C or SIGTERM stops)\n"
+            f"fake rudderstack on {fake.url}/v1/batch (write key "
+            f"{' or '.join(sorted(fake.write_keys))}; Ctrl-C or SIGTERM stops)\n"
         )
         try:
             while True:

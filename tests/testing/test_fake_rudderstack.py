@@ -764,22 +764,24 @@ def test_cli_prints_one_line_per_accepted_call() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as process:
-        assert process.stderr is not None
-        assert process.stdout is not None
-        banner = b""
-        while b"Ctrl-C" not in banner:
-            banner = process.stderr.readline()
-            assert banner, "the receiver exited before serving"
-        url = banner.split()[3].decode()
-        response = post(url, content=batch_of(a_call(1)), auth=("demo", ""))
-        line = process.stdout.readline()
-        process.send_signal(signal.SIGINT)
         try:
+            assert process.stderr is not None
+            assert process.stdout is not None
+            banner = b""
+            while b"Ctrl-C" not in banner:
+                banner = process.stderr.readline()
+                assert banner, "the receiver exited before serving"
+            url = banner.split()[3].decode()
+            response = post(url, content=batch_of(a_call(1)), auth=("demo", ""))
+            # Checked before reading its line: no call taken, no line ever comes.
+            assert (response.status_code, response.text) == (200, "ok")
+            line = process.stdout.readline()
+            process.send_signal(signal.SIGINT)
             code = process.wait(timeout=5)
         finally:
             process.kill()  # no-op once it exited; else the with block waits forever
 
-    assert (response.status_code, response.text) == (200, "ok")
+    assert banner.endswith(b"(write key demo; Ctrl-C or SIGTERM stops)\n")
     assert orjson.loads(line) == ["track", "u1", "Order Placed", "m1"]
     assert code == 0
 
