@@ -386,15 +386,7 @@ def test_an_error_before_the_settings_are_read_is_a_json_line_when_asked(
 ) -> None:
     """The settings that configure the logs may be what is wrong: the format
     asked for in the environment or a flag still holds."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_TRACKER_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "cdc_tracker", *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _without_settings(args, env)
 
     assert done.returncode == 2
     lines = [json.loads(line) for line in done.stderr.splitlines()]
@@ -404,17 +396,24 @@ def test_an_error_before_the_settings_are_read_is_a_json_line_when_asked(
 
 
 def test_an_error_before_the_settings_are_read_is_a_line_for_people_otherwise() -> None:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_TRACKER_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "cdc_tracker", "replay", "--since", "1d", "--rate", "0"],
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _without_settings(["replay", "--since", "1d", "--rate", "0"], {})
 
     assert done.returncode == 2
     assert done.stderr == (
         "cdc-tracker: --rate is 0.0; expected calls per second from 0.01 to 1,000,000\n"
+    )
+
+
+def _without_settings(
+    args: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``cdc-tracker`` with ``env`` as its only CDC_TRACKER_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDC_TRACKER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "cdc_tracker", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )

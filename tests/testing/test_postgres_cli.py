@@ -14,6 +14,13 @@ import pytest
 COMMAND = [sys.executable, "-m", "cdc_tracker.testing.postgres"]
 
 
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command to its end, with bad arguments or a bad schema."""
+    return subprocess.run(
+        [*COMMAND, *args], check=False, capture_output=True, text=True, timeout=60
+    )
+
+
 def first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
     assert process.stdout is not None
     with selectors.DefaultSelector() as selector:
@@ -78,26 +85,14 @@ def test_a_schema_file_of_ones_own_is_run_first(tmp_path: Path) -> None:
 
 
 def test_a_missing_schema_file_is_bad_usage(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*COMMAND, "--schema", str(tmp_path / "nowhere.sql")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run("--schema", str(tmp_path / "nowhere.sql"))
     assert done.returncode == 2
     assert "cannot read --schema" in done.stderr
     assert "nowhere.sql" in done.stderr
 
 
 def test_a_port_out_of_range_is_bad_usage_before_anything_starts() -> None:
-    done = subprocess.run(
-        [*COMMAND, "--port", "99999"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run("--port", "99999")
     assert done.returncode == 2
     assert "--port 99999 is not a port (1-65535)" in done.stderr
     assert "throwaway postgres started" not in done.stderr
@@ -108,13 +103,7 @@ def test_a_schema_that_fails_is_named_with_the_servers_error(
 ) -> None:
     schema = tmp_path / "broken.sql"
     schema.write_text("create tabel oops (id int);")
-    done = subprocess.run(
-        [*COMMAND, "--schema", str(schema)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run("--schema", str(schema))
     assert done.returncode == 1
     assert 'syntax error at or near "tabel"' in done.stderr
     assert done.stdout == ""
