@@ -159,6 +159,29 @@ def test_a_new_replay_does_not_silently_discard_an_interrupted_one(
     assert again.returncode == 0, again.stderr[-600:]
 
 
+def test_a_replay_stopped_before_its_first_row_does_not_block_the_next(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """Nothing of it was done (its key refused): a new replay starts anew in the
+    window asked, instead of asking for --resume or --discard-interrupted."""
+    sql(db, MERCHANTS)
+    env = _env(db, receiver, example_rulebook)
+    receiver.write_keys.clear()  # every request refused: delivery pauses
+    proc = _start_replay(env)
+    wait_until(lambda: len(receiver.statuses()) >= 1, 20)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err[-600:]
+    assert receiver.calls == []
+    receiver.write_keys.add(WRITE_KEY)
+
+    again = _cli(env, "replay", "--since", "1d", "--rate", "100000")
+
+    assert again.returncode == 0, again.stderr[-600:]
+    assert "had sent nothing: starting anew" in again.stderr
+    assert {call.user_id for call in receiver.calls} >= {str(n) for n in range(1, 2001)}
+
+
 @pytest.mark.parametrize(
     "args",
     [

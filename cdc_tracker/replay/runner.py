@@ -201,7 +201,14 @@ class Replay:
             if self.options.dry_run:
                 return JobState(self.job, window)
             waiting = store.load(self.job)
-            if waiting is not None and not self.options.discard_interrupted:
+            if waiting is not None and waiting.rows == 0:
+                # Stopped before its first row was done (an error, an outage):
+                # nothing of it to keep, and the window asked now is the one meant.
+                log.info(
+                    "an interrupted replay of this selection had sent nothing: "
+                    "starting anew"
+                )
+            elif waiting is not None and not self.options.discard_interrupted:
                 raise ConfigError(
                     "a replay of this selection stopped before its end (interrupted, "
                     "or on an error) and is waiting: "
