@@ -57,6 +57,53 @@ def test_a_table_without_full_identity_fails_with_the_alter_table(
     assert found["rulebook schema"].status == "pass"
 
 
+LOOKUP_RULEBOOK = """\
+version: 1
+tables:
+  public.payouts:
+    user_id: merchant_id
+    lookups:
+      owner:
+        table: ref.owners
+        key: {id: merchant_id}
+track:
+  - event: Payout Fetched
+    table: public.payouts
+    on: insert
+    properties:
+      owner: owner.name
+"""
+
+
+def test_a_lookup_on_a_table_not_tracked_fits_and_its_grants_are_checked(
+    settings: Settings, db: str, tmp_path: Path
+) -> None:
+    """The related table need not be tracked: the doctor reads it as the daemon
+    does, and names the grants its role lacks to read it."""
+    sql(
+        db,
+        "CREATE SCHEMA ref",
+        "CREATE TABLE ref.owners (id bigint PRIMARY KEY, name text)",
+        "CREATE ROLE doctor_lookup LOGIN REPLICATION",
+        "GRANT SELECT ON payouts TO doctor_lookup",
+    )
+    mine = with_rulebook(settings, tmp_path / "lookups.yaml", LOOKUP_RULEBOOK)
+    as_role = replace(mine, dsn=mine.require_dsn() + " user=doctor_lookup")
+    try:
+        found = findings(mine)
+        refused = findings(as_role)["table grants"]
+    finally:
+        sql(db, "DROP OWNED BY doctor_lookup", "DROP ROLE doctor_lookup")
+
+    assert found["rulebook schema"].status == "pass", found["rulebook schema"]
+    assert found["table grants"].detail == "SELECT on 2 of 2 tables read"
+    assert refused.status == "fail"
+    assert refused.fix == (
+        'GRANT USAGE ON SCHEMA ref TO "doctor_lookup"; '
+        'GRANT SELECT ON ref.owners TO "doctor_lookup";'
+    )
+
+
 def test_a_missing_table_fails_the_schema_check(settings: Settings, db: str) -> None:
     sql(db, "DROP TABLE payouts")
 

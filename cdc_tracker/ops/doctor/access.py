@@ -50,8 +50,9 @@ def replication_privilege(ctx: Context) -> Finding:
 
 
 def table_grants(ctx: Context) -> Finding:
-    """SELECT on every tracked table that exists (missing tables: the schema check)."""
-    tables = sorted(ctx.rules().tables)
+    """SELECT on every table the rulebook reads (tracked, or read by a lookup)
+    that exists, and USAGE on its schema (missing tables: the schema check)."""
+    tables = ctx.rules().schema_tables
     rows = ctx.rows(_GRANTS_SQL, (tables,))
     (role,) = ctx.row("SELECT current_user")
     denied = [str(table) for table, _, select, _ in rows if not select]
@@ -66,7 +67,7 @@ def table_grants(ctx: Context) -> Finding:
             problems.append(f"may not SELECT from {', '.join(denied)}")
             fixes.append(f'GRANT SELECT ON {", ".join(denied)} TO "{role}";')
         return failed(name, f"role {role} {' and '.join(problems)}", " ".join(fixes))
-    return passed(name, f"SELECT on {len(rows)} of {len(tables)} tracked tables")
+    return passed(name, f"SELECT on {len(rows)} of {len(tables)} tables read")
 
 
 def state_schema(ctx: Context) -> Finding:

@@ -31,7 +31,8 @@ def rulebook(ctx: Context) -> Finding:
         return failed("rulebook", str(exc), "set CDC_TRACKER_RULEBOOK or --rulebook")
     ctx.rulebook = loaded
     if ctx.conn is not None:
-        ctx.catalog = read_catalog(ctx.conn, sorted(loaded.tables))
+        # The tables lookups read too, tracked or not, as the daemon checks them.
+        ctx.catalog = read_catalog(ctx.conn, loaded.schema_tables)
     return passed(
         "rulebook",
         f"{path}: {loaded.size}",
@@ -64,7 +65,10 @@ def replica_identity(ctx: Context) -> Finding:
             ),
             "\n".join(fixes) or "ALTER TABLE ... REPLICA IDENTITY FULL;",
         )
-    full = sorted(t for t, info in ctx.catalog.items() if info.full_identity)
+    tracked = ctx.rules().tables
+    full = sorted(
+        t for t, info in ctx.catalog.items() if info.full_identity and t in tracked
+    )
     detail = f"FULL on {', '.join(full)}" if full else "no rule needs old values"
     return passed(name, detail)
 
