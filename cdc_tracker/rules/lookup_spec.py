@@ -104,6 +104,13 @@ def _lookup(
     if not isinstance(table, str) or not table.strip():
         report(line, f"lookup '{name}' needs 'table': the table to read")
         table = None
+    elif "\x00" in table:
+        report(
+            body.lines["table"],
+            f"lookup '{name}': table {table!r} holds a NUL character, which no "
+            "PostgreSQL name can",
+        )
+        table = None
     key = _key(name, body, line, report)
     missing = body.get("missing", "dead_letter")
     if missing not in _POLICIES:

@@ -331,9 +331,10 @@ class _Builder:
             return None  # the table's own problems are reported at its lines
         if spec is None:
             known = ", ".join(sorted(tables)) or "none"
+            shown = repr(name) if "\x00" in name else f"'{name}'"  # not a raw NUL
             self.problem(
                 body.lines["table"],
-                f"table '{name}' is not under 'tables' (tracked: {known})",
+                f"table {shown} is not under 'tables' (tracked: {known})",
             )
         return spec
 

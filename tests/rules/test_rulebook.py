@@ -456,6 +456,18 @@ PROBLEMS = [
         id="table-name-with-a-nul",
     ),
     pytest.param(
+        TABLES + 'track:\n  - event: E\n    table: "t\\0"\n    on: insert\n',
+        "7: table 't\\x00' is not under 'tables' (tracked: public.t)",
+        id="rule-table-with-a-nul",
+    ),
+    pytest.param(
+        "version: 1\ntables:\n  t:\n    user_id: id\n    lookups:\n"
+        '      o:\n        table: "own\\0ers"\n        key: {id: id}\n',
+        "7: lookup 'o': table 'own\\x00ers' holds a NUL character, which no "
+        "PostgreSQL name can",
+        id="lookup-table-with-a-nul",
+    ),
+    pytest.param(
         TABLES + "identify:\n  - table: t\n    traits:\n      a: lower(name\n",
         "8: in expression 'lower(name': expected ')', found end of expression "
         "at column 11",
