@@ -94,7 +94,7 @@ def test_check_with_dsn_names_a_lookup_table_the_role_may_not_read(
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         f"{path}:9: lookup 'owner': this role may not read public.owners; fix: "
-        "GRANT SELECT ON public.owners TO check_reader;",
+        'GRANT SELECT ON public.owners TO "check_reader";',
         f"{path}:17: properties.plan: column 'plan' of lookup 'merchant' is not in "
         "public.merchants; did you mean 'plan_name'?",
     ]
@@ -126,5 +126,5 @@ def test_check_with_dsn_names_the_schema_a_lookup_table_is_shut_in(
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         f"{path}:9: lookup 'owner': this role may not read crm.owners; fix: "
-        "GRANT USAGE ON SCHEMA crm TO check_schema_reader;",
+        'GRANT USAGE ON SCHEMA crm TO "check_schema_reader";',
     ]

@@ -64,7 +64,7 @@ def _unreadable_lookups(
         select, usage = row
         fixes = [] if usage else [f"GRANT USAGE ON SCHEMA {sql_name(schema)}"]
         fixes += [] if select else [f"GRANT SELECT ON {sql_name(spec.table)}"]
-        role = conn.info.user
+        role = '"' + conn.info.user.replace('"', '""') + '"'  # as the doctor writes it
         problems.append(
             (
                 str(rulebook.path),

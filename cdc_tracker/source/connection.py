@@ -114,8 +114,9 @@ def translate_errors(slot: str | None = None, dsn: str = "") -> Iterator[None]:
     except pgerrors.InsufficientPrivilege as exc:
         raise ConfigError(
             f"permission denied: {_first_line(exc)}",
-            hint="the role needs REPLICATION, SELECT on the tracked tables and "
-            "CREATE on the database (see 'cdc-tracker doctor')",
+            hint="the role needs REPLICATION, SELECT on the tables it reads and "
+            "USAGE on their schemas, and CREATE on the database (see "
+            "'cdc-tracker doctor')",
         ) from exc
     except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise _connection_failure(exc, dsn) from exc

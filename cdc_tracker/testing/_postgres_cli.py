@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
-        parser.error(f"--port {args.port} is not a port (1-65535)")
+        parser.error(f"--port {args.port} is not a port (1-65535, or 0 for a free one)")
     try:
         schema = args.schema.read_text()
     except OSError as exc:

@@ -94,7 +94,7 @@ def test_a_missing_schema_file_is_bad_usage(tmp_path: Path) -> None:
 def test_a_port_out_of_range_is_bad_usage_before_anything_starts() -> None:
     done = run("--port", "99999")
     assert done.returncode == 2
-    assert "--port 99999 is not a port (1-65535)" in done.stderr
+    assert "--port 99999 is not a port (1-65535, or 0 for a free one)" in done.stderr
     assert "throwaway postgres started" not in done.stderr
 
 
