@@ -117,6 +117,7 @@ class TableReader:
         )
         self._first = head + tail
         self._next = head + after + tail
+        self._count_after = self._count + after
 
     def type_oids(self) -> dict[str, int]:
         """Each column's type oid as wal2json sees it (a domain's own, not its base)."""
@@ -131,10 +132,13 @@ class TableReader:
             row = conn.execute(_INDEXED_SQL, params).fetchone()
         return bool(row and row[0])
 
-    def count(self, since: str, until: str) -> int:
-        """How many rows the window holds right now."""
+    def count(self, since: str, until: str, after: Position | None = None) -> int:
+        """How many rows the window holds right now (past ``after``, if given)."""
+        query, params = self._count, [since, until]
+        if after is not None:
+            query, params = self._count_after, [*params, after.cursor, *after.key]
         with translate_errors(), self.pool.connection() as conn:
-            row = conn.execute(self._count, (since, until)).fetchone()
+            row = conn.execute(query, params).fetchone()
         return int(str(row[0])) if row else 0
 
     def count_without_cursor(self) -> int:

@@ -257,8 +257,9 @@ class Replay:
             )
             for name, reader in readers.items()
         }
+        # What is left: a resumed table counts from where it stopped.
         total = sum(
-            readers[name].count(*bounds[name])
+            readers[name].count(*bounds[name], state.positions.get(name))
             for name in self.plan.tables
             if name not in state.finished
         )

@@ -330,6 +330,11 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
     assert _summary(err) == (len(first), len(first))  # one call per payout
     assert resumed.returncode == 0, resumed.stderr
     assert _summary(resumed.stderr) == (3000 - len(first), 3000 - len(first))
+    # Its progress counts what was left, not the whole window again.
+    started = [json.loads(line) for line in resumed.stderr.splitlines()]
+    assert [line["rows"] for line in started if line["event"] == "replay started"] == [
+        3000 - len(first)
+    ]
     every = receiver.message_ids()
     assert set(every) == _payout_ids(db, env)
     assert len(every) == 3000  # nothing was in flight: nothing is sent twice
