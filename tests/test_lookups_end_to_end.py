@@ -211,6 +211,34 @@ def test_daemon_refuses_to_start_when_the_lookup_table_is_missing(
         pass
 
 
+def test_daemon_refuses_to_start_when_it_may_not_read_the_lookup_table(
+    db: str, receiver: FakeRudderStack, tmp_path: Path
+) -> None:
+    """Else every change of the rule would be a dead letter ("permission
+    denied"): said at start, with the grant that fixes it."""
+    sql(
+        db,
+        "create role lookup_blind login replication",
+        "grant select on payouts to lookup_blind",
+        f"grant create on database {psycopg.conninfo.conninfo_to_dict(db)['dbname']} "
+        "to lookup_blind",
+    )
+    blind = psycopg.conninfo.make_conninfo(db, user="lookup_blind")
+    settings = settings_for(blind, receiver, rulebook(tmp_path))
+    problem = (
+        "lookup 'merchant': this role may not read public.merchants; fix: "
+        'GRANT SELECT ON public.merchants TO "lookup_blind";'
+    )
+    try:
+        with (
+            pytest.raises(RulebookError, match=re.escape(problem)),
+            running_daemon(settings),
+        ):
+            pass
+    finally:
+        sql(db, "drop owned by lookup_blind", "drop role lookup_blind")
+
+
 def test_lookup_connection_cut_holds_the_window_and_is_retried(
     db: str, receiver: FakeRudderStack, tmp_path: Path
 ) -> None:

@@ -29,7 +29,7 @@ from cdc_tracker.errors import (
     SourceUnavailable,
     locate,
 )
-from cdc_tracker.mapping.lookups import Lookups
+from cdc_tracker.mapping.lookups import Lookups, unreadable_lookups
 from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.model import Lsn, TableInfo
@@ -234,7 +234,8 @@ class Daemon:
         if self._has_read:
             self._report_fit(catalog)
         else:
-            require_fit(self.rulebook, catalog)
+            unreadable = unreadable_lookups(conn, self.rulebook, catalog)
+            require_fit(self.rulebook, catalog, unreadable)
         self._warn_of_toast(self.rulebook, catalog)
         return catalog
 
@@ -376,8 +377,9 @@ class Daemon:
         path = self.settings.rulebook
         try:
             rulebook = load_rulebook(path)
-            catalog = read_catalog(self.window.slot.conn, rulebook.schema_tables)
-            require_fit(rulebook, catalog)
+            conn = self.window.slot.conn
+            catalog = read_catalog(conn, rulebook.schema_tables)
+            require_fit(rulebook, catalog, unreadable_lookups(conn, rulebook, catalog))
         except ConfigError as exc:
             refused, self._refused = self._refused, str(exc)
             if retry and refused == self._refused:

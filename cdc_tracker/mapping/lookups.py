@@ -41,6 +41,7 @@ from cdc_tracker.model import TableInfo
 from cdc_tracker.rules.expr import EvaluationError
 from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Rulebook
+from cdc_tracker.rules.schema import Problem, sql_name
 from cdc_tracker.source.catalog import read_catalog
 
 log = structlog.get_logger(__name__)
@@ -289,3 +290,51 @@ def _translated(spec: LookupSpec) -> Iterator[None]:
         raise EvaluationError(
             f"lookup {spec.name}: cannot read the columns of {spec.table}"
         ) from exc
+
+
+def unreadable_lookups(
+    conn: psycopg.Connection[tuple[object, ...]],
+    rulebook: Rulebook,
+    catalog: dict[str, TableInfo],
+) -> list[Problem]:
+    """Each lookup whose table this role may not read (SELECT on it and USAGE on
+    its schema), as a problem at its line: every change of its rules would be a
+    dead letter. A table the catalog lacks is ``check_schema``'s to report."""
+    specs = {
+        (spec.name, spec.table, spec.line): spec
+        for table in rulebook.tables.values()
+        for spec in table.lookups.values()
+    } | {
+        (spec.name, spec.table, spec.line): spec
+        for rule in rulebook.rules
+        for spec in rule.lookups.values()
+    }
+    problems: list[Problem] = []
+    for spec in sorted(specs.values(), key=lambda spec: spec.line):
+        if spec.table not in catalog:
+            continue  # said by check_schema
+        schema, _, name = spec.table.partition(".")
+        row = conn.execute(_READABLE_SQL, (schema, name)).fetchone()
+        if row is None or all(row):
+            continue
+        select, usage = row
+        fixes = [] if usage else [f"GRANT USAGE ON SCHEMA {sql_name(schema)}"]
+        fixes += [] if select else [f"GRANT SELECT ON {sql_name(spec.table)}"]
+        role = '"' + conn.info.user.replace('"', '""') + '"'  # as the doctor writes it
+        problems.append(
+            (
+                str(rulebook.path),
+                spec.line,
+                f"lookup '{spec.name}': this role may not read {spec.table}; "
+                f"fix: {' '.join(f'{fix} TO {role};' for fix in fixes)}",
+            )
+        )
+    return problems
+
+
+# Reading a table takes SELECT on it and USAGE on its schema.
+_READABLE_SQL = """
+SELECT has_table_privilege(c.oid, 'SELECT'), has_schema_privilege(n.oid, 'USAGE')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
+"""

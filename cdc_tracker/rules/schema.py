@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 
 from cdc_tracker.errors import RulebookError
 from cdc_tracker.mapping.values import kind_of, orders_as_text
@@ -21,9 +22,12 @@ from cdc_tracker.rules.rulebook import Rule, Rulebook
 Problem = tuple[str, int | None, str]
 
 
-def require_fit(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> None:
-    """Raise ``RulebookError`` with every problem ``check_schema`` finds."""
-    problems = check_schema(rulebook, catalog)
+def require_fit(
+    rulebook: Rulebook, catalog: dict[str, TableInfo], more: Sequence[Problem] = ()
+) -> None:
+    """Raise ``RulebookError`` with every problem ``check_schema`` finds, then
+    those found elsewhere (``more``: lookups the role may not read)."""
+    problems = check_schema(rulebook, catalog) + list(more)
     if problems:
         raise RulebookError(problems)
 
