@@ -41,8 +41,8 @@ from cdc_tracker.model import TableInfo
 from cdc_tracker.rules.expr import EvaluationError
 from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Rulebook
-from cdc_tracker.rules.schema import Problem, sql_name
-from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.rules.schema import Problem
+from cdc_tracker.source.catalog import read_catalog, table_access
 
 log = structlog.get_logger(__name__)
 
@@ -309,18 +309,15 @@ def unreadable_lookups(
         for rule in rulebook.rules
         for spec in rule.lookups.values()
     }
+    access = {row.table: row for row in table_access(conn, sorted(catalog))}
+    role = '"' + conn.info.user.replace('"', '""') + '"'  # as the doctor writes it
     problems: list[Problem] = []
     for spec in sorted(specs.values(), key=lambda spec: spec.line):
-        if spec.table not in catalog:
-            continue  # said by check_schema
-        schema, _, name = spec.table.partition(".")
-        row = conn.execute(_READABLE_SQL, (schema, name)).fetchone()
-        if row is None or all(row):
-            continue
-        select, usage = row
-        fixes = [] if usage else [f"GRANT USAGE ON SCHEMA {sql_name(schema)}"]
-        fixes += [] if select else [f"GRANT SELECT ON {sql_name(spec.table)}"]
-        role = '"' + conn.info.user.replace('"', '""') + '"'  # as the doctor writes it
+        found = access.get(spec.table)
+        if found is None or (found.select and found.usage):
+            continue  # a table the catalog lacks is said by check_schema
+        fixes = [] if found.usage else [f"GRANT USAGE ON SCHEMA {found.sql_schema}"]
+        fixes += [] if found.select else [f"GRANT SELECT ON {found.sql_table}"]
         problems.append(
             (
                 str(rulebook.path),
@@ -330,11 +327,3 @@ def unreadable_lookups(
             )
         )
     return problems
-
-
-# Reading a table takes SELECT on it and USAGE on its schema.
-_READABLE_SQL = """
-SELECT has_table_privilege(c.oid, 'SELECT'), has_schema_privilege(n.oid, 'USAGE')
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = %s
-"""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import psycopg
 
 from cdc_tracker.model import TableInfo, old_key_of
@@ -143,3 +145,39 @@ def ensure_state_schema(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     ).fetchone()
     if not (row and row[0]):
         conn.execute("CREATE SCHEMA IF NOT EXISTS cdc_tracker")
+
+
+class TableAccess(NamedTuple):
+    """Whether the role may read a table: SELECT on it and USAGE on its schema
+    (both needed), with their names as SQL for the grants that fix it."""
+
+    table: str  # schema.name, as the rulebook names it
+    sql_table: str
+    sql_schema: str
+    select: bool
+    usage: bool
+
+
+_ACCESS_SQL = """
+SELECT n.nspname || '.' || c.relname, format('%%I.%%I', n.nspname, c.relname),
+       format('%%I', n.nspname),
+       has_table_privilege(current_user, c.oid, 'SELECT'),
+       has_schema_privilege(current_user, n.oid, 'USAGE')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname || '.' || c.relname = ANY (%s) AND c.relkind IN ('r', 'p')
+ORDER BY 2
+"""
+
+
+def table_access(
+    conn: psycopg.Connection[tuple[object, ...]], tables: list[str]
+) -> list[TableAccess]:
+    """What the role may do with the given ``schema.table`` names, ordered by
+    their SQL names; absent tables are left out. The catalog is read directly:
+    naming a table of a schema the role may not use would fail."""
+    with translate_errors():
+        rows = conn.execute(_ACCESS_SQL, (tables,)).fetchall()
+    return [
+        TableAccess(str(table), str(sql_table), str(schema), bool(select), bool(usage))
+        for table, sql_table, schema, select, usage in rows
+    ]

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from cdc_tracker.ops.doctor.context import Context
 from cdc_tracker.ops.doctor.result import Finding, failed, passed
-
-# A table is read (replay, lookups) with SELECT on it and USAGE on its schema.
-_GRANTS_SQL = """
-SELECT format('%%I.%%I', n.nspname, c.relname), format('%%I', n.nspname),
-       has_table_privilege(current_user, c.oid, 'SELECT'),
-       has_schema_privilege(current_user, n.oid, 'USAGE')
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname || '.' || c.relname = ANY (%s) AND c.relkind IN ('r', 'p')
-ORDER BY 1
-"""
+from cdc_tracker.source.catalog import table_access
 
 # Scalar subqueries are null when the table or schema is not there yet; the
 # catalog is read directly because to_regclass needs USAGE on the schema.
@@ -53,10 +44,10 @@ def table_grants(ctx: Context) -> Finding:
     """SELECT on every table the rulebook reads (tracked, or read by a lookup)
     that exists, and USAGE on its schema (missing tables: the schema check)."""
     tables = ctx.rules().schema_tables
-    rows = ctx.rows(_GRANTS_SQL, (tables,))
+    rows = table_access(ctx.db(), tables)
     (role,) = ctx.row("SELECT current_user")
-    denied = [str(table) for table, _, select, _ in rows if not select]
-    closed = sorted({str(schema) for _, schema, _, usage in rows if not usage})
+    denied = [row.sql_table for row in rows if not row.select]
+    closed = sorted({row.sql_schema for row in rows if not row.usage})
     name = "table grants"
     if denied or closed:
         problems, fixes = [], []
