@@ -12,8 +12,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 
-from cdc_tracker import compiled
+from cdc_tracker import compiled, logs
 from cdc_tracker.testing.postgres import PostgresServer, start_postgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import EXAMPLES, WRITE_KEY
@@ -29,6 +30,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(
             f"not built: {', '.join(absent)}: {compiled.HOW_TO_BUILD}", returncode=2
         )
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """A command run in-process (``main``) configures the logs for itself, at
+    its own level: the next test must not inherit it (an info line would go
+    unseen by ``capture_logs`` after a command that logs warnings only)."""
+    yield
+    structlog.reset_defaults()
+    logs.forget_format()
 
 
 @pytest.fixture(scope="session")
