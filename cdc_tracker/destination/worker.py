@@ -26,9 +26,9 @@ Standard input closing ends the process: at once when a batch is still
 unanswered (the daemon died, or was told twice to stop), or else once idle. It
 ignores SIGINT, SIGTERM and SIGHUP, which a terminal or a service manager sends
 to the whole group (SIGHUP reloads the daemon's rulebook): the daemon stops it in
-order. The frames go out on a copy of
-standard output made at start, and standard output itself then points at
-standard error: nothing printed by mistake can break a frame. A delivery that
+order. The frames go out on a copy of standard output made at start, and
+standard output itself then points at standard error: nothing printed by mistake
+can break a frame. A delivery that
 fails in a way delivery does not handle (a bug) is logged and ends the process
 with code 70, and the daemon starts a new one.
 """

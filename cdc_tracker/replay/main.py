@@ -13,12 +13,7 @@ from cdc_tracker.daemon.shipping import DestinationShipper, PrintShipper
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.errors import EXIT_INTERRUPTED, EXIT_OK
 from cdc_tracker.replay.plan import Plan, check_rules, make_plan
-from cdc_tracker.replay.runner import (
-    Replay,
-    ReplayOptions,
-    ReplayResult,
-    window_of,
-)
+from cdc_tracker.replay.runner import Replay, ReplayOptions, ReplayResult, window_of
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.runtime import tune_gc
 from cdc_tracker.settings import Settings

@@ -205,33 +205,10 @@ def test_the_worker_ignores_the_signals_sent_to_its_group(
 
 
 def test_the_worker_ends_when_its_daemon_is_killed(fake: FakeRudderStack) -> None:
-    # A stand-in for the daemon: it starts a worker, prints its pid, and is then
-    # killed mid-outage; the worker must not live on delivering.
+    """Killed mid-outage, the daemon leaves a worker that must not live on
+    delivering."""
     fake.fail_for(60)
-    script = textwrap.dedent(
-        f"""
-        import threading
-        from cdc_tracker import logs
-        from cdc_tracker.daemon.ship_process import ProcessShipper
-        from cdc_tracker.destination import DestinationSettings
-        from tests.destination.conftest import encoded
-        logs.configure("json", "warning")  # stdout carries the worker's pid
-        settings = DestinationSettings(url={fake.url!r}, write_key={WRITE_KEY!r})
-        shipper = ProcessShipper(settings)
-        print(shipper.pid, flush=True)
-        shipper.ship(encoded(3), threading.Event())
-        """
-    )
-    with subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
-    ) as daemon:
-        try:
-            assert daemon.stdout is not None
-            worker = int(daemon.stdout.readline())
-            _until(lambda: len(fake.statuses()) >= 1)
-        finally:
-            daemon.kill()  # the test's point, and never left running on a failure
-
+    worker = _kill_the_daemon_shipping(fake.url, 3, lambda: len(fake.statuses()) >= 1)
     _until(lambda: not _alive(worker), seconds=15)
 
 
@@ -242,35 +219,47 @@ def test_a_worker_whose_daemon_died_mid_batch_sends_no_more_of_it() -> None:
     with FakeRudderStack(
         write_keys=[WRITE_KEY], on_accept=lambda call: time.sleep(0.4)
     ) as slow:
-        script = textwrap.dedent(
-            f"""
-            import threading
-            from cdc_tracker import logs
-            from cdc_tracker.daemon.ship_process import ProcessShipper
-            from cdc_tracker.destination import DestinationSettings
-            from tests.destination.conftest import encoded
-            logs.configure("json", "warning")  # stdout carries the worker's pid
-            settings = DestinationSettings(
-                url={slow.url!r}, write_key={WRITE_KEY!r}, max_calls=1
-            )
-            shipper = ProcessShipper(settings)
-            print(shipper.pid, flush=True)
-            shipper.ship(encoded(10), threading.Event())  # ten requests, 4 s
-            """
+        # Ten requests of one call: 4 s.
+        worker = _kill_the_daemon_shipping(
+            slow.url, 10, lambda: len(slow.calls) >= 1, max_calls=1
         )
-        with subprocess.Popen(
-            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
-        ) as daemon:
-            try:
-                assert daemon.stdout is not None
-                worker = int(daemon.stdout.readline())
-                _until(lambda: len(slow.calls) >= 1)
-            finally:
-                daemon.kill()
         _until(lambda: not _alive(worker), seconds=2)
         sent = len(slow.calls)
         time.sleep(1.0)
         assert len(slow.calls) == sent <= 3  # the request in flight at most
+
+
+def _kill_the_daemon_shipping(
+    url: str, calls: int, until: Callable[[], bool], max_calls: int = 500
+) -> int:
+    """Run a stand-in for the daemon shipping ``calls`` calls to ``url`` through
+    its worker, kill it once ``until`` holds, and return the worker's pid."""
+    script = textwrap.dedent(
+        f"""
+        import threading
+        from cdc_tracker import logs
+        from cdc_tracker.daemon.ship_process import ProcessShipper
+        from cdc_tracker.destination import DestinationSettings
+        from tests.destination.conftest import encoded
+        logs.configure("json", "warning")  # stdout carries the worker's pid
+        settings = DestinationSettings(
+            url={url!r}, write_key={WRITE_KEY!r}, max_calls={max_calls}
+        )
+        shipper = ProcessShipper(settings)
+        print(shipper.pid, flush=True)
+        shipper.ship(encoded({calls}), threading.Event())
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    ) as daemon:
+        try:
+            assert daemon.stdout is not None
+            worker = int(daemon.stdout.readline())
+            _until(until)
+        finally:
+            daemon.kill()  # the tests' point, and never left running on a failure
+    return worker
 
 
 def _exited(pid: int) -> bool:
