@@ -135,29 +135,96 @@ class Mapper:
         # The general reader, made when a rule first needs it (most need none).
         row: RowView | None = None
         timestamp = self._timestamp(change.commit_time)
-        write = encoded is not None
         for plan in plans:
-            if plan.needs_row and row is None:
-                row = self._row(change)
-            try:
-                call = self._apply(plan, change, row, timestamp, write)
-            except _NeedsRow:
-                row = self._row(change)
+            if plan.needs_row:
+                if row is None:
+                    row = self._row(change)
+                row.specs = plan.rule.lookups
                 try:
-                    call = self._apply(plan, change, row, timestamp, write)
+                    if plan.when is not None and plan.when(row) is not True:
+                        continue
                 except (LookupMissing, EvaluationError) as exc:
                     self._failed(plan, change, exc, dead)
                     continue
+            if plan.template is not None and encoded is not None:
+                # Most calls: written whole in C, without a dict or a RowView.
+                made = self._written(plan, change, timestamp)
+                if made is not None:
+                    if made.sent_size > MAX_CALL_BYTES:
+                        self._oversize(plan, change, made, dead)
+                    else:
+                        encoded.append(made)
+                    continue
+            if row is not None:
+                row.specs = plan.rule.lookups
+            try:
+                try:
+                    call = self._apply(plan, change, row, timestamp)
+                except _NeedsRow:
+                    row = self._row(change)
+                    row.specs = plan.rule.lookups
+                    call = self._apply(plan, change, row, timestamp)
             except (LookupMissing, EvaluationError) as exc:
                 self._failed(plan, change, exc, dead)
-                continue
-            if call is None:
                 continue
             if encoded is not None:
                 self._encode(plan, change, call, encoded, dead)
             else:
                 assert calls is not None
                 calls.append(_as_call(plan, change, call))
+
+    def _written(
+        self, plan: _Plan, change: Change, timestamp: str
+    ) -> EncodedCall | None:
+        """The call the C writer makes of the change, its condition held; None
+        when a value is not of the common kinds it writes (the Python path then
+        reads it, and names what is wrong)."""
+        new = change.new
+        column = plan.user_column
+        if new is None or self._write is None:
+            return None
+        user_id = None
+        if column is not None and _user_text is not None:
+            # The common cases in C: an integer, a text with nothing to strip.
+            user_id = _user_text(new, change.types, self._kinds, column)
+        if user_id is None:
+            try:  # a text to strip, say; the general path explains a failure
+                user_id = self._user_id(plan, change, None)
+            except (_NeedsRow, EvaluationError):
+                return None
+        if plan.by_key and change.action is Action.INSERT and change.key:
+            message_id = ids.key_id(plan.insert_material, new, change.key)
+        else:
+            message_id = ids.position_id_after(
+                plan.position_material,
+                change.commit_lsn,
+                change.wal_position or change.ordinal,
+            )
+        body = self._write(
+            plan.template,
+            plan.written,
+            new,
+            change.types,
+            self._kinds,
+            self._outputs,
+            message_id,
+            user_id,
+            timestamp,
+            plan.depth,
+        )
+        if body is None:
+            return None
+        return EncodedCall(
+            message_id,
+            user_id,
+            body,
+            plan.rule.id,
+            change.table,
+            change.commit_lsn,
+            change.ordinal,
+            plan.kind,
+            plan.event,
+        )
 
     def _plans_for(self, table: str, action: Action) -> tuple[_Plan, ...]:
         plans = tuple(
@@ -182,24 +249,12 @@ class Mapper:
             dead.append(change_letter(change, plan.rule.id, str(exc)))
 
     def _apply(
-        self,
-        plan: _Plan,
-        change: Change,
-        row: RowView | None,
-        timestamp: str,
-        write: bool,
-    ) -> _Payload | None:
-        """The rule's (messageId, userId, payload) for the change; None when its
-        condition does not hold. With ``write``, the payload may come as its
-        JSON already (from the C writer). Raises ``EvaluationError`` when its
-        userId is null or of a kind no userId is, and ``_NeedsRow`` when ``row``
-        is None and a value needs the general reader."""
-        if row is not None:
-            row.specs = plan.rule.lookups
-            if plan.when is not None and plan.when(row) is not True:
-                return None
-        elif plan.needs_row:
-            raise _NeedsRow
+        self, plan: _Plan, change: Change, row: RowView | None, timestamp: str
+    ) -> _Payload:
+        """The rule's (messageId, userId, payload) for the change, its condition
+        held. Raises ``EvaluationError`` when its userId is null or of a kind no
+        userId is, and ``_NeedsRow`` when ``row`` is None and a value needs the
+        general reader."""
         user_id = None
         if (
             plan.user_column is not None
@@ -212,22 +267,6 @@ class Mapper:
             )
         if user_id is None:
             user_id = self._user_id(plan, change, row)
-        if write and plan.template is not None and self._write is not None:
-            message_id = self._live_id(plan, change)
-            body = self._write(
-                plan.template,
-                plan.written,
-                change.new,
-                change.types,
-                self._kinds,
-                self._outputs,
-                message_id,
-                user_id,
-                timestamp,
-                plan.depth,
-            )
-            if body is not None:
-                return message_id, user_id, body
         fields = _fields(plan.fields, row, change.new, change.types, self._outputs)
         message_id = self._message_id(plan, change, fields)
         if plan.identify:
@@ -284,11 +323,7 @@ class Mapper:
         message_id, user_id, payload = call
         try:
             # encode_value's first attempt, inline: this runs once per call.
-            body = (
-                payload
-                if type(payload) is bytes
-                else orjson.dumps(payload, default=encode_other, option=ENCODE_OPTIONS)
-            )
+            body = orjson.dumps(payload, default=encode_other, option=ENCODE_OPTIONS)
         except orjson.JSONEncodeError:
             # Rare (an integer past 64 bits, a value JSON cannot carry): the
             # general encoder widens what it can and names what it cannot.
@@ -311,12 +346,18 @@ class Mapper:
             plan.event,
         )
         if made.sent_size > MAX_CALL_BYTES:
-            # A letter of the change, not of the call: a retry maps it again,
-            # with the rulebook that no longer makes it this large.
-            reason = oversize_reason(made.sent_size)
-            dead.append(change_letter(change, plan.rule.id, reason))
-            return
-        encoded.append(made)
+            self._oversize(plan, change, made, dead)
+        else:
+            encoded.append(made)
+
+    def _oversize(
+        self, plan: _Plan, change: Change, made: EncodedCall, dead: list[DeadLetter]
+    ) -> None:
+        # A letter of the change, not of the call: a retry maps it again, with
+        # the rulebook that no longer makes it this large.
+        dead.append(
+            change_letter(change, plan.rule.id, oversize_reason(made.sent_size))
+        )
 
     def _skipped(self, rule: Rule, spec: LookupSpec) -> None:
         assert self.lookups is not None  # only a lookup raises LookupMissing
@@ -392,9 +433,8 @@ class Mapper:
 # ``nested`` when the field is an object of fields; ``constant`` holds a literal's
 # value (``_SLOW`` for any other field).
 _Field = tuple[str, "str | None", "Expression | None", "tuple[_Field, ...] | None", Any]
-# A rule's call before it is a ``Call``: messageId, userId, payload (as a dict, or
-# as the JSON the C writer made of it).
-_Payload = tuple[str, str, "dict[str, Any] | bytes"]
+# A rule's call before it is a ``Call``: messageId, userId, payload.
+_Payload = tuple[str, str, dict[str, Any]]
 
 
 class _NeedsRow(Exception):
@@ -547,7 +587,6 @@ def _template(plan: _Plan) -> tuple[bytes | int, ...] | None:
 
 def _as_call(plan: _Plan, change: Change, made: _Payload) -> Call:
     message_id, user_id, payload = made
-    assert isinstance(payload, dict)  # only calls to encode are written in C
     return Call(
         message_id,
         user_id,
