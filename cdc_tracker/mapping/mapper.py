@@ -35,6 +35,7 @@ from cdc_tracker.destination.encode import (
 )
 from cdc_tracker.mapping import ids
 from cdc_tracker.mapping.lookups import LookupMissing, Lookups
+from cdc_tracker.mapping.quick import UNSURE, quick_condition
 from cdc_tracker.mapping.row_view import ByType, Converters, RowView
 from cdc_tracker.mapping.schema_view import SchemaView
 from cdc_tracker.mapping.values import (
@@ -102,7 +103,11 @@ class Mapper:
         }
         self._plans = {
             rule.id: _Plan(
-                rule, namespace, by_key.get(rule.table, True), rulebook.timezone
+                rule,
+                namespace,
+                by_key.get(rule.table, True),
+                rulebook.timezone,
+                self._kinds.__getitem__,
             )
             for rule in rulebook.rules
         }
@@ -136,15 +141,20 @@ class Mapper:
         row: RowView | None = None
         timestamp = self._timestamp(change.commit_time)
         for plan in plans:
-            if plan.needs_row:
-                if row is None:
-                    row = self._row(change)
-                row.specs = plan.rule.lookups
-                try:
-                    if plan.when is not None and plan.when(row) is not True:
+            if plan.when is not None:
+                held = UNSURE
+                if plan.quick_when is not None:
+                    held = plan.quick_when(change.new, change.old, change.types)
+                if held is UNSURE:
+                    if row is None:
+                        row = self._row(change)
+                    row.specs = plan.rule.lookups
+                    try:
+                        held = plan.when(row)
+                    except (LookupMissing, EvaluationError) as exc:
+                        self._failed(plan, change, exc, dead)
                         continue
-                except (LookupMissing, EvaluationError) as exc:
-                    self._failed(plan, change, exc, dead)
+                if held is not True:
                     continue
             if plan.template is not None and encoded is not None:
                 # Most calls: written whole in C, without a dict or a RowView.
@@ -155,6 +165,8 @@ class Mapper:
                     else:
                         encoded.append(made)
                     continue
+            if row is None and plan.needs_row:
+                row = self._row(change)
             if row is not None:
                 row.specs = plan.rule.lookups
             try:
@@ -460,6 +472,7 @@ class _Plan:
         "needs_row",
         "null_user_id",
         "position_material",
+        "quick_when",
         "rule",
         "template",
         "user_column",
@@ -468,13 +481,24 @@ class _Plan:
         "written",
     )
 
-    def __init__(self, rule: Rule, namespace: str, by_key: bool, zone: tzinfo) -> None:
+    def __init__(
+        self,
+        rule: Rule,
+        namespace: str,
+        by_key: bool,
+        zone: tzinfo,
+        kinds: Callable[[str], int],
+    ) -> None:
         self.rule = rule
         self.kind = rule.kind
         self.identify = rule.kind == "identify"
         self.event = rule.event or ""
         self.integrations = rule.integrations
         self.when = None if rule.when is None else rule.when.evaluate
+        # The condition off the raw values, where it can be (see quick.py).
+        self.quick_when = (
+            None if rule.when is None else quick_condition(rule.when, kinds)
+        )
         self.user_id = rule.user_id.evaluate
         self.user_column = _new_column(rule.user_id)
         self.null_user_id = f"user_id ({rule.user_id.text}) is null or empty"
@@ -485,13 +509,11 @@ class _Plan:
         self.insert_prefix = ids.insert_prefix(namespace, ids.insert_name(rule, zone))
         self.insert_material = self.insert_prefix.encode()
         self.position_material = ids.position_prefix(namespace, rule.id)
-        # Whether the rule reads anything but bare columns of the new row and
-        # literals; if not, its calls are made without a RowView.
+        # Whether the rule's call reads anything but bare columns of the new row
+        # and literals; if not, it is made without a RowView (its condition
+        # may still need one).
         self.needs_row = bool(
-            rule.when is not None
-            or rule.lookups
-            or self.user_column is None
-            or not _all_inline(self.fields)
+            rule.lookups or self.user_column is None or not _all_inline(self.fields)
         )
         # For the C writer: the payload's fixed bytes, and the fields it writes;
         # None when a field is not a column of the new row or a literal.

@@ -105,6 +105,11 @@ class Expression:
         return f"Expression({self.text!r})"
 
     @property
+    def node(self) -> Node:
+        """The parsed tree (``cdc_tracker.mapping.quick`` compiles it again)."""
+        return self._node
+
+    @property
     def constant(self) -> Any:
         """The value of a literal (``is_literal``): what ``evaluate`` always gives."""
         if not isinstance(self._node, Lit):
