@@ -104,6 +104,17 @@ put_utf8(Buffer *b, const char *s, Py_ssize_t len)
     }
     char *o = b->data + b->len;
     *o++ = '"';
+    /* Most strings need no escape: a branch-free look first, then one copy. */
+    int plain = 1;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        plain &= c >= 0x20 && c != '"' && c != '\\';
+    }
+    if (plain) {
+        memcpy(o, s, (size_t)len);
+        o += len;
+        len = 0;
+    }
     for (Py_ssize_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\') {
