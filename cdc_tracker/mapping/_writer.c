@@ -1,9 +1,9 @@
 /* A call's JSON written in one pass from its rule's plan and the change's row.
  *
  * write(template, fields, new, types, kinds, outputs, message_id, user_id,
- *       timestamp, depth) returns the call's body as bytes, the same bytes the mapper's
+ *       timestamp, depth, old) returns the call's body as bytes, the same bytes the mapper's
  * Python path makes (a payload dict, then orjson), or None when this writer
- * declines the call: a column the new row does not carry, a value it does not
+ * declines the call: a column the row image does not carry, a value it does not
  * know how to write, a conversion that fails. The mapper then makes the call
  * its general way, which reads, converts and explains as it always did: this
  * file only has to be exact where it answers, never complete.
@@ -12,7 +12,8 @@
  * four placeholders (small ints): the fields object, the messageId, the userId
  * and the timestamp. ``fields`` is a tuple of (key, how, what): ``key`` the
  * field's name as JSON with its colon, ``how`` COLUMN (``what`` a column of the
- * new row), CONSTANT (``what`` its JSON) or NESTED (``what`` a tuple of fields).
+ * new row), OLD_COLUMN (a column of the old row, ``old``: None when the change
+ * has none), CONSTANT (``what`` its JSON) or NESTED (``what`` a tuple of fields).
  * A column's value is written by its declared type's kind (``kinds``, a dict
  * that fills itself): values wal2json decoded as they are sent (text, integers,
  * booleans, exact numerics) are written here; any other goes through its output
@@ -26,7 +27,7 @@
 #include <string.h>
 
 enum { FIELDS = 0, MESSAGE_ID = 1, USER_ID = 2, TIMESTAMP = 3 };
-enum { COLUMN = 0, CONSTANT = 1, NESTED = 2 };
+enum { COLUMN = 0, CONSTANT = 1, NESTED = 2, OLD_COLUMN = 3 };
 enum { SAME = 0, INTEGER = 1, BOOLEAN = 2, NUMBER = 3, CONVERTED = 4, PADDED = 5,
        TIMESTAMPTZ = 6 };
 
@@ -390,7 +391,7 @@ kind_of(PyObject *kinds, PyObject *declared)
 /* What a call's values are read from, and how many containers deep in the
  * call the value being written sits. */
 typedef struct {
-    PyObject *new, *types, *kinds, *outputs;
+    PyObject *new, *types, *kinds, *outputs, *old;
     int depth;
 } Row;
 
@@ -458,9 +459,9 @@ put_value_of_kind(Buffer *b, const Row *row, PyObject *declared, PyObject *raw)
 }
 
 static int
-put_column(Buffer *b, const Row *row, PyObject *column)
+put_column(Buffer *b, const Row *row, PyObject *image, PyObject *column)
 {
-    PyObject *raw = PyDict_GetItemWithError(row->new, column);
+    PyObject *raw = PyDict_GetItemWithError(image, column);
     if (raw == NULL) {
         return -1; /* not carried: the general reader says what it is */
     }
@@ -502,7 +503,12 @@ put_fields(Buffer *b, const Row *row, PyObject *fields)
         }
         int failed;
         if (how == COLUMN) {
-            failed = put_column(b, row, what);
+            failed = put_column(b, row, row->new, what);
+        }
+        else if (how == OLD_COLUMN) {
+            /* No old row (an insert), or one without this column (the key
+             * alone): the general reader says what the value is. */
+            failed = row->old == Py_None ? -1 : put_column(b, row, row->old, what);
         }
         else if (how == CONSTANT && PyBytes_Check(what)) {
             failed = put_bytes(b, what);
@@ -532,9 +538,10 @@ put_template(Buffer *b, PyObject *const *args)
     if (depth < 0 || depth > 64) {
         return -1;
     }
-    Row row = {args[2], args[3], args[4], args[5], depth};
+    Row row = {args[2], args[3], args[4], args[5], args[10], depth};
     if (!PyTuple_Check(template) || !PyDict_CheckExact(row.new) ||
-        !PyDict_CheckExact(row.types) || !PyDict_Check(row.kinds)) {
+        !PyDict_CheckExact(row.types) || !PyDict_Check(row.kinds) ||
+        (row.old != Py_None && !PyDict_CheckExact(row.old))) {
         return -1;
     }
     Py_ssize_t fields_start = -1, fields_end = -1;
@@ -586,8 +593,8 @@ static PyObject *
 write_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "write() takes 10 arguments");
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "write() takes 11 arguments");
         return NULL;
     }
     if (dumps == NULL) {
@@ -972,7 +979,7 @@ configure(PyObject *module, PyObject *args)
 static PyMethodDef methods[] = {
     {"write", (PyCFunction)(void (*)(void))write_call, METH_FASTCALL,
      "write(template, fields, new, types, kinds, outputs, message_id, user_id,\n"
-     "      timestamp, depth) -> bytes | None\n\n"
+     "      timestamp, depth, old) -> bytes | None\n\n"
      "A call's body as the mapper's Python path writes it; None to leave the\n"
      "call to that path."},
     {"key_id", (PyCFunction)(void (*)(void))key_id, METH_FASTCALL,

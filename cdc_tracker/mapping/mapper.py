@@ -223,6 +223,7 @@ class Mapper:
             user_id,
             timestamp,
             plan.depth,
+            change.old,
         )
         if body is None:
             return None
@@ -516,7 +517,7 @@ class _Plan:
             rule.lookups or self.user_column is None or not _all_inline(self.fields)
         )
         # For the C writer: the payload's fixed bytes, and the fields it writes;
-        # None when a field is not a column of the new row or a literal.
+        # None when a field is not a column of a row image or a literal.
         self.written = _written_fields(self.fields)
         self.template = None if self.written is None else _template(self)
         # How many objects enclose a field's value in the call, at its deepest:
@@ -545,13 +546,13 @@ def _plan_fields(fields: Fields) -> tuple[_Field, ...]:
 
 # The C writer's placeholders in a template, and how it reads a field.
 _FIELDS, _MESSAGE_ID, _USER_ID, _TIMESTAMP = range(4)
-_COLUMN, _CONSTANT, _NESTED = range(3)
+_COLUMN, _CONSTANT, _NESTED, _OLD_COLUMN = range(4)
 _WrittenField = tuple[bytes, int, Any]
 
 
 def _written_fields(fields: tuple[_Field, ...]) -> tuple[_WrittenField, ...] | None:
     """The fields as the C writer reads them, when each is a column of the new
-    row, a literal or an object of those."""
+    or the old row, a literal or an object of those."""
     written: list[_WrittenField] = []
     for name, column, expr, nested, constant in fields:
         key = dumps(name) + b":"
@@ -567,6 +568,8 @@ def _written_fields(fields: tuple[_Field, ...]) -> tuple[_WrittenField, ...] | N
                 written.append((key, _CONSTANT, dumps(constant)))
             except orjson.JSONEncodeError:
                 return None
+        elif (ref := expr.is_column) is not None and ref.image == "old":
+            written.append((key, _OLD_COLUMN, ref.column))
         else:
             return None
     return tuple(written)

@@ -24,7 +24,13 @@ from cdc_tracker.mapping.mapper import Mapper
 from cdc_tracker.model import Action, Change, DeadLetter, Lsn
 from cdc_tracker.rules.rulebook import load_rulebook
 from tests.harness import live_changes
-from tests.mapping.test_map_encoded import MORE_ROWS, RULEBOOK, _encoded, _letter
+from tests.mapping.test_map_encoded import (
+    COLUMNS,
+    MORE_ROWS,
+    RULEBOOK,
+    _encoded,
+    _letter,
+)
 from tests.replay.test_values_match_live import ROWS, TYPES_TABLE
 
 TEXTS = """
@@ -123,9 +129,45 @@ def test_a_column_of_every_kind_is_written_as_python_writes_it(
 
     assert fast == slow
     assert len(fast[0]) > 10
-    # The identify of every column and the "Flagged" track are written in C;
-    # rules reading old values or expressions are not the writer's.
+    # The identify of every column, "Flagged" and "Word Changed" (old.word) are
+    # written in C; rules reading expressions are not the writer's.
     assert written >= len(changes)
+
+
+OLD_PROPERTIES = "".join(f"      {name}: old.{name}\n" for name in COLUMNS)
+OLD_VALUES = f"""
+version: 1
+tables:
+  public.kinds:
+    user_id: id
+track:
+  - event: Was
+    table: kinds
+    on: [insert, update, delete]
+    properties:
+{OLD_PROPERTIES}\
+      now: word
+"""
+
+
+def test_old_values_of_every_kind_are_written_as_python_writes_them(
+    empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    changes = live_changes(empty_db, [TYPES_TABLE, *ROWS, *MORE_ROWS], ["public.kinds"])
+
+    fast, slow, written = _both_ways(OLD_VALUES, changes, tmp_path, monkeypatch)
+
+    assert fast == slow
+    calls, letters = fast
+    assert len(calls) == len(changes)
+    assert not letters
+    # Updates under REPLICA IDENTITY FULL are the writer's; an insert (no old
+    # row) and a delete (no new row) are the general path's.
+    updates = [change for change in changes if change.action is Action.UPDATE]
+    assert len(updates) == 4
+    assert written == len(updates)
+    first = next(call for call in calls if b'"now":"changed"' in call[2])
+    assert b'"word":"quote \\" and \\\\ slash"' in first[2]
 
 
 def test_texts_and_times_are_written_as_python_writes_them(
