@@ -156,41 +156,73 @@ class Mapper:
                         continue
                 if held is not True:
                     continue
+            written = None
             if plan.template is not None and encoded is not None:
                 # Most calls: written whole in C, without a dict or a RowView.
-                made = self._written(plan, change, timestamp)
-                if made is not None:
-                    if made.sent_size > MAX_CALL_BYTES:
-                        self._oversize(plan, change, made, dead)
-                    else:
-                        encoded.append(made)
+                written = self._written(plan, change, timestamp)
+            if written is None:
+                call, row = self._general(plan, change, row, timestamp, dead)
+                if call is None:
                     continue
-            if row is None and plan.needs_row:
-                row = self._row(change)
-            if row is not None:
-                row.specs = plan.rule.lookups
-            try:
-                try:
-                    call = self._apply(plan, change, row, timestamp)
-                except _NeedsRow:
-                    row = self._row(change)
-                    row.specs = plan.rule.lookups
-                    call = self._apply(plan, change, row, timestamp)
-            except (LookupMissing, EvaluationError) as exc:
-                self._failed(plan, change, exc, dead)
-                continue
-            if encoded is not None:
-                self._encode(plan, change, call, encoded, dead)
+                if encoded is None:
+                    assert calls is not None
+                    calls.append(_as_call(plan, change, call))
+                    continue
+                written = self._encode(plan, change, call, dead)
+                if written is None:
+                    continue
+            message_id, user_id, body = written
+            made = EncodedCall(
+                message_id,
+                user_id,
+                body,
+                plan.rule.id,
+                change.table,
+                change.commit_lsn,
+                change.ordinal,
+                plan.kind,
+                plan.event,
+            )
+            assert encoded is not None  # only encoding makes ``written``
+            if made.sent_size <= MAX_CALL_BYTES:
+                encoded.append(made)
             else:
-                assert calls is not None
-                calls.append(_as_call(plan, change, call))
+                # A letter of the change, not of the call: a retry maps it
+                # again, with the rulebook that no longer makes it this large.
+                reason = oversize_reason(made.sent_size)
+                dead.append(change_letter(change, plan.rule.id, reason))
 
-    def _written(
-        self, plan: _Plan, change: Change, timestamp: str
-    ) -> EncodedCall | None:
-        """The call the C writer makes of the change, its condition held; None
-        when a value is not of the common kinds it writes (the Python path then
-        reads it, and names what is wrong)."""
+    def _general(
+        self,
+        plan: _Plan,
+        change: Change,
+        row: RowView | None,
+        timestamp: str,
+        dead: list[DeadLetter],
+    ) -> tuple[_Payload | None, RowView | None]:
+        """The call as ``_apply`` makes it, the general reader made when a value
+        needs it; None when the rule failed (dead-lettered, or skipped for a
+        lookup that found nothing). The reader comes back too, for the change's
+        next rules."""
+        if row is None and plan.needs_row:
+            row = self._row(change)
+        if row is not None:
+            row.specs = plan.rule.lookups
+        try:
+            try:
+                return self._apply(plan, change, row, timestamp), row
+            except _NeedsRow:
+                row = self._row(change)
+                row.specs = plan.rule.lookups
+                return self._apply(plan, change, row, timestamp), row
+        except (LookupMissing, EvaluationError) as exc:
+            self._failed(plan, change, exc, dead)
+            return None, row
+
+    def _written(self, plan: _Plan, change: Change, timestamp: str) -> _Encoded | None:
+        """The call's messageId, userId and JSON as the C writer makes them, its
+        condition held; None when a value is not of the common kinds it writes
+        (the Python path then reads it, and names what is wrong)."""
         new = change.new
         column = plan.user_column
         if new is None or self._write is None:
@@ -227,17 +259,7 @@ class Mapper:
         )
         if body is None:
             return None
-        return EncodedCall(
-            message_id,
-            user_id,
-            body,
-            plan.rule.id,
-            change.table,
-            change.commit_lsn,
-            change.ordinal,
-            plan.kind,
-            plan.event,
-        )
+        return message_id, user_id, body
 
     def _plans_for(self, table: str, action: Action) -> tuple[_Plan, ...]:
         plans = tuple(
@@ -326,13 +348,10 @@ class Mapper:
         return user_id
 
     def _encode(
-        self,
-        plan: _Plan,
-        change: Change,
-        call: _Payload,
-        encoded: list[EncodedCall],
-        dead: list[DeadLetter],
-    ) -> None:
+        self, plan: _Plan, change: Change, call: _Payload, dead: list[DeadLetter]
+    ) -> _Encoded | None:
+        """The call with its payload as JSON; None when it cannot be encoded,
+        its change then a dead letter."""
         message_id, user_id, payload = call
         try:
             # encode_value's first attempt, inline: this runs once per call.
@@ -346,31 +365,8 @@ class Mapper:
                 dead.append(
                     change_letter(change, plan.rule.id, f"cannot encode: {exc}")
                 )
-                return
-        made = EncodedCall(
-            message_id,
-            user_id,
-            body,
-            plan.rule.id,
-            change.table,
-            change.commit_lsn,
-            change.ordinal,
-            plan.kind,
-            plan.event,
-        )
-        if made.sent_size > MAX_CALL_BYTES:
-            self._oversize(plan, change, made, dead)
-        else:
-            encoded.append(made)
-
-    def _oversize(
-        self, plan: _Plan, change: Change, made: EncodedCall, dead: list[DeadLetter]
-    ) -> None:
-        # A letter of the change, not of the call: a retry maps it again, with
-        # the rulebook that no longer makes it this large.
-        dead.append(
-            change_letter(change, plan.rule.id, oversize_reason(made.sent_size))
-        )
+                return None
+        return message_id, user_id, body
 
     def _skipped(self, rule: Rule, spec: LookupSpec) -> None:
         assert self.lookups is not None  # only a lookup raises LookupMissing
@@ -448,6 +444,8 @@ class Mapper:
 _Field = tuple[str, "str | None", "Expression | None", "tuple[_Field, ...] | None", Any]
 # A rule's call before it is a ``Call``: messageId, userId, payload.
 _Payload = tuple[str, str, dict[str, Any]]
+# A rule's call before it is an ``EncodedCall``: messageId, userId, JSON.
+_Encoded = tuple[str, str, bytes]
 
 
 class _NeedsRow(Exception):

@@ -14,14 +14,13 @@ decides and explains as it always did.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
 from cdc_tracker.mapping.values import BOOLEAN, INTEGER, NUMBER, SAME
 from cdc_tracker.rules.expr import Expression
 from cdc_tracker.rules.expr_check import KINDS, kind_of, time_literal
-from cdc_tracker.rules.expr_compile import same_value
+from cdc_tracker.rules.expr_compile import MIRRORED, OPERATORS, same_value
 from cdc_tracker.rules.expr_parse import (
     BoolOp,
     Call,
@@ -40,15 +39,6 @@ Row = dict[str, Any] | None
 Quick = Callable[[Row, Row, dict[str, str]], Any]
 Kinds = Callable[[str], int]  # a declared type -> its writer's kind (values.py)
 
-_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-_MIRRORED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 # The kinds whose values wal2json gives as they are converted, unless as text.
 _AS_GIVEN = frozenset({INTEGER, BOOLEAN, NUMBER})
 
@@ -155,12 +145,12 @@ def _literal(node: Node) -> Any:
 def _compare(node: Compare, kinds: Kinds) -> Quick:
     left, right, op_name = node.left, node.right, node.op
     if isinstance(left, Lit):
-        left, right, op_name = right, left, _MIRRORED[op_name]
+        left, right, op_name = right, left, MIRRORED[op_name]
     if not isinstance(left, Col):
         raise _Unsupported
     value = _literal(right)
     expected = kind_of(value)
-    op = _OPERATORS[op_name]
+    op = OPERATORS[op_name]
     read = _column(left, kinds)
 
     def compare(new: Row, old: Row, types: dict[str, str]) -> Any:

@@ -148,7 +148,8 @@ def _compile_bool_op(node: BoolOp) -> Fn:
     return combine
 
 
-_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+# A comparison's operator, and the one it becomes with its sides swapped.
+OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq,
     "!=": operator.ne,
     "<": operator.lt,
@@ -156,14 +157,14 @@ _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-_MIRRORED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+MIRRORED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
 def _compile_compare(node: Compare) -> Fn:
     if isinstance(node.left, Lit) and isinstance(node.left.value, str):
         # 'text' < x is x > 'text': the literal may be a time, read beside x.
-        node = Compare(_MIRRORED[node.op], node.right, node.left, node.offset)
-    op = _OPERATORS[node.op]
+        node = Compare(MIRRORED[node.op], node.right, node.left, node.offset)
+    op = OPERATORS[node.op]
     if isinstance(node.right, Lit) and node.right.value is not None:
         return _compare_with_literal(node, op, node.right.value)
     left, right = _compile(node.left), _compile(node.right)
