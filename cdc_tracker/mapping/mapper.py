@@ -236,14 +236,7 @@ class Mapper:
                 user_id = self._user_id(plan, change, None)
             except (_NeedsRow, EvaluationError):
                 return None
-        if plan.by_key and change.action is Action.INSERT and change.key:
-            message_id = ids.key_id(plan.insert_material, new, change.key)
-        else:
-            message_id = ids.position_id_after(
-                plan.position_material,
-                change.commit_lsn,
-                change.wal_position or change.ordinal,
-            )
+        message_id = self._live_id(plan, change)
         body = self._write(
             plan.template,
             plan.written,
