@@ -1,12 +1,12 @@
 /* A call's JSON written in one pass from its rule's plan and the change's row.
  *
  * write(template, fields, new, types, kinds, outputs, message_id, user_id,
- *       timestamp, depth, old) returns the call's body as bytes, the same bytes the mapper's
- * Python path makes (a payload dict, then orjson), or None when this writer
- * declines the call: a column the row image does not carry, a value it does not
- * know how to write, a conversion that fails. The mapper then makes the call
- * its general way, which reads, converts and explains as it always did: this
- * file only has to be exact where it answers, never complete.
+ *       timestamp, depth, old) returns the call's body as bytes, the same bytes
+ * the mapper's Python path makes (a payload dict, then orjson), or None when
+ * this writer declines the call: a column the row image does not carry, a value
+ * it does not know how to write, a conversion that fails. The mapper then makes
+ * the call its general way, which reads, converts and explains as it always
+ * did: this file only has to be exact where it answers, never complete.
  *
  * ``template`` is the payload's fixed bytes, prepared once per rule, with
  * four placeholders (small ints): the fields object, the messageId, the userId
