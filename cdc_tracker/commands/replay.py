@@ -78,7 +78,10 @@ def register(
         "--dry-run", action="store_true", help="print the calls as JSON lines only"
     )
     sub.add_argument(
-        "--rate", type=float, metavar="CALLS", help="at most CALLS calls per second"
+        "--rate",
+        type=float,
+        metavar="CALLS",
+        help="at most CALLS calls per second (a dry run is not paced)",
     )
     sub.add_argument(
         "--resume", action="store_true", help="continue the interrupted replay"

@@ -120,7 +120,9 @@ class Replay:
         self.options = options
         self.progress_out = progress_out
         self.now = now or datetime.now(UTC)
-        self.pacer = Pacer(options.rate, settings.batch_calls, stop)
+        # A dry run prints its calls: nothing to spare a destination from.
+        rate = None if options.dry_run else options.rate
+        self.pacer = Pacer(rate, settings.batch_calls, stop)
         self.result = ReplayResult(dry_run=options.dry_run)
         self.job = ""
         self.mapper: Mapper | None = None

@@ -145,6 +145,35 @@ def test_dry_run_prints_json_lines_and_sends_nothing(
     assert "skipped rule 'Plan Changed'" in err
 
 
+def test_a_dry_run_is_not_paced_by_rate(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """``--rate`` spares a destination; a dry run prints its calls at once
+    (paced, these 40 calls at one a minute would take 40 minutes: the run is
+    stopped after 20 s, with what it printed by then)."""
+    twenty = "select 's' || g from generate_series(1, 20) g"
+    sql(db, f"insert into merchants (shop_domain) {twenty}")
+    settings = settings_for(db, receiver, example_rulebook)
+    stop = threading.Event()
+    timer = threading.Timer(20, stop.set)
+    timer.start()
+    out = io.StringIO()
+    try:
+        code = run_replay(
+            settings,
+            ReplayOptions(since="1h", dry_run=True, rate=1 / 60),
+            stop,
+            out=out,
+            err=io.StringIO(),
+        )
+    finally:
+        timer.cancel()
+
+    assert code == 0
+    assert len(out.getvalue().splitlines()) == 40
+    assert receiver.calls == []
+
+
 def test_replay_beside_the_live_daemon_resends_no_event_and_rows_as_they_are(
     db: str, receiver: FakeRudderStack, example_rulebook: Path
 ) -> None:
