@@ -213,3 +213,34 @@ def test_check_with_dsn_notes_a_cursor_replay_would_refuse(
         f"{rulebook}:8: note: cursor column 'amount' of public.payouts is "
         "numeric(12,2), not a timestamp: 'replay' will refuse this table"
     ]
+
+
+def test_check_with_dsn_notes_a_table_without_a_primary_key(
+    db: str, tmp_path: Path
+) -> None:
+    """The daemon reads it (FULL identity), names its inserts by position;
+    replay, which pages by the key, would refuse it: check says so first."""
+    sql(
+        db,
+        "create table visits (shop text, seen_at timestamptz default now())",
+        "alter table visits replica identity full",
+    )
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(
+        "version: 1\n"
+        "tables:\n"
+        "  public.visits:\n"
+        "    user_id: shop\n"
+        "    cursor: seen_at\n"
+        "track:\n"
+        "  - event: Visited\n"
+        "    table: visits\n"
+        "    on: [insert, update]\n"
+    )
+    done = cdc_tracker("check", rulebook, "--dsn", db)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        f"{rulebook}:3: note: public.visits has no primary key: 'replay' will "
+        "refuse this table (it pages by one), and its insert calls are named by "
+        "WAL position"
+    ]

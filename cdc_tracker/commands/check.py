@@ -32,21 +32,30 @@ def check_rulebook(path: Path, dsn: str | None) -> str:
         if problems:
             raise RulebookError(sorted(problems, key=lambda problem: problem[1] or 0))
         where = "structure, expressions and the live schema"
-        notes = _cursor_notes(rulebook, catalog)
+        notes = _replay_notes(rulebook, catalog)
     return "\n".join([f"{path}: ok ({where}): {rulebook.size}", *notes])
 
 
-def _cursor_notes(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[str]:
-    """Cursors that only ``replay`` would refuse: the daemon does not use them."""
+def _replay_notes(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[str]:
+    """Tables only ``replay`` would refuse (a cursor that is no timestamp, no
+    primary key to page by): the daemon does not need either."""
     notes = []
     for spec in rulebook.tables.values():
         info = catalog.get(spec.name)
-        declared = info.columns.get(spec.cursor or "") if info else None
+        if info is None:
+            continue
+        declared = info.columns.get(spec.cursor or "")
         if declared is not None and not is_cursor_type(declared):
             line = spec.cursor_line or spec.line
             notes.append(
                 f"{rulebook.path}:{line}: note: cursor column '{spec.cursor}' "
                 f"of {spec.name} is {declared}, not a timestamp: 'replay' will "
                 "refuse this table"
+            )
+        if not info.key:
+            notes.append(
+                f"{rulebook.path}:{spec.line}: note: {spec.name} has no primary "
+                "key: 'replay' will refuse this table (it pages by one), and its "
+                "insert calls are named by WAL position"
             )
     return notes
