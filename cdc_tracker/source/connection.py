@@ -153,7 +153,12 @@ def _connection_failure(exc: psycopg.Error, dsn: str) -> SourceError | ConfigErr
             or "check the DSN (--dsn or CDC_TRACKER_DSN): host, port, database, "
             "user, password",
         )
-    return SourceUnavailable(f"database connection failed: {message}", hint=hint)
+    return SourceUnavailable(
+        f"database connection failed: {message}",
+        hint=hint
+        or "is the database up, and at the DSN's host and port (--dsn or "
+        "CDC_TRACKER_DSN)?",
+    )
 
 
 def _connection_hint(message: str) -> str | None:

@@ -36,3 +36,17 @@ def test_a_server_without_wal_senders_is_a_configuration_error() -> None:
             Slot(conn, "no_senders").ensure(create=True)
         with pytest.raises(ConfigError, match="max_wal_senders"):
             Stream(dsn, "no_senders", [], []).open()
+
+
+def test_a_server_that_does_not_answer_is_retried_with_a_hint() -> None:
+    """Nothing listens on the port: a failure to wait out (the daemon retries
+    it), told with what to look at."""
+    dsn = "host=127.0.0.1 port=1 user=cdc dbname=app connect_timeout=5"
+    with (
+        pytest.raises(SourceUnavailable, match="connection failed") as raised,
+        translate_errors(None, dsn),
+    ):
+        psycopg.connect(dsn)
+    assert raised.value.hint == (
+        "is the database up, and at the DSN's host and port (--dsn or CDC_TRACKER_DSN)?"
+    )
