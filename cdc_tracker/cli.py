@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -77,8 +77,11 @@ while running:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = _parser()
-    args = parser.parse_args(argv)
     logs.forget_format()  # an earlier command's, in the same process (tests)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        return _usage_error(exc, sys.argv[1:] if argv is None else list(argv))
     if not hasattr(args, "handler"):
         parser.print_help()
         return EXIT_CONFIG
@@ -141,8 +144,57 @@ def _json_logs(args: argparse.Namespace) -> bool:
     return True
 
 
+class _UsageError(Exception):
+    """A command line argparse refused (a bad flag or value)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's, its usage errors raised for ``main`` to tell (see
+    ``_usage_error``) instead of printed on the spot."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
+# The commands whose stderr goes to a log shipper: with JSON logs asked for,
+# even a usage error is a JSON line.
+_LOGGING_COMMANDS = frozenset({"run", "replay"})
+
+
+def _usage_error(exc: _UsageError, argv: list[str]) -> int:
+    """Tell a usage error as argparse does, or as a JSON line when ``run`` or
+    ``replay`` was to log JSON lines (``--log-format json`` or the environment)."""
+    command = exc.parser.prog.rpartition(" ")[2]
+    if exc.parser.prog == "cdc-tracker":  # an unknown flag of a command lands here
+        command = next((arg for arg in argv if not arg.startswith("-")), "")
+    asked = os.environ.get("CDC_TRACKER_LOG_FORMAT", "")
+    for index, arg in enumerate(argv):
+        if arg == "--log-format" and index + 1 < len(argv):
+            asked = argv[index + 1]
+        elif arg.startswith("--log-format="):
+            asked = arg.partition("=")[2]
+    if command in _LOGGING_COMMANDS and asked.strip().lower() == "json":
+        logs.configure("json", "info")
+        structlog.get_logger("cdc_tracker").error(
+            "bad usage",
+            error=exc.message,
+            usage=" ".join(exc.parser.format_usage().split()),
+            hint=f"see 'cdc-tracker {command} --help'",
+            exit_code=EXIT_CONFIG,
+        )
+    else:
+        exc.parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{exc.parser.prog}: error: {exc.message}\n")
+    return EXIT_CONFIG
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cdc-tracker",
         description=(
             "Turn PostgreSQL row changes into RudderStack/Segment identify and "

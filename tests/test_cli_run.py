@@ -404,6 +404,60 @@ def test_an_error_before_the_settings_are_read_is_a_line_for_people_otherwise() 
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "error", "command"),
+    [
+        (
+            ["replay", "--since", "1d", "--rate", "abc"],
+            {"CDC_TRACKER_LOG_FORMAT": "json"},
+            "argument --rate: invalid float value: 'abc'",
+            "replay",
+        ),
+        (
+            ["run", "--poll-interval", "soon", "--log-format", "json"],
+            {},
+            "argument --poll-interval: invalid float value: 'soon'",
+            "run",
+        ),
+        (
+            ["run", "--log-format=json", "--bogus"],
+            {},
+            "unrecognized arguments: --bogus",
+            "run",
+        ),
+    ],
+)
+def test_a_usage_error_of_run_or_replay_is_a_json_line_when_asked(
+    args: list[str], env: dict[str, str], error: str, command: str
+) -> None:
+    """argparse's own refusals too: a log shipper reading JSON lines gets one."""
+    done = _without_settings(args, env)
+
+    assert done.returncode == 2
+    [line] = [json.loads(line) for line in done.stderr.splitlines()]
+    assert (line["event"], line["error"], line["exit_code"]) == (
+        "bad usage",
+        error,
+        2,
+    )
+    assert line["hint"] == f"see 'cdc-tracker {command} --help'"
+
+
+def test_a_usage_error_is_argparses_usage_and_line_otherwise() -> None:
+    done = _without_settings(["replay", "--since", "1d", "--rate", "abc"], {})
+    check = _without_settings(["check", "--log-format", "json"], {})
+
+    assert (done.returncode, check.returncode) == (2, 2)
+    assert done.stderr.startswith("usage: cdc-tracker replay [-h]")
+    assert done.stderr.endswith(
+        "cdc-tracker replay: error: argument --rate: invalid float value: 'abc'\n"
+    )
+    # check's problems are lines for people and editors, whatever the logs.
+    assert check.stderr.endswith(
+        "cdc-tracker: error: unrecognized arguments: --log-format\n"
+    )
+
+
 def _without_settings(
     args: list[str], env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
