@@ -106,6 +106,12 @@ def _state(job: str, row: tuple[Any, ...]) -> JobState:
     return state
 
 
+_WAITING_SQL = f"""
+SELECT selection::text, rows_done FROM {TABLE}
+WHERE finished_at IS NULL AND rows_done > 0 ORDER BY updated_at DESC
+"""
+
+
 class StateStore:
     """Jobs in ``cdc_tracker.replay_state``; every method may raise ``SourceError``."""
 
@@ -129,6 +135,16 @@ class StateStore:
                 return None
             row = conn.execute(_LOAD_SQL, (job,)).fetchone()
         return None if row is None else _state(job, row)
+
+    def waiting(self) -> list[tuple[dict[str, Any], int]]:
+        """Every interrupted job that sent rows, newest first: its selection
+        (``tables`` and ``rules`` as typed) and the rows it sent."""
+        with translate_errors(), self.pool.connection() as conn:
+            exists = conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()
+            if exists is None or exists[0] is None:
+                return []
+            rows = conn.execute(_WAITING_SQL).fetchall()
+        return [(json.loads(selection), int(done)) for selection, done in rows]
 
     def save(self, state: JobState, *, finished: bool = False) -> None:
         """Record the state; ``finished`` closes the job (nothing left to resume)."""

@@ -11,6 +11,7 @@ slot is read, advanced or locked.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import threading
 import time
 from collections.abc import Iterator
@@ -223,10 +224,19 @@ class Replay:
             return store.start(self.job, self._selection(), window)
         state = store.load(self.job)
         if state is None:
+            others = [
+                f"{_flags(selection)} ({counted(rows, 'row')} sent)"
+                for selection, rows in store.waiting()
+            ]
+            hint = (
+                f"waiting: {'; '.join(others)}: "
+                if others
+                else "start one with --since; "
+            )
             raise ConfigError(
                 f"nothing to resume: no interrupted replay of {self._selection_text()}",
-                hint="start one with --since; --resume takes the same --table and "
-                "--rule as the replay it continues",
+                hint=hint + "--resume takes the same --table and --rule as the "
+                "replay it continues",
             )
         if self.options.since or self.options.until:
             log.warning(
@@ -424,3 +434,10 @@ def window_of(options: ReplayOptions, now: datetime) -> Window:
             hint="or --resume to continue an interrupted replay",
         )
     return make_window(options.since, options.until, now)
+
+
+def _flags(selection: dict[str, Any]) -> str:
+    """A stored selection as the flags that name it again."""
+    flags = [f"--table {shlex.quote(table)}" for table in selection.get("tables", [])]
+    flags += [f"--rule {shlex.quote(rule)}" for rule in selection.get("rules", [])]
+    return " ".join(flags) or "every table and rule (no --table or --rule)"

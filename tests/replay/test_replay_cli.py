@@ -502,3 +502,36 @@ def test_a_wall_time_cursor_is_windowed_by_the_instant_its_calls_carry(
     assert [int(call["userId"]) for call in calls] == expected
     for call in calls:
         assert since <= call["timestamp"].replace(".000Z", "Z") < until
+
+
+def test_nothing_to_resume_names_the_replay_that_is_waiting(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path
+) -> None:
+    """--resume with another selection than the interrupted replay's finds
+    nothing: it says which one waits, as the flags that name it."""
+    _payouts(db)
+    env = _env(db, receiver, example_rulebook)
+    args = ["--since", "1d", "--table", "payouts", "--rule", "Payout Fetched"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc_tracker", "replay", *args, "--rate", "1500"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: len(receiver.calls) >= 300, 20)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    sent = _ended(err)[1]
+
+    elsewhere = _cli(env, "--resume")
+
+    assert elsewhere.returncode == 2
+    [line] = [json.loads(line) for line in elsewhere.stderr.splitlines()[-1:]]
+    assert line["error"] == (
+        "nothing to resume: no interrupted replay of every table with every rule"
+    )
+    assert line["hint"] == (
+        f"waiting: --table public.payouts --rule 'Payout Fetched' ({sent:,} rows sent): "
+        "--resume takes the same --table and --rule as the replay it continues"
+    )
