@@ -532,6 +532,7 @@ def test_nothing_to_resume_names_the_replay_that_is_waiting(
         "nothing to resume: no interrupted replay of every table with every rule"
     )
     assert line["hint"] == (
-        f"waiting: --table public.payouts --rule 'Payout Fetched' ({sent:,} rows sent): "
-        "--resume takes the same --table and --rule as the replay it continues"
+        "waiting: --table public.payouts --rule 'Payout Fetched' "
+        f"({sent:,} rows sent): --resume takes the same --table and --rule as the "
+        "replay it continues"
     )
