@@ -118,9 +118,11 @@ def _report(exc: CdcTrackerError, args: argparse.Namespace, code: int) -> int:
     if getattr(args, "errors_as_logs", False) and _json_logs(args):
         # Among the JSON lines of run or replay, the error that ends it is one
         # too; other commands' errors stay lines for people (and editors).
-        message, _, _ = str(exc).partition("\nhint: ")
         structlog.get_logger("cdc_tracker").error(
-            "stopped on an error", error=message, hint=exc.hint, exit_code=code
+            "stopped on an error",
+            error=exc.what,
+            **({"hint": exc.hint} if exc.hint else {}),
+            exit_code=code,
         )
         return code
     # A rulebook's problems are "file:line: problem" lines, as editors read them.

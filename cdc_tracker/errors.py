@@ -45,9 +45,13 @@ class CdcTrackerError(Exception):
         if hint is not None:
             self.hint = hint
 
+    @property
+    def what(self) -> str:
+        """What went wrong, without the hint."""
+        return super().__str__()
+
     def __str__(self) -> str:
-        message = super().__str__()
-        return f"{message}\nhint: {self.hint}" if self.hint else message
+        return f"{self.what}\nhint: {self.hint}" if self.hint else self.what
 
 
 class ConfigError(CdcTrackerError):

@@ -131,11 +131,12 @@ class Daemon:
                     delay = self.reconnect.next_delay()
                     log.warning(
                         "source unavailable",
-                        error=str(exc),
+                        error=exc.what,
                         retry_in_s=round(delay, 1),
                         # Waited for, from the first start too (a database may
                         # come up after us): a wrong DSN looks the same.
-                        hint=None if self._has_read else _FIRST_CONNECTION,
+                        hint=exc.hint
+                        or (None if self._has_read else _FIRST_CONNECTION),
                     )
                     self.stop.wait(delay)
                 finally:

@@ -380,7 +380,8 @@ class RudderStackClient:
                 delay_s=round(delay, 3),
                 calls=calls,
                 suppressed=self._pause_log.take_suppressed(),
-                error=str(exc),
+                error=exc.what,
+                hint=exc.hint,
                 answer=getattr(exc, "detail", "") or None,
             )
 

@@ -136,7 +136,11 @@ def test_killed_connections_are_reopened_and_nothing_is_lost(own_db: str) -> Non
             assert _terminate_daemon_backends(own_db) == 3
             process.wait_for("reading slot", count=round_no + 1, timeout=30)
         _caught_up(own_db, process)
-        assert len(process.events("source unavailable")) >= 3
+        outages = process.events("source unavailable")
+        assert len(outages) >= 3
+        # The reason and its hint in fields of their own, not one in the other.
+        assert all("\nhint" not in outage["error"] for outage in outages)
+        assert all(outage["hint"] for outage in outages)
         _assert_all_delivered(own_db, receiver, 1_500)
 
 

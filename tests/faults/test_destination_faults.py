@@ -214,7 +214,8 @@ def test_bad_write_key_pauses_loudly_then_recovers_when_the_key_is_accepted(
         assert paused[0]["level"] == "error"
         assert paused[0]["status"] == "401"
         assert "answered 401" in paused[0]["error"]
-        assert "RUDDERSTACK_WRITE_KEY" in paused[0]["error"]
+        assert "RUDDERSTACK_WRITE_KEY" in paused[0]["hint"]
+        assert "\nhint" not in paused[0]["error"]
         assert WRITE_KEY not in "\n".join(process.lines)
         assert {r.status for r in receiver.requests} == {401, 200}
         _exactly_once(receiver, merchant_insert_ids(db, NS))
