@@ -43,6 +43,7 @@ from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Rulebook
 from cdc_tracker.rules.schema import Problem
 from cdc_tracker.source.catalog import read_catalog, table_access
+from cdc_tracker.source.connection import connect_timeout
 
 log = structlog.get_logger(__name__)
 
@@ -232,7 +233,11 @@ def open_pool(dsn: str) -> ConnectionPool[psycopg.Connection[tuple[Any, ...]]]:
         max_size=2,
         open=False,
         name="cdc-tracker-lookups",
-        kwargs={"autocommit": True, "application_name": "cdc-tracker-lookups"},
+        kwargs={
+            "autocommit": True,
+            "application_name": "cdc-tracker-lookups",
+            "connect_timeout": connect_timeout(dsn),
+        },
         configure=_configure,
         timeout=POOL_TIMEOUT_SECONDS,
     )

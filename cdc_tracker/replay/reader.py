@@ -18,7 +18,7 @@ from psycopg.adapt import AdaptersMap
 from psycopg_pool import ConnectionPool
 
 from cdc_tracker.model import TableInfo
-from cdc_tracker.source.connection import SESSION_SETTINGS
+from cdc_tracker.source.connection import SESSION_SETTINGS, connect_timeout
 from cdc_tracker.source.slot import translate_errors
 
 Row = tuple[str | None, ...]
@@ -57,7 +57,11 @@ def open_pool(dsn: str) -> ConnectionPool:
         dsn,
         min_size=1,
         max_size=2,
-        kwargs={"autocommit": True, "application_name": "cdc-tracker replay"},
+        kwargs={
+            "autocommit": True,
+            "application_name": "cdc-tracker replay",
+            "connect_timeout": connect_timeout(dsn),
+        },
         configure=configure,
         name="cdc-tracker-replay",
         open=False,

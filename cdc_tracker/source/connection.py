@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg.conninfo import conninfo_to_dict
 
 from cdc_tracker.errors import (
     ConfigError,
@@ -232,6 +233,22 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# How long a connection may take to open when the DSN sets no connect_timeout:
+# a server that takes a connection and never answers would hold a command (and
+# a Ctrl-C) for psycopg's own 130 s.
+CONNECT_SECONDS = 10
+
+
+def connect_timeout(dsn: str) -> int | str:
+    """The ``connect_timeout`` to open ``dsn`` with: its own, or
+    ``CONNECT_SECONDS`` when it sets none."""
+    try:
+        given: int | str | None = conninfo_to_dict(dsn).get("connect_timeout")
+    except psycopg.ProgrammingError:
+        given = None  # connecting says what is wrong with the DSN
+    return given or CONNECT_SECONDS
+
+
 def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     """Open an autocommit connection with the session settings decoding relies on.
 
@@ -240,7 +257,12 @@ def connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     """
     refuse_unreadable(dsn)
     with translate_errors(dsn=dsn):
-        conn = psycopg.connect(dsn, autocommit=True, application_name="cdc-tracker")
+        conn = psycopg.connect(
+            dsn,
+            autocommit=True,
+            application_name="cdc-tracker",
+            connect_timeout=connect_timeout(dsn),
+        )
         for statement in SESSION_SETTINGS:
             conn.execute(statement)
     return conn

@@ -28,13 +28,14 @@ from datetime import UTC, datetime
 import psycopg
 import structlog
 from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg.errors import error_from_result
 
 from cdc_tracker.errors import CdcTrackerError, DecodeError
 from cdc_tracker.model import Lsn
 from cdc_tracker.source.connection import (
     SESSION_SETTINGS,
+    connect_timeout,
     refuse_unreadable,
     translate_errors,
 )
@@ -53,7 +54,6 @@ log = structlog.get_logger(__name__)
 STATUS_SECONDS = 10.0
 # How long a stop waits for the server to take our last status.
 CLOSE_SECONDS = 2.0
-CONNECT_SECONDS = 10
 SLOT_WAIT = "30s"  # longest a temporary slot waits for running transactions
 _WAIT_SECONDS = 0.2  # how often a wait looks at the stop
 # How far ahead of the daemon's use rows are read (see ``read_ahead``).
@@ -248,11 +248,10 @@ class Stream:
         signal is handled at once, and a stop cancels what is waiting.
         """
         refuse_unreadable(self.dsn)
-        timeout = conninfo_to_dict(self.dsn).get("connect_timeout")
         conninfo = make_conninfo(
             self.dsn, replication="database", application_name="cdc-tracker"
         )
-        deadline = time.monotonic() + (int(timeout) if timeout else CONNECT_SECONDS)
+        deadline = time.monotonic() + int(connect_timeout(self.dsn))
         with translate_errors(self.slot, self.dsn):
             pgconn = pq.PGconn.connect_start(conninfo.encode())
             try:

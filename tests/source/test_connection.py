@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import psycopg
 import pytest
 
 from cdc_tracker.errors import ConfigError, SourceUnavailable
+from cdc_tracker.source import connection
 from cdc_tracker.source.connection import connect, translate_errors
 from cdc_tracker.source.slot import Slot
 from cdc_tracker.source.stream import Stream
@@ -50,3 +54,23 @@ def test_a_server_that_does_not_answer_is_retried_with_a_hint() -> None:
     assert raised.value.hint == (
         "is the database up, and at the DSN's host and port (--dsn or CDC_TRACKER_DSN)?"
     )
+
+
+def test_a_server_that_takes_the_connection_and_never_answers_times_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener that accepts and stays silent: without a connect_timeout in
+    the DSN, opening gives up after CONNECT_SECONDS (not psycopg's 130 s), and
+    says so with the hint; a DSN's own connect_timeout is kept."""
+    monkeypatch.setattr(connection, "CONNECT_SECONDS", 1)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        dsn = f"host=127.0.0.1 port={port} user=cdc dbname=app"
+        started = time.monotonic()
+        with pytest.raises(SourceUnavailable, match="timeout") as raised:
+            connect(dsn)
+        waited = time.monotonic() - started
+        assert connection.connect_timeout(f"{dsn} connect_timeout=7") == "7"
+    assert 0.9 < waited < 5
+    assert raised.value.hint is not None
+    assert "host and port" in raised.value.hint
