@@ -25,9 +25,8 @@ daemon already shipped sends no event twice (not on a table with 'insert_ids:
 position': its live ids come from WAL positions, so replayed events get ids of
 their own). An identify sends the row as it is now: its id carries its traits,
 so it is sent once more, and again only when they changed. No replication slot
-is read or moved: it is
-safe beside a running daemon. Rows are read in pages ordered by (cursor, primary
-key); an index on them keeps each page cheap.
+is read or moved: it is safe beside a running daemon. Rows are read in pages
+ordered by (cursor, primary key); an index on them keeps each page cheap.
 """
 
 # --rate bounds: slower than a call a minute or faster than any destination
