@@ -108,7 +108,7 @@ def _state(job: str, row: tuple[Any, ...]) -> JobState:
 
 _WAITING_SQL = f"""
 SELECT selection::text, rows_done FROM {TABLE}
-WHERE finished_at IS NULL AND rows_done > 0 ORDER BY updated_at DESC
+WHERE finished_at IS NULL ORDER BY updated_at DESC
 """
 
 
@@ -137,8 +137,8 @@ class StateStore:
         return None if row is None else _state(job, row)
 
     def waiting(self) -> list[tuple[dict[str, Any], int]]:
-        """Every interrupted job that sent rows, newest first: its selection
-        (``tables`` and ``rules`` as typed) and the rows it sent."""
+        """Every interrupted job, newest first: its selection (``tables`` and
+        ``rules`` as named, and its ``namespace``) and the rows it sent."""
         with translate_errors(), self.pool.connection() as conn:
             exists = conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()
             if exists is None or exists[0] is None:

@@ -126,6 +126,7 @@ class Replay:
         self.pacer = Pacer(rate, settings.batch_calls, stop)
         self.result = ReplayResult(dry_run=options.dry_run)
         self.job = ""
+        self.namespace = ""  # the daemon's, once the preflight read it
         self.mapper: Mapper | None = None
         self.pool: ConnectionPool | None = None
         self.store: StateStore | None = None
@@ -148,6 +149,7 @@ class Replay:
         self.mapper = Mapper(
             self.plan.rulebook, namespace, None, lookups=lookups, snapshot=True
         )
+        self.namespace = namespace
         self.job = job_id(namespace, self.options.tables, self.options.rules)
         started = time.perf_counter()
         with (
@@ -225,7 +227,7 @@ class Replay:
         state = store.load(self.job)
         if state is None:
             others = [
-                f"{_flags(selection)} ({counted(rows, 'row')} sent)"
+                f"{_flags(selection, self.namespace)} ({counted(rows, 'row')} sent)"
                 for selection, rows in store.waiting()
             ]
             hint = (
@@ -257,7 +259,11 @@ class Replay:
         return f"{tables} with {rules}"
 
     def _selection(self) -> dict[str, Any]:
-        return {"tables": list(self.options.tables), "rules": list(self.options.rules)}
+        return {
+            "tables": list(self.options.tables),
+            "rules": list(self.options.rules),
+            "namespace": self.namespace,
+        }
 
     def _replay(
         self, pool: ConnectionPool, catalog: dict[str, TableInfo], state: JobState
@@ -436,8 +442,13 @@ def window_of(options: ReplayOptions, now: datetime) -> Window:
     return make_window(options.since, options.until, now)
 
 
-def _flags(selection: dict[str, Any]) -> str:
-    """A stored selection as the flags that name it again."""
+def _flags(selection: dict[str, Any], namespace: str) -> str:
+    """A stored selection as the flags that name it again, and its namespace
+    when it is not ``namespace`` (another slot's, or another set one)."""
     flags = [f"--table {shlex.quote(table)}" for table in selection.get("tables", [])]
     flags += [f"--rule {shlex.quote(rule)}" for rule in selection.get("rules", [])]
-    return " ".join(flags) or "every table and rule (no --table or --rule)"
+    text = " ".join(flags) or "every table and rule (no --table or --rule)"
+    theirs = selection.get("namespace")
+    if theirs and theirs != namespace:
+        text += f" of namespace {theirs!r} (its --slot or CDC_TRACKER_NAMESPACE)"
+    return text

@@ -525,6 +525,7 @@ def test_nothing_to_resume_names_the_replay_that_is_waiting(
     sent = _ended(err)[1]
 
     elsewhere = _cli(env, "--resume")
+    other_slot = _cli({**env, "CDC_TRACKER_SLOT": "other_slot"}, *args, "--resume")
 
     assert elsewhere.returncode == 2
     [line] = [json.loads(line) for line in elsewhere.stderr.splitlines()[-1:]]
@@ -535,4 +536,12 @@ def test_nothing_to_resume_names_the_replay_that_is_waiting(
         "waiting: --table public.payouts --rule 'Payout Fetched' "
         f"({sent:,} rows sent): --resume takes the same --table and --rule as the "
         "replay it continues"
+    )
+    # Under another namespace (another slot's) the same flags select nothing:
+    # the hint says whose the waiting replay is.
+    namespace = f"{db.rsplit('dbname=', 1)[1]}/{env['CDC_TRACKER_SLOT']}"
+    assert other_slot.returncode == 2
+    assert json.loads(other_slot.stderr.splitlines()[-1])["hint"].startswith(
+        "waiting: --table public.payouts --rule 'Payout Fetched' of namespace "
+        f"'{namespace}' (its --slot or CDC_TRACKER_NAMESPACE) ({sent:,} rows sent)"
     )
