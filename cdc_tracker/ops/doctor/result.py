@@ -47,8 +47,7 @@ def failed_on(
     name: str, exc: CdcTrackerError, fix: str, *, prefix: str = ""
 ) -> Finding:
     """A failure telling ``exc``'s message; its hint is the fix, else ``fix``."""
-    message, _, hint = str(exc).partition("\nhint: ")
-    return failed(name, prefix + message, hint or fix)
+    return failed(name, prefix + exc.what, exc.hint or fix)
 
 
 def exit_code(findings: Sequence[Finding]) -> int:

@@ -100,5 +100,4 @@ def _run_one(ctx: Context, name: str, check: Check) -> Finding:
         )
     except CdcTrackerError as exc:
         log.debug("check failed", check=name, error=str(exc))
-        message, _, hint = str(exc).partition("\nhint: ")
-        return failed(name, f"could not check: {message}", hint or "see the error")
+        return failed(name, f"could not check: {exc.what}", exc.hint or "see the error")
