@@ -134,12 +134,14 @@ def _report(exc: CdcTrackerError, args: argparse.Namespace, code: int) -> int:
 def _json_logs(args: argparse.Namespace) -> bool:
     """Whether logs are JSON lines, or were to be: an error may come before the
     settings that configure them (a bad value of another setting, a bad flag),
-    and then the environment says."""
-    if logs.json_lines():
-        return True
-    asked = getattr(args, "log_format", None) or os.environ.get(
-        "CDC_TRACKER_LOG_FORMAT", ""
-    )
+    and then the flag or the environment says."""
+    return logs.json_lines() or _json_asked(getattr(args, "log_format", None))
+
+
+def _json_asked(flag: str | None) -> bool:
+    """Whether ``--log-format`` (``flag``), else the environment, asks for JSON
+    lines; if so, the logs are configured for them."""
+    asked = flag or os.environ.get("CDC_TRACKER_LOG_FORMAT", "")
     if asked.strip().lower() != "json":
         return False
     logs.configure("json", "info")
@@ -174,14 +176,13 @@ def _usage_error(exc: _UsageError, argv: list[str]) -> int:
     command = exc.parser.prog.rpartition(" ")[2]
     if exc.parser.prog == "cdc-tracker":  # an unknown flag of a command lands here
         command = next((arg for arg in argv if not arg.startswith("-")), "")
-    asked = os.environ.get("CDC_TRACKER_LOG_FORMAT", "")
+    flag = None  # argparse stopped before it read --log-format: read it here
     for index, arg in enumerate(argv):
         if arg == "--log-format" and index + 1 < len(argv):
-            asked = argv[index + 1]
+            flag = argv[index + 1]
         elif arg.startswith("--log-format="):
-            asked = arg.partition("=")[2]
-    if command in _LOGGING_COMMANDS and asked.strip().lower() == "json":
-        logs.configure("json", "info")
+            flag = arg.partition("=")[2]
+    if command in _LOGGING_COMMANDS and _json_asked(flag):
         structlog.get_logger("cdc_tracker").error(
             "bad usage",
             error=exc.message,
