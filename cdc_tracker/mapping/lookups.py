@@ -305,19 +305,10 @@ def unreadable_lookups(
     """Each lookup whose table this role may not read (SELECT on it and USAGE on
     its schema), as a problem at its line: every change of its rules would be a
     dead letter. A table the catalog lacks is ``check_schema``'s to report."""
-    specs = {
-        (spec.name, spec.table, spec.line): spec
-        for table in rulebook.tables.values()
-        for spec in table.lookups.values()
-    } | {
-        (spec.name, spec.table, spec.line): spec
-        for rule in rulebook.rules
-        for spec in rule.lookups.values()
-    }
     access = {row.table: row for row in table_access(conn, sorted(catalog))}
     role = '"' + conn.info.user.replace('"', '""') + '"'  # as the doctor writes it
     problems: list[Problem] = []
-    for spec in sorted(specs.values(), key=lambda spec: spec.line):
+    for spec in rulebook.lookup_specs:
         found = access.get(spec.table)
         if found is None or (found.select and found.usage):
             continue  # a table the catalog lacks is said by check_schema

@@ -111,7 +111,13 @@ class Rulebook:
     @property
     def schema_tables(self) -> list[str]:
         """The tracked tables and the tables lookups read: what schema checks need."""
+        return sorted({spec.table for spec in self.lookup_specs} | set(self.tables))
+
+    @property
+    def lookup_specs(self) -> list[LookupSpec]:
+        """Every lookup declared, on a table or on a rule, once (a rule holds its
+        table's lookups too), by line and name."""
         declared = [spec.lookups for spec in self.tables.values()]
         declared += [rule.lookups for rule in self.rules]
-        lookups = {lookup.table for found in declared for lookup in found.values()}
-        return sorted(lookups | set(self.tables))
+        specs = {spec for found in declared for spec in found.values()}
+        return sorted(specs, key=lambda spec: (spec.line, spec.name))
