@@ -28,9 +28,9 @@ ignores SIGINT, SIGTERM and SIGHUP, which a terminal or a service manager sends
 to the whole group (SIGHUP reloads the daemon's rulebook): the daemon stops it in
 order. The frames go out on a copy of standard output made at start, and
 standard output itself then points at standard error: nothing printed by mistake
-can break a frame. A delivery that
-fails in a way delivery does not handle (a bug) is logged and ends the process
-with code 70, and the daemon starts a new one.
+can break a frame. A delivery that fails in a way delivery does not handle (a
+bug) is logged and ends the process with code 70, and the daemon starts a new
+one.
 """
 
 from __future__ import annotations
