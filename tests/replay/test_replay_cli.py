@@ -291,6 +291,24 @@ def _payouts(db: str) -> None:
     )
 
 
+def _interrupted(
+    env: dict[str, str], args: list[str], receiver: FakeRudderStack, calls: int
+) -> tuple[int, str]:
+    """A replay paced at 1,500 calls/s, Ctrl-C'd once ``calls`` arrived: its
+    exit code and standard error."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc_tracker", "replay", *args, "--rate", "1500"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: len(receiver.calls) >= calls, 20)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    return proc.returncode, err
+
+
 def _payout_ids(db: str, env: dict[str, str]) -> set[str]:
     namespace = f"{db.rsplit('dbname=', 1)[1]}/{env['CDC_TRACKER_SLOT']}"
     return {ids.insert_id(namespace, "Payout Fetched", [n]) for n in range(1, 3001)}
@@ -306,22 +324,13 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
     _payouts(db)
     env = _env(db, receiver, example_rulebook)
     args = ["--since", "1d", "--table", "payouts", "--page-rows", page_rows]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc_tracker", "replay", *args, "--rate", "1500"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_until(lambda: len(receiver.calls) >= 600, 20)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
+    code, err = _interrupted(env, args, receiver, 600)
     first = receiver.message_ids()
 
     resumed = _cli(env, *args, "--resume")
     again = _cli(env, *args, "--resume")
 
-    assert proc.returncode == 130, err
+    assert code == 130, err
     assert _ended(err)[0] == "replay interrupted"
     assert json.loads(err.splitlines()[-1])["hint"] == (
         "finish it with --resume (same --table and --rule)"
@@ -512,16 +521,8 @@ def test_nothing_to_resume_names_the_replay_that_is_waiting(
     _payouts(db)
     env = _env(db, receiver, example_rulebook)
     args = ["--since", "1d", "--table", "payouts", "--rule", "Payout Fetched"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc_tracker", "replay", *args, "--rate", "1500"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_until(lambda: len(receiver.calls) >= 300, 20)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
+    code, err = _interrupted(env, args, receiver, 300)
+    assert code == 130, err
     sent = _ended(err)[1]
 
     elsewhere = _cli(env, "--resume")
