@@ -12,7 +12,7 @@ import errno
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -159,7 +159,12 @@ class _UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     """argparse's, its usage errors raised for ``main`` to tell (see
-    ``_usage_error``) instead of printed on the spot."""
+    ``_usage_error``) instead of printed on the spot; the top one knows its
+    commands' parsers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: Mapping[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> NoReturn:
         raise _UsageError(self, message)
@@ -171,29 +176,47 @@ _LOGGING_COMMANDS = frozenset({"run", "replay"})
 
 
 def _usage_error(exc: _UsageError, argv: list[str]) -> int:
-    """Tell a usage error as argparse does, or as a JSON line when ``run`` or
-    ``replay`` was to log JSON lines (``--log-format json`` or the environment)."""
-    command = exc.parser.prog.rpartition(" ")[2]
-    if exc.parser.prog == "cdc-tracker":  # an unknown flag of a command lands here
-        command = next((arg for arg in argv if not arg.startswith("-")), "")
-    flag = None  # argparse stopped before it read --log-format: read it here
-    for index, arg in enumerate(argv):
-        if arg == "--log-format" and index + 1 < len(argv):
-            flag = argv[index + 1]
-        elif arg.startswith("--log-format="):
-            flag = arg.partition("=")[2]
-    if command in _LOGGING_COMMANDS and _json_asked(flag):
+    """Tell a usage error as argparse does, with the command's usage, or as a
+    JSON line when ``run`` or ``replay`` was to log JSON lines (``--log-format
+    json``, as argparse reads it, or the environment)."""
+    parser, hint = exc.parser, None
+    command = parser.prog.rpartition(" ")[2]
+    if isinstance(parser, _Parser) and parser.commands:  # the top parser
+        # A command's unknown flag lands here, as does a flag before the command.
+        named = [arg for arg in argv if arg in parser.commands]
+        command = named[0] if named else ""
+        if command and argv[0] not in parser.commands:
+            hint = f"a command's options come after it: 'cdc-tracker {command} ...'"
+        parser = parser.commands.get(command, parser)
+    if command in _LOGGING_COMMANDS and _json_asked(_log_format_flag(argv)):
         structlog.get_logger("cdc_tracker").error(
             "bad usage",
             error=exc.message,
-            usage=" ".join(exc.parser.format_usage().split()),
-            hint=f"see 'cdc-tracker {command} --help'",
+            usage=" ".join(parser.format_usage().split()),
+            hint=hint or f"see 'cdc-tracker {command} --help'",
             exit_code=EXIT_CONFIG,
         )
     else:
-        exc.parser.print_usage(sys.stderr)
-        sys.stderr.write(f"{exc.parser.prog}: error: {exc.message}\n")
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{parser.prog}: error: {exc.message}\n")
+        if hint:
+            sys.stderr.write(f"{parser.prog}: hint: {hint}\n")
     return EXIT_CONFIG
+
+
+def _log_format_flag(argv: list[str]) -> str | None:
+    """The value of ``--log-format`` in ``argv``, read as argparse would (it
+    stopped before it did): the last one, under any unambiguous abbreviation."""
+    value = None
+    for index, arg in enumerate(argv):
+        name, equals, given = arg.partition("=")
+        if len(name) <= len("--log-") or not "--log-format".startswith(name):
+            continue
+        if equals:
+            value = given
+        elif index + 1 < len(argv):
+            value = argv[index + 1]
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -216,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"cdc_tracker.commands.{name}")
         module.register(commands, _common)
+    parser.commands = commands.choices
     return parser
 
 

@@ -425,6 +425,12 @@ def test_an_error_before_the_settings_are_read_is_a_line_for_people_otherwise() 
             "unrecognized arguments: --bogus",
             "run",
         ),
+        (  # argparse takes an unambiguous abbreviation: so do we
+            ["replay", "--log-form", "json", "--since", "1d", "--page-rows", "x"],
+            {},
+            "argument --page-rows: invalid int value: 'x'",
+            "replay",
+        ),
     ],
 )
 def test_a_usage_error_of_run_or_replay_is_a_json_line_when_asked(
@@ -441,20 +447,43 @@ def test_a_usage_error_of_run_or_replay_is_a_json_line_when_asked(
         2,
     )
     assert line["hint"] == f"see 'cdc-tracker {command} --help'"
+    assert line["usage"].startswith(f"usage: cdc-tracker {command} [-h]")
+
+
+def test_options_before_the_command_are_refused_with_a_hint() -> None:
+    as_json = _without_settings(["--log-format", "json", "run"], {})
+    plain = _without_settings(["--dry-run", "run"], {})
+
+    [line] = [json.loads(line) for line in as_json.stderr.splitlines()]
+    assert (as_json.returncode, line["event"]) == (2, "bad usage")
+    assert line["hint"] == "a command's options come after it: 'cdc-tracker run ...'"
+    assert plain.returncode == 2
+    assert plain.stderr.startswith("usage: cdc-tracker run [-h]")
+    assert plain.stderr.endswith(
+        "cdc-tracker run: error: unrecognized arguments: --dry-run\n"
+        "cdc-tracker run: hint: a command's options come after it: "
+        "'cdc-tracker run ...'\n"
+    )
 
 
 def test_a_usage_error_is_argparses_usage_and_line_otherwise() -> None:
     done = _without_settings(["replay", "--since", "1d", "--rate", "abc"], {})
     check = _without_settings(["check", "--log-format", "json"], {})
+    unknown = _without_settings(["run", "--bogus"], {})
 
-    assert (done.returncode, check.returncode) == (2, 2)
+    assert (done.returncode, check.returncode, unknown.returncode) == (2, 2, 2)
+    # An unknown flag is the command's: its usage, not the top one's.
+    assert unknown.stderr.startswith("usage: cdc-tracker run [-h]")
+    assert unknown.stderr.endswith(
+        "cdc-tracker run: error: unrecognized arguments: --bogus\n"
+    )
     assert done.stderr.startswith("usage: cdc-tracker replay [-h]")
     assert done.stderr.endswith(
         "cdc-tracker replay: error: argument --rate: invalid float value: 'abc'\n"
     )
     # check's problems are lines for people and editors, whatever the logs.
     assert check.stderr.endswith(
-        "cdc-tracker: error: unrecognized arguments: --log-format\n"
+        "cdc-tracker check: error: unrecognized arguments: --log-format\n"
     )
 
 
