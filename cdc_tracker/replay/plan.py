@@ -167,6 +167,7 @@ def check_tables(plan: Plan, catalog: dict[str, TableInfo]) -> None:
     """
     problems = []
     hints = []
+    refused = set()
     book = plan.rulebook
     for name in plan.tables:
         spec = book.tables[name]
@@ -191,11 +192,15 @@ def check_tables(plan: Plan, catalog: dict[str, TableInfo]) -> None:
             continue
         problems.append(f"{where}: {problem}")
         hints.append(hint)
+        refused.add(name)
     if problems:
         fixes = [hint for hint in dict.fromkeys(hints) if hint]
+        others = [name for name in plan.tables if name not in refused]
+        if others:
+            flags = " ".join(f"--table {name}" for name in others)
+            fixes.append(f"or replay the other tables alone: {flags}")
         raise ConfigError(
-            "cannot replay:\n" + "\n".join(problems),
-            hint="; ".join([*fixes, "or leave the table out with --table"]),
+            "cannot replay:\n" + "\n".join(problems), hint="; ".join(fixes)
         )
 
 
