@@ -8,17 +8,21 @@ reads that schema, so writing there is invisible to the daemon.
 
 A job is named by the namespace and the ``--table``/``--rule`` selection; its
 window (``since``, ``until``) is fixed when it starts, so a resumed ``--since 7d``
-means the same seven days. A table's position is that of its last row done:
-every call of it and of the rows before it acknowledged or dead-lettered, and
-their dead letters stored. It is recorded after each delivery, so resuming sends
-again at most the calls that were in flight, with the same messageIds.
+means the same seven days; a digest of the rulebook's file is kept too, so that
+a resume can tell the rules changed meanwhile. A table's position is that of its
+last row done: every call of it and of the rows before it acknowledged or
+dead-lettered, and their dead letters stored. It is recorded after each
+delivery, so resuming sends again at most the calls that were in flight, with
+the same messageIds.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from hashlib import blake2b
+from pathlib import Path
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -59,7 +63,8 @@ UPDATE {TABLE} SET positions = %s::jsonb, rows_done = %s, calls = %s,
 """
 
 _LOAD_SQL = f"""
-SELECT since, until, positions::text, rows_done, calls FROM {TABLE}
+SELECT since, until, positions::text, rows_done, calls, selection->>'rulebook',
+    started_at FROM {TABLE}
 WHERE job = %s AND finished_at IS NULL
 """
 
@@ -70,12 +75,21 @@ def job_id(namespace: str, tables: tuple[str, ...], rules: tuple[str, ...]) -> s
     return blake2b(material.encode(), digest_size=12).hexdigest()
 
 
+def rulebook_digest(path: Path) -> str | None:
+    """A digest of the rulebook's file as it is now (None if it cannot be read)."""
+    try:
+        return blake2b(path.read_bytes(), digest_size=12).hexdigest()
+    except OSError:
+        return None
+
+
 @dataclass(slots=True)
 class JobState:
     """A job's window and, per table, the position after the last row done.
 
     ``finished`` holds the tables read to their end; ``rows`` counts the rows
-    done and ``calls`` the calls acknowledged.
+    done and ``calls`` the calls acknowledged; ``rulebook`` is the digest of
+    the rulebook the job started with, and ``started`` when (both loaded only).
     """
 
     job: str
@@ -84,6 +98,8 @@ class JobState:
     finished: set[str] = field(default_factory=set)
     rows: int = 0
     calls: int = 0
+    rulebook: str | None = None
+    started: datetime | None = None
 
     def to_json(self) -> str:
         tables: dict[str, Any] = {
@@ -96,8 +112,15 @@ class JobState:
 
 
 def _state(job: str, row: tuple[Any, ...]) -> JobState:
-    since, until, positions, rows, calls = row
-    state = JobState(job, Window(since, until), rows=int(rows), calls=int(calls))
+    since, until, positions, rows, calls, rulebook, started = row
+    state = JobState(
+        job,
+        Window(since, until),
+        rows=int(rows),
+        calls=int(calls),
+        rulebook=rulebook,
+        started=started,
+    )
     for name, item in json.loads(positions).items():
         if "cursor" in item:
             state.positions[name] = Position(item["cursor"], tuple(item["key"]))

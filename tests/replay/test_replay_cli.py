@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -342,6 +343,7 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
     assert 600 <= len(first) < 3000
     assert _summary(err) == (len(first), len(first))  # one call per payout
     assert resumed.returncode == 0, resumed.stderr
+    assert _rulebook_warnings(resumed.stderr) == []  # the same rulebook
     assert _summary(resumed.stderr) == (3000 - len(first), 3000 - len(first))
     # Its progress counts what was left, not the whole window again.
     started = [json.loads(line) for line in resumed.stderr.splitlines()]
@@ -358,6 +360,37 @@ def test_ctrl_c_stops_then_resume_sends_the_rest_with_the_same_ids(
             "select rows_done, finished_at is not null from cdc_tracker.replay_state"
         ).fetchone()
     assert row == (3000, True)
+
+
+def test_resuming_after_the_rulebook_changed_says_so(
+    db: str, receiver: FakeRudderStack, example_rulebook: Path, tmp_path: Path
+) -> None:
+    """A rule fixed between the stop and the resume maps the rows left only:
+    the resume goes on, and warns that the rows sent were mapped otherwise."""
+    _payouts(db)
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(example_rulebook.read_text())
+    env = _env(db, receiver, rulebook)
+    args = ["--since", "1d", "--table", "payouts"]
+    code, err = _interrupted(env, args, receiver, 300)
+    rulebook.write_text(rulebook.read_text() + "\n# Payout Fetched reviewed\n")
+
+    resumed = _cli(env, *args, "--resume")
+
+    assert (code, resumed.returncode) == (130, 0), err
+    [warning] = _rulebook_warnings(resumed.stderr)
+    assert warning["event"].startswith("the rulebook has changed since this replay")
+    assert warning["rows_sent"] > 0
+    assert "--discard-interrupted" in warning["hint"]
+
+
+def _rulebook_warnings(err: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in err.splitlines()]
+    return [
+        line
+        for line in lines
+        if line["level"] == "warning" and "rulebook" in line["event"]
+    ]
 
 
 def test_an_interrupted_dry_run_says_to_run_it_again_not_to_resume(
