@@ -1,4 +1,4 @@
-"""How long to wait before resending: capped exponential backoff with full jitter."""
+"""How long to wait before trying again: capped exponential backoff with jitter."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ _MAX_DOUBLINGS = 64
 
 @dataclass(slots=True)
 class Backoff:
-    """Delays for successive retries of one failing destination.
+    """Delays for successive retries of one failing destination or source.
 
-    The n-th delay (from 0) is drawn uniformly from ``[0, min(cap, initial *
-    factor**n)]`` ("full jitter"). A server's ``Retry-After`` replaces the draw,
+    The n-th delay (from 0) is drawn uniformly from the upper half of a ceiling,
+    ``min(cap, initial * factor**n)``: the waits grow with the failures, and
+    daemons that failed together do not retry together. (Drawn from the whole
+    range, a wait of seconds could follow one of a minute, a retry near at once
+    of a server still down.) A server's ``Retry-After`` replaces the draw,
     bounded by ``retry_after_cap``. ``reset()`` after a success starts over.
     Tests shrink the constants and pass a seeded ``rng``.
     """
@@ -35,7 +38,7 @@ class Backoff:
         if retry_after is not None and retry_after > 0:
             return min(retry_after, self.retry_after_cap)
         ceiling = min(self.cap, self.initial * self.factor**doublings)
-        return self.rng.uniform(0.0, ceiling)
+        return self.rng.uniform(ceiling / 2, ceiling)
 
     def reset(self) -> None:
         """Forget past failures: the next delay is drawn from the smallest range."""
