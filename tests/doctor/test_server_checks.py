@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from cdc_tracker.ops.doctor import exit_code, run_doctor
+from cdc_tracker.ops.doctor import server as server_checks
 from cdc_tracker.settings import Settings
 from cdc_tracker.testing.postgres import PostgresServer, ThrowawayPostgres
 from cdc_tracker.testing.rudderstack import FakeRudderStack
@@ -71,6 +72,22 @@ def test_wal2json_cannot_be_verified_on_a_server_that_cannot_decode(
 
     assert found["wal2json"].status == "warn"
     assert found["wal2json"].detail.startswith("not verified")
+
+
+def test_a_server_without_the_plugin_fails_with_the_package_for_its_version(
+    db: str, receiver: FakeRudderStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_checks, "PLUGIN", "cdc_tracker_no_such_plugin")
+    with psycopg.connect(db) as conn:
+        major = conn.info.server_version // 10_000
+
+    plugin = findings(doctor_settings(db, receiver))["wal2json"]
+
+    assert plugin.status == "fail"
+    assert plugin.detail.startswith("the plugin is not installed: could not access")
+    assert plugin.fix == (
+        f"install wal2json 2.x for this server (Debian: postgresql-{major}-wal2json)"
+    )
 
 
 def test_no_free_replication_slot_fails_and_names_the_unused_ones(

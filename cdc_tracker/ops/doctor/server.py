@@ -21,6 +21,7 @@ from cdc_tracker.source.wal2json import PLUGIN_OPTIONS
 
 MIN_VERSION = 130_000  # wal_status and max_slot_wal_keep_size, which we rely on
 PROBE_TIMEOUT = "10s"
+PLUGIN = "wal2json"  # the output plugin the probe asks the server for
 _RESTART = "then restart PostgreSQL"
 
 
@@ -63,8 +64,8 @@ def wal2json(ctx: Context) -> Finding:
         with conn.transaction():
             conn.execute(f"SET LOCAL statement_timeout = '{PROBE_TIMEOUT}'")
             conn.execute(
-                "SELECT pg_create_logical_replication_slot(%s, 'wal2json', true)",
-                (probe,),
+                "SELECT pg_create_logical_replication_slot(%s, %s, true)",
+                (probe, PLUGIN),
             )
             options = ", ".join(["%s"] * len(PLUGIN_OPTIONS))
             conn.execute(
@@ -74,13 +75,15 @@ def wal2json(ctx: Context) -> Finding:
             )
         conn.execute("SELECT pg_drop_replication_slot(%s)", (probe,))
     except psycopg.Error as exc:
-        return _probe_failed(name, exc)
+        return _probe_failed(name, exc, conn.info.server_version // 10_000)
     return passed(name, "loads and speaks format 2 (probed with a temporary slot)")
 
 
-def _probe_failed(name: str, exc: psycopg.Error) -> Finding:
+def _probe_failed(name: str, exc: psycopg.Error, major: int) -> Finding:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.sqlstate
-    install = "install wal2json 2.x for this server (Debian: postgresql-15-wal2json)"
+    install = (
+        f"install wal2json 2.x for this server (Debian: postgresql-{major}-wal2json)"
+    )
     if isinstance(exc, pgerrors.UndefinedFile):
         return failed(name, f"the plugin is not installed: {message}", install)
     if isinstance(exc, pgerrors.FeatureNotSupported | pgerrors.InvalidParameterValue):
