@@ -1,6 +1,6 @@
 """Whether the two C modules of the hot path were built (see setup.py).
 
-Without them cdc-tracker works the same on the Python path, with about twice
+Without them cdc-tracker works the same on the Python path, with about three times
 the CPU per change: ``run`` and ``replay`` log a warning at start, ``doctor``
 warns, the benchmark says which ran, and the test suite refuses to run (it would
 not test the code the daemon runs).
@@ -38,7 +38,7 @@ def warn_if_not_compiled() -> None:
     if absent:
         log.warning(
             "compiled hot path not built: every change takes the Python path, "
-            "at about twice the CPU",
+            "at about three times the CPU",
             missing=absent,
             fix=HOW_TO_BUILD,
         )

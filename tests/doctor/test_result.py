@@ -64,6 +64,6 @@ def test_the_compiled_hot_path_passes_when_built_and_warns_when_not(
     assert built.status == "pass"
     assert missing.status == "warn"
     assert "cdc_tracker.no_such_module" in missing.detail
-    assert "twice the CPU" in missing.detail
+    assert "three times the CPU" in missing.detail
     assert missing.fix is not None
     assert "apt-get install gcc" in missing.fix

@@ -50,7 +50,7 @@ def compiled_hot_path() -> Finding:
         return warned(
             name,
             f"not built ({', '.join(absent)}): every change takes the Python "
-            "path, at about twice the CPU",
+            "path, at about three times the CPU",
             compiled.HOW_TO_BUILD,
         )
     return passed(name, "change rows are read and calls written in C")
