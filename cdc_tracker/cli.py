@@ -11,6 +11,7 @@ import argparse
 import errno
 import importlib
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -142,7 +143,7 @@ def _json_asked(flag: str | None) -> bool:
     """Whether ``--log-format`` (``flag``), else the environment, asks for JSON
     lines; if so, the logs are configured for them."""
     asked = flag or os.environ.get("CDC_TRACKER_LOG_FORMAT", "")
-    if asked.strip().lower() != "json":
+    if asked.lower() != "json":  # as the settings read it: JSON, not " json"
         return False
     logs.configure("json", "info")
     return True
@@ -159,12 +160,17 @@ class _UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     """argparse's, its usage errors raised for ``main`` to tell (see
-    ``_usage_error``) instead of printed on the spot; the top one knows its
-    commands' parsers."""
+    ``_usage_error``) instead of printed on the spot; one with commands (or
+    actions) knows their parsers."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.commands: Mapping[str, argparse.ArgumentParser] = {}
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        action = super().add_subparsers(**kwargs)
+        self.commands = action.choices  # filled as the commands are added
+        return action
 
     def error(self, message: str) -> NoReturn:
         raise _UsageError(self, message)
@@ -176,32 +182,75 @@ _LOGGING_COMMANDS = frozenset({"run", "replay"})
 
 
 def _usage_error(exc: _UsageError, argv: list[str]) -> int:
-    """Tell a usage error as argparse does, with the command's usage, or as a
-    JSON line when ``run`` or ``replay`` was to log JSON lines (``--log-format
-    json``, as argparse reads it, or the environment)."""
-    parser, hint = exc.parser, None
-    command = parser.prog.rpartition(" ")[2]
-    if isinstance(parser, _Parser) and parser.commands:  # the top parser
-        # A command's unknown flag lands here, as does a flag before the command.
-        named = [arg for arg in argv if arg in parser.commands]
-        command = named[0] if named else ""
-        if command and argv[0] not in parser.commands:
-            hint = f"a command's options come after it: 'cdc-tracker {command} ...'"
-        parser = parser.commands.get(command, parser)
+    """Tell a usage error as argparse does, with the usage of the command it
+    concerns, or as a JSON line when ``run`` or ``replay`` was to log JSON lines
+    (``--log-format json``, as argparse reads it, or the environment)."""
+    parser, message, hint = exc.parser, exc.message, None
+    if argv and argv[0].startswith("-") and argv[0] != "--":
+        # Options before the command: what they would have meant after it.
+        parser, message, hint = _options_first(exc, argv)
+    elif isinstance(parser, _Parser) and argv and argv[0] in parser.commands:
+        parser = _named(parser, argv)  # a command's unknown flag lands here
+    command = parser.prog.split(" ")[1] if " " in parser.prog else ""
     if command in _LOGGING_COMMANDS and _json_asked(_log_format_flag(argv)):
         structlog.get_logger("cdc_tracker").error(
             "bad usage",
-            error=exc.message,
+            error=message,
             usage=" ".join(parser.format_usage().split()),
-            hint=hint or f"see 'cdc-tracker {command} --help'",
+            hint=hint or f"see '{parser.prog} --help'",
             exit_code=EXIT_CONFIG,
         )
     else:
         parser.print_usage(sys.stderr)
-        sys.stderr.write(f"{parser.prog}: error: {exc.message}\n")
+        sys.stderr.write(f"{parser.prog}: error: {message}\n")
         if hint:
             sys.stderr.write(f"{parser.prog}: hint: {hint}\n")
     return EXIT_CONFIG
+
+
+def _named(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The innermost command (or action) ``argv`` names under ``parser``."""
+    while isinstance(parser, _Parser) and parser.commands:
+        index = next((i for i, arg in enumerate(argv) if arg in parser.commands), -1)
+        if index < 0:
+            break
+        parser, argv = parser.commands[argv[index]], argv[index + 1 :]
+    return parser
+
+
+def _options_first(
+    exc: _UsageError, argv: list[str]
+) -> tuple[argparse.ArgumentParser, str, str | None]:
+    """For options given before the command: the parser, error and hint to tell.
+
+    Each word naming a command is tried as the command, the words before it
+    moved after the rest (``--slot run replay`` is ``replay --slot run``, not
+    ``run``); the first that parses is the line to suggest, else the first
+    one's own error is told.
+    """
+    top = exc.parser
+    if not isinstance(top, _Parser) or "-h" in argv or "--help" in argv:
+        return top, exc.message, None
+    first: tuple[list[str], _UsageError] | None = None
+    for index, arg in enumerate(argv):
+        if arg not in top.commands:
+            continue
+        moved = argv[index:] + argv[:index]
+        try:
+            top.parse_args(moved)
+        except _UsageError as error:
+            first = first or (moved, error)
+            continue
+        return (
+            _named(top, moved),
+            "a command's options come after it",
+            f"cdc-tracker {shlex.join(moved)}",
+        )
+    if first is None:
+        return top, exc.message, None
+    moved, refused = first
+    parser = refused.parser if refused.parser is not top else _named(top, moved)
+    return parser, refused.message, "a command's options come after it"
 
 
 def _log_format_flag(argv: list[str]) -> str | None:
@@ -239,7 +288,6 @@ def _parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"cdc_tracker.commands.{name}")
         module.register(commands, _common)
-    parser.commands = commands.choices
     return parser
 
 

@@ -179,7 +179,9 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
         # Matched by the setting it names: CDC_TRACKER_WRITE_KEY means write_key,
         # which RUDDERSTACK_WRITE_KEY sets.
         meant = variable.removeprefix(_PREFIX).lower()
-        close = difflib.get_close_matches(meant, by_setting, n=1, cutoff=0.7)
+        close = difflib.get_close_matches(meant, by_setting, n=1, cutoff=0.7) or [
+            name for name in by_setting if sorted(name) == sorted(meant)
+        ]  # letters swapped in a short name (DNS) are far from it by ratio
         hint = f" (did you mean {by_setting[close[0]]}?)" if close else ""
         found.append(variable + hint)
     return found

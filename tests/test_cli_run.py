@@ -450,19 +450,35 @@ def test_a_usage_error_of_run_or_replay_is_a_json_line_when_asked(
     assert line["usage"].startswith(f"usage: cdc-tracker {command} [-h]")
 
 
-def test_options_before_the_command_are_refused_with_a_hint() -> None:
+def test_options_before_the_command_are_refused_with_the_line_they_meant() -> None:
     as_json = _without_settings(["--log-format", "json", "run"], {})
-    plain = _without_settings(["--dry-run", "run"], {})
+    plain = _without_settings(["--slot", "replay", "run"], {})
+    nested = _without_settings(["--json", "deadletters", "list"], {})
 
     [line] = [json.loads(line) for line in as_json.stderr.splitlines()]
     assert (as_json.returncode, line["event"]) == (2, "bad usage")
-    assert line["hint"] == "a command's options come after it: 'cdc-tracker run ...'"
+    assert line["error"] == "a command's options come after it"
+    assert line["hint"] == "cdc-tracker run --log-format json"
+    # The word after --slot is its value, not the command.
     assert plain.returncode == 2
     assert plain.stderr.startswith("usage: cdc-tracker run [-h]")
     assert plain.stderr.endswith(
-        "cdc-tracker run: error: unrecognized arguments: --dry-run\n"
-        "cdc-tracker run: hint: a command's options come after it: "
-        "'cdc-tracker run ...'\n"
+        "cdc-tracker run: error: a command's options come after it\n"
+        "cdc-tracker run: hint: cdc-tracker run --slot replay\n"
+    )
+    assert nested.stderr.endswith(
+        "cdc-tracker deadletters list: hint: cdc-tracker deadletters list --json\n"
+    )
+
+
+def test_options_before_the_command_that_are_wrong_after_it_too_say_why() -> None:
+    done = _without_settings(["--log-format", "json", "schema", "--bogus"], {})
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: cdc-tracker schema [-h]")
+    assert done.stderr.endswith(
+        "cdc-tracker schema: error: unrecognized arguments: --bogus --log-format "
+        "json\ncdc-tracker schema: hint: a command's options come after it\n"
     )
 
 
@@ -470,6 +486,7 @@ def test_a_usage_error_is_argparses_usage_and_line_otherwise() -> None:
     done = _without_settings(["replay", "--since", "1d", "--rate", "abc"], {})
     check = _without_settings(["check", "--log-format", "json"], {})
     unknown = _without_settings(["run", "--bogus"], {})
+    action = _without_settings(["deadletters", "list", "--bogus"], {})
 
     assert (done.returncode, check.returncode, unknown.returncode) == (2, 2, 2)
     # An unknown flag is the command's: its usage, not the top one's.
@@ -477,6 +494,7 @@ def test_a_usage_error_is_argparses_usage_and_line_otherwise() -> None:
     assert unknown.stderr.endswith(
         "cdc-tracker run: error: unrecognized arguments: --bogus\n"
     )
+    assert action.stderr.startswith("usage: cdc-tracker deadletters list [-h]")
     assert done.stderr.startswith("usage: cdc-tracker replay [-h]")
     assert done.stderr.endswith(
         "cdc-tracker replay: error: argument --rate: invalid float value: 'abc'\n"

@@ -72,12 +72,14 @@ def test_unknown_variables_name_the_setting_meant() -> None:
             "CDC_TRACKER_WRITE_KEY": "k",
             "CDC_TRACKER_X": "1",
             "CDC_TRACKER_SLTO": "s",  # two letters swapped
+            "CDC_TRACKER_DNS": "postgresql://",  # in a short name, too
             "CDC_TRACKER_PG_BINDIR": "/usr/lib/postgresql/15/bin",
             "CDC_TRACKER_DSN": "postgresql://",
             "HOME": "/root",
         }
     )
     assert found == [
+        "CDC_TRACKER_DNS (did you mean CDC_TRACKER_DSN?)",
         "CDC_TRACKER_POLL_INTERVALL (did you mean CDC_TRACKER_POLL_INTERVAL?)",
         "CDC_TRACKER_SLTO (did you mean CDC_TRACKER_SLOT?)",
         "CDC_TRACKER_WRITE_KEY (did you mean RUDDERSTACK_WRITE_KEY?)",
