@@ -8,6 +8,7 @@ snapshot does not have, so it is skipped and the report says so.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from cdc_tracker.errors import ConfigError
@@ -34,11 +35,13 @@ class Skipped:
 
 @dataclass(slots=True)
 class Plan:
-    """The rules to run (as a rulebook of their own), the tables to read, the rest."""
+    """The rules to run (as a rulebook of their own), the tables to read, the
+    rest; ``by_rule`` when they were picked by ``--rule``."""
 
     rulebook: Rulebook
     tables: list[str]
     skipped: list[Skipped]
+    by_rule: bool = False
 
     def report(self) -> list[str]:
         """One line per table read and per rule skipped, for the operator."""
@@ -122,7 +125,7 @@ def make_plan(
         {name: rulebook.tables[name] for name in read},
         runnable,
     )
-    return Plan(subset, read, skipped)
+    return Plan(subset, read, skipped, by_rule=bool(rules))
 
 
 def check_rules(plan: Plan) -> None:
@@ -195,13 +198,20 @@ def check_tables(plan: Plan, catalog: dict[str, TableInfo]) -> None:
         refused.add(name)
     if problems:
         fixes = [hint for hint in dict.fromkeys(hints) if hint]
-        others = [name for name in plan.tables if name not in refused]
-        if others:
-            flags = " ".join(f"--table {name}" for name in others)
+        if flags := _without(plan, refused):
             fixes.append(f"or replay the other tables alone: {flags}")
         raise ConfigError(
             "cannot replay:\n" + "\n".join(problems), hint="; ".join(fixes)
         )
+
+
+def _without(plan: Plan, refused: set[str]) -> str:
+    """The flags that select what ``plan`` selects, but the ``refused`` tables."""
+    if plan.by_rule:  # --table would add the tables' other rules
+        rules = [rule.id for rule in plan.rulebook.rules if rule.table not in refused]
+        return " ".join(f"--rule {shlex.quote(rule)}" for rule in rules)
+    tables = [name for name in plan.tables if name not in refused]
+    return " ".join(f"--table {shlex.quote(name)}" for name in tables)
 
 
 _CURSOR_HINT = (

@@ -232,23 +232,37 @@ def test_nothing_to_replay_without_skipped_rules_points_at_no_list(
 
 
 @pytest.mark.usefixtures("default_logging")
+@pytest.mark.parametrize(
+    ("selection", "others"),
+    [
+        ([], "--table public.merchants"),
+        (  # --table would add the merchants' identify, which was not asked for
+            ["--rule", "Merchant Installed", "--rule", "Payout Fetched"],
+            "--rule 'Merchant Installed'",
+        ),
+    ],
+    ids=["tables", "rules"],
+)
 def test_a_table_without_primary_key_is_refused_with_its_own_fix(
-    db: str, example_rulebook: Path, capsys: pytest.CaptureFixture[str]
+    db: str,
+    example_rulebook: Path,
+    capsys: pytest.CaptureFixture[str],
+    selection: list[str],
+    others: str,
 ) -> None:
     """Pages are ordered by cursor and key: a keyless table cannot be paged, and
     setting a cursor (the fix for the other refusals) would not help it."""
     sql(db, "alter table payouts drop constraint payouts_pkey")
 
     args = ["--dsn", db, "--rulebook", str(example_rulebook), "--since", "1d"]
-    code = main(["replay", *args, "--dry-run"])
+    code = main(["replay", *args, *selection, "--dry-run"])
 
     err = capsys.readouterr().err
     assert code == 2
     assert "table public.payouts has no primary key to page by" in err
     last = json.loads(err.splitlines()[-1])
     assert last["hint"] == (
-        "give public.payouts a primary key; "
-        "or replay the other tables alone: --table public.merchants"
+        f"give public.payouts a primary key; or replay the other tables alone: {others}"
     )
     assert "cursor:" not in err
 
