@@ -192,7 +192,11 @@ def test_configmap_holds_the_example_rulebook_where_the_daemon_reads_it(
 def test_compose_mounts_a_rulebook_that_loads_at_the_configured_path() -> None:
     service = _compose()["services"]["cdc-tracker"]
     wanted = Path(service["environment"]["CDC_TRACKER_RULEBOOK"])
-    on_host = _volume_source(service, str(wanted.parent)) / wanted.name
+    mounted = _volume_source(service, str(wanted.parent))
+    on_host = mounted / wanted.name
+    # In the container only the mounted directory is there: a link out of it
+    # (to the packaged example) would point at nothing.
+    assert on_host.resolve().is_relative_to(mounted.resolve())
     assert load_rulebook(on_host).tables.keys() == {
         "public.merchants",
         "public.payouts",

@@ -46,7 +46,9 @@ exit codes:
   0    every row of the window was replayed
   1    stopped on an error (database, destination); --resume continues
   2    bad usage, settings or rulebook: no cursor, cursor not a timestamp,
-       --since in the future, unknown --table or --rule
+       a table without primary key, --since in the future, unknown --table
+       or --rule, an interrupted replay of the selection waiting (--resume
+       or --discard-interrupted), nothing to resume
   130  interrupted (Ctrl-C, SIGTERM): --resume continues where it stopped
 """
 
