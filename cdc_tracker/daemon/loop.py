@@ -76,7 +76,7 @@ class Daemon:
         self.stop = stop
         self.advance_slot = advance
         self.recreate_slot = recreate_slot
-        self.reconnect = reconnect or Backoff(initial=0.5, cap=30.0)
+        self.reconnect = reconnect or Backoff()
         self.watcher = RulebookWatcher(settings.rulebook)
         self.window = Window(
             settings, Mapper(rulebook, settings.namespace), shipper, stop, advance

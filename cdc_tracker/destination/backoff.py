@@ -26,7 +26,7 @@ class Backoff:
 
     initial: float = 0.5
     factor: float = 2.0
-    cap: float = 60.0
+    cap: float = 30.0
     retry_after_cap: float = 300.0
     rng: random.Random = field(default_factory=random.Random, repr=False)
     attempts: int = 0
