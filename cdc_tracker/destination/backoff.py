@@ -18,8 +18,8 @@ class Backoff:
     The n-th delay (from 0) is drawn uniformly from the upper half of a ceiling,
     ``min(cap, initial * factor**n)``: the waits grow with the failures, and
     daemons that failed together do not retry together. (Drawn from the whole
-    range, a wait of seconds could follow one of a minute, a retry near at once
-    of a server still down.) A server's ``Retry-After`` replaces the draw,
+    range, a wait could be near zero after a minute of failures: a retry at
+    once, at a server still down.) A server's ``Retry-After`` replaces the draw,
     bounded by ``retry_after_cap``. ``reset()`` after a success starts over.
     Tests shrink the constants and pass a seeded ``rng``.
     """
