@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except _UsageError as exc:
-        return _usage_error(exc, sys.argv[1:] if argv is None else list(argv))
+        return _usage_error(exc, sys.argv[1:] if argv is None else list(argv), parser)
     if not hasattr(args, "handler"):
         parser.print_help()
         return EXIT_CONFIG
@@ -181,16 +181,19 @@ class _Parser(argparse.ArgumentParser):
 _LOGGING_COMMANDS = frozenset({"run", "replay"})
 
 
-def _usage_error(exc: _UsageError, argv: list[str]) -> int:
+def _usage_error(exc: _UsageError, argv: list[str], top: _Parser) -> int:
     """Tell a usage error as argparse does, with the usage of the command it
     concerns, or as a JSON line when ``run`` or ``replay`` was to log JSON lines
     (``--log-format json``, as argparse reads it, or the environment)."""
+    from cdc_tracker.source.connection import redact  # a DSN's password, masked
+
     parser, message, hint = exc.parser, exc.message, None
     if argv and argv[0].startswith("-") and argv[0] != "--":
         # Options before the command: what they would have meant after it.
-        parser, message, hint = _options_first(exc, argv)
-    elif isinstance(parser, _Parser) and argv and argv[0] in parser.commands:
-        parser = _named(parser, argv)  # a command's unknown flag lands here
+        parser, message, hint = _options_first(exc, argv, top)
+    elif parser is top and argv and argv[0] in top.commands:
+        parser = _named(top, argv)  # a command's unknown flag lands here
+    message, hint = redact(message), hint and redact(hint)
     command = parser.prog.split(" ")[1] if " " in parser.prog else ""
     if command in _LOGGING_COMMANDS and _json_asked(_log_format_flag(argv)):
         structlog.get_logger("cdc_tracker").error(
@@ -208,6 +211,16 @@ def _usage_error(exc: _UsageError, argv: list[str]) -> int:
     return EXIT_CONFIG
 
 
+def _moved(top: _Parser, argv: list[str], index: int) -> list[str]:
+    """``argv`` with the words before ``argv[index]`` (a command) moved right after
+    it and its action, if one follows (``deadletters list``)."""
+    head, rest = [argv[index]], argv[index + 1 :]
+    parser = top.commands[argv[index]]
+    if isinstance(parser, _Parser) and rest and rest[0] in parser.commands:
+        head, rest = [*head, rest[0]], rest[1:]
+    return [*head, *argv[:index], *rest]
+
+
 def _named(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
     """The innermost command (or action) ``argv`` names under ``parser``."""
     while isinstance(parser, _Parser) and parser.commands:
@@ -218,39 +231,39 @@ def _named(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Argumen
     return parser
 
 
+_AFTER_IT = "a command's options come after it"
+
+
 def _options_first(
-    exc: _UsageError, argv: list[str]
+    exc: _UsageError, argv: list[str], top: _Parser
 ) -> tuple[argparse.ArgumentParser, str, str | None]:
     """For options given before the command: the parser, error and hint to tell.
 
     Each word naming a command is tried as the command, the words before it
-    moved after the rest (``--slot run replay`` is ``replay --slot run``, not
-    ``run``); the first that parses is the line to suggest, else the first
-    one's own error is told.
+    moved right after it (``--slot run replay`` is ``replay --slot run``, and
+    ``--json deadletters list`` is ``deadletters list --json``);
+    words that follow an option (``--slot run``: maybe its value) are tried
+    last. The first line that parses is suggested; else the first one tried
+    tells its own error.
     """
-    top = exc.parser
-    if not isinstance(top, _Parser) or "-h" in argv or "--help" in argv:
-        return top, exc.message, None
+    if "-h" in argv or "--help" in argv:
+        return exc.parser, exc.message, _AFTER_IT
+    indexes = [i for i, arg in enumerate(argv) if arg in top.commands]
+    indexes.sort(key=lambda i: argv[i - 1].startswith("-") and "=" not in argv[i - 1])
     first: tuple[list[str], _UsageError] | None = None
-    for index, arg in enumerate(argv):
-        if arg not in top.commands:
-            continue
-        moved = argv[index:] + argv[:index]
+    for index in indexes:
+        moved = _moved(top, argv, index)
         try:
             top.parse_args(moved)
         except _UsageError as error:
             first = first or (moved, error)
             continue
-        return (
-            _named(top, moved),
-            "a command's options come after it",
-            f"cdc-tracker {shlex.join(moved)}",
-        )
+        return _named(top, moved), _AFTER_IT, f"cdc-tracker {shlex.join(moved)}"
     if first is None:
-        return top, exc.message, None
+        return exc.parser, exc.message, None
     moved, refused = first
     parser = refused.parser if refused.parser is not top else _named(top, moved)
-    return parser, refused.message, "a command's options come after it"
+    return parser, refused.message, _AFTER_IT
 
 
 def _log_format_flag(argv: list[str]) -> str | None:
@@ -268,7 +281,7 @@ def _log_format_flag(argv: list[str]) -> str | None:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> _Parser:
     parser = _Parser(
         prog="cdc-tracker",
         description=(

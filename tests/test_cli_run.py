@@ -477,8 +477,44 @@ def test_options_before_the_command_that_are_wrong_after_it_too_say_why() -> Non
     assert done.returncode == 2
     assert done.stderr.startswith("usage: cdc-tracker schema [-h]")
     assert done.stderr.endswith(
-        "cdc-tracker schema: error: unrecognized arguments: --bogus --log-format "
-        "json\ncdc-tracker schema: hint: a command's options come after it\n"
+        "cdc-tracker schema: error: unrecognized arguments: --log-format json "
+        "--bogus\ncdc-tracker schema: hint: a command's options come after it\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        # "replay" follows --slot: its value, not the command
+        (["--slot", "replay", "run", "--bogus"], "unrecognized arguments: --bogus"),
+        (
+            ["--dry-run", "run", "--poll-interval", "abc"],
+            "argument --poll-interval: invalid float value: 'abc'",
+        ),
+    ],
+)
+def test_options_before_the_command_with_an_error_after_it_name_that_command(
+    args: list[str], error: str
+) -> None:
+    done = _without_settings(args, {})
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: cdc-tracker run [-h]")
+    assert done.stderr.endswith(
+        f"cdc-tracker run: error: {error}\n"
+        "cdc-tracker run: hint: a command's options come after it\n"
+    )
+
+
+def test_the_suggested_line_keeps_no_password() -> None:
+    dsn = "postgresql://tracker:s3cret@127.0.0.1:1/app"
+    done = _without_settings(["--dsn", dsn, "status"], {})
+
+    assert done.returncode == 2
+    assert "s3cret" not in done.stderr
+    assert done.stderr.endswith(
+        "cdc-tracker status: hint: cdc-tracker status --dsn "
+        "postgresql://tracker:***@127.0.0.1:1/app\n"
     )
 
 
