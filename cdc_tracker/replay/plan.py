@@ -209,9 +209,16 @@ def _without(plan: Plan, refused: set[str]) -> str:
     """The flags that select what ``plan`` selects, but the ``refused`` tables."""
     if plan.by_rule:  # --table would add the tables' other rules
         rules = [rule.id for rule in plan.rulebook.rules if rule.table not in refused]
-        return " ".join(f"--rule {shlex.quote(rule)}" for rule in rules)
+        return " ".join(_flag("--rule", rule) for rule in rules)
     tables = [name for name in plan.tables if name not in refused]
-    return " ".join(f"--table {shlex.quote(name)}" for name in tables)
+    return " ".join(_flag("--table", name) for name in tables)
+
+
+def _flag(flag: str, value: str) -> str:
+    """``--rule 'A rule'``, for a shell; ``--rule=-Refund`` for a value that
+    argparse would take for a flag."""
+    joint = "=" if value.startswith("-") else " "
+    return f"{flag}{joint}{shlex.quote(value)}"
 
 
 _CURSOR_HINT = (

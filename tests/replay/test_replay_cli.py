@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,8 +17,9 @@ import psycopg
 import pytest
 import structlog
 
-from cdc_tracker.cli import main
+from cdc_tracker.cli import _parser, main
 from cdc_tracker.mapping import ids
+from cdc_tracker.replay.plan import _flag
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import WRITE_KEY, settings_for, sql, wait_until
 
@@ -597,3 +599,13 @@ def test_nothing_to_resume_names_the_replay_that_is_waiting(
         "waiting: --table public.payouts --rule 'Payout Fetched' of namespace "
         f"'{namespace}' (its --slot or CDC_TRACKER_NAMESPACE) ({sent:,} rows sent)"
     )
+
+
+@pytest.mark.parametrize("name", ["Merchant Installed", "-Refund", "-1 Weird", "it's"])
+def test_the_flags_a_refusal_suggests_read_back_as_the_names(name: str) -> None:
+    """What the hint prints is pasted into a shell, then read by argparse."""
+    words = shlex.split(_flag("--rule", name))
+
+    args = _parser().parse_args(["replay", "--since", "1d", *words])
+
+    assert args.rule == [name]
