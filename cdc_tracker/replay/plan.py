@@ -124,6 +124,7 @@ def make_plan(
         rulebook.timezone,
         {name: rulebook.tables[name] for name in read},
         runnable,
+        rulebook.digest,
     )
     return Plan(subset, read, skipped, by_rule=bool(rules))
 

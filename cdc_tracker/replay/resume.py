@@ -22,7 +22,6 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from hashlib import blake2b
-from pathlib import Path
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -73,14 +72,6 @@ def job_id(namespace: str, tables: tuple[str, ...], rules: tuple[str, ...]) -> s
     """The name of a replay job: its namespace and its selection."""
     material = json.dumps([namespace, sorted(tables), sorted(rules)])
     return blake2b(material.encode(), digest_size=12).hexdigest()
-
-
-def rulebook_digest(path: Path) -> str | None:
-    """A digest of the rulebook's file as it is now (None if it cannot be read)."""
-    try:
-        return blake2b(path.read_bytes(), digest_size=12).hexdigest()
-    except OSError:
-        return None
 
 
 @dataclass(slots=True)

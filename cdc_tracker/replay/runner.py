@@ -37,7 +37,7 @@ from cdc_tracker.replay.page import Page
 from cdc_tracker.replay.plan import Plan, check_tables
 from cdc_tracker.replay.progress import Progress
 from cdc_tracker.replay.reader import Row, TableReader, open_pool
-from cdc_tracker.replay.resume import JobState, StateStore, job_id, rulebook_digest
+from cdc_tracker.replay.resume import JobState, StateStore, job_id
 from cdc_tracker.replay.window import Window, make_window
 from cdc_tracker.rules.schema import require_fit
 from cdc_tracker.settings import Settings
@@ -251,8 +251,7 @@ class Replay:
             until=state.window.until.isoformat(),
             rows=state.rows,
         )
-        now = rulebook_digest(self.plan.rulebook.path)
-        if state.rulebook and state.rulebook != now:
+        if state.rulebook and state.rulebook != self.plan.rulebook.digest:
             log.warning(
                 "the rulebook has changed since this replay started: the rows left "
                 "are mapped by the rules as they are now, the rows sent were "
@@ -274,7 +273,7 @@ class Replay:
             "tables": list(self.options.tables),
             "rules": list(self.options.rules),
             "namespace": self.namespace,
-            "rulebook": rulebook_digest(self.plan.rulebook.path),
+            "rulebook": self.plan.rulebook.digest,
         }
 
     def _replay(

@@ -91,6 +91,8 @@ class Rulebook:
     timezone: tzinfo
     tables: dict[str, TableSpec]
     rules: list[Rule]
+    # Of the file's bytes the rules were read from: tells whether it changed since.
+    digest: str = ""
     _index: dict[tuple[str, Action], list[Rule]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,7 +27,7 @@ from cdc_tracker.rules.expr import (
 from cdc_tracker.rules.lookup_spec import LookupSpec, read_lookups, unknown_references
 from cdc_tracker.rules.names import dotted_schema, qualify
 from cdc_tracker.rules.plan import Fields, Rule, Rulebook, TableSpec
-from cdc_tracker.rules.yamlfile import LineDict, LineList, YamlProblem, load_yaml
+from cdc_tracker.rules.yamlfile import LineDict, LineList, YamlProblem, parse_yaml
 
 _TOP_KEYS = {"version", "timezone", "tables", "identify", "track"}
 _TABLE_KEYS = {"user_id", "cursor", "description", "lookups", "insert_ids"}
@@ -74,7 +75,8 @@ class _Builder:
 
     def build(self) -> Rulebook | None:
         try:
-            document = load_yaml(self.path)
+            data = self.path.read_bytes()
+            document = parse_yaml(data)
         except OSError as exc:
             self.problem(None, f"cannot read rulebook: {exc.strerror or exc}")
             return None
@@ -93,7 +95,8 @@ class _Builder:
             *self.rules(document, "track", tables),
         ]
         self.unique_ids(rules)
-        return Rulebook(self.path, version, zone, tables, rules)
+        digest = blake2b(data, digest_size=12).hexdigest()
+        return Rulebook(self.path, version, zone, tables, rules, digest)
 
     def unknown_keys(self, mapping: LineDict, known: set[str], where: str) -> None:
         for key in mapping:

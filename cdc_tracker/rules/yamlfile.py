@@ -154,8 +154,13 @@ class YamlProblem(Exception):
 
 def load_yaml(path: Path) -> Any:
     """Parse one YAML document into LineDict/LineList/scalars."""
+    return parse_yaml(path.read_bytes())
+
+
+def parse_yaml(data: bytes) -> Any:
+    """Parse one YAML document, a file's bytes, into LineDict/LineList/scalars."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         where = exc.object[: exc.start].count(b"\n") + 1
         raise YamlProblem(where, f"not UTF-8 text (byte {exc.start})") from exc

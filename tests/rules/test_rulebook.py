@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from datetime import UTC
 from decimal import Decimal
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,6 +14,7 @@ import pytest
 
 from cdc_tracker.errors import ConfigError, RulebookError
 from cdc_tracker.model import MISSING, Action
+from cdc_tracker.replay.plan import make_plan
 from cdc_tracker.rules.names import qualify
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from tests.harness import EXAMPLES
@@ -741,3 +743,32 @@ def test_a_literal_past_any_numeric_loads_without_writing_out_its_zeros(
     )
     [rule] = rulebook.rules
     assert rule.fields["v"].text == "1E+99999999999"
+
+
+# The digest of the file the rules were read from
+
+
+def test_digest_is_of_the_bytes_the_rules_were_read_from(tmp_path: Path) -> None:
+    path = write(tmp_path, TABLES)
+    first = load_rulebook(path)
+    assert first.digest == blake2b(path.read_bytes(), digest_size=12).hexdigest()
+    assert load_rulebook(path).digest == first.digest
+    path.write_text(TABLES + "# edited\n")
+    assert load_rulebook(path).digest not in ("", first.digest)
+    # Loaded before the edit, it still describes the rules it holds.
+    assert first.digest == blake2b(TABLES.encode(), digest_size=12).hexdigest()
+
+
+def test_replay_plan_keeps_the_digest_of_the_whole_file() -> None:
+    example = load_rulebook(EXAMPLES / "rulebook.yaml")
+    plan = make_plan(example, tables=(), rules=(example.rules[0].id,))
+    assert len(plan.rulebook.rules) == 1
+    assert plan.rulebook.digest == example.digest != ""
+
+
+def test_windows_line_ends_count_lines_as_unix_ones(tmp_path: Path) -> None:
+    path = tmp_path / "rulebook.yaml"
+    path.write_bytes(b"version: 1\r\ntables:\r\n  t:\r\n    user_id: id\r\n  [oops\r\n")
+    with pytest.raises(RulebookError) as caught:
+        load_rulebook(path)
+    assert str(caught.value) == (f"{path}:5: invalid YAML: could not find expected ':'")
