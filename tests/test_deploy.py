@@ -227,8 +227,14 @@ def test_compose_database_has_wal2json_logical_wal_and_the_example_schema() -> N
     assert re.search(r"^FROM postgres:15$", dockerfile, re.MULTILINE)
     assert "postgresql-15-wal2json" in dockerfile
     assert "wal_level=logical" in db["command"]
+    # The schema beside the rulebook the daemon's service mounts: editing
+    # config/ for one's own tables changes both.
     init = "/docker-entrypoint-initdb.d/10-schema.sql"
-    assert _volume_source(db, init) == (EXAMPLES / "schema.sql").resolve()
+    schema = _volume_source(db, init)
+    service = _compose()["services"]["cdc-tracker"]
+    config = _volume_source(service, "/config")
+    assert schema.resolve() == (config / "schema.sql").resolve()
+    assert schema.read_text() == (EXAMPLES / "schema.sql").read_text()
     for service in ("receiver", "cdc-tracker"):
         build = _compose()["services"][service]["build"]
         assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (
