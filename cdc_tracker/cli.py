@@ -13,7 +13,7 @@ import importlib
 import os
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -188,9 +188,12 @@ def _usage_error(exc: _UsageError, argv: list[str], top: _Parser) -> int:
     from cdc_tracker.source.connection import redact  # a DSN's password, masked
 
     parser, message, hint = exc.parser, exc.message, None
-    if argv and argv[0].startswith("-") and argv[0] != "--":
-        # Options before the command: what they would have meant after it.
-        parser, message, hint = _options_first(exc, argv, top)
+    lines = [[*commands, *options] for commands, options in _placings(top, argv)]
+    if lines[0] != argv and ("-h" in argv or "--help" in argv):
+        hint = _AFTER_IT  # parsing the lines would print a help
+    elif lines[0] != argv:
+        # Options before a command or action: what they would have meant after it.
+        parser, message, hint = _options_first(lines, top)
     elif parser is top and argv and argv[0] in top.commands:
         parser = _named(top, argv)  # a command's unknown flag lands here
     message, hint = redact(message), hint and redact(hint)
@@ -211,14 +214,30 @@ def _usage_error(exc: _UsageError, argv: list[str], top: _Parser) -> int:
     return EXIT_CONFIG
 
 
-def _moved(top: _Parser, argv: list[str], index: int) -> list[str]:
-    """``argv`` with the words before ``argv[index]`` (a command) moved right after
-    it and its action, if one follows (``deadletters list``)."""
-    head, rest = [argv[index]], argv[index + 1 :]
-    parser = top.commands[argv[index]]
-    if isinstance(parser, _Parser) and rest and rest[0] in parser.commands:
-        head, rest = [*head, rest[0]], rest[1:]
-    return [*head, *argv[:index], *rest]
+def _placings(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> Iterator[tuple[list[str], list[str]]]:
+    """The ways to read ``argv`` as commands (and actions) then their options,
+    most likely first; only ``argv`` itself when no option comes before a command.
+
+    At each level where options come first, each word naming a command is tried
+    as the command, the words before it moved right after the innermost action
+    (``--json deadletters list`` and ``deadletters --json list`` are both
+    ``deadletters list --json``), keeping their order and staying before ``--``;
+    words that follow an option (``--slot run``: maybe its value) are tried last.
+    """
+    commands = parser.commands if isinstance(parser, _Parser) else {}
+    indexes = [0] if argv and argv[0] in commands else []
+    if argv and argv[0].startswith("-") and argv[0] != "--":
+        indexes = [i for i, arg in enumerate(argv) if arg in commands]
+        indexes.sort(
+            key=lambda i: argv[i - 1].startswith("-") and "=" not in argv[i - 1]
+        )
+    if not indexes:
+        yield [], argv
+    for index in indexes:
+        for named, options in _placings(commands[argv[index]], argv[index + 1 :]):
+            yield [argv[index], *named], [*argv[:index], *options]
 
 
 def _named(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
@@ -235,34 +254,21 @@ _AFTER_IT = "a command's options come after it"
 
 
 def _options_first(
-    exc: _UsageError, argv: list[str], top: _Parser
+    lines: list[list[str]], top: _Parser
 ) -> tuple[argparse.ArgumentParser, str, str | None]:
-    """For options given before the command: the parser, error and hint to tell.
-
-    Each word naming a command is tried as the command, the words before it
-    moved right after it (``--slot run replay`` is ``replay --slot run``, and
-    ``--json deadletters list`` is ``deadletters list --json``);
-    words that follow an option (``--slot run``: maybe its value) are tried
-    last. The first line that parses is suggested; else the first one tried
-    tells its own error.
-    """
-    if "-h" in argv or "--help" in argv:
-        return exc.parser, exc.message, _AFTER_IT
-    indexes = [i for i, arg in enumerate(argv) if arg in top.commands]
-    indexes.sort(key=lambda i: argv[i - 1].startswith("-") and "=" not in argv[i - 1])
-    first: tuple[list[str], _UsageError] | None = None
-    for index in indexes:
-        moved = _moved(top, argv, index)
+    """For options given before a command (or action): the parser, error and
+    hint to tell. The first of ``lines`` (see ``_placings``) that parses is
+    suggested; else the first one tells its own error."""
+    refusals: list[tuple[list[str], _UsageError]] = []
+    for line in lines:
         try:
-            top.parse_args(moved)
+            top.parse_args(line)
         except _UsageError as error:
-            first = first or (moved, error)
+            refusals.append((line, error))
             continue
-        return _named(top, moved), _AFTER_IT, f"cdc-tracker {shlex.join(moved)}"
-    if first is None:
-        return exc.parser, exc.message, None
-    moved, refused = first
-    parser = refused.parser if refused.parser is not top else _named(top, moved)
+        return _named(top, line), _AFTER_IT, f"cdc-tracker {shlex.join(line)}"
+    line, refused = refusals[0]
+    parser = refused.parser if refused.parser is not top else _named(top, line)
     return parser, refused.message, _AFTER_IT
 
 
