@@ -184,18 +184,18 @@ _LOGGING_COMMANDS = frozenset({"run", "replay"})
 def _usage_error(exc: _UsageError, argv: list[str], top: _Parser) -> int:
     """Tell a usage error as argparse does, with the usage of the command it
     concerns, or as a JSON line when ``run`` or ``replay`` was to log JSON lines
-    (``--log-format json``, as argparse reads it, or the environment)."""
+    (``--log-format json``, as argparse reads it, or the environment).
+
+    A line asking for help (``-h`` where argparse stopped before it) gets the
+    help of the command it concerns instead, and exit code 0, as ``-h`` does.
+    """
     from cdc_tracker.source.connection import redact  # a DSN's password, masked
 
-    parser, message, hint = exc.parser, exc.message, None
-    lines = [[*commands, *options] for commands, options in _placings(top, argv)]
-    if lines[0] != argv and ("-h" in argv or "--help" in argv):
-        hint = _AFTER_IT  # parsing the lines would print a help
-    elif lines[0] != argv:
-        # Options before a command or action: what they would have meant after it.
-        parser, message, hint = _options_first(lines, top)
-    elif parser is top and argv and argv[0] in top.commands:
-        parser = _named(top, argv)  # a command's unknown flag lands here
+    asked = _without_help(argv)
+    parser, message, hint = _concerned(exc, asked, top)
+    if asked != argv:
+        parser.print_help()
+        return EXIT_OK
     message, hint = redact(message), hint and redact(hint)
     command = parser.prog.split(" ")[1] if " " in parser.prog else ""
     if command in _LOGGING_COMMANDS and _json_asked(_log_format_flag(argv)):
@@ -212,6 +212,30 @@ def _usage_error(exc: _UsageError, argv: list[str], top: _Parser) -> int:
         if hint:
             sys.stderr.write(f"{parser.prog}: hint: {hint}\n")
     return EXIT_CONFIG
+
+
+def _without_help(argv: list[str]) -> list[str]:
+    """``argv`` without the words asking for help: ``-h``, and ``--help`` or an
+    abbreviation of it as argparse takes them; after ``--`` they are arguments."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    return [
+        arg
+        for arg in argv[:end]
+        if arg != "-h" and not (len(arg) > 2 and "--help".startswith(arg))
+    ] + argv[end:]
+
+
+def _concerned(
+    exc: _UsageError, argv: list[str], top: _Parser
+) -> tuple[argparse.ArgumentParser, str, str | None]:
+    """The parser ``argv``'s usage error concerns, the error and a hint."""
+    lines = [[*commands, *options] for commands, options in _placings(top, argv)]
+    if lines[0] != argv:
+        # Options before a command or action: what they would have meant after it.
+        return _options_first(lines, top)
+    if exc.parser is top and argv and argv[0] in top.commands:
+        return _named(top, argv), exc.message, None  # a command's unknown flag
+    return exc.parser, exc.message, None
 
 
 def _placings(

@@ -1,5 +1,5 @@
-"""Usage errors of commands with actions (``deadletters list``), told by the real
-parser in-process; those of single commands are in test_cli_run.py."""
+"""Usage errors told by the real parser in-process: of commands with actions
+(``deadletters list``), and of lines asking for help; more in test_cli_run.py."""
 
 from __future__ import annotations
 
@@ -67,3 +67,47 @@ def test_options_before_the_action_that_are_wrong_after_it_too_say_why(
         "cdc-tracker deadletters list: error: unrecognized arguments: --bogus\n"
         "cdc-tracker deadletters list: hint: a command's options come after it\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        pytest.param(
+            ["--slot", "x", "run", "-h"],
+            "cdc-tracker run [-h]",
+            id="before the command",
+        ),
+        pytest.param(
+            ["deadletters", "--limit", "3", "list", "--help"],
+            "cdc-tracker deadletters list [-h]",
+            id="before the action",
+        ),
+        pytest.param(
+            ["run", "--poll-interval", "soon", "--hel"],
+            "cdc-tracker run [-h]",
+            id="a bad value, abbreviated",
+        ),
+        pytest.param(["bogus", "-h"], "cdc-tracker [-h]", id="no such command"),
+    ],
+)
+def test_a_line_asking_for_help_gets_the_help_of_the_command_it_meant(
+    args: list[str], usage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where argparse stops before -h, the help is still what was asked for: of
+    the command the hint would name, on stdout, exit 0, as -h does."""
+    assert cli_main(args) == 0
+
+    out, err = capsys.readouterr()
+    assert out.startswith(f"usage: {usage}")
+    assert "exit codes:" in out
+    assert err == ""
+
+
+def test_a_help_flag_after_double_dash_is_an_argument(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli_main(["run", "--", "-h"]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.endswith("cdc-tracker run: error: unrecognized arguments: -- -h\n")
