@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Literal
 
@@ -99,3 +100,13 @@ class _StderrLogger:
         stream.flush()
 
     debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def asked_json(flag: str | None) -> bool:
+    """Whether ``--log-format`` (``flag``), else the environment, asks for JSON
+    lines; if so, the logs are configured for them."""
+    asked = flag or os.environ.get("CDC_TRACKER_LOG_FORMAT", "")
+    if asked.lower() != "json":  # as the settings read it: JSON, not " json"
+        return False
+    configure("json", "info")
+    return True
