@@ -32,6 +32,7 @@ from cdc_tracker.errors import (
     PermanentDelivery,
     RetryableDelivery,
 )
+from cdc_tracker.wording import counted
 
 log = structlog.get_logger(__name__)
 
@@ -169,13 +170,14 @@ class RudderStackClient:
             self.stats.count_error("timeout")
             raise RetryableDelivery(
                 f"{self._host} did not answer within {self.settings.timeout} s "
-                f"to a request of {len(batch)} calls"
+                f"to a request of {counted(len(batch), 'call')}"
             ) from exc
         except httpx.RequestError as exc:
             self.stats.count_error("connection")
             raise RetryableDelivery(
                 f"{self._host} could not be reached or dropped the connection "
-                f"({type(exc).__name__}) during a request of {len(batch)} calls"
+                f"({type(exc).__name__}) during a request of "
+                f"{counted(len(batch), 'call')}"
             ) from exc
         try:
             response.read()
@@ -339,7 +341,9 @@ class RudderStackClient:
         if 200 <= status < 300:
             return
         self.stats.count_error(str(status))
-        what = f"{self._host} answered {status} to a request of {calls} calls"
+        what = (
+            f"{self._host} answered {status} to a request of {counted(calls, 'call')}"
+        )
         if status in _AUTH_STATUSES:
             raise DestinationAuthError(what, status=status, detail=_detail(response))
         if status in _RETRY_STATUSES or status >= 500:

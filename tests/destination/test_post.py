@@ -107,7 +107,7 @@ def test_status_maps_to_our_error(
 
     assert type(caught.value) is error
     assert str(caught.value).startswith(
-        f"127.0.0.1 answered {status} to a request of 3"
+        f"127.0.0.1 answered {status} to a request of 3 calls"
     )
     assert getattr(caught.value, "status", status) == status
 
@@ -161,6 +161,7 @@ def test_retry_after_seconds_is_passed_on() -> None:
         client.post(encoded(1))
 
     assert caught.value.retry_after == 17.0
+    assert str(caught.value).endswith("to a request of 1 call")
 
 
 def test_retry_after_http_date_is_passed_on_as_seconds_from_now() -> None:

@@ -127,6 +127,25 @@ def test_a_rulebook_that_does_not_load_fails_and_skips_its_checks(
         assert found[name].fix == "see 'rulebook' above"
 
 
+def test_a_rulebook_that_is_not_there_is_named_with_the_settings_to_point_at_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    missing = replace(settings, rulebook=tmp_path / "nowhere.yaml")
+
+    found = findings(missing)
+
+    assert found["rulebook"].status == "fail"
+    assert found["rulebook"].detail == f"no rulebook at {tmp_path / 'nowhere.yaml'}"
+    assert "--rulebook or CDC_TRACKER_RULEBOOK" in (found["rulebook"].fix or "")
+
+
+def test_one_problem_is_counted_as_one(settings: Settings, tmp_path: Path) -> None:
+    text = "version: 1\ntables:\n  public.merchants:\n    user_id: id\ntrack: 3\n"
+    broken = with_rulebook(settings, tmp_path / "rules.yaml", text)
+
+    assert findings(broken)["rulebook"].detail.startswith("1 problem:\n")
+
+
 def test_a_bad_write_key_fails_and_no_call_is_sent(
     settings: Settings, receiver: FakeRudderStack
 ) -> None:

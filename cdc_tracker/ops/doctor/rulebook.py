@@ -10,6 +10,7 @@ from cdc_tracker.ops.doctor.result import Finding, failed, passed
 from cdc_tracker.rules.rulebook import load_rulebook
 from cdc_tracker.rules.schema import Problem, check_schema
 from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.wording import counted
 
 _IDENTITY = "REPLICA IDENTITY"
 _FIX = re.compile(r";?\s*fix: (.*)$")
@@ -22,9 +23,16 @@ def rulebook(ctx: Context) -> Finding:
     try:
         loaded = load_rulebook(path)
     except RulebookError as exc:
+        if not path.exists():
+            return failed(
+                "rulebook",
+                f"no rulebook at {path}",
+                "point --rulebook or CDC_TRACKER_RULEBOOK at your rulebook "
+                "(a relative path is read from the working directory)",
+            )
         return failed(
             "rulebook",
-            f"{len(exc.problems)} problems:\n{exc}",
+            f"{counted(len(exc.problems), 'problem')}:\n{exc}",
             f"edit {path}; 'cdc-tracker check {path}' checks it alone",
         )
     except CdcTrackerError as exc:
