@@ -20,6 +20,7 @@ from cdc_tracker.ops.status import Status, read_status, render_table, to_documen
 from cdc_tracker.settings import Settings
 from cdc_tracker.source.slot import connect
 from cdc_tracker.source.stream import Stream
+from cdc_tracker.testing.postgres import PostgresServer
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.harness import create_slot, running_daemon, settings_for, sql
 
@@ -148,6 +149,26 @@ def test_a_physical_slot_of_the_name_is_named_not_a_traceback(
             status_of(settings)
     finally:
         sql(settings.dsn, f"select pg_drop_replication_slot('{settings.slot}')")
+
+
+def test_a_slot_of_another_database_is_not_shown_as_this_ones(
+    settings: Settings, pg: PostgresServer
+) -> None:
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_create_logical_replication_slot(%s, 'wal2json')",
+            (settings.slot,),
+        )
+        try:
+            with pytest.raises(ConfigError) as caught:
+                status_of(settings)
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot,))
+
+    with psycopg.connect(settings.dsn) as conn:
+        here = conn.info.dbname
+    assert f"belongs to database 'postgres', not '{here}'" in str(caught.value)
+    assert "--dsn" in (caught.value.hint or "")
 
 
 def test_a_slot_streamed_by_another_reader_is_told(settings: Settings) -> None:

@@ -30,7 +30,7 @@ SELECT plugin, confirmed_flush_lsn::text, restart_lsn::text,
        pg_current_wal_lsn()::text,
        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
        pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-       wal_status, safe_wal_size, active_pid
+       wal_status, safe_wal_size, active_pid, database, current_database()
 FROM pg_replication_slots WHERE slot_name = %s
 """
 
@@ -140,11 +140,20 @@ def _position(conn: Connection, slot: str) -> SlotPosition | None:
     row = conn.execute(_SLOT_SQL, (slot,)).fetchone()
     if row is None:
         return None
-    plugin, confirmed, restart, current, retained, pending, wal_status, safe, pid = row
+    plugin, confirmed, restart, current, retained, pending, wal_status, safe, pid = row[
+        :9
+    ]
+    database, here = row[9:]
     if confirmed is None:  # a physical slot: no logical position to show
         raise ConfigError(
             f"replication slot '{slot}' is a physical slot, not cdc-tracker's",
             hint="choose the daemon's slot name with --slot or CDC_TRACKER_SLOT",
+        )
+    if database != here:  # slots are the server's: another database's reader
+        raise ConfigError(
+            f"replication slot '{slot}' belongs to database '{database}', not '{here}'",
+            hint=f"point --dsn at database '{database}' to see that daemon's "
+            "status, or name this database's slot with --slot or CDC_TRACKER_SLOT",
         )
     return SlotPosition(
         plugin=str(plugin),
