@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.harness import cli_main, sql
 
@@ -243,4 +244,33 @@ def test_check_with_dsn_notes_a_table_without_a_primary_key(
         f"{rulebook}:3: note: public.visits has no primary key: 'replay' will "
         "refuse this table (it pages by one), and its insert calls are named by "
         "WAL position"
+    ]
+
+
+def test_check_with_dsn_notes_a_tracked_table_the_role_may_not_read(
+    db: str, example_rulebook: Path
+) -> None:
+    """The daemon reads changes from the slot, not the table; replay pages the
+    table itself and would be refused: check says so, with the grant."""
+    sql(
+        db,
+        "create role check_tracker login",
+        "grant select on merchants to check_tracker",
+    )
+    try:
+        done = cdc_tracker(
+            "check", example_rulebook, "--dsn", make_conninfo(db, user="check_tracker")
+        )
+    finally:
+        sql(db, "drop owned by check_tracker", "drop role check_tracker")
+    assert done.returncode == 0, done.stderr
+    line = next(
+        n
+        for n, text in enumerate(example_rulebook.read_text().splitlines(), 1)
+        if text.strip() == "public.payouts:"
+    )
+    assert done.stdout.splitlines()[1:] == [
+        f"{example_rulebook}:{line}: note: this role may not read public.payouts: "
+        "'replay' will refuse this table; fix: "
+        'GRANT SELECT ON public.payouts TO "check_tracker";'
     ]

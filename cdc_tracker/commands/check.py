@@ -11,7 +11,7 @@ from cdc_tracker.model import TableInfo
 from cdc_tracker.replay.plan import is_cursor_type
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import check_schema
-from cdc_tracker.source.catalog import read_catalog
+from cdc_tracker.source.catalog import TableAccess, read_catalog, table_access
 from cdc_tracker.source.slot import connect
 
 
@@ -28,22 +28,39 @@ def check_rulebook(path: Path, dsn: str | None) -> str:
         with connect(dsn) as conn:
             catalog = read_catalog(conn, rulebook.schema_tables)
             unreadable = unreadable_lookups(conn, rulebook, catalog)
+            access = {row.table: row for row in table_access(conn, sorted(catalog))}
+            role = '"' + conn.info.user.replace('"', '""') + '"'
         problems = check_schema(rulebook, catalog) + unreadable
         if problems:
             raise RulebookError(sorted(problems, key=lambda problem: problem[1] or 0))
         where = "structure, expressions and the live schema"
-        notes = _replay_notes(rulebook, catalog)
+        notes = _replay_notes(rulebook, catalog, access, role)
     return "\n".join([f"{path}: ok ({where}): {rulebook.size}", *notes])
 
 
-def _replay_notes(rulebook: Rulebook, catalog: dict[str, TableInfo]) -> list[str]:
-    """Tables only ``replay`` would refuse (a cursor that is no timestamp, no
-    primary key to page by): the daemon does not need either."""
+def _replay_notes(
+    rulebook: Rulebook,
+    catalog: dict[str, TableInfo],
+    access: dict[str, TableAccess],
+    role: str,
+) -> list[str]:
+    """Tables only ``replay`` would refuse (one the role may not read, a cursor
+    that is no timestamp, no primary key to page by): the daemon, which reads
+    changes from the slot, does not need any of these."""
     notes = []
     for spec in rulebook.tables.values():
         info = catalog.get(spec.name)
         if info is None:
             continue
+        found = access.get(spec.name)
+        if found is not None and not (found.select and found.usage):
+            fixes = [] if found.usage else [f"GRANT USAGE ON SCHEMA {found.sql_schema}"]
+            fixes += [] if found.select else [f"GRANT SELECT ON {found.sql_table}"]
+            notes.append(
+                f"{rulebook.path}:{spec.line}: note: this role may not read "
+                f"{spec.name}: 'replay' will refuse this table; fix: "
+                + " ".join(f"{fix} TO {role};" for fix in fixes)
+            )
         declared = info.columns.get(spec.cursor or "")
         if declared is not None and not is_cursor_type(declared):
             line = spec.cursor_line or spec.line
