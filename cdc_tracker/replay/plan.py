@@ -135,12 +135,11 @@ def check_rules(plan: Plan) -> None:
     if plan.rulebook.rules:
         return
     hint = "choose others with --table/--rule"
+    what = "nothing to replay: the selection has no rule"
     if plan.skipped:
         hint = f"see the skipped rules above, or {hint}"
-    raise ConfigError(
-        "nothing to replay: no selected rule fires on insert from the new row",
-        hint=hint,
-    )
+        what = "nothing to replay: every selected rule is skipped"
+    raise ConfigError(what, hint=hint)
 
 
 def _picked(

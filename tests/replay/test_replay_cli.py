@@ -209,7 +209,7 @@ def test_nothing_to_replay_lists_the_skipped_rules_before_the_error(
     # Not on a terminal, the logs are JSON lines, and so is the error ending it.
     stopped = json.loads(err.splitlines()[-1])
     assert stopped["event"] == "stopped on an error"
-    assert stopped["error"].startswith("nothing to replay")
+    assert stopped["error"] == "nothing to replay: every selected rule is skipped"
     assert stopped["hint"].startswith("see the skipped rules above")
     assert stopped["exit_code"] == 2
 
@@ -228,7 +228,7 @@ def test_nothing_to_replay_without_skipped_rules_points_at_no_list(
 
     err = capsys.readouterr().err
     assert code == 2
-    assert "nothing to replay" in err
+    assert "nothing to replay: the selection has no rule" in err
     assert "skipped rule '" not in err
     assert "above" not in err
 
