@@ -12,7 +12,8 @@ import pytest
 
 from cdc_tracker.daemon.loop import Daemon
 from cdc_tracker.daemon.shipping import DestinationShipper
-from cdc_tracker.deadletters.store import SCHEMA_SQL, DeadLetterStore
+from cdc_tracker.deadletters.schema import SCHEMA_SQL
+from cdc_tracker.deadletters.store import DeadLetterStore
 from cdc_tracker.destination.rudderstack import RudderStackClient
 from cdc_tracker.model import NO_POSITION, DeadLetter, Lsn
 from cdc_tracker.rules.rulebook import load_rulebook

@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 import psycopg
 
+from cdc_tracker.deadletters import schema
+from cdc_tracker.deadletters.schema import TABLE
 from cdc_tracker.destination.encode import (
     NUMERIC_MAX_INTEGER_DIGITS,
     NUMERIC_MAX_SCALE,
@@ -28,47 +30,7 @@ from cdc_tracker.destination.encode import (
 from cdc_tracker.errors import CdcTrackerError, SourceError
 from cdc_tracker.exact_json import loads
 from cdc_tracker.model import DeadLetter, Lsn
-from cdc_tracker.source.catalog import ensure_state_schema, has_column
 from cdc_tracker.source.slot import translate_errors
-
-TABLE = "cdc_tracker.dead_letters"
-
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS cdc_tracker.dead_letters (
-    id          bigserial PRIMARY KEY,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    slot        text NOT NULL,
-    table_name  text NOT NULL,
-    rule        text,
-    reason      text NOT NULL,
-    commit_lsn  pg_lsn NOT NULL,
-    ordinal     integer NOT NULL,
-    change      jsonb NOT NULL,
-    call        jsonb
-);
-"""
-
-# Added after the first release: a retry counts its attempts on the letter.
-_UPGRADE_SQL = """
-ALTER TABLE cdc_tracker.dead_letters
-    ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS last_attempt_at timestamptz;
-"""
-
-# A letter is stored once: a crash after storing it and before the slot moved
-# makes the change read, and its letter made, again. A replay's letters have no
-# position (0/0) and are not kept apart by it.
-_ONCE_INDEX = "dead_letters_once"
-_ONCE_SQL = f"""
-DELETE FROM cdc_tracker.dead_letters AS later
-    USING cdc_tracker.dead_letters AS first
-    WHERE later.slot = first.slot AND later.commit_lsn = first.commit_lsn
-      AND later.ordinal = first.ordinal AND later.rule = first.rule
-      AND later.commit_lsn <> '0/0' AND later.id > first.id;
-CREATE UNIQUE INDEX IF NOT EXISTS {_ONCE_INDEX}
-    ON cdc_tracker.dead_letters (slot, commit_lsn, ordinal, rule)
-    WHERE commit_lsn <> '0/0';
-"""
 
 _INSERT_SQL = (
     "INSERT INTO cdc_tracker.dead_letters "
@@ -93,17 +55,9 @@ NUMBERS_AS_TEXT = "cdc_tracker_numbers_as_text"
 
 # The two-key advisory lock space is apart from the slot's (one bigint key).
 _RETRY_LOCK_CLASS = 0x63647472  # "cdtr"
-_SCHEMA_LOCK_CLASS = 0x63647363  # "cdsc"
 
 # An escaped NUL (\u0000) that is not itself the tail of an escaped backslash.
 _NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
-
-
-def _has_index(conn: psycopg.Connection[tuple[object, ...]], name: str) -> bool:
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (f"cdc_tracker.{name}",)
-    ).fetchone()
-    return bool(row and row[0])
 
 
 @dataclass(slots=True)
@@ -166,17 +120,7 @@ class DeadLetterStore:
 
     def ensure_schema(self) -> None:
         with translate_errors(self.slot):
-            ensure_state_schema(self.conn)
-            self.conn.execute(SCHEMA_SQL)
-            if not has_column(self.conn, "cdc_tracker.dead_letters", "last_attempt_at"):
-                self.conn.execute(_UPGRADE_SQL)
-            if not _has_index(self.conn, _ONCE_INDEX):
-                # One process at a time: a daemon and a replay may start together.
-                with self.conn.transaction():
-                    self.conn.execute(
-                        "SELECT pg_advisory_xact_lock(%s, 0)", (_SCHEMA_LOCK_CLASS,)
-                    )
-                    self.conn.execute(_ONCE_SQL)
+            schema.ensure(self.conn)
 
     def save(self, letters: list[DeadLetter]) -> None:
         """Store ``letters`` durably (one transaction); raises ``SourceError``."""
@@ -218,7 +162,7 @@ class DeadLetterStore:
             ).fetchone()
             assert row is not None
             if row[0] and not row[1]:
-                self.conn.execute(_UPGRADE_SQL)
+                schema.upgrade(self.conn)
         if not row[0]:
             raise SourceError(
                 f"no dead letters: the table {TABLE} does not exist yet",
