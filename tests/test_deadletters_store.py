@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
@@ -167,3 +168,41 @@ def test_the_dead_letters_of_a_huge_transaction_are_stored_as_it_is_read(
     assert sum(saved) == 1000
     assert max(saved) <= 4 * 50
     assert len(_stored(db)) == 1000
+
+
+def _replayed(shop_id: int, reason: str) -> tuple[str, str, str]:
+    change = {"key": ["id"], "new": {"id": shop_id, "email": None}}
+    return ("s1", reason, orjson.dumps(change).decode())
+
+
+def test_an_older_table_keeps_one_letter_per_replayed_row_and_takes_new_ones(
+    empty_db: str,
+) -> None:
+    """The first letter of a row keeps its id and takes the latest reason."""
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute("create schema cdc_tracker")
+        conn.execute(SCHEMA_SQL)
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "insert into cdc_tracker.dead_letters (slot, table_name, rule,"
+                " reason, commit_lsn, ordinal, change)"
+                " values (%s, 'public.t', 'r', %s, '0/0', 1, %s::jsonb)",
+                [
+                    _replayed(1, "first"),
+                    _replayed(2, "other row"),
+                    _replayed(1, "latest"),
+                    ("s2", "other slot", '{"key": ["id"], "new": {"id": 1}}'),
+                ],
+            )
+        store = DeadLetterStore(conn, "s1")
+        store.ensure_schema()
+        upgraded = _stored(empty_db)
+        again = {"key": ["id"], "new": {"id": 2}}
+        store.save([DeadLetter("public.t", "r", "again", NO_POSITION, 9, again)])
+
+    assert [row[4] for row in upgraded] == ["latest", "other row", "other slot"]
+    assert _stored(empty_db) == [
+        ("s1", "r", "0/0", 1, "latest"),
+        ("s1", "r", "0/0", 9, "again"),
+        ("s2", "r", "0/0", 1, "other slot"),
+    ]

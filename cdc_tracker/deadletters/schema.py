@@ -50,6 +50,55 @@ CREATE UNIQUE INDEX IF NOT EXISTS {_ONCE_INDEX}
     WHERE commit_lsn <> '0/0';
 """
 
+# A replay meets the same rows every time it runs, with no position to tell them
+# by: its letter is named by what it holds instead, its call's messageId (a
+# refused call) or its row's key values (a row no rule could map), and stored
+# once per slot, table and rule under that name. A letter without one (no key
+# kept) is stored as it comes. The expression reads the stored jsonb, so an
+# upgrade names the letters already there exactly as new ones are named.
+REPLAY_KEY = """CASE
+    WHEN {call} IS NOT NULL THEN CASE
+        WHEN jsonb_typeof({call}->'messageId') = 'string'
+        THEN jsonb_build_object('messageId', {call}->'messageId') END
+    WHEN jsonb_typeof({change}->'key') = 'array'
+        AND jsonb_array_length({change}->'key') > 0
+        AND jsonb_typeof({change}->'new') = 'object'
+    THEN jsonb_build_object('key', (
+        SELECT jsonb_agg({change}->'new'->column_name ORDER BY place)
+        FROM jsonb_array_elements_text({change}->'key')
+            WITH ORDINALITY AS keyed (column_name, place)))
+END"""
+
+_REPLAY_INDEX = "dead_letters_replay_once"
+# Letters stored twice before: the first keeps its id, and takes the latest's
+# reason and payload (what the last replay found).
+_REPLAY_SQL = f"""
+ALTER TABLE cdc_tracker.dead_letters ADD COLUMN IF NOT EXISTS replay_key jsonb;
+UPDATE cdc_tracker.dead_letters
+    SET replay_key = {REPLAY_KEY.format(call="call", change="change")}
+    WHERE commit_lsn = '0/0' AND rule IS NOT NULL AND replay_key IS NULL;
+WITH twins AS (
+    SELECT id, first_value(id) OVER named AS first_id,
+        last_value(id) OVER named AS last_id
+    FROM cdc_tracker.dead_letters WHERE replay_key IS NOT NULL
+    WINDOW named AS (
+        PARTITION BY slot, table_name, rule, replay_key ORDER BY id
+        ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+), merged AS (
+    UPDATE cdc_tracker.dead_letters AS kept
+        SET reason = latest.reason, ordinal = latest.ordinal,
+            change = latest.change, call = latest.call
+        FROM twins, cdc_tracker.dead_letters AS latest
+        WHERE kept.id = twins.id AND twins.id = twins.first_id
+          AND latest.id = twins.last_id AND twins.first_id <> twins.last_id
+)
+DELETE FROM cdc_tracker.dead_letters AS later
+    USING twins WHERE later.id = twins.id AND twins.id <> twins.first_id;
+CREATE UNIQUE INDEX IF NOT EXISTS {_REPLAY_INDEX}
+    ON cdc_tracker.dead_letters (slot, table_name, rule, replay_key)
+    WHERE replay_key IS NOT NULL;
+"""
+
 # The two-key advisory lock space is apart from the slot's (one bigint key).
 _SCHEMA_LOCK_CLASS = 0x63647363  # "cdsc"
 
@@ -70,6 +119,10 @@ def upgrade(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_SCHEMA_LOCK_CLASS,))
             conn.execute(_ONCE_SQL)
+    if not _has_index(conn, _REPLAY_INDEX):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_SCHEMA_LOCK_CLASS,))
+            conn.execute(_REPLAY_SQL)
 
 
 def _has_index(conn: psycopg.Connection[tuple[object, ...]], name: str) -> bool:

@@ -20,7 +20,7 @@ import orjson
 import psycopg
 
 from cdc_tracker.deadletters import schema
-from cdc_tracker.deadletters.schema import TABLE
+from cdc_tracker.deadletters.schema import REPLAY_KEY, TABLE
 from cdc_tracker.destination.encode import (
     NUMERIC_MAX_INTEGER_DIGITS,
     NUMERIC_MAX_SCALE,
@@ -29,7 +29,7 @@ from cdc_tracker.destination.encode import (
 )
 from cdc_tracker.errors import CdcTrackerError, SourceError
 from cdc_tracker.exact_json import loads
-from cdc_tracker.model import DeadLetter, Lsn
+from cdc_tracker.model import NO_POSITION, DeadLetter, Lsn
 from cdc_tracker.source.slot import translate_errors
 
 _INSERT_SQL = (
@@ -39,6 +39,23 @@ _INSERT_SQL = (
     "ON CONFLICT (slot, commit_lsn, ordinal, rule) WHERE commit_lsn <> '0/0' "
     "DO NOTHING"
 )
+
+# A replay's letter replaces the one an earlier replay stored for the same row
+# or call (see ``schema.REPLAY_KEY``): its reason and payload are the latest, its
+# id, creation time and attempts stay.
+_REPLAY_INSERT_SQL = f"""
+INSERT INTO cdc_tracker.dead_letters
+    (slot, table_name, rule, reason, commit_lsn, ordinal, change, call, replay_key)
+SELECT v.slot, v.table_name, v.rule, v.reason, v.commit_lsn, v.ordinal, v.change,
+    v.call, CASE WHEN v.rule IS NOT NULL THEN
+        {REPLAY_KEY.format(call="v.call", change="v.change")} END
+FROM (VALUES (%s::text, %s::text, %s::text, %s::text, %s::pg_lsn, %s::integer,
+    %s::jsonb, %s::jsonb))
+    AS v (slot, table_name, rule, reason, commit_lsn, ordinal, change, call)
+ON CONFLICT (slot, table_name, rule, replay_key) WHERE replay_key IS NOT NULL
+DO UPDATE SET reason = excluded.reason, ordinal = excluded.ordinal,
+    change = excluded.change, call = excluded.call
+"""
 
 _SELECT_SQL = (
     "SELECT id, created_at, slot, table_name, rule, reason, commit_lsn::text, "
@@ -126,13 +143,17 @@ class DeadLetterStore:
         """Store ``letters`` durably (one transaction); raises ``SourceError``."""
         if not letters:
             return
-        rows = [self._row(letter) for letter in letters]
+        replayed = [self._row(one) for one in letters if one.commit_lsn == NO_POSITION]
+        streamed = [self._row(one) for one in letters if one.commit_lsn != NO_POSITION]
         with (
             translate_errors(self.slot),
             self.conn.transaction(),
             self.conn.cursor() as cursor,
         ):
-            cursor.executemany(_INSERT_SQL, rows)
+            if streamed:
+                cursor.executemany(_INSERT_SQL, streamed)
+            if replayed:
+                cursor.executemany(_REPLAY_INSERT_SQL, replayed)
 
     def _row(self, letter: DeadLetter) -> tuple[Any, ...]:
         return (
