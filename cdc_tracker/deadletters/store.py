@@ -96,6 +96,11 @@ class StoredLetter:
 
     @property
     def position(self) -> str:
+        """Where the slot read its change (``commit_lsn#ordinal``), or ``replay``
+        for a letter a replay stored: it has no position, and its row number
+        changes with every replay."""
+        if self.letter.commit_lsn == NO_POSITION:
+            return "replay"
         return f"{self.letter.commit_lsn}#{self.letter.ordinal}"
 
 

@@ -14,7 +14,7 @@ from cdc_tracker.replay.main import run_replay
 from cdc_tracker.replay.runner import ReplayOptions
 from cdc_tracker.settings import Settings
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import retry_all_letters, settings_for, sql
+from tests.harness import cli_main, retry_all_letters, settings_for, sql
 
 _BOOK = """\
 version: 1
@@ -131,3 +131,23 @@ def test_replay_letters_leave_the_daemons_letters_of_the_same_row_alone(
         ("from the slot", ""),
         ("user_id (email) is null or empty", "b"),
     ]
+
+
+def test_deadletters_list_and_show_name_a_replay_letter_as_such(
+    db: str, receiver: FakeRudderStack, tmp_path: Path, capsys: Any
+) -> None:
+    sql(db, "insert into merchants (shop_domain) values ('b')")
+    settings = settings_for(db, receiver, _book(tmp_path, "email"))
+    _replay(settings)
+    capsys.readouterr()
+    [(letter_id, *_)] = _letters(db)
+    flags = ["--dsn", settings.dsn, "--slot", settings.slot]
+
+    assert cli_main(["deadletters", "list", *flags]) == 0
+    listed = capsys.readouterr().out
+    assert cli_main(["deadletters", "show", str(letter_id), *flags]) == 0
+    shown = capsys.readouterr().out
+
+    [row] = [line for line in listed.splitlines() if line.startswith(f"{letter_id}  ")]
+    assert row.split()[3] == "replay"
+    assert "  position:        replay\n" in shown
