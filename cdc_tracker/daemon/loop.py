@@ -26,6 +26,7 @@ from cdc_tracker.errors import (
     ConfigError,
     SlotBusy,
     SlotLost,
+    SourceError,
     SourceUnavailable,
     locate,
 )
@@ -81,6 +82,7 @@ class Daemon:
         self.window = Window(
             settings, Mapper(rulebook, settings.namespace), shipper, stop, advance
         )
+        self.window.while_waiting = self._reload_while_waiting
         self._connections: list[psycopg.Connection[tuple[object, ...]]] = []
         # Detached partitions still mapped: leaf -> (table, position noticed at).
         self._departed: dict[str, tuple[str, Lsn]] = {}
@@ -88,6 +90,11 @@ class Daemon:
         self._has_read = False
         # Why the file's edit was not taken, while it is not.
         self._refused: str | None = None
+        # An edit loaded while a delivery waited, applied once it is over.
+        self._pending: tuple[Rulebook, dict[str, TableInfo]] | None = None
+        # A reload asked for while a delivery waited and the database did not
+        # answer: done between windows.
+        self._deferred = False
         # Columns already warned of as maybe left out, per table.
         self._toast_told: dict[str, list[str]] = {}
 
@@ -166,7 +173,9 @@ class Daemon:
         self.reconnect.reset()
         checked = time.monotonic()
         while not self.stop.is_set():
-            if self.watcher.due():
+            if self._pending is not None:
+                self._apply(*self._pending)  # loaded while a delivery waited
+            if self.watcher.due() or self._deferred:
                 self._reload()
             if time.monotonic() - checked > TABLE_CHECK_SECONDS:
                 checked = time.monotonic()
@@ -374,6 +383,41 @@ class Daemon:
         """Swap in the edited rulebook between windows, or keep the old one;
         returns whether the edit was taken. A ``retry`` of a refused edit that
         is refused for the same reasons is not told again."""
+        self._deferred = False
+        loaded = self._load(retry=retry)
+        if loaded is None:
+            return False
+        self._apply(*loaded)
+        return True
+
+    def _reload_while_waiting(self) -> None:
+        """While a delivery waits (an outage): answer a reload asked for now. A
+        broken edit is refused at once; a valid one is loaded and said so, and
+        applied between windows, once every batch in flight is settled: there,
+        as for any reload, the stream can be pointed at the new rules' tables."""
+        if self._deferred or self.window.slot is None or not self.watcher.due():
+            return
+        try:
+            loaded = self._load()
+        except SourceError:
+            self._deferred = True
+            return
+        if loaded is None:
+            return  # refused: an edit loaded before it is still applied
+        self._pending = loaded
+        rulebook = loaded[0]
+        log.info(
+            "rulebook loaded; applies once the batches in flight are delivered",
+            path=str(self.settings.rulebook),
+            tables=len(rulebook.tables),
+            rules=len(rulebook.rules),
+        )
+
+    def _load(
+        self, *, retry: bool = False
+    ) -> tuple[Rulebook, dict[str, TableInfo]] | None:
+        """The edited rulebook and its tables' catalog, once it validates against
+        the file and the live schema; None when refused (logged and counted)."""
         assert self.window.slot is not None
         path = self.settings.rulebook
         try:
@@ -384,7 +428,7 @@ class Daemon:
         except ConfigError as exc:
             refused, self._refused = self._refused, str(exc)
             if retry and refused == self._refused:
-                return False
+                return None
             self.counters.reload_failures += 1
             log.error(
                 "rulebook reload refused; keeping the previous rules",
@@ -392,8 +436,15 @@ class Daemon:
                 problems=str(exc),
                 hint=f"tried again every {TABLE_CHECK_SECONDS:.0f} s, and on each edit",
             )
-            return False
+            return None
         self._refused = None
+        return rulebook, catalog
+
+    def _apply(self, rulebook: Rulebook, catalog: dict[str, TableInfo]) -> None:
+        """Map what is read from now on with ``rulebook``; the stream is pointed
+        at its tables before the next window."""
+        assert self.window.slot is not None
+        self._pending = None
         self.rulebook = rulebook
         self._warn_of_toast(rulebook, catalog)
         self._track(catalog, self.window.slot)
@@ -402,11 +453,10 @@ class Daemon:
         self.counters.reloads += 1
         log.info(
             "rulebook reloaded",
-            path=str(path),
+            path=str(self.settings.rulebook),
             tables=len(rulebook.tables),
             rules=len(rulebook.rules),
         )
-        return True
 
     def _open_stream(self, slot: Slot, temporary: bool) -> Stream:
         stream = Stream(

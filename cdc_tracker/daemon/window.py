@@ -55,6 +55,8 @@ RELEASE_SECONDS = 10.0
 # Batches handed to the shipping thread and not settled yet: enough that reading
 # and mapping never wait on one request's round trip, few enough to bound memory.
 PENDING_BATCHES = 3
+# While a delivery waits, ``Window.while_waiting`` is called this often (seconds).
+WAITING_TICK = 1.0
 
 
 class Window:
@@ -106,6 +108,9 @@ class Window:
         self._untracked: set[str] = set()  # other tables of the schemas streamed
         self._dropped: set[str] = set()  # their names seen in this window
         self.refresh_sources: Callable[[], None] | None = None
+        # Called while a delivery waits (see _outcome): the daemon answers a
+        # rulebook reload asked for during an outage.
+        self.while_waiting: Callable[[], None] | None = None
         # The dead letters stored in this window, and in the window it reads
         # again when partitions were found late: a letter is stored once. (After
         # a lost connection, reading goes on past every stored letter's change.)
@@ -403,7 +408,8 @@ class Window:
 
     def _outcome(self, future: Future[Outcome]) -> Outcome:
         """Wait for a delivery (an outage lasts as long as it lasts); the stream's
-        reader thread tells the server we are still here meanwhile.
+        reader thread tells the server we are still here meanwhile, and
+        ``while_waiting`` is called about every ``WAITING_TICK`` seconds.
 
         A wait past ``RELEASE_SECONDS`` closes the stream: its server process
         would otherwise hold up a shutdown of PostgreSQL until the outage ends,
@@ -415,27 +421,42 @@ class Window:
             if stream is not None
             else None
         )
-        released = time.monotonic() + RELEASE_SECONDS
+        tick = every
+        if self.while_waiting is not None:
+            tick = WAITING_TICK if every is None else min(every, WAITING_TICK)
+        looked = time.monotonic()
+        released = looked + RELEASE_SECONDS
         while True:
             try:
-                return future.result(timeout=every)
+                return future.result(timeout=tick)
             except concurrent.futures.TimeoutError:
-                # An outage is when the WAL piles up: the lag must show it.
-                with contextlib.suppress(SourceError):
-                    self._note_lag()
-                if self.refresh_sources is not None:
-                    # Notice partitions leaving meanwhile, so that rows written
-                    # to them after are not taken for their table's.
-                    self.refresh_sources()
-                if stream is None or not stream.is_open:
+                if self.while_waiting is not None:
+                    self.while_waiting()
+                if every is None or time.monotonic() - looked < every:
                     continue
-                if time.monotonic() >= released:
-                    log.warning(
-                        "delivery not over after 10 s (an outage, or a slow "
-                        "destination): replication stream closed until it is",
-                        slot=stream.slot,
-                    )
-                    stream.close()
+                looked = time.monotonic()
+                self._still_waiting(released)
+
+    def _still_waiting(self, released: float) -> None:
+        """Every ``status_seconds / 2`` of a long delivery: show the lag, notice
+        partitions leaving, and close the stream once ``released`` has passed."""
+        # An outage is when the WAL piles up: the lag must show it.
+        with contextlib.suppress(SourceError):
+            self._note_lag()
+        if self.refresh_sources is not None:
+            # Notice partitions leaving meanwhile, so that rows written to them
+            # after are not taken for their table's.
+            self.refresh_sources()
+        stream = self.stream
+        if stream is None or not stream.is_open:
+            return
+        if time.monotonic() >= released:
+            log.warning(
+                "delivery not over after 10 s (an outage, or a slow "
+                "destination): replication stream closed until it is",
+                slot=stream.slot,
+            )
+            stream.close()
 
     def _count_delivered(self, batch: _Batch, outcome: Outcome) -> None:
         counters = self.counters
