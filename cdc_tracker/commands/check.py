@@ -11,7 +11,12 @@ from cdc_tracker.model import TableInfo
 from cdc_tracker.replay.plan import is_cursor_type
 from cdc_tracker.rules.rulebook import Rulebook, load_rulebook
 from cdc_tracker.rules.schema import check_schema
-from cdc_tracker.source.catalog import TableAccess, read_catalog, table_access
+from cdc_tracker.source.catalog import (
+    TableAccess,
+    read_catalog,
+    role_sql,
+    table_access,
+)
 from cdc_tracker.source.slot import connect
 
 
@@ -29,7 +34,7 @@ def check_rulebook(path: Path, dsn: str | None) -> str:
             catalog = read_catalog(conn, rulebook.schema_tables)
             unreadable = unreadable_lookups(conn, rulebook, catalog)
             access = {row.table: row for row in table_access(conn, sorted(catalog))}
-            role = '"' + conn.info.user.replace('"', '""') + '"'
+            role = role_sql(conn)
         problems = check_schema(rulebook, catalog) + unreadable
         if problems:
             raise RulebookError(sorted(problems, key=lambda problem: problem[1] or 0))
@@ -53,13 +58,11 @@ def _replay_notes(
         if info is None:
             continue
         found = access.get(spec.name)
-        if found is not None and not (found.select and found.usage):
-            fixes = [] if found.usage else [f"GRANT USAGE ON SCHEMA {found.sql_schema}"]
-            fixes += [] if found.select else [f"GRANT SELECT ON {found.sql_table}"]
+        if found is not None and not found.readable:
             notes.append(
                 f"{rulebook.path}:{spec.line}: note: this role may not read "
                 f"{spec.name}: 'replay' will refuse this table; fix: "
-                + " ".join(f"{fix} TO {role};" for fix in fixes)
+                f"{found.grants(role)}"
             )
         declared = info.columns.get(spec.cursor or "")
         if declared is not None and not is_cursor_type(declared):

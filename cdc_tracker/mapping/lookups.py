@@ -42,7 +42,7 @@ from cdc_tracker.rules.expr import EvaluationError
 from cdc_tracker.rules.lookup_spec import LookupSpec
 from cdc_tracker.rules.rulebook import Rulebook
 from cdc_tracker.rules.schema import Problem
-from cdc_tracker.source.catalog import read_catalog, table_access
+from cdc_tracker.source.catalog import read_catalog, role_sql, table_access
 from cdc_tracker.source.connection import connect_timeout
 
 log = structlog.get_logger(__name__)
@@ -306,20 +306,18 @@ def unreadable_lookups(
     its schema), as a problem at its line: every change of its rules would be a
     dead letter. A table the catalog lacks is ``check_schema``'s to report."""
     access = {row.table: row for row in table_access(conn, sorted(catalog))}
-    role = '"' + conn.info.user.replace('"', '""') + '"'  # as the doctor writes it
+    role = role_sql(conn)  # as the doctor writes it
     problems: list[Problem] = []
     for spec in rulebook.lookup_specs:
         found = access.get(spec.table)
-        if found is None or (found.select and found.usage):
+        if found is None or found.readable:
             continue  # a table the catalog lacks is said by check_schema
-        fixes = [] if found.usage else [f"GRANT USAGE ON SCHEMA {found.sql_schema}"]
-        fixes += [] if found.select else [f"GRANT SELECT ON {found.sql_table}"]
         problems.append(
             (
                 str(rulebook.path),
                 spec.line,
                 f"lookup '{spec.name}': this role may not read {spec.table}; "
-                f"fix: {' '.join(f'{fix} TO {role};' for fix in fixes)}",
+                f"fix: {found.grants(role)}",
             )
         )
     return problems

@@ -157,6 +157,21 @@ class TableAccess(NamedTuple):
     select: bool
     usage: bool
 
+    @property
+    def readable(self) -> bool:
+        return self.select and self.usage
+
+    def grants(self, role: str) -> str:
+        """The statements giving ``role`` (as SQL) what it lacks to read the table."""
+        fixes = [] if self.usage else [f"GRANT USAGE ON SCHEMA {self.sql_schema}"]
+        fixes += [] if self.select else [f"GRANT SELECT ON {self.sql_table}"]
+        return " ".join(f"{fix} TO {role};" for fix in fixes)
+
+
+def role_sql(conn: psycopg.Connection[tuple[object, ...]]) -> str:
+    """The connection's role as an SQL identifier, for the grants it lacks."""
+    return '"' + conn.info.user.replace('"', '""') + '"'
+
 
 _ACCESS_SQL = """
 SELECT n.nspname || '.' || c.relname, format('%%I.%%I', n.nspname, c.relname),
