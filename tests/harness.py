@@ -201,6 +201,20 @@ def create_slot(settings: Settings) -> None:
         Slot(conn, settings.slot).ensure(create=True)
 
 
+@contextmanager
+def slot_in_another_database(admin_dsn: str, slot: str) -> Iterator[None]:
+    """A wal2json slot named ``slot`` in the database of ``admin_dsn`` (another
+    one than the test's), dropped after."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_create_logical_replication_slot(%s, 'wal2json')", (slot,)
+        )
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
 def read_slot(dsn: str, slot: str, tables: list[str]) -> list[str]:
     """The wal2json rows waiting in ``slot`` for ``tables``, streamed as the daemon
     streams them, until none follows within half a second between transactions

@@ -22,7 +22,13 @@ from cdc_tracker.source.slot import connect
 from cdc_tracker.source.stream import Stream
 from cdc_tracker.testing.postgres import PostgresServer
 from cdc_tracker.testing.rudderstack import FakeRudderStack
-from tests.harness import create_slot, running_daemon, settings_for, sql
+from tests.harness import (
+    create_slot,
+    running_daemon,
+    settings_for,
+    slot_in_another_database,
+    sql,
+)
 
 
 @pytest.fixture
@@ -154,16 +160,11 @@ def test_a_physical_slot_of_the_name_is_named_not_a_traceback(
 def test_a_slot_of_another_database_is_not_shown_as_this_ones(
     settings: Settings, pg: PostgresServer
 ) -> None:
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_create_logical_replication_slot(%s, 'wal2json')",
-            (settings.slot,),
-        )
-        try:
-            with pytest.raises(ConfigError) as caught:
-                status_of(settings)
-        finally:
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot,))
+    with (
+        slot_in_another_database(pg.dsn(), settings.slot),
+        pytest.raises(ConfigError) as caught,
+    ):
+        status_of(settings)
 
     with psycopg.connect(settings.dsn) as conn:
         here = conn.info.dbname

@@ -19,7 +19,7 @@ from cdc_tracker.source.stream import Stream
 from cdc_tracker.testing.postgres import PostgresServer
 from cdc_tracker.testing.rudderstack import FakeRudderStack
 from tests.doctor.helpers import doctor_settings, findings, with_rulebook
-from tests.harness import create_slot, running_daemon, sql
+from tests.harness import create_slot, running_daemon, slot_in_another_database, sql
 
 _roles = itertools.count(1)
 
@@ -134,15 +134,8 @@ def test_a_slot_of_the_same_name_that_is_not_wal2json_fails(
 def test_a_slot_of_another_database_fails(
     settings: Settings, pg: PostgresServer
 ) -> None:
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_create_logical_replication_slot(%s, 'wal2json')",
-            (settings.slot,),
-        )
-        try:
-            slot = findings(settings)["slot"]
-        finally:
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot,))
+    with slot_in_another_database(pg.dsn(), settings.slot):
+        slot = findings(settings)["slot"]
 
     assert slot.status == "fail"
     assert "belongs to database postgres" in slot.detail
